@@ -1,0 +1,44 @@
+# Two entry points for a fresh machine (Python ≥ 3.10, make): `make serve` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PORT   ?= 8000
+# The local CPU build of torch; an unpinned torch would download a multi-GB CUDA build.
+TORCH  ?= torch==2.13.0
+
+.PHONY: serve test lint sysdeps clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Serving needs onnxruntime, not torch.
+$(VENV)/.serve: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[cpu]'
+	touch $@
+
+# Everything the suite needs: the cpu runtime, training (torch CPU build), test tools.
+$(VENV)/.test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet '$(TORCH)'
+	$(BIN)/pip install --quiet -e '.[cpu,train,dev]'
+	touch $@ $(VENV)/.serve
+
+# System tools the integration tests drive for real: Prometheus + promtool, wrk.
+sysdeps:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v wrk >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus wrk >/dev/null; }
+
+serve: $(VENV)/.serve
+	$(BIN)/abstain serve models --host 127.0.0.1 --port $(PORT)
+
+test: $(VENV)/.test sysdeps
+	$(BIN)/ruff check serve training tests bench
+	$(BIN)/python -m pytest -n 2 --dist loadfile -p no:cacheprovider tests
+
+lint: $(VENV)/.test
+	$(BIN)/ruff check serve training tests bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

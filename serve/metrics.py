@@ -1,0 +1,227 @@
+"""Selective-classification metrics on ``(scores, errors)``: tie-aware, float64, O(n log n).
+
+Formulas: METHODS.md §3. Conventions, stated once for every function here:
+
+* Higher score = accepted first. Samples with tied scores are accepted together: the
+  risk–coverage curve has a point only where the score changes (FD-Shifts convention), so no
+  result depends on sample order.
+* Areas are right-Riemann sums over those points: ``AURC = Σ_g Δcov_g · SR_g``. Without ties
+  this is the per-sample mean of prefix risks ``(1/n) Σ_i SR(s_i)`` (Geifman et al.); it differs
+  from TorchUncertainty's trapezoid-from-1/N by O(1/n).
+* AURC* is the exact finite-sample oracle (all correct samples strictly before all errors),
+  whose n → ∞ limit is METHODS.md's ``err + (1 − err)·ln(1 − err)``; so E-AURC ≥ 0 exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from serve.errors import AbstainError
+
+Array = np.ndarray
+ECE_BINS = 15
+
+
+class MetricError(AbstainError, ValueError):
+    """Inputs a metric cannot be computed on."""
+
+
+def _validate(scores: Array, errors: Array) -> tuple[Array, Array]:
+    s = np.asarray(scores)
+    e = np.asarray(errors)
+    if s.ndim != 1 or e.ndim != 1:
+        raise MetricError(f"scores and errors must be 1-D; got shapes {s.shape} and {e.shape}")
+    if s.shape != e.shape:
+        raise MetricError(f"scores ({s.shape[0]}) and errors ({e.shape[0]}) differ in length")
+    if s.size == 0:
+        raise MetricError("metrics need at least one sample")
+    s = s.astype(np.float64, copy=False)
+    if not np.isfinite(s).all():
+        raise MetricError("scores contain NaN or inf")
+    if e.dtype != np.bool_:
+        if not np.isin(e, (0, 1)).all():
+            raise MetricError("errors must be 0/1 or boolean (1 = wrong prediction)")
+        e = e.astype(np.bool_)
+    return s, e
+
+
+@dataclass(frozen=True)
+class RiskCoverageCurve:
+    """One point per distinct score, from the strictest threshold to the most permissive.
+
+    Attributes:
+        thresholds: (G,) distinct scores, descending; accepting ``s ≥ thresholds[g]`` gives point g.
+        n_accepted: (G,) number of accepted samples at each point (int64).
+        n_errors: (G,) number of accepted errors at each point (int64).
+        n: total number of samples.
+    """
+
+    thresholds: Array
+    n_accepted: Array
+    n_errors: Array
+    n: int
+
+    @property
+    def coverage(self) -> Array:
+        return self.n_accepted / self.n
+
+    @property
+    def risk(self) -> Array:
+        """Selective risk: error rate among accepted samples."""
+        return self.n_errors / self.n_accepted
+
+    @property
+    def generalized_risk(self) -> Array:
+        """``coverage · risk``: accepted errors over all samples."""
+        return self.n_errors / self.n
+
+    @property
+    def error_rate(self) -> float:
+        return float(self.n_errors[-1] / self.n)
+
+
+def risk_coverage_curve(scores: Array, errors: Array) -> RiskCoverageCurve:
+    """The tie-grouped risk–coverage curve (O(n log n))."""
+    s, e = _validate(scores, errors)
+    order = np.argsort(-s, kind="stable")
+    s_sorted = s[order]
+    cum_err = np.cumsum(e[order], dtype=np.int64)
+    # Last index of each run of equal scores.
+    ends = np.flatnonzero(np.diff(s_sorted) != 0)
+    ends = np.append(ends, s.size - 1)
+    return RiskCoverageCurve(
+        thresholds=s_sorted[ends], n_accepted=ends.astype(np.int64) + 1,
+        n_errors=cum_err[ends], n=int(s.size))
+
+
+def _group_sizes(curve: RiskCoverageCurve) -> Array:
+    return np.diff(curve.n_accepted, prepend=0)
+
+
+def aurc(scores: Array, errors: Array, curve: RiskCoverageCurve | None = None) -> float:
+    """Area under the risk–coverage curve (right-Riemann over tie groups)."""
+    c = curve or risk_coverage_curve(scores, errors)
+    return float(np.sum(_group_sizes(c) * c.risk) / c.n)
+
+
+def aurc_optimal(errors: Array) -> float:
+    """AURC* of the oracle ranking: every correct sample strictly before every error.
+
+    ``(1/n) Σ_{i=n_c+1}^{n} (i − n_c)/i``; tends to ``err + (1 − err) ln(1 − err)``.
+    """
+    e = np.asarray(errors).astype(bool)
+    n = e.size
+    n_correct = n - int(e.sum())
+    i = np.arange(n_correct + 1, n + 1, dtype=np.float64)
+    return float(np.sum((i - n_correct) / i) / n)
+
+
+def aurc_optimal_asymptotic(error_rate: float) -> float:
+    """METHODS.md's closed form ``err + (1 − err)·ln(1 − err)`` (the n → ∞ oracle)."""
+    r = float(error_rate)
+    return r if r >= 1.0 else r + (1.0 - r) * np.log1p(-r)
+
+
+def e_aurc(scores: Array, errors: Array, curve: RiskCoverageCurve | None = None) -> float:
+    """Excess AURC: AURC − AURC*. Zero for the oracle ranking."""
+    c = curve or risk_coverage_curve(scores, errors)
+    return aurc(scores, errors, c) - aurc_optimal(np.asarray(errors))
+
+
+def naurc(scores: Array, errors: Array, curve: RiskCoverageCurve | None = None) -> float:
+    """Normalised AURC: (AURC − AURC*)/(err − AURC*); 0 = oracle, ≈1 = random ranking.
+
+    NaN when there are no errors or only errors (nothing to rank).
+    """
+    c = curve or risk_coverage_curve(scores, errors)
+    opt = aurc_optimal(np.asarray(errors))
+    denom = c.error_rate - opt
+    if c.n_errors[-1] == 0 or c.n_errors[-1] == c.n or denom <= 0:
+        return float("nan")
+    return (aurc(scores, errors, c) - opt) / denom
+
+
+def augrc(scores: Array, errors: Array, curve: RiskCoverageCurve | None = None) -> float:
+    """Area under the generalised risk–coverage curve (Traub et al.); optimum ≈ err²/2."""
+    c = curve or risk_coverage_curve(scores, errors)
+    return float(np.sum(_group_sizes(c) * c.generalized_risk) / c.n)
+
+
+def risk_at_coverage(scores: Array, errors: Array, coverage: float,
+                     curve: RiskCoverageCurve | None = None) -> float:
+    """Smallest selective risk among curve points with coverage ≥ ``coverage``."""
+    if not 0.0 < coverage <= 1.0:
+        raise MetricError(f"coverage must be in (0, 1]; got {coverage}")
+    c = curve or risk_coverage_curve(scores, errors)
+    ok = c.n_accepted >= coverage * c.n - 1e-9 * c.n
+    return float(c.risk[ok].min())
+
+
+def coverage_at_risk(scores: Array, errors: Array, risk: float,
+                     curve: RiskCoverageCurve | None = None) -> float:
+    """Largest coverage among curve points with selective risk ≤ ``risk`` (0.0 if none)."""
+    if not 0.0 <= risk <= 1.0:
+        raise MetricError(f"risk must be in [0, 1]; got {risk}")
+    c = curve or risk_coverage_curve(scores, errors)
+    ok = c.n_errors <= risk * c.n_accepted + 1e-12 * c.n_accepted
+    return float(c.coverage[ok].max()) if ok.any() else 0.0
+
+
+def auroc(scores: Array, errors: Array, curve: RiskCoverageCurve | None = None) -> float:
+    """ROC AUC separating correct (positive) from wrong predictions; ties count ½.
+
+    NaN when one of the two classes is empty.
+    """
+    c = curve or risk_coverage_curve(scores, errors)
+    wrong_g = np.diff(c.n_errors, prepend=0)                      # (G,) errors per group
+    correct_g = _group_sizes(c) - wrong_g                          # (G,) correct per group
+    n_wrong, n_correct = int(c.n_errors[-1]), c.n - int(c.n_errors[-1])
+    if n_wrong == 0 or n_correct == 0:
+        return float("nan")
+    wrong_below = n_wrong - c.n_errors                             # errors with a lower score
+    pairs = np.sum(correct_g * (wrong_below + 0.5 * wrong_g))
+    return float(pairs / (n_correct * n_wrong))
+
+
+def fpr_at_tpr(scores: Array, errors: Array, tpr: float = 0.95,
+               curve: RiskCoverageCurve | None = None) -> float:
+    """Fraction of errors accepted at the strictest threshold accepting ≥ ``tpr`` of correct ones."""
+    c = curve or risk_coverage_curve(scores, errors)
+    n_wrong, n_correct = int(c.n_errors[-1]), c.n - int(c.n_errors[-1])
+    if n_wrong == 0 or n_correct == 0:
+        return float("nan")
+    correct_cum = c.n_accepted - c.n_errors
+    g = int(np.argmax(correct_cum >= tpr * n_correct - 1e-9 * n_correct))
+    return float(c.n_errors[g] / n_wrong)
+
+
+def ece(confidences: Array, errors: Array, n_bins: int = ECE_BINS) -> float:
+    """Expected calibration error over equal-width bins ``(k/B, (k+1)/B]`` (0 goes in bin 0)."""
+    conf, e = _validate(confidences, errors)
+    if conf.min() < 0 or conf.max() > 1:
+        raise MetricError("ECE needs confidences in [0, 1] (probabilities, e.g. MSP)")
+    bins = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    count = np.bincount(bins, minlength=n_bins)
+    conf_sum = np.bincount(bins, weights=conf, minlength=n_bins)
+    acc_sum = np.bincount(bins, weights=(~e).astype(np.float64), minlength=n_bins)
+    return float(np.sum(np.abs(acc_sum - conf_sum)) / conf.size)
+
+
+def summary(scores: Array, errors: Array, coverages: tuple[float, ...] = (0.5, 0.8)) -> dict[str, float]:
+    """Every ranking metric at once, sharing one sort."""
+    c = risk_coverage_curve(scores, errors)
+    out = {
+        "n": float(c.n),
+        "error_rate": c.error_rate,
+        "aurc": aurc(scores, errors, c),
+        "e_aurc": e_aurc(scores, errors, c),
+        "naurc": naurc(scores, errors, c),
+        "augrc": augrc(scores, errors, c),
+        "auroc": auroc(scores, errors, c),
+        "fpr_at_95tpr": fpr_at_tpr(scores, errors, 0.95, c),
+    }
+    for cov in coverages:
+        out[f"risk_at_{round(cov * 100)}"] = risk_at_coverage(scores, errors, cov, c)
+    return out

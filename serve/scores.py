@@ -1,0 +1,175 @@
+"""Confidence score functions on raw logits, one registry shared by training, calibration and serving.
+
+Convention: higher score = more confident = accepted first. Every score is computed in float64
+on a batch of logits ``(n, K)`` and returns ``(n,)``. Formulas: METHODS.md §2.
+
+Spec strings name a score: ``msp``, ``log_msp``, ``maxlogit``, ``centred_maxlogit``,
+``pnorm:<p>`` (p ≥ 0; p = 0 is centred MaxLogit), ``energy``, ``margin``. A temperature T > 0
+divides the logits first; it changes MSP's values but no score's ranking except energy's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from serve.errors import AbstainError
+
+Array = np.ndarray
+_NORM_FLOOR = 1e-12
+
+
+class ScoreError(AbstainError, ValueError):
+    """A bad score spec or bad logits."""
+
+
+def as_logits(logits: Array) -> Array:
+    """Validate and convert logits to a float64 ``(n, K)`` array (K ≥ 2, all finite)."""
+    z = np.asarray(logits)
+    if z.ndim != 2:
+        raise ScoreError(f"logits must be a 2-D array (n, K); got shape {z.shape}")
+    if z.shape[1] < 2:
+        raise ScoreError(f"logits need at least 2 classes; got K = {z.shape[1]}")
+    if not np.issubdtype(z.dtype, np.number) or np.issubdtype(z.dtype, np.complexfloating):
+        raise ScoreError(f"logits must be real numbers; got dtype {z.dtype}")
+    z = z.astype(np.float64, copy=False)
+    if not np.isfinite(z).all():
+        bad = int((~np.isfinite(z)).any(axis=1).sum())
+        raise ScoreError(f"logits contain NaN or inf in {bad} of {z.shape[0]} rows; "
+                         "a score of a non-finite logit is meaningless")
+    return z
+
+
+def logsumexp(z: Array) -> Array:
+    """Row-wise log Σ exp(z), stable. ``z``: (n, K) float64 → (n,)."""
+    m = z.max(axis=1)
+    return m + np.log(np.exp(z - m[:, None]).sum(axis=1))
+
+
+def log_softmax(z: Array) -> Array:
+    """Row-wise log-softmax: (n, K) → (n, K), float64."""
+    return z - logsumexp(z)[:, None]
+
+
+def softmax(z: Array) -> Array:
+    """Row-wise softmax: (n, K) → (n, K), float64."""
+    return np.exp(log_softmax(z))
+
+
+def _log_msp(z: Array) -> Array:
+    # log max_k softmax(z)_k = z_max − logsumexp(z); float64 keeps saturated MSPs ranked.
+    return z.max(axis=1) - logsumexp(z)
+
+
+def _msp(z: Array) -> Array:
+    return np.exp(_log_msp(z))
+
+
+def _maxlogit(z: Array) -> Array:
+    return z.max(axis=1)
+
+
+def _centred_maxlogit(z: Array) -> Array:
+    return z.max(axis=1) - z.mean(axis=1)
+
+
+def _energy(z: Array) -> Array:
+    # Negative free energy: logsumexp(z) (times T, applied by the caller's scaling convention).
+    return logsumexp(z)
+
+
+def _margin(z: Array) -> Array:
+    # Gap between the two largest logits.
+    top2 = np.partition(z, z.shape[1] - 2, axis=1)[:, -2:]
+    return top2[:, 1] - top2[:, 0]
+
+
+def _pnorm(p: float) -> Callable[[Array], Array]:
+    def score(z: Array) -> Array:
+        u = z - z.mean(axis=1, keepdims=True)  # centred logits (n, K)
+        if p == 0:
+            return u.max(axis=1)
+        a = np.abs(u)
+        if np.isinf(p):
+            norm = a.max(axis=1)
+        else:
+            # Scale by the row max before the power so large p neither overflows nor underflows.
+            scale = a.max(axis=1, keepdims=True)
+            scale[scale == 0] = 1.0
+            norm = scale[:, 0] * ((a / scale) ** p).sum(axis=1) ** (1.0 / p)
+        return u.max(axis=1) / np.maximum(norm, _NORM_FLOOR)
+
+    return score
+
+
+_FIXED: dict[str, Callable[[Array], Array]] = {
+    "msp": _msp,
+    "log_msp": _log_msp,
+    "maxlogit": _maxlogit,
+    "centred_maxlogit": _centred_maxlogit,
+    "energy": _energy,
+    "margin": _margin,
+}
+_PARAMETRIC = {"pnorm": "pnorm:<p>  (p ≥ 0, e.g. pnorm:2; p = 0 is centred MaxLogit)"}
+
+
+def list_scores() -> list[str]:
+    """Every valid spec pattern."""
+    return [*_FIXED, *_PARAMETRIC.values()]
+
+
+@dataclass(frozen=True)
+class Score:
+    """A named, validated score function. Call it on logits ``(n, K)`` to get scores ``(n,)``."""
+
+    spec: str
+    temperature: float
+    _fn: Callable[[Array], Array]
+    min_classes: int = 2
+
+    def __call__(self, logits: Array) -> Array:
+        z = as_logits(logits)
+        if z.shape[1] < self.min_classes:
+            raise ScoreError(
+                f"score '{self.spec}' cannot rank with K = {z.shape[1]} classes: centred p-norm "
+                f"scores are constant (2^(-1/p)) for K = 2. Use 'msp' or 'margin' instead")
+        if self.temperature != 1.0:
+            z = z / self.temperature
+        s = self._fn(z)
+        if self.spec == "energy":
+            s = s * self.temperature
+        return s
+
+    @property
+    def p(self) -> float | None:
+        """The norm order of a ``pnorm`` score, else None."""
+        return float(self.spec.split(":", 1)[1]) if self.spec.startswith("pnorm:") else None
+
+
+def create_score(spec: str, temperature: float = 1.0) -> Score:
+    """Build a score from its spec string, e.g. ``create_score("pnorm:2")``.
+
+    Raises:
+        ScoreError: unknown name or bad parameter; the message lists the valid specs.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ScoreError(f"score spec must be a non-empty string; valid: {', '.join(list_scores())}")
+    if not (isinstance(temperature, (int, float)) and np.isfinite(temperature) and temperature > 0):
+        raise ScoreError(f"temperature must be a finite number > 0; got {temperature!r}")
+    name, _, arg = spec.strip().partition(":")
+    if name in _FIXED:
+        if arg:
+            raise ScoreError(f"score '{name}' takes no parameter; got '{spec}'")
+        return Score(name, float(temperature), _FIXED[name])
+    if name == "pnorm":
+        try:
+            p = float(arg)
+        except ValueError:
+            p = float("nan")
+        if not (p >= 0):
+            raise ScoreError(f"pnorm needs a number p ≥ 0, e.g. 'pnorm:2'; got '{spec}'")
+        canonical = f"pnorm:{int(p)}" if p.is_integer() else f"pnorm:{p:g}"
+        return Score(canonical, float(temperature), _pnorm(p), min_classes=3)
+    raise ScoreError(f"unknown score '{spec}'; valid: {', '.join(list_scores())}")

@@ -1,0 +1,1 @@
+"""abstain's training side (needs the `train` extra): losses, data, models, trainer, ONNX export."""
