@@ -203,7 +203,6 @@ def ece(confidences: Array, errors: Array, n_bins: int = ECE_BINS) -> float:
     if conf.min() < 0 or conf.max() > 1:
         raise MetricError("ECE needs confidences in [0, 1] (probabilities, e.g. MSP)")
     bins = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
-    count = np.bincount(bins, minlength=n_bins)
     conf_sum = np.bincount(bins, weights=conf, minlength=n_bins)
     acc_sum = np.bincount(bins, weights=(~e).astype(np.float64), minlength=n_bins)
     return float(np.sum(np.abs(acc_sum - conf_sum)) / conf.size)

@@ -1,0 +1,1 @@
+"""Threshold calibration: choose the score (tuning split), certify λ (certification split), save."""

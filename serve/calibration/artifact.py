@@ -1,0 +1,159 @@
+"""``calibration.json``: the schema, its hash, an atomic write, and a load that verifies.
+
+Everything that reads a calibration (the server, `abstain evaluate`, the benchmark) goes through
+:func:`load_calibration`, which refuses a malformed file or one made for another model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from serve import __version__
+from serve.errors import AbstainError
+from serve.scores import Score, ScoreError, create_score
+
+SCHEMA_VERSION = 1
+FILENAME = "calibration.json"
+Method = Literal["ltt", "sgr", "coverage", "none"]
+
+
+class CalibrationError(AbstainError):
+    """A calibration file that is missing, malformed, or made for another model."""
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The deployed decision rule: accept iff ``score(logits) ≥ threshold``.
+
+    ``threshold`` is None when nothing could be certified and the operator chose
+    ``--allow-defer-all``: then every prediction is deferred.
+    """
+
+    model_sha256: str
+    score: str                       # score spec, e.g. "pnorm:2" or "msp"
+    temperature: float               # fitted on the tuning split; reported probabilities use it
+    threshold: float | None
+    target_risk: float
+    delta: float
+    method: Method
+    n_tune: int
+    n_cert: int
+    coverage: float                  # empirical, on the certification split
+    risk: float                      # empirical selective risk, on the certification split
+    risk_upper_bound: float          # (1 − δ) upper bound on the selective risk at `threshold`
+    data_fingerprint: str
+    score_params: dict[str, Any] = field(default_factory=dict)
+    candidates: dict[str, float] = field(default_factory=dict)   # score spec → tuning AURC
+    score_quantiles: list[float] = field(default_factory=list)   # certification-split quantiles
+    data: dict[str, Any] = field(default_factory=dict)           # spec, split names, ratio, seed
+    created: str = ""
+    abstain_version: str = __version__
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def defer_all(self) -> bool:
+        return self.threshold is None
+
+    def score_fn(self) -> Score:
+        """The score function this calibration certified (one implementation, shared)."""
+        return create_score(self.score, self.temperature)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+    @property
+    def sha256(self) -> str:
+        """Hash of the canonical JSON (reported in metrics and readiness)."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+
+def _check(cal: Calibration, where: str) -> None:
+    def bad(msg: str) -> CalibrationError:
+        return CalibrationError(f"{where}: {msg}. Re-run `abstain calibrate` for this model")
+
+    if cal.schema_version != SCHEMA_VERSION:
+        raise bad(f"schema_version {cal.schema_version} is not supported (expected {SCHEMA_VERSION})")
+    if len(cal.model_sha256) != 64:
+        raise bad("model_sha256 is not a SHA-256 hex digest")
+    try:
+        cal.score_fn()
+    except ScoreError as err:
+        raise bad(f"bad score: {err}") from err
+    if cal.threshold is not None and not math.isfinite(cal.threshold):
+        raise bad("threshold must be a finite number or null (defer everything)")
+    for name in ("target_risk", "delta", "coverage", "risk", "risk_upper_bound"):
+        v = getattr(cal, name)
+        if not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):
+            raise bad(f"{name} must be a number in [0, 1]; got {v!r}")
+    if cal.method not in ("ltt", "sgr", "coverage", "none"):
+        raise bad(f"unknown method {cal.method!r}")
+
+
+def new_calibration(**kwargs: Any) -> Calibration:
+    """Build and validate a calibration, stamping the creation time."""
+    kwargs.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    cal = Calibration(**kwargs)
+    _check(cal, "new calibration")
+    return cal
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write a file so readers see the old content or the new, never a half-written one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_calibration(cal: Calibration, model_dir: str | os.PathLike[str]) -> Path:
+    """Atomically write ``calibration.json`` into ``model_dir``."""
+    path = Path(model_dir) / FILENAME
+    atomic_write_text(path, cal.to_json())
+    return path
+
+
+def load_calibration(path: str | os.PathLike[str], model_sha256: str | None = None) -> Calibration:
+    """Read and verify a calibration; ``path`` is the file or its model directory.
+
+    Raises:
+        CalibrationError: missing, not JSON, wrong fields or values, or (when ``model_sha256`` is
+            given) made for a different model file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / FILENAME
+    if not path.is_file():
+        raise CalibrationError(f"{path} not found: run `abstain calibrate {path.parent}` first")
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CalibrationError(f"{path} is not valid JSON ({err}). Re-run `abstain calibrate`") from err
+    if not isinstance(raw, dict):
+        raise CalibrationError(f"{path} must hold a JSON object. Re-run `abstain calibrate`")
+    known = {f.name for f in fields(Calibration)}
+    try:
+        cal = Calibration(**{k: v for k, v in raw.items() if k in known})
+    except TypeError as err:
+        raise CalibrationError(f"{path} lacks required fields ({err}). "
+                               "Re-run `abstain calibrate`") from err
+    _check(cal, str(path))
+    if model_sha256 is not None and cal.model_sha256 != model_sha256:
+        raise CalibrationError(
+            f"{path} was made for a model with sha256 {cal.model_sha256[:12]}…, but the model "
+            f"beside it has sha256 {model_sha256[:12]}…. Re-run `abstain calibrate` for this model")
+    return cal

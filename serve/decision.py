@@ -1,0 +1,53 @@
+"""Logits → decisions for a batch, vectorised: the one place the deployed rule is applied.
+
+`abstain evaluate` and the server both call :func:`decide`, with the score function and threshold
+that `abstain calibrate` certified, so what is evaluated is exactly what is served.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from serve.calibration.artifact import Calibration
+from serve.scores import Score, as_logits, softmax
+
+
+@dataclass(frozen=True)
+class Decisions:
+    """Per-sample decisions for a batch of n.
+
+    Attributes:
+        label: (n,) int64 predicted class (argmax of the logits).
+        score: (n,) float64 confidence score (higher = more confident).
+        reject: (n,) bool, True = deferred to the fallback.
+        probabilities: (n, K) float64 temperature-calibrated softmax, or None if not asked for.
+    """
+
+    label: np.ndarray
+    score: np.ndarray
+    reject: np.ndarray
+    probabilities: np.ndarray | None = None
+
+
+class DecisionRule:
+    """A calibration's score, temperature and threshold, prepared once and applied per batch."""
+
+    def __init__(self, calibration: Calibration) -> None:
+        self.calibration = calibration
+        self.score: Score = calibration.score_fn()
+        self.threshold = calibration.threshold
+        self.temperature = calibration.temperature
+
+    def __call__(self, logits: np.ndarray, probabilities: bool = False) -> Decisions:
+        z = as_logits(logits)                       # (n, K) float64, finite
+        s = self.score(z)                           # (n,)
+        reject = np.ones_like(s, dtype=bool) if self.threshold is None else s < self.threshold
+        probs = softmax(z / self.temperature) if probabilities else None
+        return Decisions(label=z.argmax(axis=1), score=s, reject=reject, probabilities=probs)
+
+
+def decide(logits: np.ndarray, calibration: Calibration, probabilities: bool = False) -> Decisions:
+    """Apply a calibration's rule to a batch of logits ``(n, K)``."""
+    return DecisionRule(calibration)(logits, probabilities)
