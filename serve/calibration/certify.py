@@ -1,0 +1,242 @@
+"""Certification-split threshold choice with a finite-sample guarantee (METHODS.md §4).
+
+Goal: a threshold λ with P(selective risk at λ ≤ r*) ≥ 1 − δ, accepting iff ``score ≥ λ``.
+
+* **LTT** (Learn-then-Test, Angelopoulos et al. 2021): thresholds from strict to permissive (one
+  per distinct certification score), null H_λ: SR(λ) > r*, exact binomial p-value
+  ``BinomCDF(k; n, r*)`` on integer counts, fixed-sequence testing (certify while p ≤ δ, stop at
+  the first failure), deploy the most permissive certified λ. The sequence starts only where at
+  least ``max(30, ⌈log δ / log(1 − r*)⌉)`` samples are accepted: below that not even zero errors
+  can be certified, and a sequence starting there would stop at once.
+* **SGR** (Geifman & El-Yaniv 2017): binary search for ⌈log₂ m⌉ steps, each tested with an exact
+  Clopper–Pearson upper bound at δ/⌈log₂ m⌉; deploy the last safe threshold.
+* **coverage**: the strictest threshold reaching a target coverage, with the (1 − δ)
+  Clopper–Pearson upper bound of its risk (a bound reported, not a risk target certified).
+
+Every function works on the tie-grouped risk–coverage curve of serve.metrics, so tied scores
+are accepted or rejected together, and costs O(n log n).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from scipy import stats
+
+from serve.errors import AbstainError
+from serve.metrics import RiskCoverageCurve, risk_coverage_curve
+
+CertMethod = Literal["ltt", "sgr", "coverage"]
+MIN_FLOOR = 30
+
+
+class CertifyError(AbstainError, ValueError):
+    """Bad certification parameters."""
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """The outcome of certification on ``n`` certification samples.
+
+    ``threshold`` is None when nothing could be certified; then ``needed`` estimates how many
+    certification samples would be needed and ``detail`` says why.
+    """
+
+    method: CertMethod
+    threshold: float | None
+    n: int
+    n_accepted: int
+    n_errors: int
+    risk_upper_bound: float
+    target_risk: float
+    delta: float
+    min_accepted: int = 0
+    needed: int | None = None
+    detail: str = ""
+
+    @property
+    def coverage(self) -> float:
+        return self.n_accepted / self.n
+
+    @property
+    def risk(self) -> float:
+        return self.n_errors / self.n_accepted if self.n_accepted else 0.0
+
+    @property
+    def certified(self) -> bool:
+        return self.threshold is not None
+
+
+def _check(target_risk: float, delta: float) -> None:
+    if not (isinstance(target_risk, (int, float)) and 0.0 < target_risk < 1.0):
+        raise CertifyError(f"--target-risk must be strictly between 0 and 1; got {target_risk!r}")
+    if not (isinstance(delta, (int, float)) and 0.0 < delta < 1.0):
+        raise CertifyError(f"--delta must be strictly between 0 and 1; got {delta!r}")
+
+
+def zero_error_minimum(target_risk: float, delta: float) -> int:
+    """Accepted samples needed to certify SR ≤ r* at level δ with zero errors: ⌈log δ / log(1−r*)⌉."""
+    _check(target_risk, delta)
+    return math.ceil(math.log(delta) / math.log1p(-target_risk) - 1e-12)
+
+
+def min_accepted(target_risk: float, delta: float) -> int:
+    """LTT's floor on the accepted count where the fixed sequence starts: max(30, zero-error minimum)."""
+    return max(MIN_FLOOR, zero_error_minimum(target_risk, delta))
+
+
+def binomial_p_values(n_errors: np.ndarray, n_accepted: np.ndarray, target_risk: float) -> np.ndarray:
+    """P(Binomial(n, r*) ≤ k): the exact p-value of H: SR > r* given k errors in n accepted."""
+    return stats.binom.cdf(np.asarray(n_errors), np.asarray(n_accepted), target_risk)
+
+
+def clopper_pearson_upper(n_errors: np.ndarray | int, n_accepted: np.ndarray | int,
+                          alpha: float) -> np.ndarray:
+    """Exact one-sided (1 − α) upper bound sup{b : BinomCDF(k; n, b) ≥ α}; 1 when k = n."""
+    k = np.asarray(n_errors, dtype=np.float64)
+    n = np.asarray(n_accepted, dtype=np.float64)
+    full = k >= n
+    with np.errstate(invalid="ignore", divide="ignore"):
+        b = stats.beta.ppf(1.0 - alpha, k + 1.0, np.where(full, 1.0, n - k))
+    return np.where(full, 1.0, b)
+
+
+def clopper_pearson_interval(n_errors: int, n_accepted: int, confidence: float = 0.95
+                             ) -> tuple[float, float]:
+    """Exact two-sided Clopper–Pearson interval for a binomial proportion."""
+    if n_accepted <= 0:
+        return 0.0, 1.0
+    a = (1.0 - confidence) / 2.0
+    lo = 0.0 if n_errors == 0 else float(stats.beta.ppf(a, n_errors, n_accepted - n_errors + 1))
+    hi = 1.0 if n_errors >= n_accepted else float(stats.beta.ppf(1 - a, n_errors + 1, n_accepted - n_errors))
+    return lo, hi
+
+
+def samples_needed(curve: RiskCoverageCurve, target_risk: float, delta: float) -> int | None:
+    """Estimate the certification-set size at which this risk profile would certify something.
+
+    For each curve point with empirical risk p̂ < r*, the smallest accepted count m whose binomial
+    test passes at p̂·m errors, divided by the point's coverage; the minimum over points, and never
+    less than the zero-error minimum. None when no point has empirical risk below r*.
+    """
+    floor = zero_error_minimum(target_risk, delta)
+    ok = np.flatnonzero(curve.n_errors < target_risk * curve.n_accepted)
+    ok = ok[curve.n_accepted[ok] >= min(10, curve.n)]
+    if ok.size == 0:
+        return None
+    pts = ok[np.unique(np.linspace(0, ok.size - 1, 200).round().astype(np.int64))]
+    phat = curve.risk[pts]                                           # (P,)
+    cov = curve.coverage[pts]                                        # (P,)
+    m = np.unique(np.geomspace(floor, 1e9, 600).round())             # (M,) accepted counts tried
+    k = np.floor(phat[:, None] * m[None, :])                         # (P, M)
+    passes = binomial_p_values(k, np.broadcast_to(m, k.shape), target_risk) <= delta
+    first = np.where(passes.any(axis=1), passes.argmax(axis=1), -1)
+    need = [math.ceil(m[f] / c) for f, c in zip(first, cov, strict=True) if f >= 0]
+    return max(floor, min(need)) if need else None
+
+
+def _not_certified(method: CertMethod, curve: RiskCoverageCurve, target_risk: float, delta: float,
+                   floor: int, why: str) -> Certificate:
+    needed = samples_needed(curve, target_risk, delta)
+    if needed is None:
+        hint = (f"no threshold reaches an empirical selective risk below {target_risk:g} on the "
+                f"{curve.n} certification samples (lowest: {float(curve.risk.min()):.4f}); raise "
+                "--target-risk or improve the model")
+    else:
+        hint = (f"needs at least {needed} certification samples (has {curve.n}) to certify "
+                f"selective risk ≤ {target_risk:g} at δ = {delta:g}; add calibration data, lower "
+                "--tune-fraction, or raise --target-risk / --delta")
+    return Certificate(method=method, threshold=None, n=curve.n, n_accepted=0, n_errors=0,
+                       risk_upper_bound=0.0, target_risk=target_risk, delta=delta,
+                       min_accepted=floor, needed=needed, detail=f"{why}: {hint}")
+
+
+def certify_ltt(scores: np.ndarray, errors: np.ndarray, target_risk: float, delta: float,
+                curve: RiskCoverageCurve | None = None) -> Certificate:
+    """Learn-then-Test with fixed-sequence testing from strict to permissive (see module doc).
+
+    ``risk_upper_bound`` is the exact (1 − δ) Clopper–Pearson bound at the deployed threshold,
+    which is ≤ r* by duality with the binomial test.
+    """
+    _check(target_risk, delta)
+    c = curve or risk_coverage_curve(scores, errors)
+    floor = min_accepted(target_risk, delta)
+    start = int(np.searchsorted(c.n_accepted, floor))     # first point accepting ≥ floor samples
+    if start >= len(c.n_accepted):
+        return _not_certified("ltt", c, target_risk, delta, floor,
+                              f"fewer than {floor} certification samples")
+    p = binomial_p_values(c.n_errors[start:], c.n_accepted[start:], target_risk)   # (G − start,)
+    failed = p > delta
+    n_ok = int(failed.argmax()) if failed.any() else len(p)
+    if n_ok == 0:
+        return _not_certified("ltt", c, target_risk, delta, floor,
+                              f"the first tested threshold (accepting {int(c.n_accepted[start])}) "
+                              f"has p-value {p[0]:.3g} > δ")
+    g = start + n_ok - 1
+    k, n = int(c.n_errors[g]), int(c.n_accepted[g])
+    return Certificate(method="ltt", threshold=float(c.thresholds[g]), n=c.n, n_accepted=n,
+                       n_errors=k, risk_upper_bound=float(clopper_pearson_upper(k, n, delta)),
+                       target_risk=target_risk, delta=delta, min_accepted=floor,
+                       detail=f"fixed sequence certified {n_ok} of {len(p)} thresholds")
+
+
+def certify_sgr(scores: np.ndarray, errors: np.ndarray, target_risk: float, delta: float,
+                curve: RiskCoverageCurve | None = None) -> Certificate:
+    """Selection with guaranteed risk: ⌈log₂ m⌉ binary-search steps, CP bounds at δ/⌈log₂ m⌉."""
+    _check(target_risk, delta)
+    c = curve or risk_coverage_curve(scores, errors)
+    steps = max(1, math.ceil(math.log2(c.n)))
+    level = delta / steps
+    lo, hi, best, best_bound = 0, len(c.n_accepted) - 1, -1, 1.0
+    for _ in range(steps):
+        if lo > hi:
+            break
+        mid = (lo + hi) // 2
+        bound = float(clopper_pearson_upper(int(c.n_errors[mid]), int(c.n_accepted[mid]), level))
+        if bound <= target_risk:
+            best, best_bound, lo = mid, bound, mid + 1       # safe: try more permissive
+        else:
+            hi = mid - 1
+    if best < 0:
+        return _not_certified("sgr", c, target_risk, delta, zero_error_minimum(target_risk, level),
+                              f"no binary-search step had a Clopper–Pearson bound ≤ {target_risk:g} "
+                              f"at δ/{steps}")
+    k, n = int(c.n_errors[best]), int(c.n_accepted[best])
+    return Certificate(method="sgr", threshold=float(c.thresholds[best]), n=c.n, n_accepted=n,
+                       n_errors=k, risk_upper_bound=best_bound, target_risk=target_risk, delta=delta,
+                       detail=f"{steps} binary-search steps at δ' = {level:.3g}")
+
+
+def certify_coverage(scores: np.ndarray, errors: np.ndarray, target_coverage: float, delta: float,
+                     target_risk: float, curve: RiskCoverageCurve | None = None) -> Certificate:
+    """The strictest threshold with coverage ≥ ``target_coverage`` and its (1 − δ) CP risk bound."""
+    _check(target_risk, delta)
+    if not (isinstance(target_coverage, (int, float)) and 0.0 < target_coverage <= 1.0):
+        raise CertifyError(f"--target-coverage must be in (0, 1]; got {target_coverage!r}")
+    c = curve or risk_coverage_curve(scores, errors)
+    g = int(np.searchsorted(c.n_accepted, math.ceil(target_coverage * c.n - 1e-9)))
+    g = min(g, len(c.n_accepted) - 1)
+    k, n = int(c.n_errors[g]), int(c.n_accepted[g])
+    bound = float(clopper_pearson_upper(k, n, delta))
+    verdict = "meets" if bound <= target_risk else "does NOT meet"
+    return Certificate(method="coverage", threshold=float(c.thresholds[g]), n=c.n, n_accepted=n,
+                       n_errors=k, risk_upper_bound=bound, target_risk=target_risk, delta=delta,
+                       detail=f"coverage {n / c.n:.4f}: risk bound {bound:.4f} {verdict} the "
+                              f"target {target_risk:g}")
+
+
+def certify(scores: np.ndarray, errors: np.ndarray, target_risk: float, delta: float,
+            method: Literal["ltt", "sgr"] = "ltt", target_coverage: float | None = None
+            ) -> Certificate:
+    """Dispatch: ``target_coverage`` set → coverage mode; else LTT or SGR."""
+    curve = risk_coverage_curve(scores, errors)
+    if target_coverage is not None:
+        return certify_coverage(scores, errors, target_coverage, delta, target_risk, curve)
+    if method == "ltt":
+        return certify_ltt(scores, errors, target_risk, delta, curve)
+    if method == "sgr":
+        return certify_sgr(scores, errors, target_risk, delta, curve)
+    raise CertifyError(f"unknown method {method!r}; valid: ltt, sgr")

@@ -1,0 +1,119 @@
+"""The whole calibration on arrays: split → choose score and temperature → certify → Calibration.
+
+Used by `abstain calibrate`, the benchmark and the statistical test, so all three run the same
+numerics. Logits may be float32 (kept as given) and are processed in float64 blocks.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from serve.calibration.artifact import Calibration, new_calibration
+from serve.calibration.certify import Certificate, certify
+from serve.calibration.choose import ScoreChoice, choose_score, predictions, score_in_chunks
+from serve.calibration.split import stratified_split
+from serve.errors import AbstainError
+from serve.scores import create_score
+
+log = logging.getLogger(__name__)
+
+QUANTILES = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+
+
+class NotCertifiableError(AbstainError):
+    """No threshold could be certified (and deferring everything was not allowed)."""
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """What the user asked for."""
+
+    target_risk: float = 0.02
+    delta: float = 0.05
+    method: Literal["ltt", "sgr"] = "ltt"
+    score: str = "auto"
+    target_coverage: float | None = None
+    tune_fraction: float = 0.3
+    seed: int = 0
+
+
+@dataclass
+class CalibrationRun:
+    """Everything a calibration computed: the artifact's inputs and what the plots show."""
+
+    settings: CalibrationSettings
+    choice: ScoreChoice
+    certificate: Certificate
+    n_tune: int
+    cert_scores: np.ndarray = field(repr=False)       # (n_cert,) chosen score on the cert split
+    cert_errors: np.ndarray = field(repr=False)       # (n_cert,) bool
+    cert_msp: np.ndarray = field(repr=False)          # (n_cert,) temperature-scaled MSP
+    cert_msp_raw: np.ndarray = field(repr=False)      # (n_cert,) MSP at T = 1
+
+    @property
+    def score_quantiles(self) -> list[float]:
+        return [float(v) for v in np.quantile(self.cert_scores, QUANTILES)]
+
+
+def _labels(labels: np.ndarray, n: int, k: int) -> np.ndarray:
+    y = np.asarray(labels)
+    if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
+        raise AbstainError(f"labels must be {n} integers (one per logit row); got {y.dtype} {y.shape}")
+    if y.size and (y.min() < 0 or y.max() >= k):
+        raise AbstainError(f"labels must lie in 0..{k - 1} (the model has {k} classes); "
+                           f"got range {int(y.min())}..{int(y.max())}")
+    return y.astype(np.int64, copy=False)
+
+
+def calibrate_arrays(logits: np.ndarray, labels: np.ndarray,
+                     settings: CalibrationSettings = CalibrationSettings()) -> CalibrationRun:
+    """Run the whole calibration on ``logits (n, K)`` and ``labels (n,)``."""
+    z = np.asarray(logits)
+    if z.ndim != 2 or z.shape[1] < 2:
+        raise AbstainError(f"logits must have shape (n, K ≥ 2); got {z.shape}")
+    if not np.issubdtype(z.dtype, np.floating):
+        z = z.astype(np.float64)
+    y = _labels(labels, len(z), z.shape[1])
+    tune, cert = stratified_split(y, settings.tune_fraction, settings.seed)
+    z_tune = z[tune]                                  # (n_tune, K) copy in the input dtype
+    choice = choose_score(z_tune, y[tune], settings.score)
+    del z_tune
+    z_cert = z[cert]                                  # (n_cert, K)
+    y_cert = y[cert]
+    cert_errors = predictions(z_cert) != y_cert
+    cert_scores = score_in_chunks(choice.score, z_cert)
+    msp = score_in_chunks(create_score("msp", choice.temperature), z_cert)
+    msp_raw = msp if choice.temperature == 1.0 else score_in_chunks(create_score("msp"), z_cert)
+    del z_cert
+    cert = certify(cert_scores, cert_errors, settings.target_risk, settings.delta,
+                   settings.method, settings.target_coverage)
+    return CalibrationRun(settings=settings, choice=choice, certificate=cert, n_tune=len(tune),
+                          cert_scores=cert_scores, cert_errors=cert_errors, cert_msp=msp,
+                          cert_msp_raw=msp_raw)
+
+
+def to_calibration(run: CalibrationRun, model_sha256: str, data: dict[str, Any],
+                   allow_defer_all: bool = False) -> Calibration:
+    """The artifact for a run; raises NotCertifiableError unless certified or ``allow_defer_all``."""
+    c = run.certificate
+    if not c.certified and not allow_defer_all:
+        raise NotCertifiableError(f"cannot certify a threshold: {c.detail}. (Or pass "
+                                  "--allow-defer-all to write a calibration that defers everything)")
+    s = run.settings
+    return new_calibration(
+        model_sha256=model_sha256, score=run.choice.spec, temperature=run.choice.temperature,
+        threshold=c.threshold, target_risk=s.target_risk, delta=s.delta,
+        method=c.method if c.certified else "none", n_tune=run.n_tune, n_cert=c.n,
+        coverage=c.coverage if c.certified else 0.0, risk=c.risk if c.certified else 0.0,
+        risk_upper_bound=c.risk_upper_bound if c.certified else 0.0,
+        data_fingerprint=str(data.get("fingerprint", "")),
+        score_params={"p": create_score(run.choice.spec).p, "reason": run.choice.reason,
+                      "min_accepted": c.min_accepted, "attempted_method": c.method,
+                      "target_coverage": s.target_coverage, "n_accepted": c.n_accepted,
+                      "n_errors": c.n_errors, "detail": c.detail, "needed": c.needed},
+        candidates=run.choice.aurcs(), score_quantiles=run.score_quantiles,
+        data={**data, "tune_fraction": s.tune_fraction, "seed": s.seed, "stratify": "label"})
