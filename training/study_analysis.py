@@ -1,0 +1,114 @@
+"""The study's numbers, computed from the per-run files it saved (torch-free).
+
+Every number in a study report comes from here, and here reads only what the study wrote:
+``runs/<tag>/logits.npz`` (ONNX logits and labels of the tune and test splits) and
+``runs/<tag>/features.npz`` (penultimate features and the classifier matrix). Scores come from
+serve.scores, metrics from serve.metrics and the ``auto`` choice from serve.calibration.choose:
+the code the server and `abstain calibrate` run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serve import metrics
+from serve.errors import AbstainError
+from serve.scores import create_score
+from training.collapse import collapse
+
+P_GRID = tuple(range(11))
+SCORES = ("msp", "maxlogit", *(f"pnorm:{p}" for p in P_GRID), "auto")
+METRICS = ("aurc", "e_aurc", "naurc", "augrc", "auroc", "risk_at_80", "risk_at_50")
+NC_KEYS = ("nc1", "nc2_means", "nc2_weights", "nc3", "within_class_var")
+
+
+class StudyError(AbstainError):
+    """A study configuration or output directory that cannot be used."""
+
+
+def score_metrics(logits: np.ndarray, labels: np.ndarray, spec: str) -> dict[str, float]:
+    """Every metric of METRICS for one fixed score spec on one split."""
+    errors = logits.argmax(axis=1) != labels
+    s = create_score(spec)(logits)
+    out = metrics.summary(s, errors, coverages=(0.5, 0.8))
+    return {k: float(out[k]) for k in METRICS}
+
+
+def choose_auto(logits_tune: np.ndarray, labels_tune: np.ndarray) -> str:
+    """Cattelan & Silva's rule on the tuning split (the calibration library's ``auto``)."""
+    from serve.calibration.choose import choose_score
+
+    return choose_score(logits_tune, labels_tune, "auto").spec
+
+
+def analyse_run(run_dir: Path) -> dict[str, Any]:
+    """Accuracy, every score's metrics on the test split, the auto choice, and NC1–NC3."""
+    meta = json.loads((run_dir / "run.json").read_text())
+    with np.load(run_dir / "logits.npz") as f:
+        z_tune, y_tune = f["logits_tune"].astype(np.float64), f["labels_tune"]
+        z_test, y_test = f["logits_test"].astype(np.float64), f["labels_test"]
+    auto = choose_auto(z_tune, y_tune)
+    scores = {spec: score_metrics(z_test, y_test, auto if spec == "auto" else spec)
+              for spec in SCORES}
+    nc: dict[str, dict[str, float]] = {}
+    feat = run_dir / "features.npz"
+    if feat.is_file():
+        with np.load(feat) as f:
+            for split in ("train", "test"):
+                if f"features_{split}" in f:
+                    nc[split] = collapse(f[f"features_{split}"], f[f"labels_{split}"],
+                                         f["weights"]).as_dict()
+    return {
+        "tag": meta["tag"], "loss": meta["loss"], "seed": meta["seed"],
+        "accuracy": float((z_test.argmax(axis=1) == y_test).mean()),
+        "n_test": int(len(y_test)), "n_tune": int(len(y_tune)),
+        "auto_spec": auto, "scores": scores, "collapse": nc,
+        "train_seconds": meta.get("train_seconds"),
+    }
+
+
+def _stats(values: Sequence[float]) -> dict[str, float]:
+    v = np.asarray(values, dtype=np.float64)
+    return {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if v.size > 1 else float("nan"),
+            "n": int(v.size)}
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per loss: mean ± sample std (ddof = 1) over seeds of every number in the runs."""
+    by_loss: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        by_loss.setdefault(r["loss"], []).append(r)
+    out: dict[str, dict[str, Any]] = {}
+    for loss, rs in by_loss.items():
+        rs = sorted(rs, key=lambda r: r["seed"])
+        entry: dict[str, Any] = {
+            "seeds": [r["seed"] for r in rs],
+            "accuracy": _stats([r["accuracy"] for r in rs]),
+            "auto_specs": [r["auto_spec"] for r in rs],
+            "scores": {s: {m: _stats([r["scores"][s][m] for r in rs]) for m in METRICS}
+                       for s in SCORES},
+            "collapse": {},
+        }
+        for split in ("train", "test"):
+            if all(split in r["collapse"] for r in rs):
+                entry["collapse"][split] = {k: _stats([r["collapse"][split][k] for r in rs])
+                                            for k in NC_KEYS}
+        out[loss] = entry
+    return out
+
+
+def per_seed(runs: list[dict[str, Any]], loss: str, key: tuple[str, ...]) -> dict[int, float]:
+    """``{seed: value}`` for one loss, where ``key`` walks into a run dict."""
+    out = {}
+    for r in runs:
+        if r["loss"] == loss:
+            v: Any = r
+            for k in key:
+                v = v[k]
+            out[int(r["seed"])] = float(v)
+    return out
