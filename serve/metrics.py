@@ -83,27 +83,43 @@ class RiskCoverageCurve:
 
 
 def risk_coverage_curve(scores: Array, errors: Array) -> RiskCoverageCurve:
-    """The tie-grouped risk–coverage curve (O(n log n))."""
+    """The tie-grouped risk–coverage curve (O(n log n)).
+
+    Two plain sorts (all scores, the errors' scores) instead of an argsort and gathers: at
+    n = 10⁷ this is about 3× faster, and sample order within ties cannot matter by construction.
+    """
     s, e = _validate(scores, errors)
-    order = np.argsort(-s, kind="stable")
-    s_sorted = s[order]
-    cum_err = np.cumsum(e[order], dtype=np.int64)
-    # Last index of each run of equal scores.
-    ends = np.flatnonzero(np.diff(s_sorted) != 0)
-    ends = np.append(ends, s.size - 1)
+    n = s.size
+    asc = np.sort(s)                                            # (n,) ascending
+    err_asc = np.sort(s[e])                                     # (n_err,) errors' scores, ascending
+    starts = np.flatnonzero(asc[1:] != asc[:-1]) + 1            # first index of each run but the first
+    starts = np.concatenate((np.zeros(1, dtype=np.int64), starts))  # (G,) run starts, ascending
+    thresholds = asc[starts]                                    # (G,) distinct scores, ascending
+    # Errors with score ≥ threshold: the tail of err_asc from the first element ≥ threshold.
+    n_errors = err_asc.size - np.searchsorted(err_asc, thresholds, side="left")
     return RiskCoverageCurve(
-        thresholds=s_sorted[ends], n_accepted=ends.astype(np.int64) + 1,
-        n_errors=cum_err[ends], n=int(s.size))
+        thresholds=thresholds[::-1].copy(), n_accepted=(n - starts)[::-1].astype(np.int64),
+        n_errors=n_errors[::-1].astype(np.int64), n=int(n))
 
 
 def _group_sizes(curve: RiskCoverageCurve) -> Array:
     return np.diff(curve.n_accepted, prepend=0)
 
 
+def _aurc(c: RiskCoverageCurve) -> float:
+    return float(np.sum(_group_sizes(c) * c.risk) / c.n)
+
+
+def _aurc_optimal_counts(n: int, n_errors: int) -> float:
+    # Oracle prefix risks: 0 for the first n_c samples, then (i − n_c)/i for i = n_c+1 … n.
+    n_correct = n - n_errors
+    i = np.arange(n_correct + 1, n + 1, dtype=np.float64)       # (n_errors,)
+    return float(np.sum((i - n_correct) / i) / n)
+
+
 def aurc(scores: Array, errors: Array, curve: RiskCoverageCurve | None = None) -> float:
     """Area under the risk–coverage curve (right-Riemann over tie groups)."""
-    c = curve or risk_coverage_curve(scores, errors)
-    return float(np.sum(_group_sizes(c) * c.risk) / c.n)
+    return _aurc(curve or risk_coverage_curve(scores, errors))
 
 
 def aurc_optimal(errors: Array) -> float:
@@ -111,36 +127,42 @@ def aurc_optimal(errors: Array) -> float:
 
     ``(1/n) Σ_{i=n_c+1}^{n} (i − n_c)/i``; tends to ``err + (1 − err) ln(1 − err)``.
     """
-    e = np.asarray(errors).astype(bool)
-    n = e.size
-    n_correct = n - int(e.sum())
-    i = np.arange(n_correct + 1, n + 1, dtype=np.float64)
-    return float(np.sum((i - n_correct) / i) / n)
+    _, e = _validate(np.zeros(np.shape(errors)), errors)
+    return _aurc_optimal_counts(e.size, int(e.sum()))
 
 
 def aurc_optimal_asymptotic(error_rate: float) -> float:
     """METHODS.md's closed form ``err + (1 − err)·ln(1 − err)`` (the n → ∞ oracle)."""
     r = float(error_rate)
-    return r if r >= 1.0 else r + (1.0 - r) * np.log1p(-r)
+    if not 0.0 <= r <= 1.0:
+        raise MetricError(f"error rate must be in [0, 1]; got {error_rate}")
+    return r if r >= 1.0 else r + (1.0 - r) * float(np.log1p(-r))
+
+
+def _e_aurc(c: RiskCoverageCurve) -> float:
+    return _aurc(c) - _aurc_optimal_counts(c.n, int(c.n_errors[-1]))
+
+
+def _naurc(c: RiskCoverageCurve) -> float:
+    n_err = int(c.n_errors[-1])
+    if n_err == 0 or n_err == c.n:
+        return float("nan")
+    opt = _aurc_optimal_counts(c.n, n_err)
+    return (_aurc(c) - opt) / (c.error_rate - opt)
 
 
 def e_aurc(scores: Array, errors: Array, curve: RiskCoverageCurve | None = None) -> float:
-    """Excess AURC: AURC − AURC*. Zero for the oracle ranking."""
-    c = curve or risk_coverage_curve(scores, errors)
-    return aurc(scores, errors, c) - aurc_optimal(np.asarray(errors))
+    """Excess AURC: AURC − AURC*. Zero for the oracle ranking, ≥ 0 for any scores (ties included)."""
+    return _e_aurc(curve or risk_coverage_curve(scores, errors))
 
 
 def naurc(scores: Array, errors: Array, curve: RiskCoverageCurve | None = None) -> float:
     """Normalised AURC: (AURC − AURC*)/(err − AURC*); 0 = oracle, ≈1 = random ranking.
 
-    NaN when there are no errors or only errors (nothing to rank).
+    NaN when there are no errors or only errors (nothing to rank). With 0 < err < 1 the
+    denominator is > 0 because AURC* < err whenever one sample is correct.
     """
-    c = curve or risk_coverage_curve(scores, errors)
-    opt = aurc_optimal(np.asarray(errors))
-    denom = c.error_rate - opt
-    if c.n_errors[-1] == 0 or c.n_errors[-1] == c.n or denom <= 0:
-        return float("nan")
-    return (aurc(scores, errors, c) - opt) / denom
+    return _naurc(curve or risk_coverage_curve(scores, errors))
 
 
 def augrc(scores: Array, errors: Array, curve: RiskCoverageCurve | None = None) -> float:
@@ -188,6 +210,8 @@ def auroc(scores: Array, errors: Array, curve: RiskCoverageCurve | None = None) 
 def fpr_at_tpr(scores: Array, errors: Array, tpr: float = 0.95,
                curve: RiskCoverageCurve | None = None) -> float:
     """Fraction of errors accepted at the strictest threshold accepting ≥ ``tpr`` of correct ones."""
+    if not 0.0 < tpr <= 1.0:
+        raise MetricError(f"tpr must be in (0, 1]; got {tpr}")
     c = curve or risk_coverage_curve(scores, errors)
     n_wrong, n_correct = int(c.n_errors[-1]), c.n - int(c.n_errors[-1])
     if n_wrong == 0 or n_correct == 0:
@@ -199,6 +223,8 @@ def fpr_at_tpr(scores: Array, errors: Array, tpr: float = 0.95,
 
 def ece(confidences: Array, errors: Array, n_bins: int = ECE_BINS) -> float:
     """Expected calibration error over equal-width bins ``(k/B, (k+1)/B]`` (0 goes in bin 0)."""
+    if not (isinstance(n_bins, (int, np.integer)) and n_bins >= 1):
+        raise MetricError(f"n_bins must be a positive integer; got {n_bins!r}")
     conf, e = _validate(confidences, errors)
     if conf.min() < 0 or conf.max() > 1:
         raise MetricError("ECE needs confidences in [0, 1] (probabilities, e.g. MSP)")
@@ -214,9 +240,9 @@ def summary(scores: Array, errors: Array, coverages: tuple[float, ...] = (0.5, 0
     out = {
         "n": float(c.n),
         "error_rate": c.error_rate,
-        "aurc": aurc(scores, errors, c),
-        "e_aurc": e_aurc(scores, errors, c),
-        "naurc": naurc(scores, errors, c),
+        "aurc": _aurc(c),
+        "e_aurc": _e_aurc(c),
+        "naurc": _naurc(c),
         "augrc": augrc(scores, errors, c),
         "auroc": auroc(scores, errors, c),
         "fpr_at_95tpr": fpr_at_tpr(scores, errors, 0.95, c),
