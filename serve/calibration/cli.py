@@ -1,0 +1,321 @@
+"""`abstain calibrate` and `abstain evaluate`: torch-free, logits through serve.runtime.
+
+Data roles never mix: calibration refuses a dataset's ``train``/``test`` split (or a whole
+built-in dataset, which contains them); evaluation refuses the split the model was calibrated on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serve.calibration.artifact import FILENAME, Calibration, load_calibration, save_calibration
+from serve.errors import AbstainError
+
+log = logging.getLogger(__name__)
+MODEL_FILE = "model.onnx"
+# Dataset kinds whose spec without a split suffix means "everything", training data included.
+_BUILTIN_KINDS = {"mnist1d", "digits", "cifar10", "cifar100"}
+
+
+class DataRoleError(AbstainError):
+    """Data used in a role it must not play (e.g. calibrating on the test split)."""
+
+
+def _model_path(arg: str) -> Path:
+    p = Path(arg)
+    path = p / MODEL_FILE if p.is_dir() else p
+    if not path.is_file():
+        raise AbstainError(f"no model at {path}: pass a model directory holding {MODEL_FILE} "
+                           "(e.g. models/mnist1d-maxsup/1), as written by `abstain export`")
+    return path
+
+
+def _load_logits_npz(path: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    from serve.runtime import sha256_file
+
+    p = Path(path)
+    if not p.is_file():
+        raise AbstainError(f"--logits file not found: {p} (an .npz with arrays 'logits' and 'labels')")
+    try:
+        with np.load(p, allow_pickle=False) as f:
+            missing = {"logits", "labels"} - set(f.files)
+            if missing:
+                raise AbstainError(f"{p} lacks array(s) {sorted(missing)}; it has {sorted(f.files)}. "
+                                   "Save it with np.savez(path, logits=(n, K), labels=(n,))")
+            z, y = f["logits"], f["labels"]
+    except (ValueError, OSError) as err:
+        raise AbstainError(f"cannot read {p} as .npz without pickle ({err})") from err
+    if z.ndim != 2 or y.shape != (len(z),) or not np.issubdtype(y.dtype, np.integer):
+        raise AbstainError(f"{p}: need logits (n, K) and integer labels (n,); got {z.shape} {z.dtype} "
+                           f"and {y.shape} {y.dtype}")
+    if not np.issubdtype(z.dtype, np.floating) or not np.isfinite(z).all():
+        raise AbstainError(f"{p}: logits must be finite floating-point numbers")
+    info = {"spec": f"logits:{p}", "split": "given", "fingerprint": sha256_file(p), "n": int(len(y))}
+    return z, y, info
+
+
+def _model_logits(model_path: Path, spec: str, device: str, batch_size: int):
+    from serve.data import load_split
+    from serve.runtime import OnnxModel
+
+    model = OnnxModel(model_path, device=device)  # type: ignore[arg-type]
+    x, y, info = load_split(spec)
+    if int(y.max()) >= model.num_classes:
+        raise AbstainError(f"{spec} has labels up to {int(y.max())} but {model_path} has only "
+                           f"{model.num_classes} classes: wrong dataset for this model")
+    z = model.logits(x, batch_size=batch_size, progress=sys.stderr.isatty())
+    return model, z, y, info
+
+
+def _split_of(spec: str) -> tuple[str, str | None]:
+    from serve.data import parse_spec
+
+    s = parse_spec(spec)
+    return s.kind, s.split
+
+
+def _default_spec(model_path: Path) -> str:
+    from serve.runtime import OnnxModel
+
+    meta = OnnxModel(model_path, device="cpu").metadata
+    spec = meta.get("data_spec")
+    if not isinstance(spec, str) or not spec:
+        raise AbstainError(f"{model_path} has no 'data_spec' metadata: pass --data SPEC:calibration "
+                           "or --logits FILE.npz")
+    return f"{spec}:calibration"
+
+
+def check_calibration_role(spec: str) -> None:
+    """Refuse calibrating on training or test data (the guarantee would be void)."""
+    kind, split = _split_of(spec)
+    if split in ("train", "test"):
+        raise DataRoleError(f"refusing to calibrate on the '{split}' split of {spec!r}: data roles "
+                            "never mix (calibration must be disjoint from training and test data). "
+                            f"Use {spec.rsplit(':', 1)[0]}:calibration")
+    if split in (None, "all") and kind in _BUILTIN_KINDS:
+        raise DataRoleError(f"{spec!r} names the whole dataset, training and test data included; "
+                            f"use {spec}:calibration")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def _print_calibration(run, cal: Calibration, out: Path) -> None:
+    from rich.table import Table
+
+    con = _console()
+    t = Table(title=f"score candidates on the tuning split (n = {run.n_tune}, "
+                    f"error rate {run.choice.error_rate:.4f}, T = {run.choice.temperature:.4f})")
+    for col in ("score", "AURC", "E-AURC", "AUROC", ""):
+        t.add_column(col, justify="right" if col not in ("score", "") else "left")
+    for c in run.choice.candidates:
+        mark = "◀ chosen" if c.spec == run.choice.spec else ""
+        t.add_row(c.spec, f"{c.aurc:.5f}", f"{c.e_aurc:.5f}", f"{c.auroc:.4f}", mark,
+                  style="bold" if mark else None)
+    con.print(t)
+    con.print(f"[bold]choice:[/bold] {run.choice.reason}")
+    cert = run.certificate
+    d = Table(title=f"certification (n = {cert.n}, method {cert.method})")
+    d.add_column("quantity")
+    d.add_column("value", justify="right")
+    s = run.settings
+    rows = [("target risk r*", f"{s.target_risk:g}"), ("δ", f"{s.delta:g}"),
+            ("threshold", "none (defer all)" if cal.threshold is None else f"{cal.threshold:.6g}"),
+            ("coverage (cert)", f"{cal.coverage:.4f}"), ("selective risk (cert)", f"{cal.risk:.4f}"),
+            ("risk upper bound", f"{cal.risk_upper_bound:.4f}"),
+            ("accepted / errors", f"{cert.n_accepted} / {cert.n_errors}"),
+            ("detail", cert.detail)]
+    for k, v in rows:
+        d.add_row(k, v)
+    con.print(d)
+    if cal.threshold is None:
+        con.print("[bold red]WARNING: nothing could be certified; this calibration DEFERS EVERY "
+                  f"PREDICTION.[/bold red] {cert.detail}")
+    elif cert.method == "coverage" and cert.risk_upper_bound > s.target_risk:
+        con.print(f"[bold yellow]note:[/bold yellow] at coverage {s.target_coverage:g} the risk bound "
+                  f"{cert.risk_upper_bound:.4f} exceeds the target {s.target_risk:g}")
+    con.print(f"wrote {out / FILENAME}, {out / 'risk_coverage.png'}, {out / 'reliability.png'}")
+
+
+def calibrate_main(args: argparse.Namespace) -> int:
+    from serve.calibration.pipeline import CalibrationSettings, calibrate_arrays, to_calibration
+    from serve.calibration.plots import reliability_plot, risk_coverage_plot
+    from serve.runtime import sha256_file
+
+    model_path = _model_path(args.model)
+    settings = CalibrationSettings(target_risk=args.target_risk, delta=args.delta,
+                                   method=args.method, score=args.score,
+                                   target_coverage=args.target_coverage,
+                                   tune_fraction=args.tune_fraction, seed=args.seed)
+    if args.logits:
+        if args.data:
+            raise AbstainError("pass either --data or --logits, not both")
+        z, y, info = _load_logits_npz(args.logits)
+        sha = sha256_file(model_path)
+    else:
+        spec = args.data or _default_spec(model_path)
+        check_calibration_role(spec)
+        model, z, y, info = _model_logits(model_path, spec, args.device, args.batch_size)
+        sha = model.sha256
+    data = {"spec": info["spec"], "split": info["split"], "fingerprint": info["fingerprint"],
+            "n": info["n"]}
+    if "seed" in info:
+        data["data_seed"] = info["seed"]
+    run = calibrate_arrays(z, y, settings)
+    cal = to_calibration(run, sha, data, allow_defer_all=args.allow_defer_all)
+    out = model_path.parent
+    risk_coverage_plot(run, out / "risk_coverage.png")
+    reliability_plot(run, out / "reliability.png")
+    save_calibration(cal, out)
+    _print_calibration(run, cal, out)
+    return 0
+
+
+def register_calibrate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("calibrate", help="choose the score and certify a rejection threshold",
+                       description="Split calibration data into tuning and certification parts, "
+                       "choose the confidence score and temperature, certify a threshold with "
+                       "P(selective risk ≤ target) ≥ 1 − δ, and write calibration.json + plots "
+                       "beside the model.")
+    p.add_argument("model", help="model directory (models/NAME/VERSION) or its model.onnx")
+    p.add_argument("--data", help="calibration data spec, e.g. mnist1d:calibration "
+                   "(default: the model's data_spec metadata + ':calibration')")
+    p.add_argument("--logits", help="precomputed .npz with 'logits' (n, K) and 'labels' (n,)")
+    p.add_argument("--target-risk", type=float, default=0.02, help="r*: maximal selective risk")
+    p.add_argument("--delta", type=float, default=0.05, help="δ: allowed failure probability")
+    p.add_argument("--method", choices=("ltt", "sgr"), default="ltt")
+    p.add_argument("--score", default="auto",
+                   help="auto (MSP unless a pnorm:0..10 has strictly lower AURC), msp, pnorm:2, ...")
+    p.add_argument("--target-coverage", type=float, default=None,
+                   help="pick the threshold for this coverage and report its risk bound instead")
+    p.add_argument("--tune-fraction", type=float, default=0.3,
+                   help="share of the calibration data used to choose the score")
+    p.add_argument("--seed", type=int, default=0, help="seed of the tuning/certification split")
+    p.add_argument("--allow-defer-all", action="store_true",
+                   help="if nothing can be certified, write a calibration that defers everything")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.set_defaults(handler=calibrate_main)
+
+
+def _nan_to_none(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _nan_to_none(x) for k, x in v.items()}
+    return v
+
+
+def evaluate_arrays(cal: Calibration, logits: np.ndarray, labels: np.ndarray,
+                    confidence: float = 0.95) -> dict[str, Any]:
+    """Every deployment metric of a calibration's rule on labelled logits."""
+    from serve import metrics
+    from serve.calibration.certify import clopper_pearson_interval, clopper_pearson_upper
+    from serve.decision import DecisionRule
+
+    y = np.asarray(labels, dtype=np.int64)
+    d = DecisionRule(cal)(logits, probabilities=True)
+    errors = d.label != y                                   # (n,) bool
+    accepted = ~d.reject
+    n, n_acc = len(y), int(accepted.sum())
+    k = int(errors[accepted].sum())
+    risk = k / n_acc if n_acc else float("nan")
+    lo, hi = clopper_pearson_interval(k, n_acc, confidence)
+    summ = metrics.summary(d.score, errors)
+    return _nan_to_none({
+        "n": n, "accuracy": float(1.0 - errors.mean()), "coverage": n_acc / n,
+        "n_accepted": n_acc, "n_errors_accepted": k, "selective_risk": risk,
+        "risk_ci": [lo, hi], "confidence": confidence,
+        "risk_upper_bound": float(clopper_pearson_upper(k, n_acc, cal.delta)) if n_acc else float("nan"),
+        "target_risk": cal.target_risk, "under_target": bool(n_acc and risk <= cal.target_risk),
+        "aurc": summ["aurc"], "e_aurc": summ["e_aurc"], "augrc": summ["augrc"],
+        "auroc": summ["auroc"],
+        "ece": metrics.ece(d.probabilities.max(axis=1), errors),  # temperature-scaled MSP
+    })
+
+
+def evaluate_main(args: argparse.Namespace) -> int:
+    from serve.runtime import sha256_file
+
+    model_path = _model_path(args.model)
+    if args.logits:
+        if args.data:
+            raise AbstainError("pass either --data or --logits, not both")
+        z, y, info = _load_logits_npz(args.logits)
+        sha = sha256_file(model_path)
+    else:
+        if not args.data:
+            raise AbstainError("--data SPEC:test is required (or --logits FILE.npz)")
+        _, split = _split_of(args.data)
+        if split == "calibration":
+            raise DataRoleError(f"refusing to evaluate on {args.data!r}: the calibration split "
+                                "chose the score and certified the threshold, so its numbers are "
+                                "optimistic. Use the test split, e.g. "
+                                f"{args.data.rsplit(':', 1)[0]}:test")
+        model, z, y, info = _model_logits(model_path, args.data, args.device, args.batch_size)
+        sha = model.sha256
+    cal = load_calibration(model_path.parent, sha)
+    if info["fingerprint"] == cal.data_fingerprint and info["split"] == cal.data.get("split"):
+        raise DataRoleError(f"refusing to evaluate on {info['spec']} ({info['split']}): it is the "
+                            "data this model was calibrated on. Evaluate on held-out test data")
+    if info["split"] in ("train", "tune"):
+        log.warning("evaluating on the '%s' split: the model has seen it, numbers are optimistic",
+                    info["split"])
+    res = evaluate_arrays(cal, z, y, args.confidence)
+    report = {"model": str(model_path), "model_sha256": sha,
+              "data": {k: info[k] for k in ("spec", "split", "fingerprint", "n")},
+              "calibration": {"score": cal.score, "temperature": cal.temperature,
+                              "threshold": cal.threshold, "method": cal.method,
+                              "target_risk": cal.target_risk, "delta": cal.delta,
+                              "certified_coverage": cal.coverage}, "metrics": res}
+    if args.json:
+        print(json.dumps(report, indent=2, allow_nan=False))
+        return 0
+    from rich.table import Table
+
+    c = report["calibration"]
+    t = Table(title=f"{model_path.parent} on {info['spec']}:{info['split']} (n = {res['n']}); "
+                    f"score {c['score']}, threshold {c['threshold']}, T = {c['temperature']:.4f}")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+
+    def f(v: Any, fmt: str = ".4f") -> str:
+        return "n/a" if v is None else format(v, fmt)
+
+    rows = [("accuracy (all)", f(res["accuracy"])), ("coverage", f(res["coverage"])),
+            ("accepted / errors", f"{res['n_accepted']} / {res['n_errors_accepted']}"),
+            ("selective risk", f(res["selective_risk"])),
+            (f"{res['confidence']:.0%} Clopper–Pearson CI", f"[{res['risk_ci'][0]:.4f}, "
+                                                             f"{res['risk_ci'][1]:.4f}]"),
+            (f"target risk (δ = {cal.delta:g})", f"{cal.target_risk:g}"),
+            ("realised risk ≤ target", "yes" if res["under_target"] else "NO"),
+            ("AURC", f(res["aurc"])), ("E-AURC", f(res["e_aurc"])), ("AUGRC", f(res["augrc"])),
+            ("AUROC", f(res["auroc"])), ("ECE (temperature-scaled MSP)", f(res["ece"]))]
+    for k, v in rows:
+        t.add_row(k, v)
+    _console().print(t)
+    return 0
+
+
+def register_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="measure the deployed score and threshold on test data")
+    p.add_argument("model", help="model directory (models/NAME/VERSION) or its model.onnx")
+    p.add_argument("--data", help="labelled test data spec, e.g. mnist1d:test")
+    p.add_argument("--logits", help="precomputed .npz with 'logits' (n, K) and 'labels' (n,)")
+    p.add_argument("--json", action="store_true", help="print a JSON report instead of a table")
+    p.add_argument("--confidence", type=float, default=0.95,
+                   help="confidence of the two-sided Clopper–Pearson interval")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.set_defaults(handler=evaluate_main)
