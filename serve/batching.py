@@ -1,0 +1,220 @@
+"""Adaptive batching: coalesce concurrent requests into one session run, with no fixed wait.
+
+One :class:`Batcher` per loaded model version. Requests enqueue their samples and await a
+future. A single worker task takes everything queued (up to ``max_batch_size`` samples) the
+moment the previous run finishes, runs ``infer`` in a dedicated thread (the event loop never
+blocks), and slices each request's rows back to its own future. At concurrency 1 a request is
+dispatched at once; under load, batches grow by themselves while the runtime is busy.
+
+Back-pressure: the queue is bounded in *samples*; a full queue raises :class:`Overloaded` (503).
+A request whose deadline passes while queued is dropped before it runs (:class:`DeadlineExceeded`,
+504); one that is already running is abandoned by its caller and its rows discarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from serve.errors import AbstainError
+
+log = logging.getLogger(__name__)
+
+# infer: x (n, *input_shape) → named arrays, each with leading axis n.
+InferFn = Callable[[np.ndarray], dict[str, np.ndarray]]
+BatchHook = Callable[[int, list[float], float, dict[str, np.ndarray]], None]
+
+
+class Overloaded(AbstainError):
+    """The model's queue is full: retry after a moment (HTTP 503 + Retry-After)."""
+
+    status = 503
+    reason = "queue_full"
+
+
+class DeadlineExceeded(AbstainError):
+    """The request's deadline passed before its result was ready (HTTP 504)."""
+
+    status = 504
+    reason = "deadline"
+
+
+@dataclass
+class _Item:
+    x: np.ndarray                       # (n, *input_shape)
+    future: asyncio.Future
+    deadline: float                     # time.monotonic() seconds
+    enqueued: float = field(default_factory=time.perf_counter)
+
+    @property
+    def n(self) -> int:
+        return int(self.x.shape[0])
+
+
+@dataclass
+class BatchStats:
+    """Counters readable by tests, /v2/models/{m}/stats and benchmarks."""
+
+    requests: int = 0
+    samples: int = 0
+    runs: int = 0
+    sizes: Counter = field(default_factory=Counter)   # batch size → number of runs
+    rejected_full: int = 0
+    expired: int = 0
+
+    @property
+    def mean_batch_size(self) -> float:
+        return self.samples / self.runs if self.runs else 0.0
+
+    def as_dict(self) -> dict:
+        return {"requests": self.requests, "samples": self.samples, "runs": self.runs,
+                "mean_batch_size": self.mean_batch_size, "max_batch_size": max(self.sizes, default=0),
+                "batch_sizes": {str(k): v for k, v in sorted(self.sizes.items())},
+                "rejected_queue_full": self.rejected_full, "expired": self.expired}
+
+
+class Batcher:
+    """Queue + worker for one model version. Create and use it inside a running event loop."""
+
+    def __init__(self, infer: InferFn, max_batch_size: int, max_queue_size: int,
+                 on_batch: BatchHook | None = None,
+                 on_queue_depth: Callable[[int], None] | None = None, name: str = "") -> None:
+        self.infer = infer
+        self.max_batch_size = max_batch_size
+        self.max_queue_size = max_queue_size
+        self.on_batch = on_batch
+        self.on_queue_depth = on_queue_depth
+        self.name = name
+        self.stats = BatchStats()
+        self._queue: deque[_Item] = deque()
+        self._queued = 0                                  # samples waiting
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{name}")
+        self._worker = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{name}")
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queued
+
+    def submit(self, x: np.ndarray, deadline: float) -> asyncio.Future:
+        """Enqueue ``x (n, *shape)`` synchronously; the future resolves to its sliced outputs.
+
+        Raises:
+            Overloaded: the queue already holds ``max_queue_size`` samples, or the batcher closed.
+        """
+        n = int(x.shape[0])
+        if self._closing and self._worker.done():
+            raise Overloaded(f"model {self.name} is being unloaded; retry")
+        if self._queued + n > self.max_queue_size and self._queued > 0:
+            self.stats.rejected_full += 1
+            raise Overloaded(f"model {self.name} has {self._queued} samples queued (limit "
+                             f"{self.max_queue_size}); retry after a moment or add capacity")
+        fut = asyncio.get_running_loop().create_future()
+        self._queue.append(_Item(x, fut, deadline))
+        self._queued += n
+        self.stats.requests += 1
+        self._wake.set()
+        if self.on_queue_depth:
+            self.on_queue_depth(self._queued)
+        return fut
+
+    def _take(self) -> list[_Item]:
+        """Pop queued items up to max_batch_size samples (at least one item); drop expired ones."""
+        items: list[_Item] = []
+        total = 0
+        now = time.monotonic()
+        while self._queue:
+            head = self._queue[0]
+            if head.future.done() or head.deadline <= now:
+                self._queue.popleft()
+                self._queued -= head.n
+                if not head.future.done():
+                    self.stats.expired += 1
+                    head.future.set_exception(DeadlineExceeded(
+                        f"deadline passed after {time.perf_counter() - head.enqueued:.3f}s in the "
+                        "queue; raise X-Deadline-Ms / ABSTAIN_REQUEST_TIMEOUT_S or add capacity"))
+                continue
+            if items and total + head.n > self.max_batch_size:
+                break
+            self._queue.popleft()
+            self._queued -= head.n
+            items.append(head)
+            total += head.n
+        return items
+
+    def _run(self, x: np.ndarray) -> tuple[dict[str, np.ndarray], float]:
+        t0 = time.perf_counter()
+        if len(x) <= self.max_batch_size:
+            out = self.infer(x)
+        else:  # one oversized request: run it in max_batch_size chunks
+            parts = [self.infer(x[i:i + self.max_batch_size])
+                     for i in range(0, len(x), self.max_batch_size)]
+            out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        return out, time.perf_counter() - t0
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            items = self._take()
+            if self.on_queue_depth:
+                self.on_queue_depth(self._queued)
+            if not items:
+                continue
+            x = items[0].x if len(items) == 1 else np.concatenate([it.x for it in items])
+            start = time.perf_counter()
+            waits = [start - it.enqueued for it in items]
+            try:
+                out, inference_s = await loop.run_in_executor(self._executor, self._run, x)
+            except Exception as err:  # a runtime failure fails this batch, not the server
+                log.exception("inference failed for model %s (batch of %d)", self.name, len(x))
+                for it in items:
+                    if not it.future.done():
+                        it.future.set_exception(err)
+                continue
+            self.stats.runs += 1
+            self.stats.samples += len(x)
+            self.stats.sizes[len(x)] += 1
+            offset = 0
+            for it in items:
+                if not it.future.done():
+                    it.future.set_result({k: v[offset:offset + it.n] for k, v in out.items()})
+                offset += it.n
+            if self.on_batch:
+                try:
+                    self.on_batch(len(x), waits, inference_s, out)
+                except Exception:
+                    log.exception("monitoring hook failed (ignored)")
+
+    async def close(self) -> None:
+        """Finish everything queued, then stop the worker and its thread."""
+        self._closing = True
+        self._wake.set()
+        try:
+            await self._worker
+        finally:
+            self._executor.shutdown(wait=False)
+
+    async def result(self, x: np.ndarray, deadline: float) -> dict[str, np.ndarray]:
+        """Submit and wait, honouring the deadline even while the batch is running."""
+        fut = self.submit(x, deadline)
+        timeout = deadline - time.monotonic()
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), max(timeout, 0.0))
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded(
+                f"no result within the deadline ({max(timeout, 0):.3f}s); raise X-Deadline-Ms / "
+                "ABSTAIN_REQUEST_TIMEOUT_S or add capacity") from None

@@ -1,0 +1,253 @@
+"""The model repository ``<root>/<name>/<version>/{model.onnx, calibration.json}`` and hot reload.
+
+Each servable version is a :class:`ModelVersion`: its onnxruntime session, verified calibration,
+decision rule and batcher. The live set is an immutable mapping swapped in one assignment, so a
+request that already holds a version finishes on it while new requests see the new set. A version
+that fails to load (bad model, missing/malformed calibration, wrong model hash) is refused with a
+logged error and, on reload, whatever served before keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+from serve.batching import Batcher
+from serve.calibration.artifact import FILENAME as CALIBRATION_FILE
+from serve.calibration.artifact import Calibration, load_calibration
+from serve.decision import DecisionRule
+from serve.errors import AbstainError
+from serve.monitoring import Monitor
+from serve.runtime import Device, OnnxModel
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+VERSION_RE = re.compile(r"^[1-9][0-9]{0,8}$")
+
+
+class ModelNotFound(AbstainError):
+    status = 404
+    reason = "unknown_model"
+
+
+def valid_name(name: str) -> bool:
+    return bool(NAME_RE.match(name)) and ".." not in name
+
+
+def _signature(d: Path) -> tuple:
+    """What identifies a version's files on disk; a change means "load it again"."""
+    out = []
+    for f in (d / MODEL_FILE, d / CALIBRATION_FILE):
+        try:
+            st = f.stat()
+            out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
+@dataclass
+class ModelVersion:
+    """One loaded, warmed, servable version."""
+
+    name: str
+    version: int
+    path: Path
+    model: OnnxModel
+    calibration: Calibration
+    rule: DecisionRule
+    signature: tuple
+    loaded_at: float = field(default_factory=time.time)
+    batcher: Batcher | None = None
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.model.class_names
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        p = self.model.metadata.get("preprocessing")
+        return p if isinstance(p, dict) else {"kind": "none"}
+
+    def infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """One session run plus the decision for the whole batch (vectorised), in the worker thread."""
+        logits = self.model.run(x)                             # (n, K) float32
+        d = self.rule(logits, probabilities=True)
+        assert d.probabilities is not None
+        return {"logits": logits, "label": d.label, "score": d.score, "reject": d.reject,
+                "probabilities": d.probabilities}
+
+    def summary(self) -> dict[str, Any]:
+        c = self.calibration
+        return {"name": self.name, "version": str(self.version), "provider": self.model.provider,
+                "providers": self.model.providers, "model_sha256": self.model.sha256,
+                "calibration": {"score": c.score, "threshold": c.threshold,
+                                "target_risk": c.target_risk, "delta": c.delta, "method": c.method,
+                                "certified_coverage": c.coverage, "risk": c.risk,
+                                "risk_upper_bound": c.risk_upper_bound,
+                                "temperature": c.temperature, "defer_all": c.defer_all,
+                                "sha256": c.sha256}}
+
+
+def load_version(d: Path, name: str, version: int, device: Device = "auto",
+                 intra_op_threads: int = 0, warmup: tuple[int, ...] = (1,)) -> ModelVersion:
+    """Load, verify and warm up one version directory (blocking; call from a thread).
+
+    Raises:
+        AbstainError: the model or its calibration cannot be served, with the reason.
+    """
+    sig = _signature(d)
+    model = OnnxModel(d / MODEL_FILE, device=device, intra_op_threads=intra_op_threads)
+    cal = load_calibration(d / CALIBRATION_FILE, model.sha256)
+    rule = DecisionRule(cal)
+    model.warmup(tuple(warmup))
+    # One decision on warm-up logits proves the score works for this model's K.
+    rule(model.run(np.zeros((1, *model.input_shape), model.input_dtype)))
+    return ModelVersion(name, version, d, model, cal, rule, sig)
+
+
+def scan(root: Path) -> dict[tuple[str, int], Path]:
+    """Every ``<name>/<version>`` directory with a valid name and a positive integer version."""
+    found: dict[tuple[str, int], Path] = {}
+    if not root.is_dir():
+        return found
+    for mdir in sorted(root.iterdir()):
+        if not mdir.is_dir() or mdir.name.startswith("."):
+            continue
+        if not valid_name(mdir.name):
+            log.warning("skipping %s: model names match %s", mdir, NAME_RE.pattern)
+            continue
+        for vdir in sorted(mdir.iterdir()):
+            if vdir.is_dir() and VERSION_RE.match(vdir.name):
+                found[(mdir.name, int(vdir.name))] = vdir
+    return found
+
+
+@dataclass
+class ReloadReport:
+    loaded: list[str] = field(default_factory=list)
+    unloaded: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    serving: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"loaded": self.loaded, "unloaded": self.unloaded, "failed": self.failed,
+                "serving": self.serving}
+
+
+class ModelRepository:
+    """All servable versions under ``root``; reload swaps the live set atomically."""
+
+    def __init__(self, root: Path, monitor: Monitor, device: Device = "auto",
+                 intra_op_threads: int = 0, warmup: tuple[int, ...] = (1, 8, 64),
+                 batcher_factory: Callable[[ModelVersion], Batcher] | None = None) -> None:
+        self.root = Path(root)
+        self.monitor = monitor
+        self.device: Device = device
+        self.intra_op_threads = intra_op_threads
+        self.warmup = warmup
+        self.batcher_factory = batcher_factory
+        self._live: Mapping[str, Mapping[int, ModelVersion]] = MappingProxyType({})
+        self._failed: dict[tuple[str, int], tuple] = {}   # signature that failed, to log once
+        self._lock = asyncio.Lock()
+        self._retiring: set[asyncio.Task] = set()
+        self.ready = False
+
+    @property
+    def models(self) -> Mapping[str, Mapping[int, ModelVersion]]:
+        return self._live
+
+    def versions(self) -> list[ModelVersion]:
+        return [mv for vs in self._live.values() for mv in vs.values()]
+
+    def get(self, name: str, version: str | int | None = None) -> ModelVersion:
+        """The requested version, or the highest one; a 404 error naming what exists."""
+        vs = self._live.get(name)
+        if not vs:
+            known = ", ".join(sorted(self._live)) or "none"
+            raise ModelNotFound(f"no model named {name!r}; serving: {known}")
+        if version is None or version == "":
+            return vs[max(vs)]
+        v = str(version)
+        if not VERSION_RE.match(v) or int(v) not in vs:
+            raise ModelNotFound(f"model {name!r} has no version {v!r}; versions: "
+                                f"{', '.join(str(k) for k in sorted(vs))} (positive integers)")
+        return vs[int(v)]
+
+    async def reload(self) -> ReloadReport:
+        """Scan the repository; load new or changed versions, drop removed ones, keep the rest."""
+        async with self._lock:
+            report = ReloadReport()
+            found = await asyncio.to_thread(scan, self.root)
+            current = {(mv.name, mv.version): mv for mv in self.versions()}
+            new: dict[tuple[str, int], ModelVersion] = {}
+            for key, d in found.items():
+                label = f"{key[0]}/{key[1]}"
+                sig = await asyncio.to_thread(_signature, d)
+                old = current.get(key)
+                if old is not None and old.signature == sig:
+                    new[key] = old
+                    continue
+                if self._failed.get(key) == sig:      # already refused; keep what serves
+                    if old is not None:
+                        new[key] = old
+                    report.failed[label] = "unchanged since it was refused"
+                    continue
+                try:
+                    mv = await asyncio.to_thread(load_version, d, key[0], key[1], self.device,
+                                                 self.intra_op_threads, self.warmup)
+                except AbstainError as err:
+                    self._failed[key] = sig
+                    keep = " (the previously loaded files keep serving)" if old else ""
+                    log.error("refused %s%s: %s", label, keep, err)
+                    report.failed[label] = str(err)
+                    if old is not None:
+                        new[key] = old
+                    continue
+                self._failed.pop(key, None)
+                if self.batcher_factory is not None:
+                    mv.batcher = self.batcher_factory(mv)
+                new[key] = mv
+                report.loaded.append(label)
+                log.info("serving %s on %s (score %s, threshold %s, certified coverage %.3f)",
+                         label, mv.model.provider, mv.calibration.score, mv.calibration.threshold,
+                         mv.calibration.coverage)
+            live: dict[str, dict[int, ModelVersion]] = {}
+            for (name, version), mv in sorted(new.items()):
+                live.setdefault(name, {})[version] = mv
+            retired = [mv for key, mv in current.items() if new.get(key) is not mv]
+            self._live = MappingProxyType({k: MappingProxyType(v) for k, v in live.items()})
+            for label in report.loaded:
+                name, v = label.rsplit("/", 1)
+                mv = live[name][int(v)]
+                self.monitor.model_loaded(name, v, mv.model.provider, mv.calibration,
+                                          mv.model.sha256)
+            for mv in retired:
+                if (mv.name, mv.version) not in new:
+                    report.unloaded.append(f"{mv.name}/{mv.version}")
+                    self.monitor.model_unloaded(mv.name, str(mv.version))
+                    log.info("unloaded %s/%s", mv.name, mv.version)
+                if mv.batcher is not None:   # in-flight requests finish on the old version
+                    task = asyncio.get_running_loop().create_task(mv.batcher.close())
+                    self._retiring.add(task)
+                    task.add_done_callback(self._retiring.discard)
+            report.serving = [f"{mv.name}/{mv.version}" for mv in self.versions()]
+            return report
+
+    async def close(self) -> None:
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
+        for mv in self.versions():
+            if mv.batcher is not None:
+                await mv.batcher.close()
