@@ -107,7 +107,8 @@ class Guard:
             route = scope.get("route")
             self.monitor.request_finished(getattr(route, "path", "unmatched"), scope["method"],
                                           status[0], time.perf_counter() - t0,
-                                          state.get("model", ""), state.get("version", ""))
+                                          state.get("model", ""), state.get("version", ""),
+                                          inference=inference)
 
 
 def create_app(settings: ServerSettings | None = None, monitor: Monitor | None = None) -> FastAPI:
@@ -151,6 +152,7 @@ def create_app(settings: ServerSettings | None = None, monitor: Monitor | None =
         if poller:
             poller.cancel()
         await repo.close()
+        monitor.close()
 
     app = FastAPI(title="abstain", version=__version__, lifespan=lifespan,
                   description="Selective prediction: every prediction is accepted or deferred "

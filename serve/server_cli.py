@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import socket
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,10 @@ def _serve(args: argparse.Namespace) -> int:
               "access_log": False}
     if settings.workers > 1:
         os.environ.update(settings.env())
+        from serve.monitoring import MULTIPROC_ENV, setup_multiprocess
+
+        # Workers share metric files here; /metrics on any worker aggregates all of them.
+        setup_multiprocess(os.environ.get(MULTIPROC_ENV) or tempfile.mkdtemp(prefix="abstain-metrics-"))
         uvicorn.run("serve.app:create_app_from_env", factory=True, workers=settings.workers,
                     **common)
         return 0
