@@ -145,6 +145,10 @@ def _not_certified(method: CertMethod, curve: RiskCoverageCurve, target_risk: fl
         hint = (f"no threshold reaches an empirical selective risk below {target_risk:g} on the "
                 f"{curve.n} certification samples (lowest: {float(curve.risk.min()):.4f}); raise "
                 "--target-risk or improve the model")
+    elif needed <= curve.n:
+        hint = (f"the risk profile would be certifiable with ~{needed} samples, so the sequence "
+                f"failed on errors among the strictest thresholds (it can stop at the first); "
+                "try --method sgr, another --seed, more calibration data, or a higher --target-risk")
     else:
         hint = (f"needs at least {needed} certification samples (has {curve.n}) to certify "
                 f"selective risk ≤ {target_risk:g} at δ = {delta:g}; add calibration data, lower "

@@ -1,0 +1,124 @@
+"""LTT, SGR and coverage certification on hand-built (scores, errors) with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from serve.calibration.certify import (
+    CertifyError,
+    binomial_p_values,
+    certify,
+    certify_coverage,
+    certify_ltt,
+    certify_sgr,
+    clopper_pearson_interval,
+    clopper_pearson_upper,
+    min_accepted,
+    zero_error_minimum,
+)
+from serve.metrics import risk_coverage_curve
+
+
+def test_zero_error_minimum_matches_methods_reference() -> None:
+    assert zero_error_minimum(0.05, 0.1) == 45
+    assert zero_error_minimum(0.02, 0.05) == 149
+    assert min_accepted(0.2, 0.1) == 30            # the floor of 30 wins
+    assert min_accepted(0.02, 0.05) == 149
+    # 149 all-correct samples pass the binomial test, 148 do not.
+    assert binomial_p_values(0, 149, 0.02) <= 0.05 < binomial_p_values(0, 148, 0.02)
+
+
+@pytest.mark.parametrize(("k", "n"), [(0, 10), (3, 50), (17, 400), (49, 50)])
+def test_clopper_pearson_upper_is_the_exact_inversion(k: int, n: int) -> None:
+    b = float(clopper_pearson_upper(k, n, 0.05))
+    assert stats.binom.cdf(k, n, b) == pytest.approx(0.05, abs=1e-9)
+    assert stats.binom.cdf(k, n, b - 1e-6) > 0.05
+    assert float(clopper_pearson_upper(n, n, 0.05)) == 1.0
+    lo, hi = clopper_pearson_interval(k, n, 0.95)
+    assert lo <= k / n <= hi
+    assert hi == pytest.approx(float(clopper_pearson_upper(k, n, 0.025)))
+
+
+def _sorted_case(n_clean: int, n_dirty: int, dirty_rate: float, seed: int = 0):
+    """Scores descending: first n_clean samples are correct, then errors at dirty_rate."""
+    rng = np.random.default_rng(seed)
+    scores = np.linspace(1.0, 0.0, n_clean + n_dirty)
+    errors = np.concatenate([np.zeros(n_clean, bool), rng.random(n_dirty) < dirty_rate])
+    return scores, errors
+
+
+def test_ltt_stops_at_first_failure_and_deploys_last_certified() -> None:
+    scores, errors = _sorted_case(600, 1400, 0.5)
+    cert = certify_ltt(scores, errors, 0.05, 0.1)
+    assert cert.certified and cert.method == "ltt"
+    curve = risk_coverage_curve(scores, errors)
+    g = int(np.flatnonzero(curve.thresholds == cert.threshold)[0])
+    start = int(np.searchsorted(curve.n_accepted, 45))
+    p = binomial_p_values(curve.n_errors, curve.n_accepted, 0.05)
+    assert (p[start:g + 1] <= 0.1).all()            # every point up to the deployed one certified
+    assert p[g + 1] > 0.1                            # the next one fails: fixed sequence stops
+    assert cert.n_accepted == g + 1 and cert.n_errors == int(errors[:g + 1].sum())
+    assert 600 < cert.n_accepted < 800
+    assert cert.risk_upper_bound <= 0.05
+    assert cert.coverage == pytest.approx(cert.n_accepted / 2000)
+
+
+def test_ltt_groups_tied_scores() -> None:
+    # 200 tied top scores with 2 errors, then a block with many errors.
+    scores = np.concatenate([np.full(200, 5.0), np.linspace(4, 0, 300)])
+    errors = np.zeros(500, bool)
+    errors[[3, 150]] = True
+    errors[200::2] = True
+    cert = certify_ltt(scores, errors, 0.05, 0.1)
+    assert cert.n_accepted >= 200                     # the tie group is accepted as a whole
+    assert (scores >= cert.threshold).sum() == cert.n_accepted
+
+
+def test_not_certifiable_says_how_many_samples_are_needed() -> None:
+    scores = np.linspace(1, 0, 100)
+    errors = np.zeros(100, bool)
+    cert = certify_ltt(scores, errors, 0.02, 0.05)
+    assert not cert.certified and cert.threshold is None
+    assert cert.needed == 149
+    assert "needs at least 149 certification samples" in cert.detail
+    # ... and 149 error-free samples really do suffice.
+    more = certify_ltt(np.linspace(1, 0, 149), np.zeros(149, bool), 0.02, 0.05)
+    assert more.certified and more.n_accepted == 149
+
+
+def test_not_certifiable_when_risk_is_never_below_target() -> None:
+    rng = np.random.default_rng(1)
+    scores, errors = rng.random(5000), rng.random(5000) < 0.3
+    cert = certify_ltt(scores, errors, 0.01, 0.05)
+    assert not cert.certified and cert.needed is None
+    assert "raise --target-risk" in cert.detail
+
+
+def test_sgr_is_safe_and_close_to_ltt() -> None:
+    scores, errors = _sorted_case(3000, 7000, 0.3, seed=2)
+    s = certify_sgr(scores, errors, 0.05, 0.1)
+    steps = math.ceil(math.log2(10000))
+    assert s.certified and s.risk_upper_bound <= 0.05
+    assert s.risk_upper_bound == pytest.approx(
+        float(clopper_pearson_upper(s.n_errors, s.n_accepted, 0.1 / steps)))
+    ltt = certify_ltt(scores, errors, 0.05, 0.1)
+    assert 0.8 * ltt.coverage < s.coverage <= 1.05 * ltt.coverage
+
+
+def test_coverage_mode_picks_the_strictest_threshold_reaching_coverage() -> None:
+    scores, errors = _sorted_case(3000, 7000, 0.3, seed=3)
+    c = certify_coverage(scores, errors, 0.45, 0.1, target_risk=0.05)
+    assert c.n_accepted == 4500 and c.method == "coverage"
+    assert c.risk_upper_bound == pytest.approx(float(clopper_pearson_upper(c.n_errors, 4500, 0.1)))
+    assert c.risk_upper_bound > 0.05 and "does NOT meet" in c.detail
+    assert certify(scores, errors, 0.05, 0.1, target_coverage=0.45) == c
+
+
+@pytest.mark.parametrize(("risk", "delta"), [(0.0, 0.1), (1.0, 0.1), (0.05, 0.0), (0.05, 1.5)])
+def test_bad_parameters_are_refused(risk: float, delta: float) -> None:
+    with pytest.raises(CertifyError, match="strictly between 0 and 1"):
+        certify(np.arange(10.0), np.zeros(10, bool), risk, delta)
