@@ -5,7 +5,9 @@ on a batch of logits ``(n, K)`` and returns ``(n,)``. Formulas: METHODS.md §2.
 
 Spec strings name a score: ``msp``, ``log_msp``, ``maxlogit``, ``centred_maxlogit``,
 ``pnorm:<p>`` (p ≥ 0; p = 0 is centred MaxLogit), ``energy``, ``margin``. A temperature T > 0
-divides the logits first; it changes MSP's values but no score's ranking except energy's.
+divides the logits first. It leaves the ranking of maxlogit, centred_maxlogit, margin and pnorm
+unchanged (pnorm's values too: it is scale-invariant) but can reorder msp/log_msp and energy
+(``T·logsumexp(z/T)``): as T grows, MSP ranks like centred MaxLogit; as T → 0, like the margin.
 """
 
 from __future__ import annotations
@@ -42,25 +44,44 @@ def as_logits(logits: Array) -> Array:
     return z
 
 
+def _max_and_rest(z: Array) -> tuple[Array, Array]:
+    """Row max ``m`` (n,) and ``Σ_{k ≠ argmax} exp(z_k − m)`` (n,).
+
+    Keeping the argmax's 1 out of the sum lets callers use ``log1p(rest)``: ``log(1 + rest)``
+    rounds to 0 once rest < 1.1e-16 (a top-2 gap above ~37), which would tie every confident
+    sample's log-MSP at exactly 0.
+    """
+    rows = np.arange(z.shape[0])
+    top = z.argmax(axis=1)                                     # (n,)
+    m = z[rows, top]                                           # (n,)
+    ez = np.exp(z - m[:, None])                                # (n, K), in (0, 1]
+    ez[rows, top] = 0.0
+    return m, ez.sum(axis=1)
+
+
 def logsumexp(z: Array) -> Array:
     """Row-wise log Σ exp(z), stable. ``z``: (n, K) float64 → (n,)."""
-    m = z.max(axis=1)
-    return m + np.log(np.exp(z - m[:, None]).sum(axis=1))
+    m, rest = _max_and_rest(z)
+    return m + np.log1p(rest)
 
 
 def log_softmax(z: Array) -> Array:
     """Row-wise log-softmax: (n, K) → (n, K), float64."""
-    return z - logsumexp(z)[:, None]
+    m, rest = _max_and_rest(z)
+    # Shift first: z − logsumexp(z) would lose ~|z|·1e-16 to cancellation for large logits.
+    return (z - m[:, None]) - np.log1p(rest)[:, None]
 
 
 def softmax(z: Array) -> Array:
     """Row-wise softmax: (n, K) → (n, K), float64."""
-    return np.exp(log_softmax(z))
+    ez = np.exp(z - z.max(axis=1, keepdims=True))             # (n, K), max entry exactly 1
+    return ez / ez.sum(axis=1, keepdims=True)
 
 
 def _log_msp(z: Array) -> Array:
-    # log max_k softmax(z)_k = z_max − logsumexp(z); float64 keeps saturated MSPs ranked.
-    return z.max(axis=1) - logsumexp(z)
+    # log max_k softmax(z)_k = z_max − logsumexp(z) = −log1p(Σ_{k≠max} e^{z_k − z_max}): exact
+    # in float64 up to top-2 gaps of ~700, where MSP itself reads 1.0 beyond ~37 (float32: ~17).
+    return -np.log1p(_max_and_rest(z)[1])
 
 
 def _msp(z: Array) -> Array:
@@ -71,8 +92,15 @@ def _maxlogit(z: Array) -> Array:
     return z.max(axis=1)
 
 
+def _centred(z: Array) -> Array:
+    # z − mean(z), computed from z − max(z) so rounding scales with the logits' spread, not their
+    # magnitude: equal logits centre to exact zeros (score 0) however large they are.
+    d = z - z.max(axis=1, keepdims=True)                       # (n, K), ≤ 0
+    return d - d.mean(axis=1, keepdims=True)
+
+
 def _centred_maxlogit(z: Array) -> Array:
-    return z.max(axis=1) - z.mean(axis=1)
+    return _centred(z).max(axis=1)
 
 
 def _energy(z: Array) -> Array:
@@ -88,7 +116,7 @@ def _margin(z: Array) -> Array:
 
 def _pnorm(p: float) -> Callable[[Array], Array]:
     def score(z: Array) -> Array:
-        u = z - z.mean(axis=1, keepdims=True)  # centred logits (n, K)
+        u = _centred(z)                                          # (n, K)
         if p == 0:
             return u.max(axis=1)
         a = np.abs(u)
@@ -171,5 +199,6 @@ def create_score(spec: str, temperature: float = 1.0) -> Score:
         if not (p >= 0):
             raise ScoreError(f"pnorm needs a number p ≥ 0, e.g. 'pnorm:2'; got '{spec}'")
         canonical = f"pnorm:{int(p)}" if p.is_integer() else f"pnorm:{p:g}"
-        return Score(canonical, float(temperature), _pnorm(p), min_classes=3)
+        # K = 2: the centred p-norm score is the constant 2^(-1/p); p = 0 (centred MaxLogit) still ranks.
+        return Score(canonical, float(temperature), _pnorm(p), min_classes=3 if p > 0 else 2)
     raise ScoreError(f"unknown score '{spec}'; valid: {', '.join(list_scores())}")
