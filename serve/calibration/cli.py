@@ -157,7 +157,7 @@ def calibrate_main(args: argparse.Namespace) -> int:
     settings = CalibrationSettings(target_risk=args.target_risk, delta=args.delta,
                                    method=args.method, score=args.score,
                                    target_coverage=args.target_coverage,
-                                   tune_fraction=args.tune_fraction, seed=args.seed)
+                                   tune_fraction=args.tune_fraction, seed=args.seed).validate()
     if args.logits:
         if args.data:
             raise AbstainError("pass either --data or --logits, not both")

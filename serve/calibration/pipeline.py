@@ -40,6 +40,22 @@ class CalibrationSettings:
     tune_fraction: float = 0.3
     seed: int = 0
 
+    def validate(self) -> CalibrationSettings:
+        """Check every parameter before any work is done; raises with a fix-it message."""
+        from serve.calibration.certify import CertifyError, _check
+
+        _check(self.target_risk, self.delta)
+        if self.method not in ("ltt", "sgr"):
+            raise CertifyError(f"unknown --method {self.method!r}; valid: ltt, sgr")
+        if self.target_coverage is not None and not 0.0 < self.target_coverage <= 1.0:
+            raise CertifyError(f"--target-coverage must be in (0, 1]; got {self.target_coverage!r}")
+        if not 0.0 < self.tune_fraction < 1.0:
+            raise AbstainError(f"--tune-fraction must be strictly between 0 and 1; "
+                               f"got {self.tune_fraction!r}")
+        if self.score != "auto":
+            create_score(self.score)
+        return self
+
 
 @dataclass
 class CalibrationRun:
@@ -72,6 +88,7 @@ def _labels(labels: np.ndarray, n: int, k: int) -> np.ndarray:
 def calibrate_arrays(logits: np.ndarray, labels: np.ndarray,
                      settings: CalibrationSettings = CalibrationSettings()) -> CalibrationRun:
     """Run the whole calibration on ``logits (n, K)`` and ``labels (n,)``."""
+    settings.validate()
     z = np.asarray(logits)
     if z.ndim != 2 or z.shape[1] < 2:
         raise AbstainError(f"logits must have shape (n, K ≥ 2); got {z.shape}")
