@@ -30,6 +30,8 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("api_key", str, "require 'Authorization: Bearer KEY' on inference endpoints"),
     ("admin_key", str, "enable /v1/admin/* with this Bearer key"),
     ("log_level", str, "debug | info | warning | error"),
+    ("drift_window", int, "decisions in the deferral-rate drift window (default 1000)"),
+    ("drift_alpha", float, "flag drift when the binomial p-value is below this (default 0.001)"),
 ]
 
 

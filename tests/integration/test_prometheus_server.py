@@ -198,3 +198,56 @@ def test_prometheus_sees_the_deferral_ratio_and_the_drift(stack) -> None:
                "abstain_drift_detected to reach Prometheus")
     assert query(prom, 'max(abstain_window_coverage{model="lin"})') < 0.1
     assert query(prom, 'min(abstain_drift_p_value{model="lin"})') < 0.001
+
+
+def test_workers_share_metrics_aggregated_on_scrape(tmp_path: Path) -> None:
+    """`abstain serve --workers 2`: any worker's /metrics holds every worker's counts."""
+    import os
+    import sys
+
+    build_model(tmp_path / "models" / "lin" / "1")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ABSTAIN_", "PROMETHEUS_"))}
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "prom-mp")
+    abstain = str(Path(sys.executable).with_name("abstain"))
+    proc = subprocess.Popen([abstain, "serve", str(tmp_path / "models"), "--port", str(port),
+                             "--workers", "2", "--device", "cpu", "--poll-interval-s", "0",
+                             "--log-level", "warning"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: httpx.get(base + "/readyz").status_code == 200, 60, "workers to be ready")
+        rng = np.random.default_rng(3)
+        total = deferred = 0
+        for _ in range(40):   # a new connection each time: the workers share the accepts
+            x = in_distribution(rng, 3)
+            r = httpx.post(base + "/v1/models/lin/predict", json={"instances": x.tolist()},
+                           headers={"connection": "close"})
+            assert r.status_code == 200, r.text
+            rej = [p["reject"] for p in r.json()["predictions"]]
+            total, deferred = total + len(rej), deferred + sum(rej)
+
+        def scrape() -> dict[tuple[str, frozenset], float]:
+            from prometheus_client.parser import text_string_to_metric_families
+            body = httpx.get(base + "/metrics", headers={"connection": "close"}).text
+            return {(s.name, frozenset(s.labels.items())): s.value
+                    for fam in text_string_to_metric_families(body) for s in fam.samples}
+
+        for _ in range(6):    # whichever worker answers, it reports the sum over both
+            got = scrape()
+            mv = {"model": "lin", "version": "1"}
+            acc = got[("abstain_predictions_total", frozenset({**mv, "decision": "accepted"}.items()))]
+            dfr = got[("abstain_predictions_total", frozenset({**mv, "decision": "deferred"}.items()))]
+            assert (acc + dfr, dfr) == (total, deferred)
+            pids = {dict(k)["pid"] for (n, k) in got if n == "abstain_window_samples"}
+            assert len(pids) == 2        # both workers' drift gauges, each with its pid
+            assert sum(v for (n, k), v in got.items() if n == "abstain_window_samples") == total
+            assert got[("abstain_inflight_requests", frozenset())] == 0
+    finally:
+        proc.terminate()
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+    assert proc.returncode in (0, -15), err.decode()[-2000:]
