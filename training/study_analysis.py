@@ -31,19 +31,25 @@ class StudyError(AbstainError):
     """A study configuration or output directory that cannot be used."""
 
 
-def score_metrics(logits: np.ndarray, labels: np.ndarray, spec: str) -> dict[str, float]:
-    """Every metric of METRICS for one fixed score spec on one split."""
+def score_metrics(logits: np.ndarray, labels: np.ndarray, spec: str,
+                  temperature: float = 1.0) -> dict[str, float]:
+    """Every metric of METRICS for one score spec (at a temperature) on one split."""
     errors = logits.argmax(axis=1) != labels
-    s = create_score(spec)(logits)
+    s = create_score(spec, temperature)(logits)
     out = metrics.summary(s, errors, coverages=(0.5, 0.8))
     return {k: float(out[k]) for k in METRICS}
 
 
-def choose_auto(logits_tune: np.ndarray, labels_tune: np.ndarray) -> str:
-    """Cattelan & Silva's rule on the tuning split (the calibration library's ``auto``)."""
+def choose_auto(logits_tune: np.ndarray, labels_tune: np.ndarray) -> tuple[str, float]:
+    """Cattelan & Silva's rule on the tuning split (the calibration library's ``auto``).
+
+    Returns the chosen spec and the fitted temperature, which the deployed score uses (it
+    changes MSP's ranking, not a p-norm's).
+    """
     from serve.calibration.choose import choose_score
 
-    return choose_score(logits_tune, labels_tune, "auto").spec
+    choice = choose_score(logits_tune, labels_tune, "auto")
+    return choice.spec, float(choice.temperature)
 
 
 def analyse_run(run_dir: Path) -> dict[str, Any]:
@@ -52,9 +58,9 @@ def analyse_run(run_dir: Path) -> dict[str, Any]:
     with np.load(run_dir / "logits.npz") as f:
         z_tune, y_tune = f["logits_tune"].astype(np.float64), f["labels_tune"]
         z_test, y_test = f["logits_test"].astype(np.float64), f["labels_test"]
-    auto = choose_auto(z_tune, y_tune)
-    scores = {spec: score_metrics(z_test, y_test, auto if spec == "auto" else spec)
-              for spec in SCORES}
+    auto, temperature = choose_auto(z_tune, y_tune)
+    scores = {spec: score_metrics(z_test, y_test, spec) for spec in SCORES if spec != "auto"}
+    scores["auto"] = score_metrics(z_test, y_test, auto, temperature)
     nc: dict[str, dict[str, float]] = {}
     feat = run_dir / "features.npz"
     if feat.is_file():
@@ -67,7 +73,7 @@ def analyse_run(run_dir: Path) -> dict[str, Any]:
         "tag": meta["tag"], "loss": meta["loss"], "seed": meta["seed"],
         "accuracy": float((z_test.argmax(axis=1) == y_test).mean()),
         "n_test": int(len(y_test)), "n_tune": int(len(y_tune)),
-        "auto_spec": auto, "scores": scores, "collapse": nc,
+        "auto_spec": auto, "auto_temperature": temperature, "scores": scores, "collapse": nc,
         "train_seconds": meta.get("train_seconds"),
     }
 

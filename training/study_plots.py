@@ -24,8 +24,9 @@ def _load(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
         return f["logits_test"].astype(np.float64), f["labels_test"]
 
 
-def _curve(z: np.ndarray, y: np.ndarray, spec: str) -> tuple[np.ndarray, np.ndarray]:
-    c = metrics.risk_coverage_curve(create_score(spec)(z), z.argmax(axis=1) != y)
+def _curve(z: np.ndarray, y: np.ndarray, spec: str,
+           temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    c = metrics.risk_coverage_curve(create_score(spec, temperature)(z), z.argmax(axis=1) != y)
     return np.concatenate([[0.0], c.coverage]), np.concatenate([[c.risk[0]], c.risk])
 
 
@@ -38,14 +39,14 @@ def _grid(n: int) -> tuple[Any, np.ndarray]:
     return fig, axes.flat
 
 
-def risk_coverage(runs: dict[str, list[tuple[int, Path, str]]], out: Path) -> None:
+def risk_coverage(runs: dict[str, list[tuple[int, Path, tuple[str, float]]]], out: Path) -> None:
     """One panel per loss: risk–coverage of each score (every seed, thin lines)."""
     fig, axes = _grid(len(runs))
     for ax, (loss, items) in zip(axes, runs.items(), strict=False):
-        for seed, run_dir, auto in items:
+        for seed, run_dir, (auto, temp) in items:
             z, y = _load(run_dir)
             for spec in CURVE_SCORES:
-                cov, risk = _curve(z, y, auto if spec == "auto" else spec)
+                cov, risk = (_curve(z, y, auto, temp) if spec == "auto" else _curve(z, y, spec))
                 label = (f"auto ({auto})" if spec == "auto" else spec) if seed == items[0][0] else None
                 ax.plot(cov, risk, color=COLORS[spec], lw=1.0, alpha=0.8,
                         ls="--" if spec == "auto" else "-", label=label)
@@ -59,7 +60,7 @@ def risk_coverage(runs: dict[str, list[tuple[int, Path, str]]], out: Path) -> No
     plt.close(fig)
 
 
-def msp_by_loss(runs: dict[str, list[tuple[int, Path, str]]], out: Path) -> None:
+def msp_by_loss(runs: dict[str, list[tuple[int, Path, tuple[str, float]]]], out: Path) -> None:
     """MSP risk–coverage of every loss on one axis (claim 1), first seed."""
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for loss, items in runs.items():
@@ -76,7 +77,7 @@ def msp_by_loss(runs: dict[str, list[tuple[int, Path, str]]], out: Path) -> None
     plt.close(fig)
 
 
-def xia_scatter(runs: dict[str, list[tuple[int, Path, str]]], out: Path, max_points: int = 3000) -> None:
+def xia_scatter(runs: dict[str, list[tuple[int, Path, tuple[str, float]]]], out: Path, max_points: int = 3000) -> None:
     """Xia et al. Fig. 5 style: max logit against MSP, correct vs incorrect, one panel per loss."""
     fig, axes = _grid(len(runs))
     rng = np.random.default_rng(0)

@@ -60,10 +60,11 @@ def build(out: Path, meta: dict[str, Any], run_dirs: list[Path]) -> dict[str, An
     runs = [analyse_run(d) for d in run_dirs]
     agg = aggregate(runs)
     claims = all_claims(runs)
-    grouped: dict[str, list[tuple[int, Path, str]]] = {}
+    grouped: dict[str, list[tuple[int, Path, tuple[str, float]]]] = {}
     for r, d in sorted(zip(runs, run_dirs, strict=True), key=lambda t: (meta["losses"].index(t[0]["loss"]),
                                                             t[0]["seed"])):
-        grouped.setdefault(r["loss"], []).append((r["seed"], d, r["auto_spec"]))
+        grouped.setdefault(r["loss"], []).append((r["seed"], d, (r["auto_spec"],
+                                                                  r["auto_temperature"])))
     agg = {loss: agg[loss] for loss in grouped}
     study_plots.risk_coverage(grouped, out / "risk_coverage.png")
     study_plots.msp_by_loss(grouped, out / "risk_coverage_msp.png")
@@ -89,9 +90,15 @@ def render(results: dict[str, Any]) -> str:
         "",
         "## Setup",
         "",
-        f"- Command: `{meta['command']}`",
-        f"- Runtime: {meta['runtime_seconds']:.0f} s wall clock for {len(results['runs'])} runs "
-        f"({meta['machine']}). {meta.get('load_note', '')}",
+        f"- Command: `{meta.get('first_invocation', meta)['command']}`",
+        f"- Runtime of that command: {meta.get('first_invocation', meta)['runtime_seconds']:.0f} s "
+        f"wall clock. {meta.get('first_invocation', meta).get('load_note', '')}",
+        f"- Machine: {meta['machine']}. Train + export + ONNX evaluation of the "
+        f"{len(results['runs'])} runs, summed as timed when each was made: "
+        f"{meta.get('runs_seconds', float('nan')):.0f} s"
+        + (f". This report was re-generated from the saved runs by `{meta['command']}` "
+           f"({meta['runs_reused']} runs reused, {meta['runtime_seconds']:.0f} s)"
+           if meta.get("runs_reused") else "") + ".",
         f"- Seeds: {', '.join(str(s) for s in meta['seeds'])}",
         f"- Regime: data `{r['data']}` ({r['n_train']} train / {r['n_tune']} tune / {r['n_test']} test, "
         f"{r['num_classes']} classes), model `{r['model']}`, {r['epochs']} epochs, "
