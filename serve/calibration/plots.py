@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from serve.calibration.pipeline import CalibrationRun
-from serve.metrics import ECE_BINS, ece
+from serve.metrics import ECE_BINS, ece, risk_coverage_curve
 
 
 def _figure():
@@ -53,6 +53,10 @@ def risk_coverage_plot(run: CalibrationRun, path: str | os.PathLike[str], title:
     best = next(c for c in run.choice.candidates if c.spec == chosen)
     ax.plot(best.coverage, best.risk, color="black", lw=2.2,
             label=f"{chosen} (chosen)  AURC {best.aurc:.4f}")
+    cert_curve = risk_coverage_curve(run.cert_scores, run.cert_errors)
+    idx = np.unique(np.linspace(0, len(cert_curve.thresholds) - 1, 800).round().astype(np.int64))
+    ax.plot(cert_curve.coverage[idx], cert_curve.risk[idx], color="black", ls=":", lw=1.4,
+            label=f"{chosen} on certification")
     s = run.settings
     ax.axhline(s.target_risk, color="tab:red", ls="--", lw=1.2, label=f"target risk {s.target_risk:g}")
     cert = run.certificate
