@@ -1,0 +1,114 @@
+"""The adaptive batcher on a real (numpy) workload: coalescing, slicing, back-pressure, deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from serve.batching import Batcher, DeadlineExceeded, Overloaded
+
+
+def _infer_factory(delay: float = 0.0, gate: threading.Event | None = None):
+    calls: list[int] = []
+
+    def infer(x: np.ndarray) -> dict[str, np.ndarray]:
+        if gate is not None:
+            gate.wait(5)
+        time.sleep(delay)
+        calls.append(len(x))
+        return {"double": x * 2, "row_sum": x.sum(axis=1)}
+
+    return infer, calls
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_single_request_is_dispatched_at_once_and_sliced_back():
+    async def main():
+        infer, calls = _infer_factory()
+        b = Batcher(infer, max_batch_size=8, max_queue_size=100)
+        t0 = time.perf_counter()
+        out = await b.result(np.arange(6, dtype=np.float32).reshape(2, 3), time.monotonic() + 5)
+        took = time.perf_counter() - t0
+        await b.close()
+        return out, calls, took
+
+    out, calls, took = run(main())
+    np.testing.assert_array_equal(out["double"], np.arange(6).reshape(2, 3) * 2)
+    np.testing.assert_array_equal(out["row_sum"], [3, 12])
+    assert calls == [2] and took < 1.0
+
+
+def test_concurrent_requests_coalesce_without_crossing():
+    async def main():
+        gate = threading.Event()
+        infer, calls = _infer_factory(gate=gate)
+        b = Batcher(infer, max_batch_size=10, max_queue_size=100)
+        xs = [np.full((1 + i % 3, 2), i, np.float32) for i in range(12)]
+        futs = [b.submit(x, time.monotonic() + 5) for x in xs]   # queued while nothing has run
+        gate.set()
+        outs = await asyncio.gather(*futs)
+        await b.close()
+        return xs, outs, calls, b.stats
+
+    xs, outs, calls, stats = run(main())
+    for x, out in zip(xs, outs, strict=True):
+        np.testing.assert_array_equal(out["double"], x * 2)
+    assert sum(calls) == sum(len(x) for x in xs) and max(calls) <= 10
+    assert len(calls) < len(xs) and stats.runs == len(calls) and stats.requests == 12
+    assert stats.mean_batch_size == pytest.approx(sum(calls) / len(calls))
+
+
+def test_full_queue_raises_overloaded_and_deadline_expires_in_queue():
+    async def main():
+        gate = threading.Event()
+        infer, _ = _infer_factory(gate=gate)
+        b = Batcher(infer, max_batch_size=2, max_queue_size=4)
+        first = b.submit(np.zeros((2, 1), np.float32), time.monotonic() + 5)
+        await asyncio.sleep(0.05)               # the worker took it and blocks on the gate
+        short = b.submit(np.zeros((2, 1), np.float32), time.monotonic() + 0.01)
+        keep = b.submit(np.zeros((2, 1), np.float32), time.monotonic() + 5)
+        with pytest.raises(Overloaded, match="queued"):
+            b.submit(np.zeros((1, 1), np.float32), time.monotonic() + 5)
+        await asyncio.sleep(0.05)
+        gate.set()
+        await first
+        with pytest.raises(DeadlineExceeded, match="deadline"):
+            await short
+        await keep
+        await b.close()
+        return b.stats
+
+    stats = run(main())
+    assert stats.rejected_full == 1 and stats.expired == 1 and stats.samples == 4
+
+
+def test_result_times_out_while_running_and_oversized_requests_are_chunked():
+    async def main():
+        infer, calls = _infer_factory(delay=0.3)
+        b = Batcher(infer, max_batch_size=4, max_queue_size=100)
+        with pytest.raises(DeadlineExceeded):
+            await b.result(np.zeros((1, 2), np.float32), time.monotonic() + 0.05)
+        out = await b.result(np.ones((10, 2), np.float32), time.monotonic() + 10)
+        await b.close()
+        return out, calls
+
+    out, calls = run(main())
+    assert out["double"].shape == (10, 2) and calls[-3:] == [4, 4, 2]
+
+
+def test_close_drains_what_is_queued():
+    async def main():
+        infer, _ = _infer_factory(delay=0.01)
+        b = Batcher(infer, max_batch_size=1, max_queue_size=100)
+        futs = [b.submit(np.full((1, 1), i, np.float32), time.monotonic() + 5) for i in range(5)]
+        await b.close()
+        return [f.result()["double"][0, 0] for f in futs]
+
+    assert run(main()) == [0, 2, 4, 6, 8]
