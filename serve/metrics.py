@@ -15,6 +15,7 @@ Formulas: METHODS.md §3. Conventions, stated once for every function here:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -63,16 +64,17 @@ class RiskCoverageCurve:
     n_errors: Array
     n: int
 
-    @property
+    # Cached: summary() reads each of these several times on curves of up to n points.
+    @cached_property
     def coverage(self) -> Array:
         return self.n_accepted / self.n
 
-    @property
+    @cached_property
     def risk(self) -> Array:
         """Selective risk: error rate among accepted samples."""
         return self.n_errors / self.n_accepted
 
-    @property
+    @cached_property
     def generalized_risk(self) -> Array:
         """``coverage · risk``: accepted errors over all samples."""
         return self.n_errors / self.n
@@ -92,14 +94,17 @@ def risk_coverage_curve(scores: Array, errors: Array) -> RiskCoverageCurve:
     n = s.size
     asc = np.sort(s)                                            # (n,) ascending
     err_asc = np.sort(s[e])                                     # (n_err,) errors' scores, ascending
-    starts = np.flatnonzero(asc[1:] != asc[:-1]) + 1            # first index of each run but the first
-    starts = np.concatenate((np.zeros(1, dtype=np.int64), starts))  # (G,) run starts, ascending
-    thresholds = asc[starts]                                    # (G,) distinct scores, ascending
-    # Errors with score ≥ threshold: the tail of err_asc from the first element ≥ threshold.
-    n_errors = err_asc.size - np.searchsorted(err_asc, thresholds, side="left")
+    run_start = np.empty(n, dtype=bool)                         # (n,) first sample of a tie run
+    run_start[0] = True
+    np.not_equal(asc[1:], asc[:-1], out=run_start[1:])
+    starts = np.flatnonzero(run_start)[::-1]                    # (G,) run starts, highest score first
+    thresholds = asc[starts]                                    # (G,) distinct scores, descending
+    # Errors with score ≥ threshold: the tail of err_asc from the first element ≥ threshold
+    # (searched in ascending key order, which is cache-friendly).
+    n_errors = np.searchsorted(err_asc, thresholds[::-1], side="left")[::-1]
     return RiskCoverageCurve(
-        thresholds=thresholds[::-1].copy(), n_accepted=(n - starts)[::-1].astype(np.int64),
-        n_errors=n_errors[::-1].astype(np.int64), n=int(n))
+        thresholds=thresholds, n_accepted=(n - starts).astype(np.int64, copy=False),
+        n_errors=(err_asc.size - n_errors).astype(np.int64, copy=False), n=int(n))
 
 
 def _group_sizes(curve: RiskCoverageCurve) -> Array:
@@ -139,21 +144,17 @@ def aurc_optimal_asymptotic(error_rate: float) -> float:
     return r if r >= 1.0 else r + (1.0 - r) * float(np.log1p(-r))
 
 
-def _e_aurc(c: RiskCoverageCurve) -> float:
-    return _aurc(c) - _aurc_optimal_counts(c.n, int(c.n_errors[-1]))
-
-
-def _naurc(c: RiskCoverageCurve) -> float:
+def _excess(c: RiskCoverageCurve) -> tuple[float, float, float]:
+    """AURC, E-AURC and NAURC of one curve, sharing one AURC and one AURC*."""
     n_err = int(c.n_errors[-1])
-    if n_err == 0 or n_err == c.n:
-        return float("nan")
-    opt = _aurc_optimal_counts(c.n, n_err)
-    return (_aurc(c) - opt) / (c.error_rate - opt)
+    area, opt = _aurc(c), _aurc_optimal_counts(c.n, n_err)
+    normalised = float("nan") if n_err in (0, c.n) else (area - opt) / (c.error_rate - opt)
+    return area, area - opt, normalised
 
 
 def e_aurc(scores: Array, errors: Array, curve: RiskCoverageCurve | None = None) -> float:
     """Excess AURC: AURC − AURC*. Zero for the oracle ranking, ≥ 0 for any scores (ties included)."""
-    return _e_aurc(curve or risk_coverage_curve(scores, errors))
+    return _excess(curve or risk_coverage_curve(scores, errors))[1]
 
 
 def naurc(scores: Array, errors: Array, curve: RiskCoverageCurve | None = None) -> float:
@@ -162,7 +163,7 @@ def naurc(scores: Array, errors: Array, curve: RiskCoverageCurve | None = None) 
     NaN when there are no errors or only errors (nothing to rank). With 0 < err < 1 the
     denominator is > 0 because AURC* < err whenever one sample is correct.
     """
-    return _naurc(curve or risk_coverage_curve(scores, errors))
+    return _excess(curve or risk_coverage_curve(scores, errors))[2]
 
 
 def augrc(scores: Array, errors: Array, curve: RiskCoverageCurve | None = None) -> float:
@@ -237,12 +238,13 @@ def ece(confidences: Array, errors: Array, n_bins: int = ECE_BINS) -> float:
 def summary(scores: Array, errors: Array, coverages: tuple[float, ...] = (0.5, 0.8)) -> dict[str, float]:
     """Every ranking metric at once, sharing one sort."""
     c = risk_coverage_curve(scores, errors)
+    area, excess, normalised = _excess(c)
     out = {
         "n": float(c.n),
         "error_rate": c.error_rate,
-        "aurc": _aurc(c),
-        "e_aurc": _e_aurc(c),
-        "naurc": _naurc(c),
+        "aurc": area,
+        "e_aurc": excess,
+        "naurc": normalised,
         "augrc": augrc(scores, errors, c),
         "auroc": auroc(scores, errors, c),
         "fpr_at_95tpr": fpr_at_tpr(scores, errors, 0.95, c),
