@@ -89,4 +89,7 @@ def register_study(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--note", default="", help="what this regime is for (printed in the report)")
     p.add_argument("--quick", action="store_true",
                    help="CI size: small data (mnist1d?n=2000), 1 seed, ≤ 2 epochs")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch/onnxruntime threads per process (default 0 = library default; "
+                   "1 is fastest on a loaded machine)")
     p.set_defaults(handler=lambda args: _load("training.study").main(args))

@@ -60,6 +60,7 @@ class StudyConfig:
     reuse: bool = False             # keep finished runs found in OUT/runs
     note: str = ""                  # what this regime is for (printed in the report)
     quick: bool = False
+    threads: int = 0                # torch + onnxruntime intra-op threads (0 = library default)
 
 
 def parse_loss(spec: str) -> tuple[str, str]:
@@ -109,7 +110,8 @@ def run_one(cfg: StudyConfig, ds: Dataset, loss: str, seed: int) -> Path:
                       out=str(run_dir / "train")))
     t_train = time.perf_counter() - t0
     path, parity, _ = export_run(run_dir / "train", run_dir / "model", force=True)
-    onnx = OnnxModel(path, device="cuda" if cfg.device == "cuda" else "auto")
+    onnx = OnnxModel(path, device="cuda" if cfg.device == "cuda" else "auto",
+                     intra_op_threads=cfg.threads)
     x_tu, y_tu = ds.split("tune")
     x_te, y_te = ds.split("test")
     # ONNX outputs float32; storing float32 keeps them exact (the analysis casts to float64).
@@ -148,6 +150,11 @@ def run_study(cfg: StudyConfig, command: str) -> dict[str, Any]:
         raise StudyError(f"--losses lists a loss twice: {','.join(losses)}")
     if cfg.seeds < 1:
         raise StudyError(f"--seeds must be ≥ 1; got {cfg.seeds}")
+    if cfg.threads < 0:
+        raise StudyError(f"--threads must be ≥ 0 (0 = default); got {cfg.threads}")
+    if cfg.threads:
+        # One thread per process avoids OpenMP spin-wait thrashing on a shared, loaded machine.
+        torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ds = load_dataset(cfg.data)
@@ -217,7 +224,8 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
     cfg = StudyConfig(data=args.data, model=args.model, losses=args.losses.split(","),
                       seeds=args.seeds, out=args.out, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, device=args.device,
-                      nc_samples=args.nc_samples, reuse=args.reuse, note=args.note, quick=args.quick)
+                      nc_samples=args.nc_samples, reuse=args.reuse, note=args.note, quick=args.quick,
+                      threads=args.threads)
     if args.quick:
         # Small data, one seed, a couple of epochs: a CI-sized run of the whole pipeline.
         if cfg.data == "mnist1d":

@@ -1,22 +1,20 @@
 #!/usr/bin/env bash
-# The committed CPU studies, exactly as run (two chains in parallel on the 2-core machine).
+# The committed CPU studies, exactly as run: three studies in parallel, one thread each, on the
+# shared 2-core machine (one thread per process avoids OpenMP thrashing when the cores are busy).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 A=.venv/bin/abstain
-(
-  $A study --data mnist1d --model cnn1d --losses ce,ls:0.1,ls:0.2,ls:0.3,maxsup:0.1:0.2 \
-    --seeds 3 --epochs 10 --out docs/study/mnist1d \
-    --note "Default regime: 20k mnist1d samples, the trainer's default 10 epochs." \
-    > docs/study/mnist1d.log 2>&1
-) &
-(
-  $A study --data digits --model cnn --losses ce,ls:0.1,ls:0.2,ls:0.3,maxsup:0.1:0.2 \
-    --seeds 3 --epochs 30 --out docs/study/digits \
-    --note "Image regime: scikit-learn's 8x8 digits (1797 images), small 2-D CNN." \
-    > docs/study/digits.log 2>&1
-  $A study --data 'mnist1d?n=100000' --model cnn1d --losses ce,ls:0.1,ls:0.2,ls:0.3,maxsup:0.1:0.2 \
-    --seeds 3 --epochs 2 --out docs/study/mnist1d-large \
-    --note "Least-memorising regime: 100k mnist1d samples, 2 epochs, so accuracy is flat across losses and claim 1 can be tested at matched accuracy." \
-    > docs/study/mnist1d-large.log 2>&1
-) &
+LOSSES=ce,ls:0.1,ls:0.2,ls:0.3,maxsup:0.1:0.2
+$A study --data mnist1d --model cnn1d --losses $LOSSES --seeds 3 --epochs 6 --threads 1 \
+  --out docs/study/mnist1d \
+  --note "Default regime: the default 20k-sample mnist1d, 6 epochs (train accuracy still rising)." \
+  > docs/study/mnist1d.log 2>&1 &
+$A study --data digits --model cnn --losses $LOSSES --seeds 3 --epochs 20 --threads 1 \
+  --out docs/study/digits \
+  --note "Image regime: scikit-learn's 8x8 digits (1797 images), small 2-D CNN trained to ~100% train accuracy (memorising)." \
+  > docs/study/digits.log 2>&1 &
+$A study --data 'mnist1d?n=100000' --model cnn1d --losses $LOSSES --seeds 3 --epochs 1 --threads 1 \
+  --out docs/study/mnist1d-large \
+  --note "Least-memorising regime: 100k mnist1d samples (60k train), a single epoch, so no sample is seen twice and accuracies are close across losses: claim 1 tested near matched accuracy." \
+  > docs/study/mnist1d-large.log 2>&1 &
 wait
