@@ -77,7 +77,9 @@ def register_study(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated: ce, ls:ALPHA, maxsup:ALPHA[:END] "
                    "(default: ce,ls:0.1,ls:0.2,ls:0.3,maxsup:0.1:0.2)")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per loss (default 3)")
-    p.add_argument("--out", required=True, help="output directory, e.g. docs/study/mnist1d")
+    p.add_argument("--out", help="output directory, e.g. docs/study/mnist1d (required unless --index)")
+    p.add_argument("--index", metavar="DIR", default=None,
+                   help="only (re)write DIR/README.md, a table of every study under DIR, and exit")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)

@@ -237,6 +237,11 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
 
 
 def main(args: argparse.Namespace) -> int:
+    if getattr(args, "index", None):
+        print(study_report.write_index(Path(args.index)))
+        return 0
+    if not args.out:
+        raise StudyError("--out is required, e.g. --out docs/study/mnist1d (or pass --index DIR)")
     cfg = config_from_args(args)
     if sys.argv[1:2] == ["study"]:
         command = "abstain " + shlex.join(sys.argv[1:])

@@ -139,3 +139,48 @@ def render(results: dict[str, Any]) -> str:
     lines += _score_table(agg, tuple(s for s in SCORES if s not in MAIN_SCORES))
     lines += ["", f"p grid: {', '.join(str(p) for p in P_GRID)} (pnorm:0 = centred max logit).", ""]
     return "\n".join(lines)
+
+
+def write_index(root: Path) -> Path:
+    """``root/README.md``: one row per study under ``root`` (its regime and the four verdicts)."""
+    studies = sorted(p.parent for p in root.glob("*/results.json"))
+    if not studies:
+        from training.study_analysis import StudyError
+
+        raise StudyError(f"no study results under {root} (expected {root}/NAME/results.json); "
+                         f"run `abstain study --out {root}/NAME` first")
+    lines = [
+        "# Reproduction studies (issue 7)",
+        "",
+        "Each folder holds one regime's report (`README.md`), figures and `results.json`, written by "
+        "`abstain study`; the commands that made them are in `run_all.sh` and in each report. "
+        "Verdicts are computed by the rules stated in each report (training/study_verdicts.py).",
+        "",
+        "| study | data | model | epochs | seeds | accuracy range (%) | runtime | claim 1 | claim 2 "
+        "| claim 3 | claim 4 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for d in studies:
+        res = json.loads((d / "results.json").read_text())
+        meta, r = res["meta"], res["meta"]["regime"]
+        accs = [e["accuracy"]["mean"] * 100 for e in res["aggregate"].values()]
+        first = meta.get("first_invocation", meta)
+        lines.append(
+            f"| [{d.name}]({d.name}/README.md) | `{r['data']}` | {r['model']} | {r['epochs']} | "
+            f"{len(meta['seeds'])} | {min(accs):.1f}–{max(accs):.1f} | "
+            f"{first['runtime_seconds'] / 60:.1f} min | "
+            + " | ".join(c["verdict"] for c in res["claims"]) + " |")
+    lines += [
+        "",
+        "Claims (METHODS.md §6): 1. LS raises AURC under MSP relative to CE; 2. MaxLogit-pNorm "
+        "recovers much of that loss for LS and helps CE less; 3. MaxSup matches or beats LS accuracy "
+        "without the same SC degradation; 4. LS gives lower NC1 than CE.",
+        "",
+        "GPU: no GPU was available to the session that made these; the CIFAR-100 run "
+        "(`abstain study --data cifar100:PATH --model resnet18 --device cuda --out "
+        "docs/study/cifar100`) is still to do.",
+        "",
+    ]
+    out = root / "README.md"
+    atomic_write_text(out, "\n".join(lines))
+    return out

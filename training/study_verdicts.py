@@ -98,6 +98,11 @@ def claim1(runs: list[dict[str, Any]]) -> ClaimVerdict:
         v = "mixed"
     ev.append(f"clearly higher MSP AURC for {worse_aurc}/{len(ls)} LS settings, clearly higher "
               f"MSP E-AURC for {worse_e}/{len(ls)}")
+    gaps = [abs(paired(per_seed(runs, loss, ("accuracy",)), per_seed(runs, "ce", ("accuracy",))).mean)
+            for loss in ls]
+    ev.append(f"accuracy matched within {max(gaps) * 100:.2f} pt" if max(gaps) <= 0.01 else
+              f"accuracies differ by up to {max(gaps) * 100:.2f} pt: AURC mixes accuracy with "
+              "ranking quality here, so E-AURC and AUROC are the fairer test in this regime")
     return ClaimVerdict(claim, v, rule, ev)
 
 

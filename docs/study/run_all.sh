@@ -18,3 +18,4 @@ $A study --data 'mnist1d?n=100000' --model cnn1d --losses $LOSSES --seeds 3 --ep
   --note "Least-memorising regime: 100k mnist1d samples (60k train), a single epoch, so no sample is seen twice and accuracies are close across losses: claim 1 tested near matched accuracy." \
   > docs/study/mnist1d-large.log 2>&1 &
 wait
+.venv/bin/abstain study --index docs/study
