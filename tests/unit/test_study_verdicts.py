@@ -47,7 +47,8 @@ def test_claim1_mixed_when_only_e_aurc_degrades() -> None:
     runs += [_run("ls:0.1", s, msp={"aurc": 0.04 + _noise(s), "e_aurc": 0.025}) for s in range(3)]
     v = claim1(runs)
     assert v.verdict == "mixed"
-    assert "0/1 LS settings" in v.evidence[-1] and "E-AURC for 1/1" in v.evidence[-1]
+    assert "0/1 LS settings" in v.evidence[-2] and "E-AURC for 1/1" in v.evidence[-2]
+    assert v.evidence[-1].startswith("accuracy matched within 0.00 pt")
 
 
 def test_claim1_not_reproduced_and_not_testable() -> None:
