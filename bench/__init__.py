@@ -1,0 +1,1 @@
+"""Benchmarks: ``abstain bench`` (harness.py) and the stand-alone timing scripts beside it."""
