@@ -177,9 +177,11 @@ def run_study(cfg: StudyConfig, command: str) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     first = {"command": command, "runtime_seconds": wall, "load_note": ""}
     prev = out / "results.json"
-    if reused and prev.is_file():
-        # Keep the timing of the invocation that trained the runs; this one only re-analysed.
-        first = json.loads(prev.read_text())["meta"].get("first_invocation", first)
+    if reused == len(jobs) and prev.is_file():
+        # Keep the timing of the invocation that trained these runs; this one only re-analysed.
+        old = json.loads(prev.read_text())["meta"]
+        if old.get("losses") == losses and old.get("seeds") == list(range(cfg.seeds)):
+            first = old.get("first_invocation", first)
     loaded = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     meta = {
         "name": out.name, "command": command, "runtime_seconds": wall,
