@@ -115,7 +115,7 @@ def continuous(draw, min_size=1, max_size=120):
 
 
 inputs = st.one_of(tie_heavy(), continuous())
-FAST = settings(max_examples=80, deadline=None)
+FAST = settings(max_examples=80, deadline=None, derandomize=True)  # fixed seed: CI is reproducible
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from serve.errors import AbstainError
 FIXED = ["msp", "log_msp", "maxlogit", "centred_maxlogit", "energy", "margin"]
 PNORMS = ["pnorm:0", "pnorm:1", "pnorm:2", "pnorm:3.5", "pnorm:8", "pnorm:inf"]
 ALL = FIXED + PNORMS
-FAST = settings(max_examples=60, deadline=None)
+FAST = settings(max_examples=60, deadline=None, derandomize=True)  # fixed seed: CI is reproducible
 
 
 def score(spec: str, logits, temperature: float = 1.0) -> np.ndarray:
@@ -272,7 +272,7 @@ def test_shift_invariant_scores(z, c):
     for spec in ["msp", "log_msp", "centred_maxlogit", "margin", "pnorm:1", "pnorm:2", "pnorm:7"]:
         np.testing.assert_allclose(score(spec, z + c), score(spec, z), rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(score("maxlogit", z + c), score("maxlogit", z) + c)
-    np.testing.assert_allclose(score("energy", z + c), score("energy", z) + c, rtol=1e-13)
+    np.testing.assert_allclose(score("energy", z + c), score("energy", z) + c, rtol=1e-13, atol=1e-12)
 
 
 @FAST
