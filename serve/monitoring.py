@@ -162,6 +162,9 @@ class Monitor:
         self._lock = threading.Lock()
         self._models: dict[tuple[str, str], _ModelState] = {}
         self._inflight_n = 0
+        # Labelled children cached per (metric, labels): prometheus-client's labels() validates
+        # and locks on every call, and the hot path asks for ~14 children per request.
+        self._children: dict[tuple, object] = {}
 
         def gauge(name: str, doc: str, labels: Sequence[str], mode: str) -> Gauge:
             return Gauge(name, doc, labels, registry=reg, multiprocess_mode=mode)
@@ -211,11 +214,19 @@ class Monitor:
         if not self.multiprocess:
             self.registry.register(self._scores)
 
+    def _c(self, metric, *labels: str):
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     # --- model lifecycle -------------------------------------------------------------------
     def model_loaded(self, model: str, version: str, provider: str,
                      calibration: Calibration, model_sha256: str) -> None:
         """A model version went live (at start or by hot reload)."""
         key = (model, version)
+        self._children.clear()                 # metric objects may be replaced below
         cal_sha = calibration.sha256
         bounds = score_buckets(calibration)
         with self._lock:
@@ -258,6 +269,7 @@ class Monitor:
         version's gauges stay until the workers restart; only the drift state is dropped.
         """
         key = (model, version)
+        self._children.clear()                 # removed label sets must not be served from cache
         with self._lock:
             self._models.pop(key, None)
             self._scores.hists.pop(key, None)
@@ -281,8 +293,8 @@ class Monitor:
         ``inference`` says whether :meth:`request_started` was called for this request; when
         None it is taken to be so iff ``model`` is set. The gauge never goes below zero.
         """
-        self.requests.labels(endpoint, method, str(int(status)), model, version).inc()
-        self.request_duration.labels(endpoint, model, version).observe(latency_s)
+        self._c(self.requests, endpoint, method, str(int(status)), model, version).inc()
+        self._c(self.request_duration, endpoint, model, version).observe(latency_s)
         if inference is None:
             inference = bool(model)
         if inference:
@@ -303,15 +315,18 @@ class Monitor:
     # --- per batch (called by the batcher after one session run) ----------------------------
     def queue_depth(self, model: str, version: str, depth: int) -> None:
         """Current number of samples waiting for the model."""
-        self.queue.labels(model, version).set(depth)
+        self._c(self.queue, model, version).set(depth)
 
     def batch(self, model: str, version: str, batch_size: int, queue_wait_s: Sequence[float],
               inference_s: float) -> None:
         """One coalesced session run: its size, each request's queue wait, the run's duration."""
-        self.batch_size.labels(model, version).observe(batch_size)
-        _observe_many(self.queue_wait.labels(model, version), self._latency_bounds,
-                      np.asarray(queue_wait_s, dtype=np.float64))
-        self.inference.labels(model, version).observe(inference_s)
+        self._c(self.batch_size, model, version).observe(batch_size)
+        waits = self._c(self.queue_wait, model, version)
+        if len(queue_wait_s) == 1:
+            waits.observe(queue_wait_s[0])
+        else:
+            _observe_many(waits, self._latency_bounds, np.asarray(queue_wait_s, dtype=np.float64))
+        self._c(self.inference, model, version).observe(inference_s)
 
     def decisions(self, model: str, version: str, labels: np.ndarray, class_names: Sequence[str],
                   scores: np.ndarray, reject: np.ndarray) -> None:
@@ -323,23 +338,23 @@ class Monitor:
             return
         deferred = int(reject.sum())
         if n - deferred:
-            self.predictions.labels(model, version, "accepted").inc(n - deferred)
+            self._c(self.predictions, model, version, "accepted").inc(n - deferred)
         if deferred:
-            self.predictions.labels(model, version, "deferred").inc(deferred)
+            self._c(self.predictions, model, version, "deferred").inc(deferred)
         counts = np.bincount(labels, minlength=len(class_names))   # (K,)
         for k in np.flatnonzero(counts):
             name = class_names[k] if k < len(class_names) else str(k)
-            self.predicted_class.labels(model, version, name).inc(int(counts[k]))
+            self._c(self.predicted_class, model, version, name).inc(int(counts[k]))
         with self._lock:
             state = self._models.get((model, version))
             if state is None:
                 return
             _observe_many(state.score_hist.labels(model, version), state.score_bounds, scores)
             st = state.drift.update(~reject)
-        self.window_coverage.labels(model, version).set(st.window_coverage)
-        self.window_samples.labels(model, version).set(st.n)
-        self.drift_p.labels(model, version).set(st.p_value)
-        self.drift_flag.labels(model, version).set(int(st.detected))
+        self._c(self.window_coverage, model, version).set(st.window_coverage)
+        self._c(self.window_samples, model, version).set(st.n)
+        self._c(self.drift_p, model, version).set(st.p_value)
+        self._c(self.drift_flag, model, version).set(int(st.detected))
         if st.changed and st.detected:
             log.warning("deferral-rate drift on %s/%s: window coverage %.4f over the last %d vs "
                         "certified %.4f (binomial p = %.3g < alpha = %g)", model, version,

@@ -29,7 +29,19 @@ OUTPUTS = ("logits", "label", "score", "reject", "probabilities", "class_name")
 DEFAULT_OUTPUTS = ("logits", "label", "score", "reject")
 
 
+_DT_CACHE: dict[np.dtype, str] = {}
+
+
 def v2_datatype(dtype: np.dtype) -> str:
+    """The v2 datatype name of a numpy dtype (cached: it is asked several times per request)."""
+    dtype = np.dtype(dtype)
+    name = _DT_CACHE.get(dtype)
+    if name is None:
+        name = _DT_CACHE[dtype] = _v2_datatype(dtype)
+    return name
+
+
+def _v2_datatype(dtype: np.dtype) -> str:
     for name, dt in DTYPES.items():
         if dt == np.dtype(dtype).newbyteorder("<") or dt == np.dtype(dtype):
             return name
