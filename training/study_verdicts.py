@@ -118,8 +118,10 @@ def claim2(runs: list[dict[str, Any]]) -> ClaimVerdict:
         return ClaimVerdict(claim, "not testable", rule, ["needs `ce` and at least one `ls:α`"])
 
     def rel_gain(loss: str, score: str) -> float:
+        # Seeds with MSP AURC = 0 (no test errors) have nothing to reduce and are left out.
         msp, other = _m(runs, loss, "msp", "aurc"), _m(runs, loss, score, "aurc")
-        return float(np.mean([(msp[s] - other[s]) / msp[s] for s in msp]))
+        gains = [(msp[s] - other[s]) / msp[s] for s in msp if msp[s] > 0]
+        return float(np.mean(gains)) if gains else float("nan")
 
     ce_gain = rel_gain("ce", "auto")
     ev = [f"ce: auto AURC reduction {ce_gain:+.1%} (auto chose "

@@ -93,3 +93,13 @@ def test_all_claims_returns_four() -> None:
     verdicts = [c.verdict for c in all_claims(runs)]
     assert len(verdicts) == 4
     assert set(verdicts) <= {"reproduced", "not reproduced", "mixed", "not testable"}
+
+
+def test_runs_without_errors_do_not_break_the_rules() -> None:
+    # A small test split can be classified perfectly: MSP AURC = 0, AUROC undefined.
+    perfect = {"aurc": 0.0, "e_aurc": 0.0, "auroc": float("nan"), "naurc": float("nan")}
+    runs = [_run("ce", s, msp=perfect, auto_aurc=0.0) for s in range(3)]
+    runs += [_run("ls:0.1", s, msp=perfect, auto_aurc=0.0) for s in range(3)]
+    runs += [_run("maxsup:0.1:0.2", s, msp=perfect, auto_aurc=0.0) for s in range(3)]
+    verdicts = [c.verdict for c in all_claims(runs)]
+    assert verdicts[:2] == ["not reproduced", "not reproduced"]
