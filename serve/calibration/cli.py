@@ -285,8 +285,10 @@ def evaluate_main(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     c = report["calibration"]
-    t = Table(title=f"{model_path.parent} on {info['spec']}:{info['split']} (n = {res['n']}); "
-                    f"score {c['score']}, threshold {c['threshold']}, T = {c['temperature']:.4f}")
+    _console().print(f"[bold]{model_path.parent}[/bold] on {info['spec']}:{info['split']} "
+                     f"(n = {res['n']}): score {c['score']}, threshold {c['threshold']}, "
+                     f"T = {c['temperature']:.4f}, method {c['method']}")
+    t = Table()
     t.add_column("metric")
     t.add_column("value", justify="right")
 
