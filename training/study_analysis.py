@@ -72,6 +72,7 @@ def analyse_run(run_dir: Path) -> dict[str, Any]:
     return {
         "tag": meta["tag"], "loss": meta["loss"], "seed": meta["seed"],
         "accuracy": float((z_test.argmax(axis=1) == y_test).mean()),
+        "n_test_errors": int((z_test.argmax(axis=1) != y_test).sum()),
         "n_test": int(len(y_test)), "n_tune": int(len(y_tune)),
         "auto_spec": auto, "auto_temperature": temperature, "scores": scores, "collapse": nc,
         "train_seconds": meta.get("train_seconds"),

@@ -123,10 +123,14 @@ def render(results: dict[str, Any]) -> str:
                   f"(regime: `{r['data']}`, `{r['model']}`, {r['epochs']} epochs, "
                   f"{len(meta['seeds'])} seed(s)).", "", f"Rule: {c['rule']}.", ""]
         lines += [f"- {e}" for e in c["evidence"]] + [""]
-    lines += ["## Accuracy", "", "| loss | test accuracy (%) | auto score chosen on tune |",
-              "|---|---|---|"]
+    lines += ["## Accuracy", "",
+              "| loss | test accuracy (%) | test errors per seed | auto score chosen on tune |",
+              "|---|---|---|---|"]
     for loss, e in agg.items():
-        lines.append(f"| {loss} | {_pm(e['accuracy'], 100, 2)} | {', '.join(e['auto_specs'])} |")
+        errs = [str(r.get("n_test_errors", "?")) for r in sorted(results["runs"],
+                key=lambda r: r["seed"]) if r["loss"] == loss]
+        lines.append(f"| {loss} | {_pm(e['accuracy'], 100, 2)} | {', '.join(errs)} | "
+                     f"{', '.join(e['auto_specs'])} |")
     lines += ["", "## Selective classification on the test split (main scores)", ""]
     lines += _score_table(agg, MAIN_SCORES)
     lines += ["", "## Figures", ""]

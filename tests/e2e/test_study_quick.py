@@ -83,6 +83,7 @@ def test_numbers_match_recomputation_from_saved_logits(study: tuple[Path, dict[s
             z_te, y_te = f["logits_test"].astype(np.float64), f["labels_test"]
         assert z_te.shape == (run["n_test"], 10) and z_tu.shape == (run["n_tune"], 10)
         assert _close(run["accuracy"], float((z_te.argmax(1) == y_te).mean()))
+        assert run["n_test_errors"] == int((z_te.argmax(1) != y_te).sum())
         for spec in ("msp", "maxlogit", *(f"pnorm:{p}" for p in range(11))):
             want = _recompute(z_te, y_te, spec)
             for k, v in want.items():

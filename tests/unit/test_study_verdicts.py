@@ -103,3 +103,15 @@ def test_runs_without_errors_do_not_break_the_rules() -> None:
     runs += [_run("maxsup:0.1:0.2", s, msp=perfect, auto_aurc=0.0) for s in range(3)]
     verdicts = [c.verdict for c in all_claims(runs)]
     assert verdicts[:2] == ["not reproduced", "not reproduced"]
+
+
+def test_too_few_errors_makes_sc_claims_not_testable() -> None:
+    runs = [_run("ce", s, msp={"aurc": 0.05}) for s in range(3)]
+    runs += [_run("ls:0.1", s, msp={"aurc": 0.07 + _noise(s)}) for s in range(3)]
+    assert all_claims(runs)[0].verdict == "reproduced"
+    for r in runs:
+        r["n_test_errors"] = 3
+    claims = all_claims(runs)
+    assert [c.verdict for c in claims[:3]] == ["not testable"] * 3
+    assert "only 3 test errors" in claims[0].evidence[0]
+    assert claims[3].verdict != "not testable"
