@@ -122,3 +122,15 @@ def test_coverage_mode_picks_the_strictest_threshold_reaching_coverage() -> None
 def test_bad_parameters_are_refused(risk: float, delta: float) -> None:
     with pytest.raises(CertifyError, match="strictly between 0 and 1"):
         certify(np.arange(10.0), np.zeros(10, bool), risk, delta)
+
+
+def test_early_error_stops_ltt_and_the_message_points_to_sgr() -> None:
+    # The single most confident sample is wrong; everything else is right.
+    scores = np.linspace(1, 0, 2000)
+    errors = np.zeros(2000, bool)
+    errors[0] = True
+    ltt = certify_ltt(scores, errors, 0.05, 0.1)
+    assert not ltt.certified and ltt.needed is not None and ltt.needed <= 2000
+    assert "try --method sgr" in ltt.detail and "needs at least" not in ltt.detail
+    sgr = certify_sgr(scores, errors, 0.05, 0.1)
+    assert sgr.certified and sgr.n_accepted > 1000
