@@ -151,8 +151,13 @@ class Guard:
                                           inference=inference)
 
 
-def create_app(settings: ServerSettings | None = None, monitor: Monitor | None = None) -> FastAPI:
-    """Build the server for ``settings`` (defaults: environment variables)."""
+def create_app(settings: ServerSettings | None = None, monitor: Monitor | None = None,
+               preloaded: list[ModelVersion] | None = None) -> FastAPI:
+    """Build the server for ``settings`` (defaults: environment variables).
+
+    ``preloaded``: versions already loaded (by ``abstain serve``'s pre-flight) that the first
+    repository scan adopts instead of loading them again, if their files did not change.
+    """
     settings = settings or load_settings()
     monitor = monitor or Monitor(settings.drift_window, settings.drift_alpha)
 
@@ -167,7 +172,8 @@ def create_app(settings: ServerSettings | None = None, monitor: Monitor | None =
                        lambda depth: monitor.queue_depth(name, ver, depth), name=f"{name}/{ver}")
 
     repo = ModelRepository(settings.model_repository, monitor, settings.device,
-                           settings.intra_op_threads, settings.warmup_batch_sizes, make_batcher)
+                           settings.intra_op_threads, settings.warmup_batch_sizes, make_batcher,
+                           preloaded)
 
     async def poll() -> None:
         while True:

@@ -151,13 +151,17 @@ class ModelRepository:
 
     def __init__(self, root: Path, monitor: Monitor, device: Device = "auto",
                  intra_op_threads: int = 0, warmup: tuple[int, ...] = (1, 8, 64),
-                 batcher_factory: Callable[[ModelVersion], Batcher] | None = None) -> None:
+                 batcher_factory: Callable[[ModelVersion], Batcher] | None = None,
+                 preloaded: list[ModelVersion] | None = None) -> None:
         self.root = Path(root)
         self.monitor = monitor
         self.device: Device = device
         self.intra_op_threads = intra_op_threads
         self.warmup = warmup
         self.batcher_factory = batcher_factory
+        # Versions `abstain serve` already loaded to validate the start: the first reload adopts
+        # them (warming them up) instead of loading every model a second time.
+        self._preloaded = {(mv.name, mv.version): mv for mv in preloaded or ()}
         self._live: Mapping[str, Mapping[int, ModelVersion]] = MappingProxyType({})
         self._failed: dict[tuple[str, int], tuple] = {}   # signature that failed, to log once
         self._lock = asyncio.Lock()
@@ -204,9 +208,14 @@ class ModelRepository:
                         new[key] = old
                     report.failed[label] = "unchanged since it was refused"
                     continue
+                pre = self._preloaded.pop(key, None)
                 try:
-                    mv = await asyncio.to_thread(load_version, d, key[0], key[1], self.device,
-                                                 self.intra_op_threads, self.warmup)
+                    if pre is not None and pre.signature == sig and pre.batcher is None:
+                        await asyncio.to_thread(pre.model.warmup, tuple(self.warmup))
+                        mv = pre
+                    else:
+                        mv = await asyncio.to_thread(load_version, d, key[0], key[1], self.device,
+                                                     self.intra_op_threads, self.warmup)
                 except AbstainError as err:
                     self._failed[key] = sig
                     keep = " (the previously loaded files keep serving)" if old else ""

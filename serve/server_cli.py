@@ -60,7 +60,11 @@ def _check_port(host: str, port: int) -> None:
 
 
 def preflight(settings: ServerSettings) -> list[Any]:
-    """Load every version once (no warm-up) to refuse a bad start with a one-line reason."""
+    """Load every version once to refuse a bad start with a one-line reason.
+
+    The single-worker server adopts these loaded versions (see ``create_app(preloaded=...)``);
+    worker processes (``--workers N``) load their own.
+    """
     from serve.repository import load_version, scan
     from serve.runtime import providers_for
 
@@ -140,5 +144,5 @@ def _serve(args: argparse.Namespace) -> int:
         return 0
     from serve.app import create_app
 
-    uvicorn.run(create_app(settings), **common)
+    uvicorn.run(create_app(settings, preloaded=loaded), **common)   # no second load
     return 0
