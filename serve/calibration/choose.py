@@ -162,8 +162,8 @@ def choose_score(logits: np.ndarray, labels: np.ndarray, score: str = "auto",
     if score == "auto":
         if K >= 3:
             specs += [f"pnorm:{p:g}" for p in p_grid]
-        else:
-            log.warning("K = 2: centred p-norm scores are constant and cannot rank; keeping MSP")
+        else:  # p ≥ 1 norms are constant for K = 2; pnorm:0 (half the margin) still ranks
+            specs.append("pnorm:0")
     else:
         fixed = create_score(score, temperature)   # validates the spec (lists valid ones on error)
         if fixed.min_classes > K:
@@ -182,7 +182,7 @@ def choose_score(logits: np.ndarray, labels: np.ndarray, score: str = "auto",
         reason = ("MSP kept: no p-norm has a strictly lower AURC" if best is incumbent else
                   f"{best.spec} replaces MSP: AURC {best.aurc:.5f} < {incumbent.aurc:.5f}")
         if K < 3:
-            reason = "MSP (K = 2: p-norm scores are constant)"
+            reason += " (K = 2: only pnorm:0 is a candidate, p ≥ 1 norms are constant)"
         chosen = best.spec
     else:
         chosen = specs[-1]

@@ -70,7 +70,8 @@ def test_two_classes_keep_msp_and_fixed_pnorm_is_refused() -> None:
     z = rng.normal(size=(500, 2))
     y = rng.integers(0, 2, 500)
     choice = choose_score(z, y)
-    assert choice.spec == "msp" and [c.spec for c in choice.candidates] == ["msp"]
+    assert [c.spec for c in choice.candidates] == ["msp", "pnorm:0"]
+    assert "K = 2" in choice.reason
     with pytest.raises(Exception, match="cannot rank with K = 2"):
         choose_score(z, y, score="pnorm:2")
 
