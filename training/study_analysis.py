@@ -22,7 +22,9 @@ from serve.scores import create_score
 from training.collapse import collapse
 
 P_GRID = tuple(range(11))
-SCORES = ("msp", "maxlogit", *(f"pnorm:{p}" for p in P_GRID), "auto")
+# "pnorm_tuned" = the p-norm with the lowest tune AURC (Xia et al.'s protocol, no MSP fallback);
+# "auto" = the deployed rule (MSP at the tune-fitted temperature unless a p-norm is strictly better).
+SCORES = ("msp", "maxlogit", *(f"pnorm:{p}" for p in P_GRID), "pnorm_tuned", "auto")
 METRICS = ("aurc", "e_aurc", "naurc", "augrc", "auroc", "risk_at_80", "risk_at_50")
 NC_KEYS = ("nc1", "nc2_means", "nc2_weights", "nc3", "within_class_var")
 
@@ -40,16 +42,18 @@ def score_metrics(logits: np.ndarray, labels: np.ndarray, spec: str,
     return {k: float(out[k]) for k in METRICS}
 
 
-def choose_auto(logits_tune: np.ndarray, labels_tune: np.ndarray) -> tuple[str, float]:
+def choose_auto(logits_tune: np.ndarray, labels_tune: np.ndarray) -> tuple[str, float, str]:
     """Cattelan & Silva's rule on the tuning split (the calibration library's ``auto``).
 
-    Returns the chosen spec and the fitted temperature, which the deployed score uses (it
-    changes MSP's ranking, not a p-norm's).
+    Returns the chosen spec, the fitted temperature (the deployed score uses it: it changes
+    MSP's ranking, not a p-norm's), and the best p-norm on the tuning split regardless of MSP.
     """
     from serve.calibration.choose import choose_score
 
     choice = choose_score(logits_tune, labels_tune, "auto")
-    return choice.spec, float(choice.temperature)
+    pnorms = [c for c in choice.candidates if c.spec.startswith("pnorm:")]
+    best = min(pnorms, key=lambda c: c.aurc).spec if pnorms else "msp"
+    return choice.spec, float(choice.temperature), best
 
 
 def analyse_run(run_dir: Path) -> dict[str, Any]:
@@ -58,8 +62,10 @@ def analyse_run(run_dir: Path) -> dict[str, Any]:
     with np.load(run_dir / "logits.npz") as f:
         z_tune, y_tune = f["logits_tune"].astype(np.float64), f["labels_tune"]
         z_test, y_test = f["logits_test"].astype(np.float64), f["labels_test"]
-    auto, temperature = choose_auto(z_tune, y_tune)
-    scores = {spec: score_metrics(z_test, y_test, spec) for spec in SCORES if spec != "auto"}
+    auto, temperature, tuned = choose_auto(z_tune, y_tune)
+    scores = {spec: score_metrics(z_test, y_test, spec) for spec in SCORES
+              if spec not in ("auto", "pnorm_tuned")}
+    scores["pnorm_tuned"] = score_metrics(z_test, y_test, tuned)
     scores["auto"] = score_metrics(z_test, y_test, auto, temperature)
     nc: dict[str, dict[str, float]] = {}
     feat = run_dir / "features.npz"
@@ -74,7 +80,7 @@ def analyse_run(run_dir: Path) -> dict[str, Any]:
         "accuracy": float((z_test.argmax(axis=1) == y_test).mean()),
         "n_test_errors": int((z_test.argmax(axis=1) != y_test).sum()),
         "n_test": int(len(y_test)), "n_tune": int(len(y_tune)),
-        "auto_spec": auto, "auto_temperature": temperature, "scores": scores, "collapse": nc,
+        "auto_spec": auto, "auto_temperature": temperature, "pnorm_tuned_spec": tuned, "scores": scores, "collapse": nc,
         "train_seconds": meta.get("train_seconds"),
     }
 
@@ -97,6 +103,7 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "seeds": [r["seed"] for r in rs],
             "accuracy": _stats([r["accuracy"] for r in rs]),
             "auto_specs": [r["auto_spec"] for r in rs],
+            "pnorm_tuned_specs": [r["pnorm_tuned_spec"] for r in rs],
             "scores": {s: {m: _stats([r["scores"][s][m] for r in rs]) for m in METRICS}
                        for s in SCORES},
             "collapse": {},

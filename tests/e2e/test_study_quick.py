@@ -70,6 +70,7 @@ def test_report_structure(study: tuple[Path, dict[str, Any]]) -> None:
     # Main table: one row per (loss, main score), appendix: the rest of the p grid.
     for loss in LOSSES.split(","):
         assert f"| {loss} | msp |" in readme and f"| {loss} | pnorm:10 |" in readme
+        assert f"| {loss} | pnorm_tuned (" in readme and f"| {loss} | auto (" in readme
         acc = res["aggregate"][loss]["accuracy"]["mean"]
         assert f"| {loss} | {acc * 100:.2f} |" in readme
 
@@ -96,6 +97,9 @@ def test_numbers_match_recomputation_from_saved_logits(study: tuple[Path, dict[s
         best = min((s for s in tune if s != "msp"), key=lambda s: tune[s])
         expected = best if tune[best] < tune["msp"] else "msp"
         assert run["auto_spec"] == expected
+        assert run["pnorm_tuned_spec"] == best
+        for k, v in _recompute(z_te, y_te, best).items():
+            assert _close(run["scores"]["pnorm_tuned"][k], v), (run["tag"], "pnorm_tuned", k)
         for k, v in _recompute(z_te, y_te, expected, t).items():
             assert _close(run["scores"]["auto"][k], v), (run["tag"], "auto", k)
         with np.load(run_dir / "features.npz") as f:

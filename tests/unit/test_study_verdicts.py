@@ -16,7 +16,8 @@ def _run(loss: str, seed: int, acc: float = 0.9, msp: dict | None = None, auto_a
             "risk_at_80": 0.04, "risk_at_50": 0.01}
     scores = {s: dict(base) for s in SCORES}
     scores["msp"].update(msp or {})
-    scores["auto"]["aurc"] = scores["msp"]["aurc"] if auto_aurc is None else auto_aurc
+    for s in ("auto", "pnorm_tuned"):
+        scores[s]["aurc"] = scores["msp"]["aurc"] if auto_aurc is None else auto_aurc
     assert set(scores["msp"]) == set(METRICS)
     return {"loss": loss, "seed": seed, "accuracy": acc, "auto_spec": "msp", "scores": scores,
             "collapse": {"train": {"nc1": nc1}}}
