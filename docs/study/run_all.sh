@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The committed CPU studies, exactly as run: three studies in parallel, one thread each, on the
 # shared 2-core machine (one thread per process avoids OpenMP thrashing when the cores are busy).
+# After fixes to the analysis code, the reports were rebuilt from the saved runs by re-running
+# each command with `--reuse` appended (no retraining); each report records both commands.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 A=.venv/bin/abstain
