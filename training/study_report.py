@@ -163,11 +163,15 @@ def write_index(root: Path) -> Path:
         "",
         "Each folder holds one regime's report (`README.md`), figures and `results.json`, written by "
         "`abstain study`; the commands that made them are in `run_all.sh` and in each report. "
-        "Verdicts are computed by the rules stated in each report (training/study_verdicts.py).",
+        "Verdicts are computed by the rules stated in each report (training/study_verdicts.py). "
+        "Wall clock = the study command that trained the runs (on a shared, loaded 2-core "
+        "machine; '—' where the runs were trained by several processes or an interrupted "
+        "invocation, see the report); runs, summed = train + export + ONNX evaluation time of "
+        "every run as recorded when it was made.",
         "",
-        "| study | data | model | epochs | seeds | accuracy range (%) | runtime | claim 1 | claim 2 "
-        "| claim 3 | claim 4 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| study | data | model | epochs | seeds | accuracy range (%) | wall clock | runs, summed "
+        "| claim 1 | claim 2 | claim 3 | claim 4 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for d in studies:
         res = json.loads((d / "results.json").read_text())
@@ -177,7 +181,9 @@ def write_index(root: Path) -> Path:
         lines.append(
             f"| [{d.name}]({d.name}/README.md) | `{r['data']}` | {r['model']} | {r['epochs']} | "
             f"{len(meta['seeds'])} | {min(accs):.1f}–{max(accs):.1f} | "
-            f"{first['runtime_seconds'] / 60:.1f} min | "
+            + (f"{first['runtime_seconds'] / 60:.1f} min | " if first["runtime_seconds"] > 5
+               else "— (see report) | ")
+            + f"{meta.get('runs_seconds', float('nan')) / 60:.1f} min | "
             + " | ".join(c["verdict"] for c in res["claims"]) + " |")
     lines += [
         "",
