@@ -110,8 +110,8 @@ def run_one(cfg: StudyConfig, ds: Dataset, loss: str, seed: int) -> Path:
                       out=str(run_dir / "train")))
     t_train = time.perf_counter() - t0
     path, parity, _ = export_run(run_dir / "train", run_dir / "model", force=True)
-    onnx = OnnxModel(path, device="cuda" if cfg.device == "cuda" else "auto",
-                     intra_op_threads=cfg.threads)
+    # "auto": CUDA when this onnxruntime has it, else CPU (a torch-CUDA box may lack onnxruntime-gpu).
+    onnx = OnnxModel(path, device="auto", intra_op_threads=cfg.threads)
     x_tu, y_tu = ds.split("tune")
     x_te, y_te = ds.split("test")
     # ONNX outputs float32; storing float32 keeps them exact (the analysis casts to float64).
