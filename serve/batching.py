@@ -106,6 +106,8 @@ class Batcher:
         self._cost: dict[int, float] = {}                 # batch-size bucket → EWMA run seconds
         self._queue: deque[_Item] = deque()
         self._queued = 0                                  # samples waiting
+        self._busy = False                                # the worker is running a batch
+        self._arriving = 0                                # requests yielding before inline runs
         self._wake = asyncio.Event()
         self._closing = False
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{name}")
@@ -173,7 +175,6 @@ class Batcher:
         return out, time.perf_counter() - t0
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             if not self._queue:
                 if self._closing:
@@ -186,36 +187,51 @@ class Batcher:
                 self.on_queue_depth(self._queued)
             if not items:
                 continue
-            x = items[0].x if len(items) == 1 else np.concatenate([it.x for it in items])
-            start = time.perf_counter()
-            waits = [start - it.enqueued for it in items]
-            bucket = _bucket(len(x))
-            cost = self._cost.get(bucket)
+            self._busy = True
             try:
-                if cost is not None and cost < self.inline_s:
-                    out, inference_s = self._run(x)
-                else:
-                    out, inference_s = await loop.run_in_executor(self._executor, self._run, x)
-            except Exception as err:  # a runtime failure fails this batch, not the server
-                log.exception("inference failed for model %s (batch of %d)", self.name, len(x))
-                for it in items:
-                    if not it.future.done():
-                        it.future.set_exception(err)
-                continue
-            self._cost[bucket] = inference_s if cost is None else 0.8 * cost + 0.2 * inference_s
-            self.stats.runs += 1
-            self.stats.samples += len(x)
-            self.stats.sizes[len(x)] += 1
-            offset = 0
+                await self._run_items(items)
+            finally:
+                self._busy = False
+
+    async def _run_items(self, items: list[_Item]) -> None:
+        """One coalesced session run for ``items``; each future gets its own rows."""
+        x = items[0].x if len(items) == 1 else np.concatenate([it.x for it in items])
+        start = time.perf_counter()
+        waits = [start - it.enqueued for it in items]
+        cost = self._cost.get(_bucket(len(x)))
+        try:
+            if cost is not None and cost < self.inline_s:
+                out, inference_s = self._run(x)
+            else:
+                loop = asyncio.get_running_loop()
+                out, inference_s = await loop.run_in_executor(self._executor, self._run, x)
+        except Exception as err:  # a runtime failure fails this batch, not the server
+            log.exception("inference failed for model %s (batch of %d)", self.name, len(x))
             for it in items:
                 if not it.future.done():
-                    it.future.set_result({k: v[offset:offset + it.n] for k, v in out.items()})
-                offset += it.n
-            if self.on_batch:
-                try:
-                    self.on_batch(len(x), waits, inference_s, out)
-                except Exception:
-                    log.exception("monitoring hook failed (ignored)")
+                    it.future.set_exception(err)
+            return
+        offset = 0
+        for it in items:
+            if not it.future.done():
+                it.future.set_result({k: v[offset:offset + it.n] for k, v in out.items()})
+            offset += it.n
+        self._record(len(x), waits, inference_s, out)
+
+    def _record(self, n: int, waits: list[float], inference_s: float,
+                out: dict[str, np.ndarray]) -> None:
+        """Bookkeeping after one session run: cost estimate, counters, the monitoring hook."""
+        bucket = _bucket(n)
+        cost = self._cost.get(bucket)
+        self._cost[bucket] = inference_s if cost is None else 0.8 * cost + 0.2 * inference_s
+        self.stats.runs += 1
+        self.stats.samples += n
+        self.stats.sizes[n] += 1
+        if self.on_batch:
+            try:
+                self.on_batch(n, waits, inference_s, out)
+            except Exception:
+                log.exception("monitoring hook failed (ignored)")
 
     async def close(self) -> None:
         """Finish everything queued, then stop the worker and its thread."""
@@ -226,8 +242,39 @@ class Batcher:
         finally:
             self._executor.shutdown(wait=False)
 
+    def _idle_and_cheap(self, x: np.ndarray) -> bool:
+        """Nothing queued or running, and runs of this size cost less than a thread hop."""
+        if self._queue or self._busy or self._closing or len(x) > self.max_batch_size:
+            return False
+        cost = self._cost.get(_bucket(len(x)))
+        return cost is not None and cost < self.inline_s
+
+    def _run_inline(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        self.stats.requests += 1
+        try:
+            out, inference_s = self._run(x)
+        except Exception:
+            log.exception("inference failed for model %s (batch of %d)", self.name, len(x))
+            raise
+        self._record(len(x), [0.0], inference_s, out)
+        return out
+
     async def result(self, x: np.ndarray, deadline: float) -> dict[str, np.ndarray]:
-        """Submit and wait, honouring the deadline even while the batch is running."""
+        """Submit and wait, honouring the deadline even while the batch is running.
+
+        When the batcher is idle the request runs at once in the caller (no queue, wake-up or
+        task switch: at concurrency 1 there is nothing to coalesce with). It first yields one
+        loop turn so that requests which arrived in the same turn can announce themselves; if
+        any did, everyone goes through the queue and is batched together.
+        """
+        if self._idle_and_cheap(x):
+            self._arriving += 1
+            try:
+                await asyncio.sleep(0)
+            finally:
+                self._arriving -= 1
+            if self._arriving == 0 and self._idle_and_cheap(x):
+                return self._run_inline(x)
         fut = self.submit(x, deadline)
         timeout = max(deadline - time.monotonic(), 0.0)
 

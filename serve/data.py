@@ -21,7 +21,6 @@ import json
 import os
 import pickle
 import random
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -31,6 +30,7 @@ from typing import Any, Literal
 import numpy as np
 
 from serve.errors import AbstainError, MissingExtraError
+from serve.files import atomic_path
 
 SplitName = Literal["train", "tune", "calibration", "test"]
 SPLITS: tuple[str, ...] = ("train", "tune", "calibration", "test")
@@ -363,10 +363,8 @@ def _generate_cached(spec: Spec, opts: dict[str, str]) -> Loaded:
     if cache is not None:
         try:
             cache.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".npz", dir=cache)
-            with os.fdopen(fd, "wb") as f:
+            with atomic_path(cache / f"{key}.npz", suffix=".npz") as tmp, open(tmp, "wb") as f:
                 np.savez(f, x=out[0], y=out[1], class_names=np.asarray(out[2]))
-            os.replace(tmp, cache / f"{key}.npz")
         except OSError:
             pass  # caching is an optimisation only
     return out

@@ -15,7 +15,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import torch
 from serve import __version__
 from serve.data import load_dataset
 from serve.errors import AbstainError
+from serve.files import atomic_path
 from serve.runtime import OnnxModel
 from training.models import create_model
 
@@ -90,10 +90,7 @@ def export_model(model: torch.nn.Module, x_check: np.ndarray, path: str | os.Pat
     model = model.cpu().eval()
     x_check = np.ascontiguousarray(x_check, np.float32)
     dummy = torch.as_tensor(x_check[: min(2, len(x_check))])
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(path) as tmp:
         try:
             with _quiet():
                 batch = torch.export.Dim("batch", min=1)
@@ -114,7 +111,6 @@ def export_model(model: torch.nn.Module, x_check: np.ndarray, path: str | os.Pat
             entry.key, entry.value = k, v if isinstance(v, str) else json.dumps(v)
         onnx.checker.check_model(proto)
         onnx.save_model(proto, str(tmp), save_as_external_data=False)
-        tmp.chmod(0o644)
         with _quiet():
             parity = check_parity(model, tmp, x_check)
         if not parity.ok(atol):
@@ -123,10 +119,7 @@ def export_model(model: torch.nn.Module, x_check: np.ndarray, path: str | os.Pat
                 f"samples (max |Δlogits| = {parity.max_abs_diff:.3g}, allowed {atol:g}; "
                 f"{parity.argmax_mismatches} argmax mismatches). The model has an operation the "
                 "exporter does not reproduce; simplify it or report an exporter bug")
-        os.replace(tmp, path)
-        return parity
-    finally:
-        tmp.unlink(missing_ok=True)
+    return parity
 
 
 def check_parity(model: torch.nn.Module, onnx_path: str | os.PathLike[str], x: np.ndarray) -> Parity:

@@ -31,8 +31,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from serve.calibration.artifact import atomic_write_text
 from serve.data import Dataset, load_dataset
+from serve.files import atomic_write_text
 from serve.runtime import OnnxModel
 from training import study_report
 from training.export import export_run, load_run

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from serve.calibration.artifact import atomic_write_text
+from serve.files import atomic_write_text
 from training import study_plots
 from training.study_analysis import METRICS, P_GRID, SCORES, aggregate, analyse_run
 from training.study_verdicts import CLEAR_RULE, all_claims

@@ -25,9 +25,9 @@ import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
 from serve import __version__
-from serve.calibration.artifact import atomic_write_text
 from serve.data import load_dataset
 from serve.errors import AbstainError
+from serve.files import atomic_path, atomic_write_text
 from training.losses import create_loss
 from training.models import Classifier, create_model
 
@@ -84,9 +84,8 @@ def resolve_device(device: Device, local_rank: int = 0) -> torch.device:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(obj, tmp)
 
 
 @torch.no_grad()

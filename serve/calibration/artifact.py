@@ -10,7 +10,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any, Literal
 
 from serve import __version__
 from serve.errors import AbstainError
+from serve.files import atomic_write_text
 from serve.scores import Score, ScoreError, create_score
 
 SCHEMA_VERSION = 1
@@ -103,21 +103,6 @@ def new_calibration(**kwargs: Any) -> Calibration:
     cal = Calibration(**kwargs)
     _check(cal, "new calibration")
     return cal
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write a file so readers see the old content or the new, never a half-written one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_calibration(cal: Calibration, model_dir: str | os.PathLike[str]) -> Path:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from serve.calibration.pipeline import CalibrationRun
+from serve.files import atomic_path
 from serve.metrics import ECE_BINS, ece, risk_coverage_curve
 
 
@@ -23,14 +23,8 @@ def _figure():
 
 def _save(fig, path: Path) -> None:
     """Render to a temporary file beside ``path`` and rename it into place (atomic)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
 
 
 def risk_coverage_plot(run: CalibrationRun, path: str | os.PathLike[str], title: str = "") -> Path:

@@ -87,7 +87,15 @@ def test_sigterm_drains_in_flight_requests(repo):
         threads = [threading.Thread(target=call) for _ in range(4)]
         for t in threads:
             t.start()
-        time.sleep(0.3)                       # all four are in flight (each run takes ~0.2 s)
+        # Wait until all four are queued or running in the server (each run takes ~0.2 s), so
+        # the signal arrives with four requests in flight however loaded the machine is.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            stats = httpx.get(url + "/v2/models/slow/stats", timeout=5).json()["model_stats"][0]
+            if stats["requests"] >= 4:
+                break
+            time.sleep(0.01)
+        assert stats["requests"] == 4 and stats["runs"] < 4, stats
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.2)
         with pytest.raises(httpx.TransportError):

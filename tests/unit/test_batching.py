@@ -112,3 +112,28 @@ def test_close_drains_what_is_queued():
         return [f.result()["double"][0, 0] for f in futs]
 
     assert run(main()) == [0, 2, 4, 6, 8]
+
+
+def test_cheap_runs_go_inline_when_idle_but_simultaneous_arrivals_still_batch():
+    async def main():
+        infer, calls = _infer_factory()
+        b = Batcher(infer, max_batch_size=64, max_queue_size=1000, inline_s=10.0)
+        x = np.ones((1, 2), np.float32)
+        await b.result(x, time.monotonic() + 5)   # first run: cost unknown → queued, measured
+        queued_runs = b.stats.runs
+        for _ in range(3):                         # idle and cheap now: run in the caller
+            out = await b.result(x, time.monotonic() + 5)
+            np.testing.assert_array_equal(out["double"], x * 2)
+        inline_runs = b.stats.runs - queued_runs
+        calls.clear()
+        xs = [np.full((1, 2), i, np.float32) for i in range(16)]
+        outs = await asyncio.gather(*(b.result(xi, time.monotonic() + 5) for xi in xs))
+        await b.close()
+        return inline_runs, list(calls), xs, outs
+
+    inline_runs, calls, xs, outs = run(main())
+    assert inline_runs == 3
+    # Sixteen requests that arrive in the same loop turn are coalesced, not run one by one.
+    assert sum(calls) == 16 and len(calls) < 16 and max(calls) > 1
+    for xi, out in zip(xs, outs, strict=True):
+        np.testing.assert_array_equal(out["double"], xi * 2)
