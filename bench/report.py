@@ -10,7 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from bench.harness import BenchResult, LoadPoint
-from serve.calibration.artifact import atomic_write_text
+from serve.files import atomic_write_text
 
 PACKAGES = ("abstain", "numpy", "onnxruntime", "fastapi", "starlette", "uvicorn", "uvloop",
             "httptools", "orjson", "prometheus-client")
