@@ -190,9 +190,11 @@ def run_study(cfg: StudyConfig, command: str) -> dict[str, Any]:
                             for d in run_dirs),
         "machine": _machine(), "seeds": list(range(cfg.seeds)), "losses": losses, "regime": regime,
         "quick": cfg.quick, "data_fingerprint": ds.fingerprint,
+        # The study's own threads account for up to `threads` of the load average.
         "load_note": (f"1-minute load average at the end: {loaded:.1f} on {os.cpu_count()} cores"
                       + (" — the machine was shared with other jobs, so the runtime is inflated."
-                         if loaded > (os.cpu_count() or 1) * 0.75 else ".")),
+                         if loaded > torch.get_num_threads() + 1 else
+                         " (no more than the study's own threads).")),
         "gpu_note": ("this run used CUDA." if cfg.device == "cuda" and torch.cuda.is_available() else
                      "none in this session: the CIFAR-100 GPU run (`abstain study --data "
                      "cifar100:PATH --model resnet18 --device cuda ...`) is still to do."),
