@@ -191,7 +191,9 @@ def create_app(settings: ServerSettings | None = None, monitor: Monitor | None =
                       settings.model_repository, report.failed or "empty")
         for mv in repo.versions():
             log.info("ready: %s/%s on %s", mv.name, mv.version, mv.model.provider)
-        repo.ready = bool(repo.versions())
+        # Started: readiness is now "at least one model is live", so a repository that fills
+        # later (poll or admin reload) makes the server ready without a restart.
+        repo.ready = True
         poller = asyncio.create_task(poll()) if settings.poll_interval_s > 0 else None
         yield
         repo.ready = False
@@ -517,7 +519,6 @@ def create_app(settings: ServerSettings | None = None, monitor: Monitor | None =
                                "ABSTAIN_ADMIN_KEY to enable them", 404, "admin_off")
         check_key(request, admin_key, "admin key")
         report = await repo.reload()
-        repo.ready = bool(repo.versions())
         return _json(report.as_dict())
 
     def openapi() -> dict[str, Any]:

@@ -97,3 +97,19 @@ def test_in_flight_requests_finish_on_the_version_they_started_with(tmp_path):
         assert [r.status_code for r in old] == [200] * 3
         assert [r.json()["model_version"] for r in old] == ["1"] * 3
         assert after.json()["model_version"] == "2"
+
+
+def test_empty_repository_becomes_ready_when_a_model_arrives(tmp_path):
+    # The app itself tolerates an empty repository (a Kubernetes pod whose volume fills later);
+    # it reports not-ready until the poll loop finds a servable model, then ready, no restart.
+    s = load_settings(model_repository=tmp_path, poll_interval_s=0.2, warmup_batch_sizes=(1,))
+    with running_server(s) as (url, _), httpx.Client(base_url=url, timeout=30) as c:
+        r = c.get("/v2/health/ready")
+        assert r.status_code == 503 and r.json()["ready"] is False
+        make_version(tmp_path, "clf", 1, seed=1)
+        deadline = time.monotonic() + 20
+        while c.get("/v2/health/ready").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        r = c.get("/readyz")
+        assert r.status_code == 200 and r.json()["models"][0]["name"] == "clf"
+        assert c.post("/v1/models/clf/predict", json=X).status_code == 200
