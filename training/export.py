@@ -138,7 +138,7 @@ def load_run(run: str | os.PathLike[str]) -> tuple[torch.nn.Module, dict[str, An
     ck_path, cfg_path = run / "checkpoint.pt", run / "config.json"
     if not ck_path.is_file() or not cfg_path.is_file():
         raise ExportError(f"{run} is not a finished training run (needs checkpoint.pt and "
-                          "config.json); run `abstain train --out {run}` first")
+                          f"config.json); run `abstain train --out {run}` first")
     cfg = json.loads(cfg_path.read_text())
     try:
         ck = torch.load(ck_path, map_location="cpu", weights_only=True)

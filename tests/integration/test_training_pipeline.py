@@ -103,7 +103,8 @@ def test_export_refuses_when_onnx_disagrees(tmp_path: Path) -> None:
 
 def test_export_bad_inputs_are_one_line_errors(tmp_path: Path, capsys) -> None:
     assert main(["export", str(tmp_path), "--to", str(tmp_path / "out")]) == 2
-    assert "not a finished training run" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "not a finished training run" in err and f"abstain train --out {tmp_path}`" in err
     assert not (tmp_path / "out").exists()
 
 
