@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
-import re
 import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
-import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -30,6 +26,16 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from serve import __version__
+from serve.asgi import (
+    DEADLINE_HEADER,
+    FAST_RE,
+    IMAGE_TYPES,
+    JSON,
+    Guard,
+    error_json,
+    is_json,
+    json_response,
+)
 from serve.batching import Batcher
 from serve.errors import AbstainError
 from serve.monitoring import Monitor
@@ -41,114 +47,7 @@ from serve.settings import ServerSettings, load_settings
 
 log = logging.getLogger("serve.app")
 
-JSON = "application/json"
-DEADLINE_HEADER = "x-deadline-ms"
-IMAGE_TYPES = ("image/png", "image/jpeg")
-# Inference routes served by the fast path (Guard) without FastAPI's routing and dependency
-# resolution; FastAPI keeps the same routes for OpenAPI and for forms / image uploads.
-FAST_RE = re.compile(r"^/(v1|v2)/models/([^/]+)(?:/versions/([^/]+))?/(predict|infer)$")
-# Request ids: a per-process random prefix and a counter (unique, no syscall per request).
-_RID_PREFIX = uuid.uuid4().hex[:16]
-_rid_counter = itertools.count(1)
-
-
-def new_request_id() -> str:
-    return f"{_RID_PREFIX}{next(_rid_counter):016x}"
-
-
-def is_json(ctype: str) -> bool:
-    return ctype in ("", JSON, "application/*+json") or ctype.endswith("+json")
 _E = {c: {"model": S.ErrorBody} for c in (400, 401, 404, 413, 415, 422, 503, 504)}
-
-
-def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY), status, headers, JSON)
-
-
-def _error(msg: str, status: int, headers: dict[str, str] | None = None) -> Response:
-    return _json({"error": msg}, status, headers)
-
-
-class BodyTooLarge(RequestError):
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"request body exceeds the limit of {limit} bytes (ABSTAIN_MAX_BODY_BYTES); "
-                         "send fewer instances per request", 413, "body_too_large")
-
-
-class Guard:
-    """Pure-ASGI middleware: request id, body limit while reading, and request metrics."""
-
-    def __init__(self, app: Any, limit: int, monitor: Monitor, fast: Any = None) -> None:
-        self.app, self.limit, self.monitor, self.fast = app, limit, monitor, fast
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        t0 = time.perf_counter()
-        headers = dict(scope["headers"])
-        rid = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or new_request_id()
-        state = scope.setdefault("state", {})
-        state["request_id"] = rid
-        path = scope["path"]
-        inference = path.endswith(("/infer", "/predict"))
-        status = [500]
-        endpoint = None
-
-        async def send_with_id(msg: dict) -> None:
-            if msg["type"] == "http.response.start":
-                status[0] = msg["status"]
-                msg["headers"] = [*msg.get("headers", []), (b"x-request-id", rid.encode("latin-1"))]
-            await send(msg)
-
-        received = 0
-
-        async def limited() -> dict:
-            nonlocal received
-            msg = await receive()
-            if msg["type"] == "http.request":
-                received += len(msg.get("body", b""))
-                if received > self.limit:
-                    raise BodyTooLarge(self.limit)
-            return msg
-
-        if inference:
-            self.monitor.request_started()
-        try:
-            length = headers.get(b"content-length")
-            if length is not None and length.isdigit() and int(length) > self.limit:
-                self.monitor.error("body_too_large")
-                resp = _error(str(BodyTooLarge(self.limit)), 413, {"connection": "close"})
-                await resp(scope, receive, send_with_id)
-                return
-            fast = self.fast(scope, headers) if inference and self.fast is not None else None
-            if fast is not None:
-                endpoint, handler = fast
-
-                async def read_body() -> bytes:
-                    body = bytearray()
-                    more = True
-                    while more:
-                        msg = await limited()
-                        if msg["type"] != "http.request":
-                            raise ClientDisconnect()
-                        body += msg.get("body", b"")
-                        more = msg.get("more_body", False)
-                    return bytes(body)
-
-                resp = await handler(read_body)
-                if resp is None:          # the client went away; nothing to send
-                    status[0] = 499
-                    return
-                await resp(scope, receive, send_with_id)
-                return
-            await self.app(scope, limited, send_with_id)
-        finally:
-            route = scope.get("route")
-            self.monitor.request_finished(endpoint or getattr(route, "path", "unmatched"),
-                                          scope["method"],
-                                          status[0], time.perf_counter() - t0,
-                                          state.get("model", ""), state.get("version", ""),
-                                          inference=inference)
 
 
 def create_app(settings: ServerSettings | None = None, monitor: Monitor | None = None,
@@ -250,7 +149,7 @@ def create_app(settings: ServerSettings | None = None, monitor: Monitor | None =
             monitor.shed(model, version, status)
             if status == 503:
                 headers.setdefault("Retry-After", "1")
-        return _error(str(err), status, headers)
+        return error_json(str(err), status, headers)
 
     async def v2_core(headers: Headers, state: dict, body: bytes, name: str,
                       version: str | None) -> Response:
@@ -272,7 +171,7 @@ def create_app(settings: ServerSettings | None = None, monitor: Monitor | None =
         x, top_k, rid = v1.parse_request(body, mv.model.input_shape, mv.model.input_dtype,
                                          len(mv.class_names), settings.max_instances)
         out = await run(mv, x, headers)
-        return _json({"id": rid or state["request_id"], "model_name": mv.name,
+        return json_response({"id": rid or state["request_id"], "model_name": mv.name,
                       "model_version": str(mv.version),
                       "predictions": v1.encode_predictions(out, mv.class_names, top_k)})
 
@@ -313,7 +212,7 @@ def create_app(settings: ServerSettings | None = None, monitor: Monitor | None =
             except Exception as err:
                 log.exception("internal error (a bug in abstain): %s", err)
                 monitor.error("internal")
-                return _error("internal server error (a bug; it has been logged)", 500)
+                return error_json("internal server error (a bug; it has been logged)", 500)
 
         return endpoint, handler
 
@@ -328,7 +227,7 @@ def create_app(settings: ServerSettings | None = None, monitor: Monitor | None =
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, err: RequestValidationError) -> Response:
         msgs = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in err.errors()]
-        return _error("invalid request: " + "; ".join(msgs), 422)
+        return error_json("invalid request: " + "; ".join(msgs), 422)
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, err: HTTPException) -> Response:
@@ -337,25 +236,25 @@ def create_app(settings: ServerSettings | None = None, monitor: Monitor | None =
             msg = "no such endpoint; see /docs for the API"
         elif err.status_code == 405:
             msg = "method not allowed on this endpoint; see /docs for the API"
-        return _error(msg, err.status_code, getattr(err, "headers", None))
+        return error_json(msg, err.status_code, getattr(err, "headers", None))
 
     @app.exception_handler(Exception)
     async def bug(_: Request, err: Exception) -> Response:
         log.exception("internal error (a bug in abstain): %s", err)
         monitor.error("internal")
-        return _error("internal server error (a bug; it has been logged)", 500)
+        return error_json("internal server error (a bug; it has been logged)", 500)
 
     # ------------------------------------------------------------------ health
     def readiness() -> Response:
         models = [{"name": mv.name, "version": str(mv.version), "provider": mv.model.provider}
                   for mv in repo.versions()]
         ok = repo.ready and bool(models)
-        return _json({"status": "ready" if ok else "not ready", "ready": ok, "models": models},
+        return json_response({"status": "ready" if ok else "not ready", "ready": ok, "models": models},
                      200 if ok else 503)
 
     @app.get("/healthz", response_model=S.Health, tags=["health"])
     async def healthz() -> Response:
-        return _json({"status": "ok"})
+        return json_response({"status": "ok"})
 
     @app.get("/readyz", response_model=S.Health, tags=["health"], responses={503: {"model": S.Health}})
     async def readyz() -> Response:
@@ -363,7 +262,7 @@ def create_app(settings: ServerSettings | None = None, monitor: Monitor | None =
 
     @app.get("/v2/health/live", response_model=S.Health, tags=["v2"])
     async def v2_live() -> Response:
-        return _json({"status": "live"})
+        return json_response({"status": "live"})
 
     @app.get("/v2/health/ready", response_model=S.Health, tags=["v2"],
              responses={503: {"model": S.Health}})
@@ -378,7 +277,7 @@ def create_app(settings: ServerSettings | None = None, monitor: Monitor | None =
     # ------------------------------------------------------------------ v2 metadata
     @app.get("/v2", response_model=S.V2ServerMetadata, tags=["v2"])
     async def v2_server() -> Response:
-        return _json({"name": "abstain", "version": __version__,
+        return json_response({"name": "abstain", "version": __version__,
                       "extensions": ["binary_tensor_data", "statistics", "model_repository"]})
 
     def metadata(mv: ModelVersion) -> dict[str, Any]:
@@ -403,13 +302,13 @@ def create_app(settings: ServerSettings | None = None, monitor: Monitor | None =
         async def v2_metadata(request: Request, model_name: str,
                               model_version: str | None = None) -> Response:
             check_key(request, api_key, "api key")
-            return _json(metadata(lookup(request, model_name, model_version)))
+            return json_response(metadata(lookup(request, model_name, model_version)))
 
         @app.get(prefix + "/ready", response_model=S.ModelReady, tags=["v2"], responses=_E)
         async def v2_model_ready(request: Request, model_name: str,
                                  model_version: str | None = None) -> Response:
             mv = lookup(request, model_name, model_version)
-            return _json({"name": mv.name, "version": str(mv.version), "ready": repo.ready})
+            return json_response({"name": mv.name, "version": str(mv.version), "ready": repo.ready})
 
         @app.get(prefix + "/stats", tags=["v2"], responses=_E)
         async def v2_stats(request: Request, model_name: str,
@@ -417,7 +316,7 @@ def create_app(settings: ServerSettings | None = None, monitor: Monitor | None =
             check_key(request, api_key, "api key")
             mv = lookup(request, model_name, model_version)
             assert mv.batcher is not None
-            return _json({"model_stats": [{"name": mv.name, "version": str(mv.version),
+            return json_response({"model_stats": [{"name": mv.name, "version": str(mv.version),
                                            "queue_depth": mv.batcher.queue_depth,
                                            **mv.batcher.stats.as_dict()}]})
 
@@ -470,7 +369,7 @@ def create_app(settings: ServerSettings | None = None, monitor: Monitor | None =
                                    '({"instances": [...]}), multipart/form-data with image files, '
                                    "or a PNG/JPEG body", 415, "unsupported_media")
             out = await run(mv, x, request.headers)
-            return _json({"id": rid or request.state.request_id, "model_name": mv.name,
+            return json_response({"id": rid or request.state.request_id, "model_name": mv.name,
                           "model_version": str(mv.version),
                           "predictions": v1.encode_predictions(out, mv.class_names, top_k)})
 
@@ -510,7 +409,7 @@ def create_app(settings: ServerSettings | None = None, monitor: Monitor | None =
     @app.get("/v1/models", tags=["v1"])
     async def v1_models(request: Request) -> Response:
         check_key(request, api_key, "api key")
-        return _json({"models": [mv.summary() for mv in repo.versions()]})
+        return json_response({"models": [mv.summary() for mv in repo.versions()]})
 
     @app.post("/v1/admin/reload", tags=["admin"], responses=_E)
     async def admin_reload(request: Request) -> Response:
@@ -519,7 +418,7 @@ def create_app(settings: ServerSettings | None = None, monitor: Monitor | None =
                                "ABSTAIN_ADMIN_KEY to enable them", 404, "admin_off")
         check_key(request, admin_key, "admin key")
         report = await repo.reload()
-        return _json(report.as_dict())
+        return json_response(report.as_dict())
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
