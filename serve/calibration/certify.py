@@ -142,8 +142,10 @@ def _not_certified(method: CertMethod, curve: RiskCoverageCurve, target_risk: fl
                    floor: int, why: str) -> Certificate:
     needed = samples_needed(curve, target_risk, delta)
     if needed is None:
-        hint = (f"no threshold reaches an empirical selective risk below {target_risk:g} on the "
-                f"{curve.n} certification samples (lowest: {float(curve.risk.min()):.4f}); raise "
+        sized = curve.n_accepted >= min(10, curve.n)   # ignore near-empty strict thresholds
+        hint = (f"no threshold accepting ≥ {min(10, curve.n)} samples reaches an empirical "
+                f"selective risk below {target_risk:g} on the {curve.n} certification samples "
+                f"(lowest: {float(curve.risk[sized].min()):.4f}); more data will not help: raise "
                 "--target-risk or improve the model")
     elif needed <= curve.n:
         hint = (f"the risk profile would be certifiable with ~{needed} samples, so the sequence "

@@ -62,17 +62,29 @@ def _load_logits_npz(path: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]
     return z, y, info
 
 
-def _model_logits(model_path: Path, spec: str, device: str, batch_size: int):
-    from serve.data import load_split
+def _load_model(model_path: Path, device: str):
     from serve.runtime import OnnxModel
 
-    model = OnnxModel(model_path, device=device)  # type: ignore[arg-type]
+    return OnnxModel(model_path, device=device)  # type: ignore[arg-type]
+
+
+def _model_logits(model, spec: str, batch_size: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    from serve.data import load_split
+
     x, y, info = load_split(spec)
     if int(y.max()) >= model.num_classes:
-        raise AbstainError(f"{spec} has labels up to {int(y.max())} but {model_path} has only "
+        raise AbstainError(f"{spec} has labels up to {int(y.max())} but {model.path} has only "
                            f"{model.num_classes} classes: wrong dataset for this model")
     z = model.logits(x, batch_size=batch_size, progress=sys.stderr.isatty())
-    return model, z, y, info
+    return z, y, info
+
+
+def _default_spec(model) -> str:
+    spec = model.metadata.get("data_spec")
+    if not isinstance(spec, str) or not spec:
+        raise AbstainError(f"{model.path} has no 'data_spec' metadata: pass --data SPEC:calibration "
+                           "or --logits FILE.npz")
+    return f"{spec}:calibration"
 
 
 def _split_of(spec: str) -> tuple[str, str | None]:
@@ -80,17 +92,6 @@ def _split_of(spec: str) -> tuple[str, str | None]:
 
     s = parse_spec(spec)
     return s.kind, s.split
-
-
-def _default_spec(model_path: Path) -> str:
-    from serve.runtime import OnnxModel
-
-    meta = OnnxModel(model_path, device="cpu").metadata
-    spec = meta.get("data_spec")
-    if not isinstance(spec, str) or not spec:
-        raise AbstainError(f"{model_path} has no 'data_spec' metadata: pass --data SPEC:calibration "
-                           "or --logits FILE.npz")
-    return f"{spec}:calibration"
 
 
 def check_calibration_role(spec: str) -> None:
@@ -164,9 +165,10 @@ def calibrate_main(args: argparse.Namespace) -> int:
         z, y, info = _load_logits_npz(args.logits)
         sha = sha256_file(model_path)
     else:
-        spec = args.data or _default_spec(model_path)
+        model = _load_model(model_path, args.device)
+        spec = args.data or _default_spec(model)
         check_calibration_role(spec)
-        model, z, y, info = _model_logits(model_path, spec, args.device, args.batch_size)
+        z, y, info = _model_logits(model, spec, args.batch_size)
         sha = model.sha256
     data = {"spec": info["spec"], "split": info["split"], "fingerprint": info["fingerprint"],
             "n": info["n"]}
@@ -263,7 +265,8 @@ def evaluate_main(args: argparse.Namespace) -> int:
                                 "chose the score and certified the threshold, so its numbers are "
                                 "optimistic. Use the test split, e.g. "
                                 f"{args.data.rsplit(':', 1)[0]}:test")
-        model, z, y, info = _model_logits(model_path, args.data, args.device, args.batch_size)
+        model = _load_model(model_path, args.device)
+        z, y, info = _model_logits(model, args.data, args.batch_size)
         sha = model.sha256
     cal = load_calibration(model_path.parent, sha)
     if info["fingerprint"] == cal.data_fingerprint and info["split"] == cal.data.get("split"):

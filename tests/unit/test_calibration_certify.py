@@ -96,6 +96,13 @@ def test_not_certifiable_when_risk_is_never_below_target() -> None:
     cert = certify_ltt(scores, errors, 0.01, 0.05)
     assert not cert.certified and cert.needed is None
     assert "raise --target-risk" in cert.detail
+    # The most confident sample is correct (risk 0 at n = 1), but that point is too small to
+    # count: the message reports the lowest risk among thresholds accepting ≥ 10 samples.
+    scores[np.argmax(scores)], errors[np.argmax(scores)] = 2.0, False
+    cert = certify_ltt(scores, errors, 0.01, 0.05)
+    lowest = float(cert.detail.split("lowest: ")[1].split(")")[0])
+    c = risk_coverage_curve(scores, errors)
+    assert lowest == pytest.approx(c.risk[c.n_accepted >= 10].min(), abs=5e-5) and lowest > 0.01
 
 
 def test_sgr_is_safe_and_close_to_ltt() -> None:
