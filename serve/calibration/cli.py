@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,25 @@ def _model_logits(model, spec: str, batch_size: int) -> tuple[np.ndarray, np.nda
     return z, y, info
 
 
+def _logits_and_labels(args: argparse.Namespace, model_path: Path,
+                       check_spec: Callable[[str], str]) -> tuple[np.ndarray, np.ndarray, dict, str]:
+    """Logits, labels, data info and model sha256 from ``--logits FILE.npz`` or ``--data SPEC``.
+
+    ``check_spec`` resolves and vets the data spec for the command's data role.
+    """
+    if args.logits:
+        if args.data:
+            raise AbstainError("pass either --data or --logits, not both")
+        from serve.runtime import sha256_file
+
+        z, y, info = _load_logits_npz(args.logits)
+        return z, y, info, sha256_file(model_path)
+    model = _load_model(model_path, args.device)
+    spec = check_spec(args.data or _default_spec(model))
+    z, y, info = _model_logits(model, spec, args.batch_size)
+    return z, y, info, model.sha256
+
+
 def _default_spec(model) -> str:
     spec = model.metadata.get("data_spec")
     if not isinstance(spec, str) or not spec:
@@ -94,7 +114,17 @@ def _split_of(spec: str) -> tuple[str, str | None]:
     return s.kind, s.split
 
 
-def check_calibration_role(spec: str) -> None:
+def check_evaluation_role(spec: str) -> str:
+    """Refuse evaluating on the calibration split (its numbers would be optimistic)."""
+    _, split = _split_of(spec)
+    if split == "calibration":
+        raise DataRoleError(f"refusing to evaluate on {spec!r}: the calibration split chose the "
+                            "score and certified the threshold, so its numbers are optimistic. "
+                            f"Use the test split, e.g. {spec.rsplit(':', 1)[0]}:test")
+    return spec
+
+
+def check_calibration_role(spec: str) -> str:
     """Refuse calibrating on training or test data (the guarantee would be void)."""
     kind, split = _split_of(spec)
     if split in ("train", "test"):
@@ -104,6 +134,7 @@ def check_calibration_role(spec: str) -> None:
     if split in (None, "all") and kind in _BUILTIN_KINDS:
         raise DataRoleError(f"{spec!r} names the whole dataset, training and test data included; "
                             f"use {spec}:calibration")
+    return spec
 
 
 def _console():
@@ -152,24 +183,13 @@ def _print_calibration(run, cal: Calibration, out: Path) -> None:
 def calibrate_main(args: argparse.Namespace) -> int:
     from serve.calibration.pipeline import CalibrationSettings, calibrate_arrays, to_calibration
     from serve.calibration.plots import reliability_plot, risk_coverage_plot
-    from serve.runtime import sha256_file
 
     model_path = _model_path(args.model)
     settings = CalibrationSettings(target_risk=args.target_risk, delta=args.delta,
                                    method=args.method, score=args.score,
                                    target_coverage=args.target_coverage,
                                    tune_fraction=args.tune_fraction, seed=args.seed).validate()
-    if args.logits:
-        if args.data:
-            raise AbstainError("pass either --data or --logits, not both")
-        z, y, info = _load_logits_npz(args.logits)
-        sha = sha256_file(model_path)
-    else:
-        model = _load_model(model_path, args.device)
-        spec = args.data or _default_spec(model)
-        check_calibration_role(spec)
-        z, y, info = _model_logits(model, spec, args.batch_size)
-        sha = model.sha256
+    z, y, info, sha = _logits_and_labels(args, model_path, check_calibration_role)
     data = {"spec": info["spec"], "split": info["split"], "fingerprint": info["fingerprint"],
             "n": info["n"]}
     if "seed" in info:
@@ -248,26 +268,11 @@ def evaluate_arrays(cal: Calibration, logits: np.ndarray, labels: np.ndarray,
 
 
 def evaluate_main(args: argparse.Namespace) -> int:
-    from serve.runtime import sha256_file
 
     model_path = _model_path(args.model)
-    if args.logits:
-        if args.data:
-            raise AbstainError("pass either --data or --logits, not both")
-        z, y, info = _load_logits_npz(args.logits)
-        sha = sha256_file(model_path)
-    else:
-        if not args.data:
-            raise AbstainError("--data SPEC:test is required (or --logits FILE.npz)")
-        _, split = _split_of(args.data)
-        if split == "calibration":
-            raise DataRoleError(f"refusing to evaluate on {args.data!r}: the calibration split "
-                                "chose the score and certified the threshold, so its numbers are "
-                                "optimistic. Use the test split, e.g. "
-                                f"{args.data.rsplit(':', 1)[0]}:test")
-        model = _load_model(model_path, args.device)
-        z, y, info = _model_logits(model, args.data, args.batch_size)
-        sha = model.sha256
+    if not (args.data or args.logits):
+        raise AbstainError("--data SPEC:test is required (or --logits FILE.npz)")
+    z, y, info, sha = _logits_and_labels(args, model_path, check_evaluation_role)
     cal = load_calibration(model_path.parent, sha)
     if info["fingerprint"] == cal.data_fingerprint and info["split"] == cal.data.get("split"):
         raise DataRoleError(f"refusing to evaluate on {info['spec']} ({info['split']}): it is the "
