@@ -12,11 +12,22 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from serve import metrics  # noqa: E402
+from serve.files import atomic_path  # noqa: E402
 from serve.scores import create_score  # noqa: E402
 from training.study_analysis import P_GRID  # noqa: E402
 
 CURVE_SCORES = ("msp", "maxlogit", "pnorm:2", "auto")
 COLORS = {"msp": "tab:blue", "maxlogit": "tab:orange", "pnorm:2": "tab:green", "auto": "tab:red"}
+
+
+def _save(fig: Any, out: Path, title: str = "") -> None:
+    """Lay out, write atomically (a reader never sees half a PNG), and free the figure."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(out, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
 
 
 def _load(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -54,10 +65,7 @@ def risk_coverage(runs: dict[str, list[tuple[int, Path, tuple[str, float]]]], ou
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left")
-    fig.suptitle("Risk–coverage on the test split (one line per seed)")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _save(fig, out, "Risk–coverage on the test split (one line per seed)")
 
 
 def msp_by_loss(runs: dict[str, list[tuple[int, Path, tuple[str, float]]]], out: Path) -> None:
@@ -72,9 +80,7 @@ def msp_by_loss(runs: dict[str, list[tuple[int, Path, tuple[str, float]]]], out:
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _save(fig, out)
 
 
 def xia_scatter(runs: dict[str, list[tuple[int, Path, tuple[str, float]]]], out: Path, max_points: int = 3000) -> None:
@@ -92,10 +98,7 @@ def xia_scatter(runs: dict[str, list[tuple[int, Path, tuple[str, float]]]], out:
         ax.set(title=loss, xlabel="MSP", ylabel="max logit")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left")
-    fig.suptitle("Max logit vs MSP on the test split (first seed)")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _save(fig, out, "Max logit vs MSP on the test split (first seed)")
 
 
 def pnorm_grid(agg: dict[str, dict[str, Any]], out: Path) -> None:
@@ -113,6 +116,4 @@ def pnorm_grid(agg: dict[str, dict[str, Any]], out: Path) -> None:
            title="MaxLogit-pNorm AURC relative to MSP (test split)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _save(fig, out)
