@@ -3,13 +3,19 @@
 Formulas: METHODS.md §3. Conventions, stated once for every function here:
 
 * Higher score = accepted first. Samples with tied scores are accepted together: the
-  risk–coverage curve has a point only where the score changes (FD-Shifts convention), so no
-  result depends on sample order.
-* Areas are right-Riemann sums over those points: ``AURC = Σ_g Δcov_g · SR_g``. Without ties
-  this is the per-sample mean of prefix risks ``(1/n) Σ_i SR(s_i)`` (Geifman et al.); it differs
-  from TorchUncertainty's trapezoid-from-1/N by O(1/n).
-* AURC* is the exact finite-sample oracle (all correct samples strictly before all errors),
-  whose n → ∞ limit is METHODS.md's ``err + (1 − err)·ln(1 − err)``; so E-AURC ≥ 0 exactly.
+  risk–coverage curve has a point only where the score changes, so no result depends on sample
+  order.
+* Areas are the **expectation over random orders within tie groups** of the per-sample mean of
+  prefix risks ``(1/n) Σ_i SR_i`` (Geifman et al.). A tie group g of m samples with k errors,
+  after a accepted samples with e errors, contributes in closed form
+  ``Σ_{j=1..m} (e + j·k/m)/(a + j) = k + (e − a·k/m)·Σ_{j=1..m} 1/(a + j)`` to AURC and
+  ``(m·e + k(m + 1)/2)/n`` to AUGRC (divide by n). Without ties (m = 1) this is exactly the
+  per-sample mean; with ties it neither charges every tied sample the risk at the group's end
+  (an upper bound) nor its start. AUROC's "ties count ½" is the same expectation.
+* AURC* is the exact finite-sample oracle (all correct samples strictly before all errors; a
+  strict order, so the tie expectation is itself), whose n → ∞ limit is METHODS.md's
+  ``err + (1 − err)·ln(1 − err)``. Each random tie order is a strict ranking with AURC ≥ AURC*,
+  so their mean is too: E-AURC ≥ 0.
 """
 
 from __future__ import annotations
@@ -112,7 +118,14 @@ def _group_sizes(curve: RiskCoverageCurve) -> Array:
 
 
 def _aurc(c: RiskCoverageCurve) -> float:
-    return float(np.sum(_group_sizes(c) * c.risk) / c.n)
+    """Mean prefix risk, in expectation over random orders within each tie group (O(n))."""
+    m = _group_sizes(c)                                          # (G,) group sizes
+    k = np.diff(c.n_errors, prepend=0)                           # (G,) errors per group
+    a = c.n_accepted - m                                         # (G,) accepted before the group
+    e = c.n_errors - k                                           # (G,) errors before the group
+    inv = 1.0 / np.arange(1, c.n + 1, dtype=np.float64)          # (n,) 1/position
+    harmonic = np.add.reduceat(inv, a)                           # (G,) Σ_{j=1..m} 1/(a + j)
+    return float(np.sum(k + (e - a * (k / m)) * harmonic) / c.n)
 
 
 def _aurc_optimal_counts(n: int, n_errors: int) -> float:
@@ -123,7 +136,7 @@ def _aurc_optimal_counts(n: int, n_errors: int) -> float:
 
 
 def aurc(scores: Array, errors: Array, curve: RiskCoverageCurve | None = None) -> float:
-    """Area under the risk–coverage curve (right-Riemann over tie groups)."""
+    """Area under the risk–coverage curve: mean prefix risk, ties in random order (expected)."""
     return _aurc(curve or risk_coverage_curve(scores, errors))
 
 
@@ -167,19 +180,43 @@ def naurc(scores: Array, errors: Array, curve: RiskCoverageCurve | None = None) 
 
 
 def augrc(scores: Array, errors: Array, curve: RiskCoverageCurve | None = None) -> float:
-    """Area under the generalised risk–coverage curve (Traub et al.); optimum ≈ err²/2."""
+    """Area under the generalised risk–coverage curve (Traub et al.); optimum ≈ err²/2.
+
+    Ties in random order, in expectation: a group of m samples with k errors after e errors
+    contributes ``m·e + k(m + 1)/2`` accepted-error counts.
+    """
     c = curve or risk_coverage_curve(scores, errors)
-    return float(np.sum(_group_sizes(c) * c.generalized_risk) / c.n)
+    m = _group_sizes(c)
+    k = np.diff(c.n_errors, prepend=0)
+    e = c.n_errors - k
+    return float(np.sum(m * e + k * (m + 1) / 2.0) / c.n / c.n)
+
+
+def _reaching(c: RiskCoverageCurve, coverage: float) -> Array:
+    if not 0.0 < coverage <= 1.0:
+        raise MetricError(f"coverage must be in (0, 1]; got {coverage}")
+    return c.n_accepted >= coverage * c.n - 1e-9 * c.n           # (G,) points with cov ≥ c
 
 
 def risk_at_coverage(scores: Array, errors: Array, coverage: float,
                      curve: RiskCoverageCurve | None = None) -> float:
-    """Smallest selective risk among curve points with coverage ≥ ``coverage``."""
-    if not 0.0 < coverage <= 1.0:
-        raise MetricError(f"coverage must be in (0, 1]; got {coverage}")
+    """Selective risk at the strictest threshold whose coverage reaches ``coverage``.
+
+    With ties the coverage there can exceed ``coverage`` (the whole tie group is accepted).
+    """
     c = curve or risk_coverage_curve(scores, errors)
-    ok = c.n_accepted >= coverage * c.n - 1e-9 * c.n
-    return float(c.risk[ok].min())
+    return float(c.risk[int(np.argmax(_reaching(c, coverage)))])
+
+
+def min_risk_at_coverage_at_least(scores: Array, errors: Array, coverage: float,
+                                  curve: RiskCoverageCurve | None = None) -> float:
+    """Smallest selective risk over every threshold with coverage ≥ ``coverage``.
+
+    A working-point rule (the best operating point that keeps at least this coverage), not the
+    risk at coverage ``coverage``: that is :func:`risk_at_coverage`.
+    """
+    c = curve or risk_coverage_curve(scores, errors)
+    return float(c.risk[_reaching(c, coverage)].min())
 
 
 def coverage_at_risk(scores: Array, errors: Array, risk: float,
@@ -236,7 +273,11 @@ def ece(confidences: Array, errors: Array, n_bins: int = ECE_BINS) -> float:
 
 
 def summary(scores: Array, errors: Array, coverages: tuple[float, ...] = (0.5, 0.8)) -> dict[str, float]:
-    """Every ranking metric at once, sharing one sort."""
+    """Every ranking metric at once, sharing one sort.
+
+    For each coverage c (as a percentage P): ``risk_at_P`` = :func:`risk_at_coverage` and
+    ``min_risk_cov_ge_P`` = :func:`min_risk_at_coverage_at_least`.
+    """
     c = risk_coverage_curve(scores, errors)
     area, excess, normalised = _excess(c)
     out = {
@@ -251,4 +292,6 @@ def summary(scores: Array, errors: Array, coverages: tuple[float, ...] = (0.5, 0
     }
     for cov in coverages:
         out[f"risk_at_{round(cov * 100)}"] = risk_at_coverage(scores, errors, cov, c)
+        out[f"min_risk_cov_ge_{round(cov * 100)}"] = min_risk_at_coverage_at_least(
+            scores, errors, cov, c)
     return out

@@ -32,14 +32,36 @@ def ref_prefix(s: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return accepted.sum(axis=1), (accepted & e[None, :]).sum(axis=1)
 
 
+def ref_expected_prefix_errors(s, e) -> tuple[np.ndarray, np.ndarray]:
+    """Per sorted position p = 1..n: E[errors among the first p] over random tie orders.
+
+    Sample j is among the first p for certain if s_j is above the p-th score, never if below,
+    and with probability (slots left in its tie group)/(group size) if tied with it.
+    """
+    srt = np.sort(s)[::-1]
+    out = np.empty(s.size)
+    for p in range(1, s.size + 1):
+        t = srt[p - 1]
+        above, tied = s > t, s == t
+        slots = p - int(above.sum())
+        out[p - 1] = (e & above).sum() + (e & tied).sum() * slots / tied.sum()
+    return np.arange(1, s.size + 1), out
+
+
 def ref_aurc(s, e) -> float:
-    m, k = ref_prefix(s, e)
-    return math.fsum(k / m) / s.size
+    pos, k = ref_expected_prefix_errors(s, e)
+    return math.fsum(k / pos) / s.size
 
 
 def ref_augrc(s, e) -> float:
-    _, k = ref_prefix(s, e)
+    _, k = ref_expected_prefix_errors(s, e)
     return math.fsum(k / s.size) / s.size
+
+
+def ref_strict_aurc(s, e) -> float:
+    """Geifman et al.'s per-sample mean of prefix risks for one strict order (no ties)."""
+    order = np.argsort(-s, kind="stable")
+    return math.fsum(np.cumsum(e[order]) / np.arange(1, s.size + 1)) / s.size
 
 
 def ref_aurc_optimal(e) -> float:
@@ -49,10 +71,16 @@ def ref_aurc_optimal(e) -> float:
     return math.fsum(prefix_errors / np.arange(1, e.size + 1)) / e.size
 
 
-def ref_risk_at_coverage(s, e, c) -> float:
+def ref_min_risk_at_coverage_at_least(s, e, c) -> float:
     # Exact rational comparisons: a coverage of "0.8" means 8/10, not the float 0.8000000000000000444.
     m, k = ref_prefix(s, e)
     return min(ki / mi for mi, ki in zip(m, k, strict=True) if F(int(mi), s.size) >= F(str(c)))
+
+
+def ref_risk_at_coverage(s, e, c) -> float:
+    # The strictest threshold (largest score) whose accepted set reaches coverage c.
+    t = max(t for t in s if F(int((s >= t).sum()), s.size) >= F(str(c)))
+    return (e & (s >= t)).sum() / (s >= t).sum()
 
 
 def ref_coverage_at_risk(s, e, r) -> float:
@@ -140,23 +168,85 @@ def test_hand_curve_groups_ties():
 
 
 def test_hand_areas():
-    # AURC = 2/6·1/2 + 1/6·1/3 + 3/6·1/2 = 17/36
-    assert M.aurc(HAND_S, HAND_E) == pytest.approx(17 / 36, abs=TOL)
+    # Expected prefix risks, ties in random order: group 0.9 (1 of 2 wrong): ½/1 + 1/2 = 1;
+    # 0.8: 1/3; group 0.5 (2 of 3 wrong after 1 of 3): (5/3)/4 + (7/3)/5 + 3/6 = 83/60.
+    # AURC = (1 + 1/3 + 83/60)/6 = 163/360 (the right-Riemann rule gave 17/36 = 170/360).
+    assert M.aurc(HAND_S, HAND_E) == pytest.approx(163 / 360, abs=TOL)
     # AURC* (n = 6, n_c = 3) = 1/6 (1/4 + 2/5 + 3/6) = 23/120
     assert M.aurc_optimal(HAND_E) == pytest.approx(23 / 120, abs=TOL)
-    assert M.e_aurc(HAND_S, HAND_E) == pytest.approx(float(F(17, 36) - F(23, 120)), abs=TOL)
-    # NAURC = (101/360) / (1/2 − 23/120) = 101/111
-    assert M.naurc(HAND_S, HAND_E) == pytest.approx(101 / 111, abs=TOL)
-    # AUGRC = 2/6·1/6 + 1/6·1/6 + 3/6·3/6 = 1/3
-    assert M.augrc(HAND_S, HAND_E) == pytest.approx(1 / 3, abs=TOL)
+    assert M.e_aurc(HAND_S, HAND_E) == pytest.approx(47 / 180, abs=TOL)
+    # NAURC = (47/180) / (1/2 − 23/120) = 94/111
+    assert M.naurc(HAND_S, HAND_E) == pytest.approx(94 / 111, abs=TOL)
+    # AUGRC: expected accepted errors ½+1, 1, 1+5/3, 1+7/3 ... summed = 1.5 + 1 + 7 = 19/2, / 6²
+    assert M.augrc(HAND_S, HAND_E) == pytest.approx(19 / 72, abs=TOL)
+
+
+def _enumerated_tie_orders(s, e) -> tuple[float, float]:
+    """Exact mean AURC and AUGRC over every order of the samples that respects the scores."""
+    from itertools import permutations
+
+    aurcs, augrcs = [], []
+    for perm in permutations(range(s.size)):
+        p = np.array(perm)
+        if np.all(np.diff(s[p]) <= 0):                      # a descending order: ties permuted
+            k = np.cumsum(e[p])
+            aurcs.append(sum(F(int(ki), i + 1) for i, ki in enumerate(k)) / s.size)
+            augrcs.append(F(int(k.sum()), s.size * s.size))
+    return float(sum(aurcs) / len(aurcs)), float(sum(augrcs) / len(augrcs))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_areas_equal_exact_enumeration_of_tie_orders(seed):
+    rng = np.random.default_rng(seed)
+    s = rng.integers(0, 3, 7).astype(float)                 # 7 samples on 3 levels: heavy ties
+    e = rng.random(7) < 0.4
+    aurc, augrc = _enumerated_tie_orders(s, e)
+    assert M.aurc(s, e) == pytest.approx(aurc, abs=TOL)
+    assert M.augrc(s, e) == pytest.approx(augrc, abs=TOL)
+    assert M.e_aurc(s, e) >= -TOL
+
+
+def test_areas_equal_monte_carlo_over_tie_orders_on_tie_heavy_data():
+    # The issue's case: 5,000 samples whose score takes 22 distinct values.
+    rng = np.random.default_rng(0)
+    s = rng.integers(0, 22, 5000) / 21.0
+    e = rng.random(5000) < 0.35 * (1.2 - s)
+    assert np.unique(s).size == 22
+    aurcs, augrcs = [], []
+    for _ in range(300):
+        perm = np.lexsort((rng.random(s.size), -s))         # descending score, random within ties
+        k = np.cumsum(e[perm])
+        aurcs.append(np.mean(k / np.arange(1, s.size + 1)))
+        augrcs.append(np.mean(k / s.size))
+    se = np.std(aurcs) / np.sqrt(len(aurcs))
+    assert abs(M.aurc(s, e) - np.mean(aurcs)) < 5 * se + 1e-12
+    assert abs(M.augrc(s, e) - np.mean(augrcs)) < 5 * np.std(augrcs) / np.sqrt(300) + 1e-12
+    # The old right-Riemann rule (each group at its end's risk) is measurably higher.
+    c = M.risk_coverage_curve(s, e)
+    right_riemann = float(np.sum(np.diff(c.n_accepted, prepend=0) * c.risk) / c.n)
+    assert right_riemann - M.aurc(s, e) > 20 * se
+
+
+@FAST
+@given(hnp.arrays(np.float64, st.integers(1, 60), unique=True,
+                  elements=st.floats(-1e6, 1e6, allow_nan=False)), st.data())
+def test_areas_without_ties_are_the_per_sample_mean(s, data):
+    e = np.array(data.draw(st.lists(st.booleans(), min_size=s.size, max_size=s.size)), dtype=bool)
+    assert M.aurc(s, e) == pytest.approx(ref_strict_aurc(s, e), abs=TOL)
+    order = np.argsort(-s)
+    assert M.augrc(s, e) == pytest.approx(np.sum(np.cumsum(e[order])) / s.size ** 2, abs=TOL)
 
 
 def test_hand_operating_points():
     # Points (cov, SR): (1/3, 1/2), (1/2, 1/3), (1, 1/2).
-    assert M.risk_at_coverage(HAND_S, HAND_E, 0.3) == pytest.approx(1 / 3, abs=TOL)
+    assert M.risk_at_coverage(HAND_S, HAND_E, 0.3) == pytest.approx(1 / 2, abs=TOL)
     assert M.risk_at_coverage(HAND_S, HAND_E, 0.5) == pytest.approx(1 / 3, abs=TOL)
     assert M.risk_at_coverage(HAND_S, HAND_E, 0.6) == pytest.approx(1 / 2, abs=TOL)
     assert M.risk_at_coverage(HAND_S, HAND_E, 1.0) == pytest.approx(1 / 2, abs=TOL)
+    # The working-point rule: the best risk among points that keep coverage ≥ c.
+    assert M.min_risk_at_coverage_at_least(HAND_S, HAND_E, 0.3) == pytest.approx(1 / 3, abs=TOL)
+    assert M.min_risk_at_coverage_at_least(HAND_S, HAND_E, 0.5) == pytest.approx(1 / 3, abs=TOL)
+    assert M.min_risk_at_coverage_at_least(HAND_S, HAND_E, 0.6) == pytest.approx(1 / 2, abs=TOL)
     assert M.coverage_at_risk(HAND_S, HAND_E, 0.4) == pytest.approx(0.5, abs=TOL)
     assert M.coverage_at_risk(HAND_S, HAND_E, 0.5) == 1.0
     assert M.coverage_at_risk(HAND_S, HAND_E, 0.2) == 0.0
@@ -231,8 +321,10 @@ def test_summary_matches_single_functions():
     assert out["naurc"] == M.naurc(s, e) and out["augrc"] == M.augrc(s, e)
     assert out["auroc"] == M.auroc(s, e) and out["fpr_at_95tpr"] == M.fpr_at_tpr(s, e)
     assert out["risk_at_95"] == M.risk_at_coverage(s, e, 0.95)
+    assert out["min_risk_cov_ge_50"] == M.min_risk_at_coverage_at_least(s, e, 0.5)
     assert set(out) == {"n", "error_rate", "aurc", "e_aurc", "naurc", "augrc", "auroc",
-                        "fpr_at_95tpr", "risk_at_50", "risk_at_80", "risk_at_95"}
+                        "fpr_at_95tpr", "risk_at_50", "risk_at_80", "risk_at_95",
+                        "min_risk_cov_ge_50", "min_risk_cov_ge_80", "min_risk_cov_ge_95"}
 
 
 @pytest.mark.parametrize(("call", "match"), [
@@ -245,6 +337,7 @@ def test_summary_matches_single_functions():
     (lambda: M.aurc_optimal([0, 0.5]), "0/1 or boolean"),
     (lambda: M.risk_at_coverage([0.1], [0], 0.0), "coverage must be in"),
     (lambda: M.risk_at_coverage([0.1], [0], 1.5), "coverage must be in"),
+    (lambda: M.min_risk_at_coverage_at_least([0.1], [0], 0.0), "coverage must be in"),
     (lambda: M.coverage_at_risk([0.1], [0], -0.1), "risk must be in"),
     (lambda: M.fpr_at_tpr([0.1, 0.2], [0, 1], 0.0), "tpr must be in"),
     (lambda: M.ece([0.5, 1.2], [0, 1]), r"confidences in \[0, 1\]"),
@@ -281,6 +374,8 @@ def _check_against_reference(s: np.ndarray, e: np.ndarray) -> None:
         assert math.isnan(M.naurc(s, e))
     for c in (0.1, 0.5, 0.8, 1.0):
         assert M.risk_at_coverage(s, e, c) == pytest.approx(ref_risk_at_coverage(s, e, c), abs=TOL)
+        assert M.min_risk_at_coverage_at_least(s, e, c) == pytest.approx(
+            ref_min_risk_at_coverage_at_least(s, e, c), abs=TOL)
     for r in (0.0, 0.05, 0.2, 0.5, 1.0):
         assert M.coverage_at_risk(s, e, r) == pytest.approx(ref_coverage_at_risk(s, e, r), abs=TOL)
     np.testing.assert_allclose(M.auroc(s, e), ref_auroc(s, e), rtol=0, atol=TOL)
