@@ -8,6 +8,24 @@ Spec strings name a score: ``msp``, ``log_msp``, ``maxlogit``, ``centred_maxlogi
 divides the logits first. It leaves the ranking of maxlogit, centred_maxlogit, margin and pnorm
 unchanged (pnorm's values too: it is scale-invariant) but can reorder msp/log_msp and energy
 (``T·logsumexp(z/T)``): as T grows, MSP ranks like centred MaxLogit; as T → 0, like the margin.
+
+Snapping (``snap_scores``, applied to every score as its last step). Rounding noise must not
+rank samples whose scores are equal in exact arithmetic (with ``pnorm:1`` every sample whose top
+logit is the only one above the mean scores exactly 1/2, yet float64 spreads those over
+0.4999999999999992 … 0.5000000000000007). So every score ``s`` (float64, elementwise) becomes::
+
+    c = s * 1025.0                       # 1025 = 2**10 + 1
+    t = c - (c - s)                      # Veltkamp split: s rounded to nearest with a 43-bit significand
+    snapped = t if abs(s) < 2.0**1000 else s   # (guard: c would overflow)
+
+three IEEE-754 double operations (Mul, Sub, Sub; then Abs, Less, Where), no FMA, bit-exact in
+numpy and in an ONNX graph in double. The grid is relative: spacing 2⁻⁴³·2^⌊log2|s|⌋ (≈ 1.1e-13
+relative), far above float64 noise of a few ulps (≈ 1e-16 relative) and far below any
+difference that ranks. Values equal in exact arithmetic and computed to within a few ulps snap
+to one float unless a grid midpoint falls between them (probability ≈ noise / spacing ≈ 1e-3
+per pair); distinct values closer than the spacing become ties (accepted together, METHODS.md
+§3). MSP keeps its resolution down to 1 − MSP ≈ 1e-13 (top-2 gaps up to ~30); ``log_msp`` keeps
+its full range because the grid is relative.
 """
 
 from __future__ import annotations
@@ -21,6 +39,8 @@ from serve.errors import AbstainError
 
 Array = np.ndarray
 _NORM_FLOOR = 1e-12
+SNAP_SPLITTER = 1025.0          # 2**10 + 1: keeps 53 − 10 = 43 significand bits
+SNAP_GUARD = 2.0 ** 1000        # |s| at or above this is left as is (s · 1025 would overflow)
 
 
 class ScoreError(AbstainError, ValueError):
@@ -42,6 +62,17 @@ def as_logits(logits: Array) -> Array:
         raise ScoreError(f"logits contain NaN or inf in {bad} of {z.shape[0]} rows; "
                          "a score of a non-finite logit is meaningless")
     return z
+
+
+def snap_scores(s: Array) -> Array:
+    """Round float64 scores to a 43-bit significand so exact-arithmetic ties compare equal.
+
+    Exactly ``c = s·1025; t = c − (c − s)`` where ``|s| < 2**1000``, else ``s`` (module
+    docstring): a deterministic elementwise float64 operation an ONNX graph reproduces bit for bit.
+    """
+    s = np.asarray(s, dtype=np.float64)
+    c = s * SNAP_SPLITTER
+    return np.where(np.abs(s) < SNAP_GUARD, c - (c - s), s)
 
 
 def _max_and_rest(z: Array) -> tuple[Array, Array]:
@@ -168,7 +199,7 @@ class Score:
         s = self._fn(z)
         if self.spec == "energy":
             s = s * self.temperature
-        return s
+        return snap_scores(s)
 
     @property
     def p(self) -> float | None:

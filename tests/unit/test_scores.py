@@ -17,6 +17,8 @@ FIXED = ["msp", "log_msp", "maxlogit", "centred_maxlogit", "energy", "margin"]
 PNORMS = ["pnorm:0", "pnorm:1", "pnorm:2", "pnorm:3.5", "pnorm:8", "pnorm:inf"]
 ALL = FIXED + PNORMS
 FAST = settings(max_examples=60, deadline=None, derandomize=True)  # fixed seed: CI is reproducible
+# Every score is snapped to a 43-bit significand (S.snap_scores): one grid step is ≤ 2⁻⁴² relative.
+SNAP = 2.0 ** -42
 
 
 def score(spec: str, logits, temperature: float = 1.0) -> np.ndarray:
@@ -50,7 +52,7 @@ def test_registry_lists_every_documented_score():
 def test_exact_values(spec, logits, expected):
     out = score(spec, logits)
     assert out.dtype == np.float64 and out.shape == (1,)
-    assert out[0] == pytest.approx(expected, rel=1e-14, abs=1e-15)
+    assert out[0] == pytest.approx(expected, rel=1e-14 + SNAP, abs=1e-15)
 
 
 def test_pnorm_zero_is_centred_maxlogit_and_values_are_scale_free():
@@ -108,16 +110,16 @@ def test_temperature_changes_msp_values_toward_uniform():
     z = [[2.0, 0.0, 0.0]]
     values = [score("msp", z, t)[0] for t in (0.25, 1.0, 4.0, 100.0)]
     assert all(a > b for a, b in zip(values, values[1:], strict=False))
-    assert values[1] == pytest.approx(math.exp(2) / (math.exp(2) + 2), rel=1e-14)
+    assert values[1] == pytest.approx(math.exp(2) / (math.exp(2) + 2), rel=1e-14 + SNAP)
     assert values[-1] == pytest.approx(1 / 3, abs=0.01)
 
 
 def test_temperature_divides_logits():
     z = np.random.default_rng(2).normal(size=(30, 5))
     for spec in ["maxlogit", "centred_maxlogit", "margin", "log_msp"]:
-        np.testing.assert_allclose(score(spec, z, 2.5), score(spec, z / 2.5), rtol=1e-14)
+        np.testing.assert_allclose(score(spec, z, 2.5), score(spec, z / 2.5), rtol=1e-14 + SNAP)
     # Energy is the negative free energy T·logsumexp(z/T): T → 0 gives the max logit.
-    np.testing.assert_allclose(score("energy", z, 2.5), 2.5 * S.logsumexp(z / 2.5), rtol=1e-14)
+    np.testing.assert_allclose(score("energy", z, 2.5), 2.5 * S.logsumexp(z / 2.5), rtol=1e-14 + SNAP)
     np.testing.assert_allclose(score("energy", z, 1e-3), z.max(axis=1), atol=1e-2)
 
 
@@ -135,7 +137,7 @@ def test_temperature_leaves_pnorm_values_unchanged(spec):
     # row with one logit above the mean, so compare values, not argsorts.
     z = np.random.default_rng(3).normal(size=(300, 6)) * 2
     for t in (0.3, 3.0):
-        np.testing.assert_allclose(score(spec, z, t), score(spec, z), rtol=1e-13)
+        np.testing.assert_allclose(score(spec, z, t), score(spec, z), rtol=1e-13 + 2 * SNAP)
 
 
 def test_temperature_can_reorder_msp():
@@ -169,12 +171,12 @@ def test_float64_msp_does_not_saturate_where_float32_does():
     assert np.all(score("msp", z) == 1.0)
     lm = score("log_msp", z)
     assert np.all(lm < 0) and np.all(np.diff(lm) > 0)
-    np.testing.assert_allclose(lm, -9 * np.exp(-z[:, 3]), rtol=1e-14)
+    np.testing.assert_allclose(lm, -9 * np.exp(-z[:, 3]), rtol=1e-14 + SNAP)
 
 
 def test_log_msp_matches_log_of_msp_in_the_unsaturated_range():
     z = np.random.default_rng(4).normal(size=(500, 10)) * 3
-    np.testing.assert_allclose(score("log_msp", z), np.log(score("msp", z)), rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(score("log_msp", z), np.log(score("msp", z)), rtol=1e-13, atol=1e-15 + 2 * SNAP)
     ref = np.log(np.exp(z).max(axis=1) / np.exp(z).sum(axis=1))
     np.testing.assert_allclose(score("log_msp", z), ref, rtol=1e-12, atol=1e-15)
 
@@ -272,7 +274,7 @@ def test_shift_invariant_scores(z, c):
     for spec in ["msp", "log_msp", "centred_maxlogit", "margin", "pnorm:1", "pnorm:2", "pnorm:7"]:
         np.testing.assert_allclose(score(spec, z + c), score(spec, z), rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(score("maxlogit", z + c), score("maxlogit", z) + c)
-    np.testing.assert_allclose(score("energy", z + c), score("energy", z) + c, rtol=1e-13, atol=1e-12)
+    np.testing.assert_allclose(score("energy", z + c), score("energy", z) + c, rtol=1e-12, atol=1e-12)
 
 
 @FAST
@@ -288,3 +290,52 @@ def test_every_score_is_float64_finite_and_per_row(z):
     assert np.all((msp >= 1 / z.shape[1] - 1e-12) & (msp <= 1.0))
     assert np.all(score("log_msp", z) <= 0)
     assert np.all(score("margin", z) >= 0)
+
+
+# --------------------------------------------------------------------------------------------
+# Snapping: scores equal in exact arithmetic compare equal (S.snap_scores, module docstring).
+# --------------------------------------------------------------------------------------------
+
+
+def test_pnorm1_is_exactly_one_half_when_only_the_top_logit_is_above_the_mean():
+    # u_max / Σ|u| with Σu = 0 and a single positive u is exactly 1/2 in exact arithmetic.
+    rng = np.random.default_rng(0)
+    others = rng.normal(0.0, 1.0, (2000, 9))
+    top = 50.0 + 100.0 * rng.random((2000, 1))              # mean > 5 > every other logit
+    z = np.concatenate([top, others], axis=1)
+    raw = S._pnorm(1.0)(S.as_logits(z))
+    assert np.unique(raw).size > 1                          # float64 noise spreads them …
+    assert np.abs(raw - 0.5).max() < 1e-14
+    assert (score("pnorm:1", z) == 0.5).all()              # … snapping makes them one tie group
+
+
+def test_snap_is_the_documented_float64_formula():
+    s = np.array([0.4999999999999992, 0.5000000000000007, -0.0, 1e-300, -3.7, 1e305, -np.pi])
+    c = s * 1025.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        expected = np.where(np.abs(s) < 2.0 ** 1000, c - (c - s), s)
+    assert np.array_equal(S.snap_scores(s), expected)
+    assert S.snap_scores(s)[6] != -np.pi and abs(S.snap_scores(s)[6] + np.pi) < np.pi * 2 ** -43
+    assert S.snap_scores(s)[5] == 1e305                    # above the guard: unchanged
+    assert np.array_equal(S.snap_scores(S.snap_scores(s)), S.snap_scores(s))   # idempotent
+
+
+@FAST
+@given(hnp.arrays(np.float64, st.integers(2, 40),
+                  elements=st.floats(-1e250, 1e250, allow_nan=False, allow_subnormal=False)))
+def test_snap_is_monotone_and_relative(s):
+    out = S.snap_scores(s)
+    order = np.argsort(s, kind="stable")
+    assert np.all(np.diff(out[order]) >= 0)                 # never reverses a ranking
+    np.testing.assert_allclose(out, s, rtol=2.0 ** -43, atol=0)
+
+
+@FAST
+@given(hnp.arrays(np.float64, st.tuples(st.integers(1, 6), st.integers(3, 9)),
+                  elements=st.floats(-30, 30, allow_nan=False)), st.randoms(use_true_random=False))
+def test_class_order_does_not_change_any_score(z, rnd):
+    # Permuting the classes leaves every score equal in exact arithmetic; snapped, they compare equal.
+    perm = list(range(z.shape[1]))
+    rnd.shuffle(perm)
+    for spec in ALL:
+        assert np.array_equal(score(spec, z[:, perm]), score(spec, z)), spec
