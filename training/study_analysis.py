@@ -25,8 +25,13 @@ P_GRID = tuple(range(11))
 # "pnorm_tuned" = the p-norm with the lowest tune AURC (Xia et al.'s protocol, no MSP fallback);
 # "auto" = the deployed rule (MSP at the tune-fitted temperature unless a p-norm is strictly better).
 SCORES = ("msp", "maxlogit", *(f"pnorm:{p}" for p in P_GRID), "pnorm_tuned", "auto")
-METRICS = ("aurc", "e_aurc", "naurc", "augrc", "auroc", "risk_at_80", "risk_at_50")
+METRICS = ("aurc", "e_aurc", "naurc", "augrc", "auroc", "risk_at_80", "risk_at_50",
+           "min_risk_cov_ge_50")
 NC_KEYS = ("nc1", "nc2_means", "nc2_weights", "nc3", "within_class_var")
+# What the verdicts bootstrap over test samples: (score, metric) pairs, plus "accuracy".
+BOOT_KEYS = (("msp", "aurc"), ("msp", "e_aurc"), ("msp", "naurc"), ("msp", "auroc"),
+             ("msp", "risk_at_50"), ("pnorm_tuned", "aurc"))
+BOOT_RESAMPLES = 300
 
 
 class StudyError(AbstainError):
@@ -56,8 +61,38 @@ def choose_auto(logits_tune: np.ndarray, labels_tune: np.ndarray) -> tuple[str, 
     return choice.spec, float(choice.temperature), best
 
 
-def analyse_run(run_dir: Path) -> dict[str, Any]:
-    """Accuracy, every score's metrics on the test split, the auto choice, and NC1–NC3."""
+def bootstrap_indices(n_test: int, resamples: int = BOOT_RESAMPLES, seed: int = 0) -> np.ndarray:
+    """(B, n) test-index resamples, shared by every run of a study so differences are paired."""
+    return np.random.default_rng(seed).integers(0, n_test, (resamples, n_test))
+
+
+def bootstrap_run(logits: np.ndarray, labels: np.ndarray, tuned: str,
+                  idx: np.ndarray) -> dict[str, list[float]]:
+    """BOOT_KEYS metrics and accuracy of one run on each test resample ``idx[b]``."""
+    errors = logits.argmax(axis=1) != labels
+    scores = {"msp": create_score("msp")(logits), "pnorm_tuned": create_score(tuned)(logits)}
+    out: dict[str, list[float]] = {"accuracy": [float(1.0 - errors[i].mean()) for i in idx]}
+    for score in {k[0] for k in BOOT_KEYS}:
+        wanted = [m for sc, m in BOOT_KEYS if sc == score]
+        reps = {m: [] for m in wanted}
+        for i in idx:
+            s, e = scores[score][i], errors[i]
+            c = metrics.risk_coverage_curve(s, e)
+            fns = {"aurc": metrics.aurc, "e_aurc": metrics.e_aurc, "naurc": metrics.naurc,
+                   "auroc": metrics.auroc,
+                   "risk_at_50": lambda s, e, c: metrics.risk_at_coverage(s, e, 0.5, c)}
+            for m in wanted:
+                reps[m].append(float(fns[m](s, e, c)))
+        out.update({f"{score}/{m}": v for m, v in reps.items()})
+    return out
+
+
+def analyse_run(run_dir: Path, boot_idx: np.ndarray | None = None) -> dict[str, Any]:
+    """Accuracy, every score's metrics on the test split, the auto choice, and NC1–NC3.
+
+    With ``boot_idx`` (bootstrap_indices) the run also carries ``_boot``: per-resample values
+    for the verdicts (kept in memory, not written to results.json).
+    """
     meta = json.loads((run_dir / "run.json").read_text())
     with np.load(run_dir / "logits.npz") as f:
         z_tune, y_tune = f["logits_tune"].astype(np.float64), f["labels_tune"]
@@ -75,7 +110,9 @@ def analyse_run(run_dir: Path) -> dict[str, Any]:
                 if f"features_{split}" in f:
                     nc[split] = collapse(f[f"features_{split}"], f[f"labels_{split}"],
                                          f["weights"]).as_dict()
+    boot = {} if boot_idx is None else {"_boot": bootstrap_run(z_test, y_test, tuned, boot_idx)}
     return {
+        **boot,
         "tag": meta["tag"], "loss": meta["loss"], "seed": meta["seed"],
         "accuracy": float((z_test.argmax(axis=1) == y_test).mean()),
         "n_test_errors": int((z_test.argmax(axis=1) != y_test).sum()),

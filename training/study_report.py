@@ -13,12 +13,20 @@ from typing import Any
 
 from serve.files import atomic_write_text
 from training import study_plots
-from training.study_analysis import METRICS, P_GRID, SCORES, aggregate, analyse_run
+from training.study_analysis import (
+    METRICS,
+    P_GRID,
+    SCORES,
+    aggregate,
+    analyse_run,
+    bootstrap_indices,
+)
 from training.study_verdicts import CLEAR_RULE, all_claims
 
 MAIN_SCORES = ("msp", "maxlogit", "pnorm:0", "pnorm:1", "pnorm:2", "pnorm_tuned", "auto")
 METRIC_LABELS = {"aurc": "AURC", "e_aurc": "E-AURC", "naurc": "NAURC", "augrc": "AUGRC",
-                 "auroc": "AUROC", "risk_at_80": "risk@80%", "risk_at_50": "risk@50%"}
+                 "auroc": "AUROC", "risk_at_80": "risk@80%", "risk_at_50": "risk@50%",
+                 "min_risk_cov_ge_50": "min risk, cov ≥ 50%"}
 FIGURES = {
     "risk_coverage.png": "Risk–coverage per loss (MSP, max logit, pnorm:2, auto; every seed)",
     "risk_coverage_msp.png": "MSP risk–coverage of every loss on one axis (claim 1)",
@@ -59,9 +67,14 @@ def _collapse_table(agg: dict[str, Any], split: str) -> list[str]:
 
 def build(out: Path, meta: dict[str, Any], run_dirs: list[Path]) -> dict[str, Any]:
     """Analyse every run, draw the figures, and write results.json and README.md into ``out``."""
-    runs = [analyse_run(d) for d in run_dirs]
+    import numpy as np
+
+    with np.load(run_dirs[0] / "logits.npz") as f:
+        idx = bootstrap_indices(len(f["labels_test"]))
+    runs = [analyse_run(d, idx) for d in run_dirs]
     agg = aggregate(runs)
     claims = all_claims(runs)
+    runs = [{k: v for k, v in r.items() if k != "_boot"} for r in runs]
     grouped: dict[str, list[tuple[int, Path, tuple[str, float]]]] = {}
     for r, d in sorted(zip(runs, run_dirs, strict=True), key=lambda t: (meta["losses"].index(t[0]["loss"]),
                                                             t[0]["seed"])):
@@ -120,7 +133,11 @@ def render(results: dict[str, Any]) -> str:
         "",
         "## Verdicts on the four claims (METHODS.md §6)",
         "",
-        f"Rule for every comparison: {CLEAR_RULE}. Verdicts are computed, not written by hand.",
+        f"Rule for every comparison: {CLEAR_RULE}. Each claim is split into per-setting outcomes "
+        "(*for*, *against*, *unclear*): all *for* → reproduced, all *against* → not reproduced, "
+        "both → mixed, otherwise inconclusive. Verdicts are computed, not written by hand. "
+        "risk@c% is the selective risk at the threshold whose coverage first reaches c%; "
+        "'min risk, cov ≥ 50%' is the best risk over thresholds keeping ≥ 50% coverage.",
         "",
     ]
     for i, c in enumerate(results["claims"], 1):
