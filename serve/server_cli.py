@@ -16,10 +16,11 @@ from serve.settings import ENV_PREFIX, ServerSettings, SettingsError, load_setti
 
 DEFAULT_MODEL = "mnist1d-maxsup"
 _FLAGS: list[tuple[str, type, str]] = [
-    ("host", str, "interface to bind (0.0.0.0 for all)"),
+    ("host", str, "interface to bind, 0.0.0.0 for all (default 127.0.0.1)"),
     ("port", int, "TCP port (default 8000)"),
     ("workers", int, "uvicorn worker processes (default 1)"),
-    ("device", str, "auto | cpu | cuda (cuda refuses to start without an active CUDA provider)"),
+    ("device", str, "auto | cpu | cuda (default auto; cuda refuses to start without an active "
+               "CUDA provider)"),
     ("max_batch_size", int, "samples per coalesced session run (default 64)"),
     ("max_queue_size", int, "samples queued per model before 503 (default 2048)"),
     ("max_instances", int, "samples per request before 413 (default 1024)"),
@@ -27,9 +28,9 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("request_timeout_s", float, "per-request deadline in seconds (default 30; header X-Deadline-Ms)"),
     ("poll_interval_s", float, "repository poll period for hot reload, 0 = off (default 10)"),
     ("intra_op_threads", int, "onnxruntime threads per session (0 = default)"),
-    ("api_key", str, "require 'Authorization: Bearer KEY' on inference endpoints"),
-    ("admin_key", str, "enable /v1/admin/* with this Bearer key"),
-    ("log_level", str, "debug | info | warning | error"),
+    ("api_key", str, "require 'Authorization: Bearer KEY' on inference endpoints (default: none)"),
+    ("admin_key", str, "enable /v1/admin/* with this Bearer key (default: none, disabled)"),
+    ("log_level", str, "debug | info | warning | error (default info)"),
     ("drift_window", int, "decisions in the deferral-rate drift window (default 1000)"),
     ("drift_alpha", float, "flag drift when the binomial p-value is below this (default 0.001)"),
 ]

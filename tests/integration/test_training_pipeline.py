@@ -72,8 +72,11 @@ def test_export_mnist1d_dynamic_batch_metadata_parity(run_dir: Path, tmp_path: P
         got = m.run(np.ascontiguousarray(x[:b]))
         assert got.shape == (b, 10)
         np.testing.assert_allclose(got, ref[:b], atol=1e-4)
-    # a second export into the same place is refused without --force
-    assert main(["export", str(run_dir), "--to", str(to)]) == 2
+    # a second export replaces the model and keeps the previous one as model.onnx.bak
+    (to / "model.onnx").write_bytes(b"previous")
+    assert main(["export", str(run_dir), "--to", str(to)]) == 0
+    assert (to / "model.onnx.bak").read_bytes() == b"previous"
+    assert OnnxModel(to / "model.onnx", device="cpu").metadata["loss"] == "maxsup"
 
 
 class _ExportOnlyShift(nn.Module):
