@@ -34,6 +34,7 @@ def int_at_least(lo: int, example: int) -> Callable[[str], int]:
                                              f"e.g. {example}")
         return v
     parse.__name__ = f"integer ≥ {lo}"
+    parse.numeric = True  # type: ignore[attr-defined]
     return parse
 
 
@@ -47,6 +48,7 @@ def float_above(lo: float, example: float, inclusive: bool = False) -> Callable[
                                              f"{lo:g}, e.g. {example:g}")
         return v
     parse.__name__ = "number"
+    parse.numeric = True  # type: ignore[attr-defined]
     return parse
 
 
@@ -60,6 +62,7 @@ def fraction(example: float, closed_right: bool = False) -> Callable[[str], floa
                                              f"{example:g} (not a percentage)")
         return v
     parse.__name__ = "fraction"
+    parse.numeric = True  # type: ignore[attr-defined]
     return parse
 
 

@@ -119,9 +119,11 @@ def register_study(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated: ce, ls:ALPHA, maxsup:ALPHA[:END] "
                    "(default: ce,ls:0.1,ls:0.2,ls:0.3,maxsup:0.1:0.2)")
     p.add_argument("--seeds", type=POSITIVE_INT, default=3, help="seeds 0..N-1 per loss (default 3)")
-    p.add_argument("--out", help="output directory, e.g. docs/study/mnist1d (required unless --index)")
+    p.add_argument("--out", help="output directory, e.g. docs/study/mnist1d (no default: "
+                   "required unless --index)")
     p.add_argument("--index", metavar="DIR", default=None,
-                   help="only (re)write DIR/README.md, a table of every study under DIR, and exit")
+                   help="only (re)write DIR/README.md, a table of every study under DIR, and exit "
+                   "(default: off)")
     p.add_argument("--epochs", type=POSITIVE_INT, default=10, help="epochs per run")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=128, help="batch size per run")
     p.add_argument("--lr", type=_LR, default=3e-3, help="peak learning rate per run")
