@@ -119,9 +119,9 @@ def _needs_checkout() -> AbstainError | None:
     """Why `bench` cannot run here: it drives the checkout's bench/ harness (``None`` when present)."""
     if (ROOT / "bench" / "harness.py").is_file():
         return None
-    return AbstainError("abstain bench runs from a source checkout (git clone, then "
-                        "pip install -e '.[cpu,train]' for the heavy model; wrk on PATH), not from "
-                        "an installed package")
+    return AbstainError("needs a source checkout: abstain bench drives the checkout's bench/ "
+                        "harness (git clone; pip install -e '.[cpu,train]' for the heavy model; "
+                        "wrk on PATH), which an installed package does not hold")
 
 
 register_bench.unavailable = _needs_checkout  # type: ignore[attr-defined]
