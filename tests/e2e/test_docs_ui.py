@@ -13,9 +13,9 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from server_support import free_port
 
 from serve.docs_ui import STATIC, install_docs
-from tests.server_support import free_port
 
 
 @contextlib.contextmanager
