@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import os
 import socket
 import tempfile
@@ -90,20 +89,11 @@ def preflight(settings: ServerSettings) -> list[Any]:
 
 
 def curl_example(settings: ServerSettings, loaded: list[Any]) -> str:
-    """A command that works against this server for the default (or first) model."""
-    names = sorted({mv.name for mv in loaded})
-    name = DEFAULT_MODEL if DEFAULT_MODEL in names else names[0]
-    mv = max((m for m in loaded if m.name == name), key=lambda m: m.version)
+    """A v1 command that works against this server for the default (or first) model."""
+    from serve.examples import curl_lines, pick_model
+
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    url = f"http://{host}:{settings.port}/v1/models/{name}/predict"
-    auth = f" -H \"Authorization: Bearer ${ENV_PREFIX}API_KEY\"" if settings.api_key else ""
-    if mv.preprocessing.get("kind") == "image":
-        return f"curl -s {url}{auth} -F file=@image.png -F top_k=3"
-    n = 1
-    for d in mv.model.input_shape:
-        n *= d
-    body = json.dumps({"instances": [[0.0] * n], "top_k": 3}, separators=(",", ":"))
-    return f"curl -s {url}{auth} -H 'Content-Type: application/json' -d '{body}'"
+    return curl_lines(f"http://{host}:{settings.port}", pick_model(loaded), bool(settings.api_key))[0]
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -114,8 +104,10 @@ def _serve(args: argparse.Namespace) -> int:
     _check_port(settings.host, settings.port)
     loaded = preflight(settings)
 
-    from rich.console import Console
     from rich.table import Table
+
+    from serve.console import make_console
+    from serve.examples import banner_lines
 
     table = Table(title=f"abstain serve {settings.model_repository}")
     for col in ("model", "version", "provider", "score", "threshold", "target risk", "coverage"):
@@ -125,9 +117,10 @@ def _serve(args: argparse.Namespace) -> int:
         table.add_row(mv.name, str(mv.version), mv.model.provider, c.score,
                       "defer all" if c.threshold is None else f"{c.threshold:.4g}",
                       f"{c.target_risk:g}", f"{c.coverage:.3f}")
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     console.print(table)
-    console.print(f"try: {curl_example(settings, loaded)}", soft_wrap=True, highlight=False)
+    for line in banner_lines(settings.host, settings.port, loaded, bool(settings.api_key)):
+        console.print(line, soft_wrap=True, highlight=False, markup=False)
 
     import uvicorn
 
