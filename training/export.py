@@ -192,17 +192,18 @@ def export_run(run: str | os.PathLike[str], to: str | os.PathLike[str], atol: fl
 def main(args: argparse.Namespace) -> int:
     replaced = (Path(args.to) / FILENAME).is_file()
     path, parity, acc = export_run(args.run, args.to, args.atol)
-    from rich.console import Console
     from rich.table import Table
+
+    from serve.console import make_console
 
     t = Table(title=f"abstain export → {path}")
     for col in ("size", "test samples", "max |Δlogits|", "argmax mismatches", "test acc (onnx)"):
         t.add_column(col)
     t.add_row(f"{path.stat().st_size / 1024:.0f} KiB", str(parity.n), f"{parity.max_abs_diff:.2e}",
               str(parity.argmax_mismatches), f"{acc:.4f}")
-    Console().print(t)
+    make_console().print(t)
     if replaced:
-        Console(stderr=True, highlight=False).print(
+        make_console(stderr=True, highlight=False).print(
             f"kept the previous model as {path}.bak; a calibration.json beside it was made for that "
             "model: re-run `abstain calibrate` (the server refuses the mismatch)")
     return 0

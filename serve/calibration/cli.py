@@ -146,9 +146,9 @@ def check_calibration_role(spec: str) -> str:
 
 
 def _console():
-    from rich.console import Console
+    from serve.console import make_console
 
-    return Console(highlight=False)
+    return make_console(highlight=False)
 
 
 def _print_calibration(run, cal: Calibration, out: Path) -> None:
