@@ -27,6 +27,7 @@ from serve.dataplane.batch import Batcher
 from serve.decision import DecisionRule
 from serve.errors import AbstainError
 from serve.monitoring import Monitor
+from serve.protocol import short
 from serve.runtime import Device, OnnxModel
 from serve.threads import pick_threads
 
@@ -184,12 +185,12 @@ class ModelRepository:
         vs = self._live.get(name)
         if not vs:
             known = ", ".join(sorted(self._live)) or "none"
-            raise ModelNotFound(f"no model named {name!r}; serving: {known}")
+            raise ModelNotFound(f"no model named {short(name)}; serving: {known}")
         if version is None or version == "":
             return vs[max(vs)]
         v = str(version)
         if not VERSION_RE.match(v) or int(v) not in vs:
-            raise ModelNotFound(f"model {name!r} has no version {v!r}; versions: "
+            raise ModelNotFound(f"model {short(name)} has no version {short(v, 16)}; versions: "
                                 f"{', '.join(str(k) for k in sorted(vs))} (positive integers)")
         return vs[int(v)]
 

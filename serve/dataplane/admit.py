@@ -92,12 +92,12 @@ class Admission:
         self._bytes_per_sample: dict[tuple[int, str], float] = {}
 
     def admit(self, head: Head, batcher: Batcher, kind: str) -> int:
-        """Check a request before its body is read; returns the body bytes it reserved.
+        """Check a request (whose API key was checked) before its body is read; returns the body
+        bytes it reserved.
 
         Raises:
             RequestError: 401, 413 or 503 (with ``Retry-After``), each saying what to do.
         """
-        check_key(head.authorization, self.api_key)
         length = head.content_length
         if length is not None and (length < 0 or length > self.max_body_bytes):
             raise BodyTooLarge(self.max_body_bytes)

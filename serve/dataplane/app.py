@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from serve.dataplane import encode
-from serve.dataplane.admit import Admission, parse_deadline
+from serve.dataplane.admit import Admission, check_key, parse_deadline
 from serve.dataplane.batch import Batcher
 from serve.dataplane.body import ClientGone, read_body
 from serve.dataplane.decode import Decoded, Decoder
@@ -54,6 +54,7 @@ class DataPlane:
                                     405, {"Allow": "POST"})
             else:
                 try:
+                    check_key(head.authorization, self.admission.api_key)   # before any lookup
                     mv = self.repo.get(route.model, route.version)
                     model, version = mv.name, str(mv.version)
                     resp = await self._serve(route, head, receive, mv, rid)
