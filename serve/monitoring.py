@@ -190,7 +190,8 @@ class Monitor:
         self.predicted_class = Counter("abstain_predicted_class", "Predictions by predicted class.",
                                        (*MV, "class_name"), registry=reg)
         self.request_duration = Histogram("abstain_request_duration_seconds",
-                                          "End-to-end HTTP request latency.", ("endpoint", *MV),
+                                          "End-to-end HTTP request latency by status code.",
+                                          ("endpoint", "code", *MV),
                                           buckets=LATENCY_BUCKETS, registry=reg)
         self.queue_wait = Histogram("abstain_queue_wait_seconds", "Time a request waited for its batch.",
                                     MV, buckets=LATENCY_BUCKETS, registry=reg)
@@ -356,7 +357,7 @@ class Monitor:
         counts: dict[tuple, int] = defaultdict(int)
         for endpoint, method, status, latency, model, version in _drain(self._pending_requests):
             counts[(endpoint, method, str(int(status)), model, version)] += 1
-            latencies[(endpoint, model, version)].append(latency)
+            latencies[(endpoint, str(int(status)), model, version)].append(latency)
         for key, n in counts.items():
             self._c(self.requests, *key).inc(n)
         for key, xs in latencies.items():

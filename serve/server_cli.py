@@ -38,7 +38,7 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("body_timeout_s", float, "seconds to receive a body before 408 (default 30)"),
     ("max_image_pixels", int, "decoded image pixels per request before 413 (default 50M)"),
     ("max_image_pixels_per_s", int, "decoded image pixels per second before 503 (default 200M)"),
-    ("shed_hold_s", float, "after a 503, seconds before that connection is read again (default 0.5)"),
+    ("shed_hold_s", float, "after a 503, seconds before that connection is read again (default 1 = the minimum Retry-After)"),
     ("metrics_port", int, "serve /metrics on this port only (default: beside the API)"),
     ("api_key", str, "DISCOURAGED (visible in ps): use --api-key-file or ABSTAIN_API_KEY"),
     ("admin_key", str, "DISCOURAGED (visible in ps): use --admin-key-file or ABSTAIN_ADMIN_KEY"),

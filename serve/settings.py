@@ -46,7 +46,7 @@ class ServerSettings(BaseSettings):
     body_timeout_s: float = Field(30.0, gt=0, description="time to receive a body (408)")
     max_image_pixels: int = Field(50_000_000, ge=1, description="decoded pixels per request (413)")
     max_image_pixels_per_s: int = Field(200_000_000, ge=1, description="decoded pixels per second")
-    shed_hold_s: float = Field(0.5, ge=0, le=60,
+    shed_hold_s: float = Field(1.0, ge=0, le=60,
                                description="after a 503, seconds before the connection is read again")
     request_timeout_s: float = Field(30.0, gt=0, description="per-request deadline (504)")
     poll_interval_s: float = Field(10.0, ge=0, description="repository poll period; 0 = off")
