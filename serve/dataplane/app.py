@@ -120,6 +120,6 @@ def batcher_factory(settings: Any, record_hook: Any, monitor: Monitor):
         name, ver = mv.name, str(mv.version)
         return Batcher(mv.infer, settings.max_batch_size, settings.max_queue_size,
                        record_hook(mv), lambda depth: monitor.queue_depth(name, ver, depth),
-                       name=f"{name}/{ver}")
+                       name=f"{name}/{ver}", inline_s=settings.inline_run_s)
 
     return make
