@@ -14,8 +14,11 @@ Two modes:
   the drift gauges are per worker and carry a ``pid`` label, because each worker sees only its own
   share of the traffic.
 
-The hot path (:meth:`Monitor.decisions`, :meth:`Monitor.batch`) takes whole batches and updates
-counters and histogram buckets with counts (``np.bincount``), never one Python call per sample.
+The hot path only appends: :meth:`Monitor.request_finished`, :meth:`Monitor.batch` and
+:meth:`Monitor.decisions` queue their numbers, and :meth:`Monitor.flush` applies everything
+queued at once — per batch of batches, with counts (``np.bincount``), never one Prometheus call per
+sample or per request. The server flushes every ``FLUSH_S`` and before every scrape, so what
+``/metrics`` shows is exact at the moment it is rendered.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import math
 import os
 import shutil
 import threading
+from collections import defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +59,7 @@ CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 MV = ("model", "version")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+FLUSH_S = 0.05
 INFO_KEYS = ("provider", "model_sha256", "calibration_sha256", "score", "method", "abstain_version")
 
 
@@ -162,6 +167,12 @@ class Monitor:
         self._lock = threading.Lock()
         self._models: dict[tuple[str, str], _ModelState] = {}
         self._inflight_n = 0
+        self._inflight_shown = 0
+        # Queued hot-path numbers (deque append/popleft are atomic: no lock on the hot path).
+        self._pending_requests: deque[tuple] = deque()
+        self._pending_batches: deque[tuple] = deque()
+        self._pending_decisions: deque[tuple] = deque()
+        self._depths: dict[tuple[str, str], int] = {}
         # Labelled children cached per (metric, labels): prometheus-client's labels() validates
         # and locks on every call, and the hot path asks for ~14 children per request.
         self._children: dict[tuple, object] = {}
@@ -179,7 +190,8 @@ class Monitor:
         self.predicted_class = Counter("abstain_predicted_class", "Predictions by predicted class.",
                                        (*MV, "class_name"), registry=reg)
         self.request_duration = Histogram("abstain_request_duration_seconds",
-                                          "End-to-end HTTP request latency.", ("endpoint", *MV),
+                                          "End-to-end HTTP request latency by status code.",
+                                          ("endpoint", "code", *MV),
                                           buckets=LATENCY_BUCKETS, registry=reg)
         self.queue_wait = Histogram("abstain_queue_wait_seconds", "Time a request waited for its batch.",
                                     MV, buckets=LATENCY_BUCKETS, registry=reg)
@@ -281,28 +293,21 @@ class Monitor:
 
     # --- per request (called by middleware / handlers) -------------------------------------
     def request_started(self) -> None:
-        """An inference request entered (in-flight gauge +1)."""
-        with self._lock:
-            self._inflight_n += 1
-        self.inflight.inc()
+        """An inference request entered (in-flight gauge +1 at the next flush)."""
+        self._inflight_n += 1
 
     def request_finished(self, endpoint: str, method: str, status: int, latency_s: float,
                          model: str = "", version: str = "", inference: bool | None = None) -> None:
-        """Any HTTP request ended (in-flight gauge −1 for inference ones; counters, latency).
+        """Any HTTP request ended (in-flight −1 for inference ones; counters, latency).
 
         ``inference`` says whether :meth:`request_started` was called for this request; when
         None it is taken to be so iff ``model`` is set. The gauge never goes below zero.
         """
-        self._c(self.requests, endpoint, method, str(int(status)), model, version).inc()
-        self._c(self.request_duration, endpoint, model, version).observe(latency_s)
+        self._pending_requests.append((endpoint, method, status, latency_s, model, version))
         if inference is None:
             inference = bool(model)
-        if inference:
-            with self._lock:
-                dec = self._inflight_n > 0
-                self._inflight_n -= dec
-            if dec:
-                self.inflight.dec()
+        if inference and self._inflight_n > 0:
+            self._inflight_n -= 1
 
     def error(self, reason: str, model: str = "", version: str = "") -> None:
         """A request failed; ``reason`` is a short machine name (bad_shape, nan, queue_full …)."""
@@ -315,22 +320,65 @@ class Monitor:
     # --- per batch (called by the batcher after one session run) ----------------------------
     def queue_depth(self, model: str, version: str, depth: int) -> None:
         """Current number of samples waiting for the model."""
-        self._c(self.queue, model, version).set(depth)
+        self._depths[(model, version)] = depth
 
     def batch(self, model: str, version: str, batch_size: int, queue_wait_s: Sequence[float],
               inference_s: float) -> None:
         """One coalesced session run: its size, each request's queue wait, the run's duration."""
-        self._c(self.batch_size, model, version).observe(batch_size)
-        waits = self._c(self.queue_wait, model, version)
-        if len(queue_wait_s) == 1:
-            waits.observe(queue_wait_s[0])
-        else:
-            _observe_many(waits, self._latency_bounds, np.asarray(queue_wait_s, dtype=np.float64))
-        self._c(self.inference, model, version).observe(inference_s)
+        self._pending_batches.append((model, version, batch_size, queue_wait_s, inference_s))
 
     def decisions(self, model: str, version: str, labels: np.ndarray, class_names: Sequence[str],
                   scores: np.ndarray, reject: np.ndarray) -> None:
         """Per-sample outcomes of one batch: accepted/deferred counts, predicted class, scores."""
+        self._pending_decisions.append((model, version, labels, class_names, scores, reject))
+
+    # --- applying what the hot path queued ----------------------------------------------------
+    def flush(self) -> None:
+        """Apply every queued request, batch and decision to the Prometheus metrics."""
+        with self._lock:
+            self._flush_requests()
+            self._flush_batches()
+            decisions = _drain(self._pending_decisions)
+        grouped: dict[tuple[str, str], list[tuple]] = defaultdict(list)
+        for d in decisions:
+            grouped[(d[0], d[1])].append(d)
+        for (model, version), ds in grouped.items():
+            labels, scores, reject = (_cat([d[i] for d in ds]) for i in (2, 4, 5))
+            self._apply_decisions(model, version, labels, ds[-1][3], scores, reject)
+        for key, depth in list(self._depths.items()):
+            self._c(self.queue, *key).set(depth)
+        self._depths.clear()
+        if self._inflight_n != self._inflight_shown:
+            self.inflight.inc(self._inflight_n - self._inflight_shown)
+            self._inflight_shown = self._inflight_n
+
+    def _flush_requests(self) -> None:
+        latencies: dict[tuple, list[float]] = defaultdict(list)
+        counts: dict[tuple, int] = defaultdict(int)
+        for endpoint, method, status, latency, model, version in _drain(self._pending_requests):
+            counts[(endpoint, method, str(int(status)), model, version)] += 1
+            latencies[(endpoint, str(int(status)), model, version)].append(latency)
+        for key, n in counts.items():
+            self._c(self.requests, *key).inc(n)
+        for key, xs in latencies.items():
+            _observe_many(self._c(self.request_duration, *key), self._latency_bounds, np.array(xs))
+
+    def _flush_batches(self) -> None:
+        sizes: dict[tuple, list[float]] = defaultdict(list)
+        waits: dict[tuple, list[float]] = defaultdict(list)
+        runs: dict[tuple, list[float]] = defaultdict(list)
+        for model, version, size, queue_wait_s, inference_s in _drain(self._pending_batches):
+            sizes[(model, version)].append(size)
+            waits[(model, version)].extend(queue_wait_s)
+            runs[(model, version)].append(inference_s)
+        batch_bounds = np.array([*BATCH_BUCKETS, math.inf])
+        for key in sizes:
+            _observe_many(self._c(self.batch_size, *key), batch_bounds, np.array(sizes[key]))
+            _observe_many(self._c(self.queue_wait, *key), self._latency_bounds, np.array(waits[key]))
+            _observe_many(self._c(self.inference, *key), self._latency_bounds, np.array(runs[key]))
+
+    def _apply_decisions(self, model: str, version: str, labels: np.ndarray,
+                         class_names: Sequence[str], scores: np.ndarray, reject: np.ndarray) -> None:
         reject = np.asarray(reject, dtype=bool).ravel()        # (n,)
         labels = np.asarray(labels, dtype=np.int64).ravel()    # (n,)
         n = reject.size
@@ -366,6 +414,7 @@ class Monitor:
     # --- exposition ---------------------------------------------------------------------------
     def render(self) -> tuple[bytes, str]:
         """The /metrics body and its content type (Prometheus text format 0.0.4)."""
+        self.flush()
         if self.multiprocess:
             registry = CollectorRegistry()
             MultiProcessCollector(registry)
@@ -374,5 +423,19 @@ class Monitor:
 
     def close(self) -> None:
         """This worker is exiting: drop its live gauges from the shared files (multiprocess)."""
+        self.flush()
         if self.multiprocess:
             mark_process_dead(os.getpid())
+
+
+def _cat(arrays: list) -> np.ndarray:
+    return arrays[0] if len(arrays) == 1 else np.concatenate([np.asarray(a).ravel() for a in arrays])
+
+
+def _drain(q: deque) -> list:
+    out = []
+    while True:
+        try:
+            out.append(q.popleft())
+        except IndexError:
+            return out
