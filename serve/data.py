@@ -185,6 +185,7 @@ def _generate_cached(spec: Spec, opts: dict[str, str]) -> Loaded:
     if generated:
         log.info("generated %s: %d samples in %.1f s%s", spec.canonical, len(out[1]),
                  time.perf_counter() - t0, "; cached for next time" if cache is not None else "")
+    if cache is not None:
         try:
             cache.mkdir(parents=True, exist_ok=True)
             with atomic_path(cache / f"{key}.npz", suffix=".npz") as tmp, open(tmp, "wb") as f:

@@ -65,7 +65,7 @@ def register_serve(sub: argparse._SubParsersAction) -> None:
                        help=f"{help_}  [env {ENV_PREFIX}{name.upper()}]")
     for name, what in _KEY_FILES:
         p.add_argument(f"--{name.replace('_', '-')}-file", dest=f"{name}_file", default=None,
-                       metavar="PATH", help=f"read the Bearer key {what} from PATH (first line)  "
+                       metavar="PATH", help=f"read the Bearer key {what} from PATH (first line; default: none)  "
                        f"[env {ENV_PREFIX}{name.upper()}]")
     p.set_defaults(handler=_serve)
 

@@ -15,7 +15,7 @@ MODEL = "models/mnist1d-maxsup/1"
 # Positional / required arguments that let argparse reach the flag under test.
 REQUIRED = {"train": ["--out", "/nonexistent/never"], "export": ["/nonexistent/run", "--to", "/x"],
             "calibrate": [MODEL], "evaluate": [MODEL], "study": [], "bench": [],
-            "serve": ["/nonexistent/repository"]}
+            "serve": ["{empty}"]}    # an existing folder without models: nothing can start
 # (command, flag, bad value, words the one-line message must hold)
 TABLE = [
     ("train", "--epochs", "0", "pass a whole number ≥ 1"),
@@ -54,7 +54,17 @@ TABLE = [
     ("serve", "--max-body-bytes", "10", "must be ≥ 1024"),
     ("serve", "--request-timeout-s", "0", "must be > 0"),
     ("serve", "--poll-interval-s", "-1", "must be ≥ 0"),
-    ("serve", "--intra-op-threads", "-1", "must be ≥ 0"),
+    ("serve", "--intra-op-threads", "-1", "use auto, 0"),
+    ("serve", "--intra-op-threads", "x", "valid integer"),
+    ("serve", "--max-inflight", "0", "must be ≥ 1"),
+    ("serve", "--max-body-buffer-bytes", "10", "must be ≥ 1024"),
+    ("serve", "--max-header-bytes", "10", "must be ≥ 1024"),
+    ("serve", "--header-timeout-s", "0", "must be > 0"),
+    ("serve", "--body-timeout-s", "0", "must be > 0"),
+    ("serve", "--max-image-pixels", "0", "must be ≥ 1"),
+    ("serve", "--max-image-pixels-per-s", "0", "must be ≥ 1"),
+    ("serve", "--shed-hold-s", "61", "must be ≤ 60"),
+    ("serve", "--metrics-port", "70000", "must be ≤ 65535"),
     ("serve", "--drift-window", "5", "must be ≥ 10"),
     ("serve", "--drift-alpha", "2", "must be < 1"),
 ]
@@ -82,15 +92,19 @@ def test_the_table_covers_every_numeric_flag() -> None:
     assert set(REQUIRED) == set(subs), "a new subcommand needs its row(s) here"
     numeric = {(name, a.option_strings[-1]) for name, p in subs.items()
                for a in _options(p) if _numeric(a)}
-    assert numeric == {(cmd, flag) for cmd, flag, _, _ in TABLE}
+    options = {(name, a.option_strings[-1]) for name, p in subs.items() for a in _options(p)}
+    table = {(cmd, flag) for cmd, flag, _, _ in TABLE}
+    assert numeric <= table, f"numeric flags without a row: {sorted(numeric - table)}"
+    assert table <= options, f"rows for flags that do not exist: {sorted(table - options)}"
 
 
 @pytest.mark.parametrize("cmd, flag, value, words", TABLE, ids=[f"{c} {f} {v}" for c, f, v, _ in TABLE])
 def test_a_bad_numeric_flag_exits_2_with_a_one_line_fix(cmd, flag, value, words, capsys,
-                                                        monkeypatch) -> None:
+                                                        monkeypatch, tmp_path) -> None:
     for k in [k for k in os.environ if k.startswith("ABSTAIN_")]:
         monkeypatch.delenv(k)
-    assert main([cmd, *REQUIRED[cmd], f"{flag}={value}"]) == 2
+    required = [a.format(empty=tmp_path) for a in REQUIRED[cmd]]
+    assert main([cmd, *required, f"{flag}={value}"]) == 2
     out = capsys.readouterr()
     lines = out.err.strip().splitlines()
     assert len(lines) == 1, out.err
