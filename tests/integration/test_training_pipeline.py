@@ -143,7 +143,8 @@ def test_resume_continues_exactly(run_dir: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize("args, msg", [
     (["--data", "foo"], "unknown dataset kind"), (["--model", "vgg"], "valid: mlp, cnn1d"),
     (["--model", "cnn"], "needs image inputs"), (["--alpha", "x"], "--alpha"),
-    (["--epochs", "0"], "--epochs 0 must be"), (["--resume"], "does not exist"),
+    (["--epochs", "0"], "argument --epochs: 0 is below 1"), (["--resume"], "does not exist"),
+    (["--data", "mnist1d:test"], "training always uses the 'train' split"),
 ])
 def test_train_bad_options_are_one_line_errors(args: list[str], msg: str, tmp_path: Path,
                                                capsys) -> None:
