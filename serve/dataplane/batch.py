@@ -8,13 +8,11 @@ dispatched at once; under load, batches grow by themselves while the runtime is 
 
 A run that has been measured to take less than ``inline_s`` (per power-of-two batch-size bucket)
 runs on the event loop itself: for a small model the hop to a thread and back costs more than the
-run, and blocking the loop for a few microseconds blocks nothing. A request that arrives alone
-(no other request in flight) to an idle batcher runs at once in its own task: no queue, no wake-up,
-no extra event-loop turn.
+run. A request that arrives alone to an idle batcher runs at once in its own task (no queue).
 
-Back-pressure: the queue is bounded in *samples*; a full queue raises :class:`Overloaded` (503).
-A request whose deadline passes while queued is dropped before it runs (:class:`DeadlineExceeded`,
-504); one that is already running is abandoned by its caller and its rows discarded.
+Back-pressure: the queue is bounded in *samples*; a full queue raises :class:`Overloaded` (503). A
+request whose deadline passes while queued is dropped before it runs (:class:`DeadlineExceeded`,
+504); one already running is abandoned by its caller and its rows discarded.
 """
 
 from __future__ import annotations
@@ -63,10 +61,10 @@ class _Item:
     deadline: float                     # time.monotonic() seconds
     tag: str = ""                       # the request id
     enqueued: float = field(default_factory=time.perf_counter)
+    n: int = field(init=False)
 
-    @property
-    def n(self) -> int:
-        return int(self.x.shape[0])
+    def __post_init__(self) -> None:
+        self.n = int(self.x.shape[0])
 
 
 @dataclass
@@ -175,10 +173,8 @@ class Batcher:
                 continue
             if items and total + head.n > self.max_batch_size:
                 break
-            self._queue.popleft()
-            self._queued -= head.n
-            items.append(head)
-            total += head.n
+            items.append(self._queue.popleft())
+            self._queued, total = self._queued - head.n, total + head.n
         return items
 
     def _run(self, x: np.ndarray) -> tuple[dict[str, np.ndarray], float]:
@@ -213,8 +209,7 @@ class Batcher:
     async def _run_items(self, items: list[_Item]) -> None:
         """One coalesced session run for ``items``; each future gets its own rows."""
         x = items[0].x if len(items) == 1 else np.concatenate([it.x for it in items])
-        start = time.perf_counter()
-        waits = [start - it.enqueued for it in items]
+        waits = [time.perf_counter() - it.enqueued for it in items]
         cost = self._cost.get(_bucket(len(x)))
         try:
             if cost is not None and cost < self.inline_s:
@@ -242,9 +237,8 @@ class Batcher:
         bucket = _bucket(n)
         cost = self._cost.get(bucket)
         self._cost[bucket] = inference_s if cost is None else 0.8 * cost + 0.2 * inference_s
-        if inference_s > 0:
-            rate = n / inference_s
-            self._rate = rate if self._rate == 0 else 0.9 * self._rate + 0.1 * rate
+        rate = n / max(inference_s, 1e-9)
+        self._rate = rate if self._rate == 0 else 0.9 * self._rate + 0.1 * rate
         self.stats.runs += 1
         self.stats.samples += n
         self.stats.sizes[n] += 1
