@@ -31,6 +31,7 @@ import numpy as np
 from serve.errors import AbstainError
 
 log = logging.getLogger(__name__)
+ALONE_FACTOR = 5
 
 # infer: x (n, *input_shape) → named arrays, each with leading axis n.
 InferFn = Callable[[np.ndarray], dict[str, np.ndarray]]
@@ -236,7 +237,10 @@ class Batcher:
         n = sum(sizes)
         bucket = _bucket(n)
         cost = self._cost.get(bucket)
-        self._cost[bucket] = inference_s if cost is None else 0.8 * cost + 0.2 * inference_s
+        # Fast down, slow up: one run slowed by a busy machine must not send every later run
+        # through the thread hop (whose own cost then keeps the estimate high).
+        self._cost[bucket] = inference_s if cost is None else min(inference_s,
+                                                                  0.9 * cost + 0.1 * inference_s)
         rate = n / max(inference_s, 1e-9)
         self._rate = rate if self._rate == 0 else 0.9 * self._rate + 0.1 * rate
         self.stats.runs += 1
@@ -258,11 +262,12 @@ class Batcher:
             self._executor.shutdown(wait=False)
 
     def _idle_and_cheap(self, x: np.ndarray) -> bool:
-        """Nothing queued or running, and runs of this size cost less than a thread hop."""
+        """Nothing queued or running, and runs of this size cost less than a few thread hops
+        (alone, the loop has nothing else to do meanwhile: ``ALONE_FACTOR`` × ``inline_s``)."""
         if self._queue or self._busy or self._closing or len(x) > self.max_batch_size:
             return False
         cost = self._cost.get(_bucket(len(x)))
-        return cost is not None and cost < self.inline_s
+        return cost is not None and cost < ALONE_FACTOR * self.inline_s
 
     def _run_inline(self, x: np.ndarray, tag: str) -> dict[str, np.ndarray]:
         self.stats.requests += 1
