@@ -21,13 +21,14 @@ import asyncio
 import logging
 import math
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from serve.dataplane.stats import BatchStats
 from serve.errors import AbstainError
 
 log = logging.getLogger(__name__)
@@ -66,28 +67,6 @@ class _Item:
 
     def __post_init__(self) -> None:
         self.n = int(self.x.shape[0])
-
-
-@dataclass
-class BatchStats:
-    """Counters readable by tests, /v2/models/{m}/stats and benchmarks."""
-
-    requests: int = 0
-    samples: int = 0
-    runs: int = 0
-    sizes: Counter = field(default_factory=Counter)   # batch size → number of runs
-    rejected_full: int = 0
-    expired: int = 0
-
-    @property
-    def mean_batch_size(self) -> float:
-        return self.samples / self.runs if self.runs else 0.0
-
-    def as_dict(self) -> dict:
-        return {"requests": self.requests, "samples": self.samples, "runs": self.runs,
-                "mean_batch_size": self.mean_batch_size, "max_batch_size": max(self.sizes, default=0),
-                "batch_sizes": {str(k): v for k, v in sorted(self.sizes.items())},
-                "rejected_queue_full": self.rejected_full, "expired": self.expired}
 
 
 def _bucket(n: int) -> int:
