@@ -48,7 +48,8 @@ def _recompute(z: np.ndarray, y: np.ndarray, spec: str, temperature: float = 1.0
     return {"aurc": metrics.aurc(s, e), "e_aurc": metrics.e_aurc(s, e), "naurc": metrics.naurc(s, e),
             "augrc": metrics.augrc(s, e), "auroc": metrics.auroc(s, e),
             "risk_at_80": metrics.risk_at_coverage(s, e, 0.8),
-            "risk_at_50": metrics.risk_at_coverage(s, e, 0.5)}
+            "risk_at_50": metrics.risk_at_coverage(s, e, 0.5),
+            "min_risk_cov_ge_50": metrics.min_risk_at_coverage_at_least(s, e, 0.5)}
 
 
 def test_report_structure(study: tuple[Path, dict[str, Any]]) -> None:
@@ -65,7 +66,8 @@ def test_report_structure(study: tuple[Path, dict[str, Any]]) -> None:
     assert [r["loss"] for r in res["runs"]] == LOSSES.split(",")
     assert res["meta"]["seeds"] == [0] and res["meta"]["regime"]["data"].startswith("mnist1d")
     for i, c in enumerate(res["claims"], 1):
-        assert c["verdict"] in {"reproduced", "not reproduced", "mixed", "not testable"}
+        assert c["verdict"] in {"reproduced", "not reproduced", "mixed", "inconclusive",
+                                "not testable"}
         assert f"### Claim {i}: {c['claim']}\n\n**Verdict: {c['verdict']}**" in readme
     # Main table: one row per (loss, main score), appendix: the rest of the p grid.
     for loss in LOSSES.split(","):
