@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from training.study_analysis import (
 )
 from training.study_verdicts import CLEAR_RULE, all_claims
 
+# Bumped when the verdict rules change; the index marks studies judged by older rules as stale.
+VERDICT_RULES = "issue-18: paired seeds t-test + paired test-sample bootstrap, TOST margins"
 MAIN_SCORES = ("msp", "maxlogit", "pnorm:0", "pnorm:1", "pnorm:2", "pnorm_tuned", "auto")
 METRIC_LABELS = {"aurc": "AURC", "e_aurc": "E-AURC", "naurc": "NAURC", "augrc": "AUGRC",
                  "auroc": "AUROC", "risk_at_80": "risk@80%", "risk_at_50": "risk@50%",
@@ -65,13 +68,14 @@ def _collapse_table(agg: dict[str, Any], split: str) -> list[str]:
     return lines
 
 
-def build(out: Path, meta: dict[str, Any], run_dirs: list[Path]) -> dict[str, Any]:
+def build(out: Path, meta: dict[str, Any], run_dirs: list[Path],
+          analyse: Callable[..., dict[str, Any]] = analyse_run) -> dict[str, Any]:
     """Analyse every run, draw the figures, and write results.json and README.md into ``out``."""
     import numpy as np
 
     with np.load(run_dirs[0] / "logits.npz") as f:
         idx = bootstrap_indices(len(f["labels_test"]))
-    runs = [analyse_run(d, idx) for d in run_dirs]
+    runs = [analyse(d, idx) for d in run_dirs]
     agg = aggregate(runs)
     claims = all_claims(runs)
     runs = [{k: v for k, v in r.items() if k != "_boot"} for r in runs]
@@ -85,6 +89,7 @@ def build(out: Path, meta: dict[str, Any], run_dirs: list[Path]) -> dict[str, An
     study_plots.msp_by_loss(grouped, out / "risk_coverage_msp.png")
     study_plots.xia_scatter(grouped, out / "xia_fig5.png")
     study_plots.pnorm_grid(agg, out / "pnorm_grid.png")
+    meta = {**meta, "verdict_rules": VERDICT_RULES}
     results = {"meta": meta, "runs": runs, "aggregate": agg,
                "claims": [c.as_dict() for c in claims],
                "files": {d.name: str(d.relative_to(out)) for d in run_dirs}}
@@ -190,6 +195,7 @@ def write_index(root: Path) -> Path:
         "| claim 1 | claim 2 | claim 3 | claim 4 |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    stale = False
     for d in studies:
         res = json.loads((d / "results.json").read_text())
         meta, r = res["meta"], res["meta"]["regime"]
@@ -201,7 +207,13 @@ def write_index(root: Path) -> Path:
             + (f"{first['runtime_seconds'] / 60:.1f} min | " if first["runtime_seconds"] > 5
                else "— (see report) | ")
             + f"{meta.get('runs_seconds', float('nan')) / 60:.1f} min | "
-            + " | ".join(c["verdict"] for c in res["claims"]) + " |")
+            + " | ".join(c["verdict"] if meta.get("verdict_rules") == VERDICT_RULES else "stale¹"
+                         for c in res["claims"]) + " |")
+        stale |= meta.get("verdict_rules") != VERDICT_RULES
+    if stale:
+        lines += ["", "¹ judged by verdict rules older than the current ones (training/study_verdicts.py), "
+                  "which fired on ~21% of pure-noise comparisons; re-judge with `abstain study --reuse "
+                  "--out DIR ...` (needs the runs' logits.npz; where they were not committed, retraining)."]
     lines += [
         "",
         "Claims (METHODS.md §6): 1. LS raises AURC under MSP relative to CE; 2. MaxLogit-pNorm "
