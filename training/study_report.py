@@ -216,7 +216,7 @@ def write_index(root: Path) -> Path:
                   "--out DIR ...` (needs the runs' logits.npz; where they were not committed, retraining)."]
     lines += [
         "",
-        "Claims (METHODS.md §6): 1. LS raises AURC under MSP relative to CE; 2. MaxLogit-pNorm "
+        "Claims (METHODS.md §6): 1. LS damages the ranking of errors under MSP (E-AURC) relative to CE; 2. MaxLogit-pNorm "
         "recovers much of that loss for LS and helps CE less; 3. MaxSup matches or beats LS accuracy "
         "without the same SC degradation; 4. LS gives lower NC1 than CE.",
         "",
