@@ -16,7 +16,13 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from server_support import build_onnx, make_version, running_server, server_process, write_calibration
+from server_support import (
+    build_onnx,
+    make_version,
+    running_server,
+    server_process,
+    write_calibration,
+)
 
 from serve.calibration.artifact import CalibrationError, load_calibration
 from serve.repository import load_version
