@@ -6,7 +6,7 @@ PORT   ?= 8000
 # The local CPU build of torch; an unpinned torch would download a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: serve test lint sysdeps clean
+.PHONY: serve test lint sysdeps npmdeps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,10 +36,20 @@ sysdeps:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus wrk >/dev/null; \
 	  RC=$$?; if [ -n "$$ADDED" ]; then $$SUDO rm -f $$POLICY; fi; exit $$RC; }
 
+# A second ONNX runtime for the decision-graph test: onnxruntime-node, pinned by tests/node's lock
+# file. Its postinstall would fetch CUDA binaries from nuget.org; the CPU binaries ship in the
+# package, so ONNXRUNTIME_NODE_INSTALL=skip keeps the install to the npm registry.
+npmdeps: tests/node/node_modules/.installed
+tests/node/node_modules/.installed: tests/node/package.json tests/node/package-lock.json
+	@command -v npm >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null; }
+	cd tests/node && ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 serve: $(VENV)/.serve
 	$(BIN)/abstain serve models --host 127.0.0.1 --port $(PORT)
 
-test: $(VENV)/.test sysdeps
+test: $(VENV)/.test sysdeps npmdeps
 	$(BIN)/ruff check serve training tests bench
 	$(BIN)/python -m pytest -n 2 --dist loadfile -p no:cacheprovider tests
 

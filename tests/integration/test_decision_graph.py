@@ -1,0 +1,148 @@
+"""The decision graph decides exactly as the server does, in onnxruntime (Python) and onnxruntime-node.
+
+For every score abstain can choose, two calibrations of 60k rows each (random rows, ties, and rows
+within 1e-9 of the threshold: tests/decision_cases.py), against serve.decision.DecisionRule on the
+same logits: ``label`` exactly, ``score`` within 1e-12, ``reject`` exactly.
+
+Scores built from +, −, ×, ÷, max, sqrt and sums (maxlogit, centred, margin, pnorm with p in
+{0, 0.5, 1, 2, inf}) are bit-identical, so ``score`` is compared with ``==``. Scores that call
+exp/log/pow (msp, log_msp, energy, other pnorm) can differ in the last bit between numpy's math
+library and the runtime's; once serve.scores rounds its scores (SNAP_DECIMALS), they too must
+decide exactly; until then a differing ``reject`` is allowed only for rows whose server score is
+within a few ulp of the threshold, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from serve.calibration.artifact import load_calibration
+from serve.decision import DecisionRule
+from serve.decision_graph import SNAP_DECIMALS, decision_head
+from tests.conftest import ROOT
+from tests.decision_cases import SPECS, K, cases
+
+N_PER_CASE = 120_000          # two cases per score: 120k rows per score type
+NODE_DIR = ROOT / "tests" / "node"
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory):
+    """Every case's calibration, logits, the server's decisions and the written head model."""
+    base = load_calibration(ROOT / "models" / "mnist1d-maxsup" / "1")
+    d = tmp_path_factory.mktemp("decision")
+    out = []
+    for i, (name, cal, z) in enumerate(cases(base, N_PER_CASE)):
+        model_path, logits_path = d / f"case{i}.onnx", d / f"case{i}.f32"
+        head = decision_head(cal, K)
+        onnx.save_model(head, model_path)
+        z.tofile(logits_path)
+        out.append({"name": name, "cal": cal, "z": z, "ref": DecisionRule(cal)(z),
+                    "model": model_path, "logits": logits_path, "out": d / f"case{i}",
+                    "exact_ops": not {n.op_type for n in head.graph.node} & {"Exp", "Log", "Pow"}})
+    return out
+
+
+def _compare(c, label, score, reject, who: str) -> None:
+    name, ref, t = f"{who} {c['name']}", c["ref"], c["cal"].threshold
+    assert label.dtype == np.int64 and score.dtype == np.float64 and reject.dtype == np.bool_
+    bad_label = np.flatnonzero(label != ref.label)
+    assert bad_label.size == 0, f"{name}: {bad_label.size} labels differ, e.g. row {bad_label[:5]}"
+    diff = np.abs(score - ref.score)
+    # 1e-12, plus the representation error of two scores rounded to 12 decimals
+    assert np.all(diff <= 1e-12 + 4 * np.spacing(np.abs(ref.score))), \
+        f"{name}: max |Δscore| = {diff.max():.3g} > 1e-12"
+    if c["exact_ops"]:
+        assert np.array_equal(score, ref.score), f"{name}: {np.sum(score != ref.score)} scores " \
+            "differ although every operation is exactly rounded"
+    bad = np.flatnonzero(reject != ref.reject)
+    if not c["exact_ops"] and SNAP_DECIMALS is None and t is not None:
+        bad = bad[np.abs(ref.score[bad] - t) > 16 * np.spacing(abs(t))]  # last-bit ties only
+    assert bad.size == 0, (f"{name}: {bad.size} reject flags differ, e.g. rows {bad[:5]} "
+                           f"(server score {ref.score[bad[:3]]}, graph {score[bad[:3]]}, "
+                           f"threshold {t!r})")
+
+
+def test_cases_cover_ties_and_the_threshold(built):
+    """The generator does produce what the exactness claim is about, for every score."""
+    per_spec: dict[str, list[int]] = {s: [0, 0, 0, 0] for s in SPECS}
+    for c in built:
+        if c["cal"].threshold is None:
+            continue
+        s, t, z = c["ref"].score, c["cal"].threshold, c["z"]
+        counts = per_spec[c["cal"].score]
+        counts[0] += len(z)
+        counts[1] += int(np.sum(s == t))
+        counts[2] += int(np.sum((np.abs(s - t) <= 1e-9) & (s < t)))
+        counts[3] += int(np.sum((np.abs(s - t) <= 1e-9) & (s > t)))
+    for spec, (n, ties, below, above) in per_spec.items():
+        assert n >= 100_000, spec
+        assert ties >= 1_000, f"{spec}: only {ties} rows score exactly the threshold"
+        assert below >= 500 and above >= 500, \
+            f"{spec}: {below} rows within 1e-9 below the threshold, {above} above"
+    label_ties = sum(int(np.sum((c["z"] == c["z"].max(1, keepdims=True)).sum(1) > 1)) for c in built)
+    assert label_ties >= 5_000
+
+
+def test_onnxruntime_python_decides_as_the_server(built):
+    for c in built:
+        sess = ort.InferenceSession(str(c["model"]), providers=["CPUExecutionProvider"])
+        label, score, reject = sess.run(["label", "score", "reject"], {"logits": c["z"]})
+        _compare(c, label, score, reject, "onnxruntime")
+
+
+def test_exactly_rounded_scores_are_most_scores(built):
+    """The bit-identical path is not vacuous: 8 of the 12 score types take it."""
+    exact = {c["cal"].score for c in built if c["exact_ops"]}
+    assert exact == {"maxlogit", "centred_maxlogit", "pnorm:0", "pnorm:1", "pnorm:2", "pnorm:0.5",
+                     "pnorm:inf", "margin"}
+
+
+def test_defer_all_rejects_every_row(built):
+    deferred = [c for c in built if c["cal"].threshold is None]
+    assert deferred
+    for c in deferred:
+        sess = ort.InferenceSession(str(c["model"]), providers=["CPUExecutionProvider"])
+        assert sess.run(["reject"], {"logits": c["z"]})[0].all()
+
+
+def test_snap_step_mirrors_serve_scores():
+    """The graph's final rounding is the server's: a score between two 1e-12 steps shows it."""
+    from serve.scores import create_score
+
+    z = np.array([[0.0, 1.234567890123456789e-3]], np.float32)
+    served = create_score("maxlogit")(z)[0]
+    raw = float(np.float32(1.234567890123456789e-3))
+    if SNAP_DECIMALS is None:
+        assert served == raw, "serve.scores now rounds its scores: set SNAP_DECIMALS to match"
+    else:
+        assert served == np.round(raw, SNAP_DECIMALS)
+
+
+def test_onnxruntime_node_decides_as_the_server(built, tmp_path: Path):
+    node = shutil.which("node")
+    if node is None or not (NODE_DIR / "node_modules" / "onnxruntime-node").is_dir():
+        pytest.skip("node or onnxruntime-node is not installed: run `make npmdeps`")
+    manifest = [{"model": str(c["model"]), "logits": str(c["logits"]), "n": len(c["z"]), "k": K,
+                 "out": str(c["out"])} for c in built]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    res = subprocess.run([node, str(NODE_DIR / "decide.js"), str(tmp_path / "manifest.json")],
+                         capture_output=True, text=True, timeout=120, cwd=NODE_DIR,
+                         env={**os.environ, "NODE_PATH": str(NODE_DIR / "node_modules")})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "onnxruntime-node 1.30.0" in res.stdout
+    for c in built:
+        p = str(c["out"])
+        _compare(c, np.fromfile(p + ".label", "<i8"), np.fromfile(p + ".score", "<f8"),
+                 np.fromfile(p + ".reject", np.uint8).astype(bool), "onnxruntime-node")
