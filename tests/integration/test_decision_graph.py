@@ -146,3 +146,14 @@ def test_onnxruntime_node_decides_as_the_server(built, tmp_path: Path):
         p = str(c["out"])
         _compare(c, np.fromfile(p + ".label", "<i8"), np.fromfile(p + ".score", "<f8"),
                  np.fromfile(p + ".reject", np.uint8).astype(bool), "onnxruntime-node")
+
+
+def test_rows_with_a_non_finite_logit_are_deferred(built):
+    """The server refuses NaN/inf logits with an error; the graph, which cannot, defers them."""
+    c = next(c for c in built if c["cal"].score == "maxlogit" and c["cal"].threshold is not None)
+    z = c["z"][:4].copy()
+    z[0, 3], z[1, 0], z[2, 5] = np.nan, np.inf, -np.inf
+    sess = ort.InferenceSession(str(c["model"]), providers=["CPUExecutionProvider"])
+    reject = sess.run(["reject"], {"logits": z})[0]
+    assert reject[:3].all()
+    assert reject[3] == c["ref"].reject[3]
