@@ -84,29 +84,40 @@ class _Graph:
     def column(self, x: str, j: int) -> str:
         return self.op("Gather", x, self.const(j, np.int64), axis=1)
 
-    def row_sum(self, x: str, k: int) -> str:
-        """Σ over axis 1 of an (n, k) tensor → (n,), in numpy's pairwise order (bit-identical)."""
-        return self._pairwise([self.column(x, j) for j in range(k)])
+    def cols(self, x: str, lo: int, hi: int, step: int = 1) -> str:
+        """``x[:, lo:hi:step]``, keeping the axis."""
+        return self.op("Slice", x, self.const([lo], np.int64), self.const([hi], np.int64),
+                       self.const([1], np.int64), self.const([step], np.int64))
 
-    def _pairwise(self, cols: list[str]) -> str:
-        n = len(cols)
+    def row_sum(self, x: str, k: int) -> str:
+        """Σ over axis 1 of an (n, k) tensor → (n,), in numpy's pairwise order (bit-identical).
+
+        numpy sums a row of length < 8 left to right; up to 128 in 8 interleaved accumulators
+        combined as ((r0+r1)+(r2+r3))+((r4+r5)+(r6+r7)), then the remainder left to right; longer
+        rows as the sum of two halves (the first a multiple of 8). The accumulators run here as
+        one (n, 8) tensor, so the graph has ~k/4 nodes, not ~2k.
+        """
+        return self.op("Squeeze", self._pairwise(x, 0, k), self.const([1], np.int64))
+
+    def _pairwise(self, x: str, lo: int, hi: int) -> str:
+        n = hi - lo
         if n < 8:
-            acc = cols[0]
-            for c in cols[1:]:
-                acc = self.op("Add", acc, c)
+            acc = self.cols(x, lo, lo + 1)
+            for j in range(lo + 1, hi):
+                acc = self.op("Add", acc, self.cols(x, j, j + 1))
             return acc
         if n <= _PAIRWISE_BLOCK:
-            r = list(cols[:8])
-            for i in range(8, n - n % 8, 8):
-                r = [self.op("Add", r[j], cols[i + j]) for j in range(8)]
-            acc = self.op("Add", self.op("Add", self.op("Add", r[0], r[1]), self.op("Add", r[2], r[3])),
-                          self.op("Add", self.op("Add", r[4], r[5]), self.op("Add", r[6], r[7])))
-            for c in cols[n - n % 8:]:
-                acc = self.op("Add", acc, c)
-            return acc
+            r = self.cols(x, lo, lo + 8)
+            for i in range(lo + 8, hi - n % 8, 8):
+                r = self.op("Add", r, self.cols(x, i, i + 8))
+            for width in (8, 4, 2):                          # pairs (0,1), (2,3), … then up the tree
+                r = self.op("Add", self.cols(r, 0, width, 2), self.cols(r, 1, width, 2))
+            for j in range(hi - n % 8, hi):
+                r = self.op("Add", r, self.cols(x, j, j + 1))
+            return r
         half = n // 2
         half -= half % 8
-        return self.op("Add", self._pairwise(cols[:half]), self._pairwise(cols[half:]))
+        return self.op("Add", self._pairwise(x, lo, lo + half), self._pairwise(x, lo + half, hi))
 
     def power(self, x: str, e: float) -> str:
         """``x ** e`` as numpy evaluates it for a Python float exponent (its exact fast paths)."""

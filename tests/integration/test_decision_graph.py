@@ -157,3 +157,26 @@ def test_rows_with_a_non_finite_logit_are_deferred(built):
     reject = sess.run(["reject"], {"logits": z})[0]
     assert reject[:3].all()
     assert reject[3] == c["ref"].reject[3]
+
+
+@pytest.mark.parametrize("k", [2, 3, 7, 8, 9, 10, 16, 17, 100, 127, 128, 129, 300, 1000])
+def test_row_sums_are_numpys_bit_for_bit(k):
+    """The unrolled pairwise sum equals np.sum(axis=1) exactly, whatever the row length."""
+    from onnx import TensorProto, helper
+
+    from serve.decision_graph import _Graph
+
+    g = _Graph(20)
+    g.op("Identity", g.row_sum("x", k), out="s")
+    model = helper.make_model(helper.make_graph(
+        g.nodes, "sum", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["n", k])],
+        [helper.make_tensor_value_info("s", TensorProto.DOUBLE, ["n"])], g.inits),
+        opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 10
+    onnx.checker.check_model(model, full_check=True)
+    x = np.exp(np.random.default_rng(k).normal(size=(500, k)) * 8)
+    got = ort.InferenceSession(model.SerializeToString(),
+                               providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.array_equal(got, x.sum(axis=1))
+    assert np.array_equal(got / k, x.mean(axis=1))
+    assert len(model.graph.node) <= k // 2 + 20
