@@ -37,8 +37,9 @@ BLOCK = textwrap.dedent("""
 """)
 
 
-def abstain(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", BLOCK, "package", *map(str, args)],
+def abstain(*args: str | Path, block: str = "") -> subprocess.CompletedProcess[str]:
+    code = BLOCK.replace("'training'}", f"'training', {block!r}}}") if block else BLOCK
+    return subprocess.run([sys.executable, "-c", code, "package", *map(str, args)],
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 
@@ -156,3 +157,9 @@ def test_a_packaged_model_is_not_packaged_twice(tmp_path, packaged):
     cal = dataclasses.replace(load_calibration(MODEL_DIR), model_sha256=sha256_file(d / "model.onnx"))
     save_calibration(cal, d)
     refused(abstain(d, "--out", tmp_path / "x.onnx"), "packaged already")
+
+
+def test_without_onnx_it_says_which_extra_to_install(tmp_path):
+    r = abstain(MODEL_DIR, "--out", tmp_path / "x.onnx", block="onnx")
+    refused(r, "pip install 'abstain[package]'")
+    assert not (tmp_path / "x.onnx").exists()
