@@ -195,3 +195,19 @@ def test_older_opsets_build_the_same_decisions(built, opset):
         assert np.max(np.abs(score - ref.score)) <= 1e-12, c["name"]
         if c["exact_ops"]:
             assert np.array_equal(score, ref.score) and np.array_equal(reject, ref.reject), c["name"]
+
+
+def test_the_snap_step_rounds_as_numpy_does(built, monkeypatch):
+    """Ready for serve.scores rounding its scores: the graph's Mul→Round→Div is np.round's."""
+    import serve.decision_graph as dg
+
+    monkeypatch.setattr(dg, "SNAP_DECIMALS", 12)
+    for c in built:
+        if not c["exact_ops"]:
+            continue
+        sess = ort.InferenceSession(decision_head(c["cal"], K).SerializeToString(),
+                                    providers=["CPUExecutionProvider"])
+        score = sess.run(["score"], {"logits": c["z"]})[0]
+        snapped = np.round(c["ref"].score, 12)
+        assert np.array_equal(score, snapped), c["name"]
+        assert np.array_equal(np.round(score, 12), score)          # idempotent, on the grid
