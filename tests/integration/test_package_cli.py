@@ -163,3 +163,19 @@ def test_without_onnx_it_says_which_extra_to_install(tmp_path):
     r = abstain(MODEL_DIR, "--out", tmp_path / "x.onnx", block="onnx")
     refused(r, "pip install 'abstain[package]'")
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_the_check_on_the_way_out_catches_a_graph_that_decides_otherwise():
+    from serve.decision_graph import attach_decision, decision_head
+    from serve.package_cli import PackageError, check_decisions
+
+    cal = load_calibration(MODEL_DIR)
+    other = dataclasses.replace(cal, threshold=cal.threshold + 0.05)   # not what was certified
+    packaged = attach_decision(onnx.load(MODEL_DIR / "model.onnx"), other)
+    head = decision_head(other, 10)
+    with pytest.raises(PackageError, match="reject flags differ"):
+        check_decisions(packaged.SerializeToString(), head.SerializeToString(), True,
+                        MODEL_DIR / "model.onnx", cal)
+    check = check_decisions(packaged.SerializeToString(), head.SerializeToString(), True,
+                            MODEL_DIR / "model.onnx", other)
+    assert check.rows == 5 * 4096 and check.max_score_diff == 0.0
