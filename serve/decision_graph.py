@@ -10,7 +10,8 @@ Exactness: the graph mirrors :mod:`serve.scores` operation by operation in float
 unrolled into numpy's own pairwise order (8 accumulators, blocks of 128), so maxima, differences,
 sums, means, ``**2`` / ``**0.5`` and divisions are bit-identical to the server's. Only ``exp``,
 ``log`` and a general ``pow`` are left to the runtime's math library, which may differ from
-numpy's in the last bit; :data:`SNAP_DECIMALS` mirrors the server's final rounding, if any.
+numpy's in the last bit. The server's last step, ``serve.scores.snap_scores`` when it exists,
+is mirrored with its own constants (``c = s·SPLITTER; c − (c − s)`` where ``|s| < GUARD``).
 ``log1p`` has no ONNX operator: it is computed as ``log(u)·x/(u − 1)`` with ``u = 1 + x``
 (Goldberg), accurate to a few ulp.
 
@@ -28,6 +29,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from serve import scores as _scores
 from serve.calibration.artifact import Calibration
 from serve.errors import AbstainError
 from serve.scores import Score
@@ -36,9 +38,9 @@ PREFIX = "abstain_decision/"
 OUTPUTS = ("label", "score", "reject")
 MIN_OPSET = 13
 HEAD_OPSET = 20
-# The server's final elementwise rounding of every score (None: none). Mirrors serve/scores.py;
+# Whether serve.scores snaps every score as its last step; the graph then does the same.
 # tests/integration/test_decision_graph.py fails if the two drift apart.
-SNAP_DECIMALS: int | None = None
+SNAPS = hasattr(_scores, "snap_scores")
 _PAIRWISE_BLOCK = 128
 
 
@@ -202,10 +204,13 @@ def _score(g: _Graph, z: str, k: int, score: Score) -> str:
 
 
 def _snap(g: _Graph, s: str) -> str:
-    if SNAP_DECIMALS is None:
+    """serve.scores.snap_scores: a Veltkamp split to a shorter significand, elementwise."""
+    if not SNAPS:
         return s
-    f = g.const(10.0 ** SNAP_DECIMALS, np.float64)
-    return g.op("Div", g.op("Round", g.op("Mul", s, f)), f)
+    c = g.op("Mul", s, g.const(_scores.SNAP_SPLITTER, np.float64))
+    split = g.op("Sub", c, g.op("Sub", c, s))
+    small = g.op("Less", g.op("Abs", s), g.const(_scores.SNAP_GUARD, np.float64))
+    return g.op("Where", small, split, s)
 
 
 def decision_nodes(g: _Graph, logits: str, k: int, calibration: Calibration) -> None:
@@ -239,7 +244,7 @@ def decision_metadata(calibration: Calibration, source_sha256: str | None) -> di
     meta = {"abstain_decision": json.dumps({
         "score": calibration.score, "temperature": calibration.temperature,
         "threshold": calibration.threshold, "defer_all": calibration.defer_all,
-        "snap_decimals": SNAP_DECIMALS, "outputs": ["logits", *OUTPUTS],
+        "snap": SNAPS, "outputs": ["logits", *OUTPUTS],
         "rule": "reject = score < threshold (or a non-finite logit); label = argmax(logits)"}),
         "calibration_sha256": calibration.sha256, "calibration": calibration.to_json()}
     if source_sha256 is not None:
