@@ -10,11 +10,13 @@ package (``abstain[package]``) and onnxruntime (``abstain[cpu]``), not torch.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from serve.argtypes import POSITIVE_INT
 from serve.calibration.artifact import Calibration, load_calibration
 from serve.decision import DecisionRule
 from serve.errors import AbstainError, MissingExtraError
@@ -186,11 +188,28 @@ def register_package(sub: argparse._SubParsersAction) -> None:
         "the threshold test and the label, exactly as the server does (outputs logits, label "
         "INT64, score FP64, reject BOOL), check it against the server's rule, and write it.")
     p.add_argument("model_dir", help="a calibrated version directory, e.g. models/mnist1d-maxsup/1")
-    p.add_argument("--out", default=None, help="write the packaged model to this .onnx file")
+    p.add_argument("--out", default=None,
+                   help="write the packaged model to this .onnx file (default: none)")
     p.add_argument("--triton", default=None, metavar="DIR",
-                   help="write DIR/<name>/<version>/model.onnx and DIR/<name>/config.pbtxt")
+                   help="write DIR/<name>/<version>/model.onnx and DIR/<name>/config.pbtxt "
+                   "(default: none)")
     p.add_argument("--name", default=None, help="Triton model name (default: MODEL_DIR's parent)")
-    p.add_argument("--version", type=int, default=None,
+    p.add_argument("--version", type=POSITIVE_INT, default=None,
                    help="Triton version (default: MODEL_DIR's name)")
     p.add_argument("--force", action="store_true", help="replace existing output files")
     p.set_defaults(handler=main)
+
+
+def _needs_package_extras() -> AbstainError | None:
+    """Why `package` cannot run here (``None`` when it can); imports nothing."""
+    for module, extra in (("onnx", "package"), ("onnxruntime", "cpu")):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            return MissingExtraError(extra, module)
+    return None
+
+
+register_package.unavailable = _needs_package_extras  # type: ignore[attr-defined]
