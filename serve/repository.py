@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from serve.calibration import probe
 from serve.calibration.artifact import FILENAME as CALIBRATION_FILE
 from serve.calibration.artifact import Calibration, load_calibration
 from serve.dataplane.batch import Batcher
@@ -50,7 +51,7 @@ def valid_name(name: str) -> bool:
 def _signature(d: Path) -> tuple:
     """What identifies a version's files on disk; a change means "load it again"."""
     out = []
-    for f in (d / MODEL_FILE, d / CALIBRATION_FILE):
+    for f in (d / MODEL_FILE, d / CALIBRATION_FILE, d / probe.FILENAME):
         try:
             st = f.stat()
             out.append((st.st_mtime_ns, st.st_size, st.st_ino))
@@ -102,7 +103,8 @@ class ModelVersion:
 
 
 def load_version(d: Path, name: str, version: int, device: Device = "auto",
-                 intra_op_threads: int | str = 0, warmup: tuple[int, ...] = (1,)) -> ModelVersion:
+                 intra_op_threads: int | str = 0, warmup: tuple[int, ...] = (1,),
+                 on_probe_mismatch: str = "refuse") -> ModelVersion:
     """Load, verify and warm up one version directory (blocking; call from a thread).
 
     Raises:
@@ -124,6 +126,7 @@ def load_version(d: Path, name: str, version: int, device: Device = "auto",
     model.warmup(tuple(warmup))
     # One decision on warm-up logits proves the score works for this model's K.
     rule(model.run(np.zeros((1, *model.input_shape), model.input_dtype)))
+    probe.check(d, model, rule, on_probe_mismatch)           # the certified logits, here?
     return ModelVersion(name, version, d, model, cal, rule, sig, threads=threads)
 
 
@@ -181,8 +184,9 @@ class ModelRepository:
                  intra_op_threads: int | str = 0, warmup: tuple[int, ...] = (1, 8, 64),
                  batcher_factory: Callable[[ModelVersion], Batcher] | None = None,
                  preloaded: list[ModelVersion] | None = None,
-                 follow_symlinks: bool = False) -> None:
+                 follow_symlinks: bool = False, on_probe_mismatch: str = "refuse") -> None:
         self.root = Path(root)
+        self.on_probe_mismatch = on_probe_mismatch
         self.follow_symlinks = follow_symlinks
         self.monitor = monitor
         self.device: Device = device
@@ -246,7 +250,8 @@ class ModelRepository:
                         mv = pre
                     else:
                         mv = await asyncio.to_thread(load_version, d, key[0], key[1], self.device,
-                                                     self.intra_op_threads, self.warmup)
+                                                     self.intra_op_threads, self.warmup,
+                                                     self.on_probe_mismatch)
                     if self.batcher_factory is not None and mv.batcher is None:
                         mv.batcher = self.batcher_factory(mv)
                     # Everything the live set needs is set up before the swap, so the swap

@@ -39,6 +39,8 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("max_image_pixels", int, "decoded image pixels per request before 413 (default 50M)"),
     ("max_image_pixels_per_s", int, "decoded image pixels per second before 503 (default 200M)"),
     ("shed_hold_s", float, "after a 503, seconds before that connection is read again (default 1 = the minimum Retry-After)"),
+    ("on_probe_mismatch", str, "refuse | warn: a version whose probe batch gives other logits or "
+     "decisions than calibration saw (another provider or precision) is refused (default)"),
     ("metrics_port", int, "serve /metrics on this port only (default: beside the API)"),
     ("api_key", str, "DISCOURAGED (visible in ps): use --api-key-file or ABSTAIN_API_KEY "
      "(default: none)"),
@@ -106,7 +108,7 @@ def preflight(settings: ServerSettings) -> list[Any]:
     for (name, version), d in found.items():
         try:
             loaded.append(load_version(d, name, version, settings.device,
-                                       settings.intra_op_threads, (1,)))
+                                       settings.intra_op_threads, (1,), settings.on_probe_mismatch))
         except Exception as err:                   # any failure refuses that version only
             failed[f"{name}/{version}"] = str(err) if isinstance(err, AbstainError) else \
                 f"{type(err).__name__}: {err}"
