@@ -40,6 +40,7 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("max_image_pixels_per_s", int, "decoded image pixels per second before 503 (default 200M)"),
     ("shed_hold_s", float, "after a 503, seconds before that connection is read again (default 1 = the minimum Retry-After)"),
     ("metrics_port", int, "serve /metrics on this port only (default: beside the API)"),
+    ("grpc_port", int, "also serve the KServe v2 gRPC protocol on this port (default: off)"),
     ("api_key", str, "DISCOURAGED (visible in ps): use --api-key-file or ABSTAIN_API_KEY"),
     ("admin_key", str, "DISCOURAGED (visible in ps): use --admin-key-file or ABSTAIN_ADMIN_KEY"),
     ("log_level", str, "debug | info | warning | error"),
@@ -68,7 +69,7 @@ def register_serve(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_serve)
 
 
-def _check_port(host: str, port: int) -> None:
+def _check_port(host: str, port: int, flag: str = "--port") -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -76,7 +77,7 @@ def _check_port(host: str, port: int) -> None:
             s.bind((host, port))
         except OSError as err:
             why = "is already in use" if err.errno == errno.EADDRINUSE else f"cannot be bound ({err})"
-            raise SettingsError(f"{host}:{port} {why}: pass another --port or stop the other "
+            raise SettingsError(f"{host}:{port} {why}: pass another {flag} or stop the other "
                                 "server") from None
 
 
@@ -142,6 +143,8 @@ def _serve(args: argparse.Namespace) -> int:
                         "shell history): prefer %s-file or %s%s", flag, flag, ENV_PREFIX, name.upper())
     settings = load_settings(**overrides)
     _check_port(settings.host, settings.port)
+    if settings.grpc_port and settings.workers == 1:     # workers share it (SO_REUSEPORT)
+        _check_port(settings.host, settings.grpc_port, "--grpc-port")
     loaded = preflight(settings)
 
     from rich.console import Console
