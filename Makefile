@@ -6,7 +6,7 @@ PORT   ?= 8000
 # The local CPU build of torch; an unpinned torch would download a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: serve test lint sysdeps clean
+.PHONY: serve test lint sysdeps clean proto
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,12 @@ test: $(VENV)/.test sysdeps
 
 lint: $(VENV)/.test
 	$(BIN)/ruff check serve training tests bench
+
+# The gRPC messages (KServe v2): the .proto compiled to a descriptor set, committed;
+# tests/unit/test_grpc_proto.py checks that this command reproduces it byte for byte.
+proto: $(VENV)/.test
+	$(BIN)/python -m grpc_tools.protoc -I serve/protocol/proto \
+	  --descriptor_set_out=serve/protocol/proto/grpc_predict_v2.desc grpc_predict_v2.proto
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
