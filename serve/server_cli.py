@@ -143,8 +143,14 @@ def _serve(args: argparse.Namespace) -> int:
                         "shell history): prefer %s-file or %s%s", flag, flag, ENV_PREFIX, name.upper())
     settings = load_settings(**overrides)
     _check_port(settings.host, settings.port)
-    if settings.grpc_port and settings.workers == 1:     # workers share it (SO_REUSEPORT)
-        _check_port(settings.host, settings.grpc_port, "--grpc-port")
+    if settings.grpc_port is not None:
+        try:
+            import grpc  # noqa: F401
+        except ImportError:
+            raise SettingsError("--grpc-port needs grpcio: pip install 'abstain[cpu]' (or [gpu]), "
+                                "or leave --grpc-port unset") from None
+        if settings.grpc_port and settings.workers == 1:  # workers share it (SO_REUSEPORT)
+            _check_port(settings.host, settings.grpc_port, "--grpc-port")
     loaded = preflight(settings)
 
     from rich.console import Console
