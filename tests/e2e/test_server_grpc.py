@@ -275,3 +275,26 @@ def test_grpc_requests_are_counted_in_metrics(server, client, http):
         time.sleep(0.1)
     assert ok and float(ok[0].rsplit(" ", 1)[1]) >= 1
     assert 'endpoint="grpc:ModelInfer"' in text and 'code="404"' in text
+
+
+
+def test_load_generator_reports_one_row_per_point(server, capsys, monkeypatch):
+    """bench/grpc_load.py against this server: a header, then a parseable row per load point."""
+    import importlib.util
+
+    from server_support import ROOT
+
+    spec = importlib.util.spec_from_file_location("grpc_load", ROOT / "bench" / "grpc_load.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setenv("ABSTAIN_API_KEY", KEY)
+    assert bench.main(["--target", server[2], "--model", "clf", "--concurrency", "1", "4",
+                       "--contents", "raw", "typed", "--duration", "0.5", "--warmup", "0.1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[:2] == bench.HEADER.splitlines()
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
+    assert [(r[0], r[2]) for r in rows] == [("gRPC raw", "1"), ("gRPC raw", "4"),
+                                            ("gRPC typed", "1"), ("gRPC typed", "4")]
+    for r in rows:
+        assert r[1] == "clf" and float(r[3].replace(",", "")) > 0 and r[6] == "0", r
+        assert 0 < float(r[4]) <= float(r[5])
