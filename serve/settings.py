@@ -49,6 +49,9 @@ class ServerSettings(BaseSettings):
     shed_hold_s: float = Field(1.0, ge=0, le=60,
                                description="after a 503, seconds before the connection is read again")
     request_timeout_s: float = Field(30.0, gt=0, description="per-request deadline (504)")
+    inline_run_s: float = Field(0.0002, ge=0, le=0.1,
+                                description="session runs measured faster than this run on the "
+                                "event loop instead of the inference thread")
     poll_interval_s: float = Field(10.0, ge=0, description="repository poll period; 0 = off")
     warmup_batch_sizes: tuple[int, ...] = (1, 8, 64)
     api_key: SecretStr | None = Field(None, description="Bearer key for inference endpoints")
