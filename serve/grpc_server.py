@@ -162,8 +162,10 @@ class Servicer:
             self.admission.learn(batcher, "grpc", size, len(req.x))
             alone = self.admission.inflight == 1
             out = await batcher.result(req.x, deadline, alone, rid)      # … to submit: batch,
-            return P.encode_infer(out, mv.class_names, mv.name, str(mv.version),  # run, decide,
-                                  req.id or rid, req.outputs)            # record; encode
+            if any(name == "probabilities" for name, _ in req.outputs):  # run, decide, record
+                out = {**out, "probabilities": mv.rule.probabilities(out["logits"])}
+            return P.encode_infer(out, mv.class_names, mv.name, str(mv.version), req.id or rid,
+                                  req.outputs)                           # encode
         finally:
             self.admission.release(reserved)
 
