@@ -111,11 +111,13 @@ def parse_infer(req: Any, input_name: str, input_shape: tuple[int, ...], dtype: 
                        f"bytes; got {len(blob)}", "bad_shape")
         x = np.frombuffer(blob, dtype=dtype.newbyteorder("<")).reshape(shape)
     else:
-        field = CONTENTS.get(want, "")
-        values = getattr(inp.contents, field) if field else ()
+        field = CONTENTS.get(want)
+        if field is None:
+            raise _bad(f"{want} tensors have no typed contents field in the v2 protocol: send "
+                       f"input {input_name!r} as raw_input_contents")
+        values = getattr(inp.contents, field)
         if not values:
-            raise _bad(f"input {input_name!r} has no contents.{field or 'fp32_contents'} "
-                       "(and no raw_input_contents)")
+            raise _bad(f"input {input_name!r} has no contents.{field} (and no raw_input_contents)")
         if len(values) != count:
             raise _bad(f"wrong count: shape {shape} needs {count} values; data holds "
                        f"{len(values)}", "bad_shape")

@@ -149,3 +149,31 @@ def test_encode_raw_and_typed_hold_the_same_values():
         else:
             arr = np.frombuffer(raw.raw_output_contents[i], v2.DTYPES[t.datatype])
             assert arr.tolist() == values == out[t.name].ravel().tolist()
+
+
+def test_http_statuses_map_to_grpc_codes():
+    grpc = pytest.importorskip("grpc")
+    from serve.dataplane.batch import DeadlineExceeded, Overloaded
+    from serve.grpc_server import NotReady, status_code
+
+    C = grpc.StatusCode
+    for status, code in [(400, C.INVALID_ARGUMENT), (415, C.INVALID_ARGUMENT),
+                         (422, C.INVALID_ARGUMENT), (401, C.UNAUTHENTICATED), (404, C.NOT_FOUND),
+                         (413, C.RESOURCE_EXHAUSTED), (503, C.RESOURCE_EXHAUSTED),
+                         (504, C.DEADLINE_EXCEEDED), (500, C.INTERNAL)]:
+        assert status_code(RequestError("x", status)) == code, status
+    assert status_code(Overloaded("model m/1 has 9 samples queued")) == C.RESOURCE_EXHAUSTED
+    assert status_code(Overloaded("model m/1 is being unloaded; retry")) == C.UNAVAILABLE
+    assert status_code(NotReady("starting")) == C.UNAVAILABLE
+    assert status_code(DeadlineExceeded("late")) == C.DEADLINE_EXCEEDED
+
+
+def test_fp16_input_must_be_raw():
+    x = np.ones((2, 8), np.float16)
+    req = P.ModelInferRequest(model_name="m")
+    req.inputs.add(name="input", datatype="FP16", shape=[2, 8])
+    with pytest.raises(RequestError, match="FP16 tensors have no typed contents"):
+        P.parse_infer(req, "input", SHAPE, np.dtype(np.float16), 64)
+    req.raw_input_contents.append(x.tobytes())
+    dec, raw = P.parse_infer(req, "input", SHAPE, np.dtype(np.float16), 64)
+    assert raw and dec.x.dtype == np.float16 and dec.x.tolist() == x.tolist()
