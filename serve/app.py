@@ -38,7 +38,8 @@ class App:
         self.record = Record(monitor)
         self.repo = ModelRepository(settings.model_repository, monitor, settings.device,
                                     settings.intra_op_threads, settings.warmup_batch_sizes,
-                                    batcher_factory(settings, self.record.hook, monitor), preloaded)
+                                    batcher_factory(settings, self.record.hook, monitor), preloaded,
+                                    settings.follow_symlinks)
         self.admission = Admission(settings.api_key_value, settings.max_body_bytes,
                                    settings.max_inflight, settings.max_body_buffer_bytes,
                                    settings.request_timeout_s)

@@ -64,6 +64,9 @@ def register_serve(sub: argparse._SubParsersAction) -> None:
     for name, typ, help_ in _FLAGS:
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None,
                        help=f"{help_}  [env {ENV_PREFIX}{name.upper()}]")
+    p.add_argument("--follow-symlinks", dest="follow_symlinks", action="store_true", default=None,
+                   help="serve version directories that resolve outside the repository (off: "
+                   f"they are skipped with a warning)  [env {ENV_PREFIX}FOLLOW_SYMLINKS]")
     for name, what in _KEY_FILES:
         p.add_argument(f"--{name.replace('_', '-')}-file", dest=f"{name}_file", default=None,
                        metavar="PATH", help=f"read the Bearer key {what} from PATH (first line; default: none)  "
@@ -94,7 +97,7 @@ def preflight(settings: ServerSettings) -> list[Any]:
 
     if settings.device == "cuda":
         providers_for("cuda")                     # raises with the fix when CUDA is not installed
-    found = scan(settings.model_repository)
+    found = scan(settings.model_repository, settings.follow_symlinks)
     if not found:
         raise SettingsError(
             f"no model in {str(settings.model_repository)!r}: expected "
@@ -105,8 +108,9 @@ def preflight(settings: ServerSettings) -> list[Any]:
         try:
             loaded.append(load_version(d, name, version, settings.device,
                                        settings.intra_op_threads, (1,)))
-        except AbstainError as err:
-            failed[f"{name}/{version}"] = str(err)
+        except Exception as err:                   # any failure refuses that version only
+            failed[f"{name}/{version}"] = str(err) if isinstance(err, AbstainError) else \
+                f"{type(err).__name__}: {err}"
     if not loaded:
         raise SettingsError("no servable model: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
     return loaded
@@ -122,6 +126,7 @@ def curl_example(settings: ServerSettings, loaded: list[Any]) -> str:
 
 def _serve(args: argparse.Namespace) -> int:
     overrides = {name: getattr(args, name) for name, _, _ in _FLAGS}
+    overrides["follow_symlinks"] = args.follow_symlinks
     if args.model_repository is not None:
         overrides["model_repository"] = Path(args.model_repository)
     for name, _ in _KEY_FILES:

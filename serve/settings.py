@@ -53,6 +53,8 @@ class ServerSettings(BaseSettings):
                                 description="session runs measured faster than this run on the "
                                 "event loop instead of the inference thread")
     poll_interval_s: float = Field(10.0, ge=0, description="repository poll period; 0 = off")
+    follow_symlinks: bool = Field(False, description="serve version directories that resolve "
+                                  "outside the repository")
     warmup_batch_sizes: tuple[int, ...] = (1, 8, 64)
     api_key: SecretStr | None = Field(None, description="Bearer key for inference endpoints")
     admin_key: SecretStr | None = Field(None, description="Bearer key for /v1/admin/*; off if unset")
