@@ -10,7 +10,7 @@ PORT   ?= 8000
 TORCH       ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: serve test lint sysdeps npmdeps clean
+.PHONY: serve test lint sysdeps npmdeps clean proto
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,12 @@ test: $(VENV)/.test sysdeps npmdeps
 
 lint: $(VENV)/.test
 	$(BIN)/ruff check serve training tests bench
+
+# The gRPC messages (KServe v2): the .proto compiled to a descriptor set, committed;
+# tests/unit/test_grpc_proto.py checks that this command reproduces it byte for byte.
+proto: $(VENV)/.test
+	$(BIN)/python -m grpc_tools.protoc -I serve/protocol/proto \
+	  --descriptor_set_out=serve/protocol/proto/grpc_predict_v2.desc grpc_predict_v2.proto
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -42,6 +42,7 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("on_probe_mismatch", str, "refuse | warn: a version whose probe batch gives other logits or "
      "decisions than calibration saw (another provider or precision) is refused (default)"),
     ("metrics_port", int, "serve /metrics on this port only (default: beside the API)"),
+    ("grpc_port", int, "also serve the KServe v2 gRPC protocol on this port (default: off)"),
     ("api_key", str, "DISCOURAGED (visible in ps): use --api-key-file or ABSTAIN_API_KEY "
      "(default: none)"),
     ("admin_key", str, "DISCOURAGED (visible in ps): use --admin-key-file or ABSTAIN_ADMIN_KEY "
@@ -75,7 +76,7 @@ def register_serve(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_serve)
 
 
-def _check_port(host: str, port: int) -> None:
+def _check_port(host: str, port: int, flag: str = "--port") -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -83,7 +84,7 @@ def _check_port(host: str, port: int) -> None:
             s.bind((host, port))
         except OSError as err:
             why = "is already in use" if err.errno == errno.EADDRINUSE else f"cannot be bound ({err})"
-            raise SettingsError(f"{host}:{port} {why}: pass another --port or stop the other "
+            raise SettingsError(f"{host}:{port} {why}: pass another {flag} or stop the other "
                                 "server") from None
 
 
@@ -142,6 +143,14 @@ def _serve(args: argparse.Namespace) -> int:
                         "shell history): prefer %s-file or %s%s", flag, flag, ENV_PREFIX, name.upper())
     settings = load_settings(**overrides)
     _check_port(settings.host, settings.port)
+    if settings.grpc_port is not None:
+        try:
+            import grpc  # noqa: F401
+        except ImportError:
+            raise SettingsError("--grpc-port needs grpcio: pip install 'abstain[cpu]' (or [gpu]), "
+                                "or leave --grpc-port unset") from None
+        if settings.grpc_port and settings.workers == 1:  # workers share it (SO_REUSEPORT)
+            _check_port(settings.host, settings.grpc_port, "--grpc-port")
     loaded = preflight(settings)
 
     from rich.table import Table

@@ -65,6 +65,8 @@ TABLE = [
     ("serve", "--max-image-pixels-per-s", "0", "must be ≥ 1"),
     ("serve", "--shed-hold-s", "61", "must be ≤ 60"),
     ("serve", "--metrics-port", "70000", "must be ≤ 65535"),
+    ("serve", "--grpc-port", "70000", "must be ≤ 65535"),
+    ("serve", "--grpc-port", "-1", "must be ≥ 0"),
     ("serve", "--drift-window", "5", "must be ≥ 10"),
     ("serve", "--drift-alpha", "2", "must be < 1"),
     ("package", "--version", "0", "≥ 1"),
