@@ -212,8 +212,9 @@ def write_index(root: Path) -> Path:
         stale |= meta.get("verdict_rules") != VERDICT_RULES
     if stale:
         lines += ["", "¹ judged by verdict rules older than the current ones (training/study_verdicts.py), "
-                  "which fired on ~21% of pure-noise comparisons; re-judge with `abstain study --reuse "
-                  "--out DIR ...` (needs the runs' logits.npz; where they were not committed, retraining)."]
+                  "which fired on ~21% of pure-noise comparisons. Re-judge with `PYTHONPATH=. python -m "
+                  "training.study_rejudge DIR`, which needs the runs' committed logits.npz; these "
+                  "folders have none, so they need retraining (`abstain study ... --out DIR`)."]
     lines += [
         "",
         "Claims (METHODS.md §6): 1. LS damages the ranking of errors under MSP (E-AURC) relative to CE; 2. MaxLogit-pNorm "
