@@ -28,8 +28,12 @@ def _calibrate_with_probe(vdir, perturb_row: int | None):
     stored = z.copy()
     if perturb_row is not None:                                      # last bits, as another
         k = int(np.argmax(z[row]))                                   # provider would differ
-        for _ in range(4):
+        # Scores are snapped to a 43-bit significand (serve.scores.snap_scores), which absorbs
+        # a few ulps; step down ulp by ulp until this row's snapped score drops below threshold.
+        for _ in range(1 << 16):
             stored[row, k] = np.nextafter(stored[row, k], -np.inf)
+            if rule.score(stored[row:row + 1])[0] < s[row]:
+                break
     sha = probe.write_probe(vdir, x, stored)
     cal = dataclasses.replace(cal, provider="CUDAExecutionProvider", precision="float32",
                               probe_sha256=sha)
