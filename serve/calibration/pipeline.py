@@ -20,7 +20,13 @@ import numpy as np
 
 from serve.calibration.artifact import Calibration, new_calibration
 from serve.calibration.certify import Certificate, certify
-from serve.calibration.choose import ScoreChoice, choose_score, predictions, score_in_chunks
+from serve.calibration.choose import (
+    ScoreChoice,
+    choose_score,
+    evaluate_candidate,
+    predictions,
+    score_in_chunks,
+)
 from serve.calibration.plan import LttPlan, plan_ltt
 from serve.calibration.split import stratified_split
 from serve.errors import AbstainError
@@ -126,13 +132,17 @@ def calibrate_arrays(logits: np.ndarray, labels: np.ndarray,
     else:
         tune = np.empty(0, np.int64)
         z_cert, y_cert = z, y
-        choice = ScoreChoice(spec=create_score(settings.score).spec,
-                             temperature=float(settings.temperature), candidates=[],
+    cert_errors = predictions(z_cert) != y_cert
+    if not settings.uses_tuning:
+        spec = create_score(settings.score).spec
+        temperature = float(settings.temperature)
+        all_scores = score_in_chunks(create_score(spec, temperature), z_cert)
+        choice = ScoreChoice(spec=spec, temperature=temperature,
+                             candidates=[evaluate_candidate(spec, all_scores, cert_errors)],
                              reason=f"fixed by --score {settings.score} and --temperature "
                                     f"{settings.temperature:g}: no tuning split, all {len(y)} "
                                     "samples certify",
-                             error_rate=float((predictions(z) != y).mean()))
-    cert_errors = predictions(z_cert) != y_cert
+                             error_rate=float(cert_errors.mean()))
     cert_scores = score_in_chunks(choice.score, z_cert)
     msp = score_in_chunks(create_score("msp", choice.temperature), z_cert)
     msp_raw = msp if choice.temperature == 1.0 else score_in_chunks(create_score("msp"), z_cert)
@@ -170,7 +180,8 @@ def to_calibration(run: CalibrationRun, model_sha256: str, data: dict[str, Any],
                                                "deployed threshold (indicative, not the guarantee)",
                       "score_evidence": {c2.spec: {"delta_aurc": c2.delta_aurc,
                                                    "z": c2.z if math.isfinite(c2.z) else None}
-                                         for c2 in run.choice.candidates[1:]}},
-        candidates=run.choice.aurcs(), score_quantiles=run.score_quantiles,
+                                         for c2 in run.choice.candidates[1:]},
+                      "n_certification": c.n},
+        candidates=run.choice.aurcs() if run.n_tune else {}, score_quantiles=run.score_quantiles,
         data={**data, "tune_fraction": s.tune_fraction if s.uses_tuning else 0.0, "seed": s.seed,
               "stratify": "label", "temperature_fixed": s.temperature is not None})
