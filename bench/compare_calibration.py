@@ -30,8 +30,13 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from serve.calibration.certify import certify_ltt, certify_planned, certify_sgr, clopper_pearson_upper
-from serve.calibration.plan import PASS_PROB, PRIOR_STRENGTH, plan_ltt
+from serve.calibration.certify import (
+    certify_ltt,
+    certify_planned,
+    certify_sgr,
+    clopper_pearson_upper,
+)
+from serve.calibration.plan import plan_ltt
 from serve.calibration.split import stratified_split
 
 DELTA = 0.1
@@ -98,11 +103,10 @@ def _split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return stratified_split(np.zeros(n, np.int64), TUNE_FRACTION, seed)
 
 
-def planned(pass_prob: float = PASS_PROB, backup: tuple[float, float] | None = None,
-            prior: float = PRIOR_STRENGTH) -> Method:
+def planned(**kw) -> Method:
     def run(c: np.ndarray, e: np.ndarray, r: float) -> float | None:
         tune, cert = _split(len(c), 0)
-        plan = plan_ltt(c[tune], e[tune], len(cert), r, DELTA, pass_prob, backup, prior)
+        plan = plan_ltt(c[tune], e[tune], len(cert), r, DELTA, **kw)
         return certify_planned(c[cert], e[cert], plan, r, DELTA).threshold
     return run
 
@@ -138,10 +142,12 @@ def mapie_ltt(c: np.ndarray, e: np.ndarray, r: float) -> float | None:
 
 METHODS: dict[str, Method] = {
     "default: planned LTT (tune 30%)": planned(),
-    "variant: start at pass prob 0.9, Jeffreys prior": planned(0.9, prior=0.0),
-    "variant: start at max pass prob, Jeffreys prior": planned(1.0, prior=0.0),
-    "variant: start at max pass prob, prior 200": planned(1.0, prior=200.0),
-    "variant: 2 starts (max @ .8δ, 0.99 @ .2δ)": planned(1.0, (0.99, 0.2)),
+    "variant: start at pass prob ≥ 0.9, Jeffreys prior": planned(pass_prob=0.9,
+                                                                 prior_strength=0.0),
+    "variant: start at max pass prob, Jeffreys prior": planned(start_fraction=1.0,
+                                                               prior_strength=0.0),
+    "variant: start at max pass prob, prior 50": planned(start_fraction=1.0, prior_strength=50.0),
+    "variant: 2 starts (default @ .8δ, most permissive @ .2δ)": planned(backup=(0.0, 0.2)),
     "former default: floored FST on cert 70%": floor_cert,
     "floored FST on all samples": floor_all,
     "abstain SGR (cert 70%)": sgr_cert,

@@ -9,10 +9,11 @@ split, fixes everything the test needs *before* a certification label is seen:
 * the **grid**: thresholds at evenly spaced tuning coverages (≤ ``GRID_POINTS``), strict →
   permissive;
 * the **start**: for every grid point the posterior-predictive probability that its binomial test
-  will pass on ``n_cert`` certification samples (tuning counts k of n with a Jeffreys
-  Beta(k + ½, n − k + ½) prior, scaled to the certification size, beta-binomial); the sequence
-  starts at the most permissive point whose predicted pass probability is ≥ ``PASS_PROB`` (or at
-  the most promising point when none is);
+  will pass on ``n_cert`` certification samples: tuning counts k of n, a Beta prior worth
+  ``PRIOR_STRENGTH`` pseudo-samples at the overall tuning error rate (so a strict point that looks
+  good on a handful of tuning samples does not win by luck), scaled to the certification size,
+  beta-binomial. The sequence starts at the most permissive point whose predicted pass
+  probability is ≥ ``START_FRACTION`` × the best one;
 * the **direction**: from the start toward permissive, stopping at the first failure.
 
 Validity: the plan is a function of the tuning split only, so on the certification split it is a
@@ -32,8 +33,8 @@ from scipy import stats
 from serve.metrics import risk_coverage_curve
 
 GRID_POINTS = 1000
-PASS_PROB = 1.0          # ≥ 1: start where the predicted pass probability is highest
-PRIOR_STRENGTH = 50.0    # pseudo-samples at the overall tuning error rate (shrinks small n)
+START_FRACTION = 0.95    # start at the most permissive point with pass prob ≥ this × the best
+PRIOR_STRENGTH = 200.0   # pseudo-samples at the overall tuning error rate (shrinks small n)
 
 
 @dataclass(frozen=True)
@@ -100,15 +101,18 @@ def predicted_pass(n_tune_acc: np.ndarray, k_tune: np.ndarray, scale: float, tar
 
 
 def plan_ltt(tune_scores: np.ndarray, tune_errors: np.ndarray, n_cert: int, target_risk: float,
-             delta: float, pass_prob: float = PASS_PROB,
-             backup: tuple[float, float] | None = None,
-             prior_strength: float = PRIOR_STRENGTH) -> LttPlan:
+             delta: float, pass_prob: float | None = None, start_fraction: float = START_FRACTION,
+             prior_strength: float = PRIOR_STRENGTH,
+             backup: tuple[float, float] | None = None) -> LttPlan:
     """The grid, start and levels for certifying on ``n_cert`` samples (see module doc).
 
     Args:
+        pass_prob: start at the most permissive point with this absolute predicted pass
+            probability instead of ``start_fraction`` × the best (measured, not the default).
         backup: optional ``(pass_prob, share)``: a second sequence starting at the most permissive
-            point predicted to pass with that probability, at level ``share · δ`` (the main one
-            then runs at ``(1 − share) · δ``). Measured, not used by default.
+            point predicted to pass with that probability (0 = the most permissive point), at
+            level ``share · δ``; the main one then runs at ``(1 − share) · δ``. Measured, not used
+            by default.
     """
     curve = risk_coverage_curve(tune_scores, tune_errors)
     n = curve.n
@@ -120,10 +124,11 @@ def plan_ltt(tune_scores: np.ndarray, tune_errors: np.ndarray, n_cert: int, targ
     p0 = (curve.n_errors[-1] + 0.5) / (n + 1.0)                       # overall tuning error rate
     prior = (prior_strength * p0 + 0.5, prior_strength * (1.0 - p0) + 0.5)
 
-    def start_for(prob: float, level: float) -> tuple[int, np.ndarray]:
+    def start_for(prob: float | None, level: float) -> tuple[int, np.ndarray]:
         pp = predicted_pass(n_t, k_t, scale, target_risk, level, prior)
-        ok = np.flatnonzero(pp >= min(prob, float(pp.max()) - 1e-9))
-        return (int(ok[-1]) if ok.size else int(pp.argmax())), pp
+        best = float(pp.max())
+        need = start_fraction * best if prob is None else min(prob, best)
+        return int(np.flatnonzero(pp >= need - 1e-12)[-1]), pp
 
     if backup is None:
         s, pp = start_for(pass_prob, delta)
