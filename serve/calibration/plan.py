@@ -34,7 +34,8 @@ from serve.metrics import risk_coverage_curve
 
 GRID_POINTS = 1000
 START_FRACTION = 0.95    # start at the most permissive point with pass prob ≥ this × the best
-PRIOR_STRENGTH = 200.0   # pseudo-samples at the overall tuning error rate (shrinks small n)
+PRIOR_STRENGTH = 200.0   # pseudo-samples of prior risk (shrinks small-n points)
+PRIOR_CENTRE = "error"   # prior risk: the overall tuning error rate ("error") or r* ("target")
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,8 @@ def predicted_pass(n_tune_acc: np.ndarray, k_tune: np.ndarray, scale: float, tar
 def plan_ltt(tune_scores: np.ndarray, tune_errors: np.ndarray, n_cert: int, target_risk: float,
              delta: float, pass_prob: float | None = None, start_fraction: float = START_FRACTION,
              prior_strength: float = PRIOR_STRENGTH,
-             backup: tuple[float, float] | None = None) -> LttPlan:
+             backup: tuple[float, float] | None = None,
+             prior_centre: str = PRIOR_CENTRE) -> LttPlan:
     """The grid, start and levels for certifying on ``n_cert`` samples (see module doc).
 
     Args:
@@ -121,7 +123,8 @@ def plan_ltt(tune_scores: np.ndarray, tune_errors: np.ndarray, n_cert: int, targ
     thresholds = curve.thresholds[idx]
     n_t, k_t = curve.n_accepted[idx], curve.n_errors[idx]
     scale = n_cert / n
-    p0 = (curve.n_errors[-1] + 0.5) / (n + 1.0)                       # overall tuning error rate
+    p0 = (target_risk if prior_centre == "target"
+          else (curve.n_errors[-1] + 0.5) / (n + 1.0))                 # or the tuning error rate
     prior = (prior_strength * p0 + 0.5, prior_strength * (1.0 - p0) + 0.5)
 
     def start_for(prob: float | None, level: float) -> tuple[int, np.ndarray]:
