@@ -21,13 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from serve.batching import Batcher
 from serve.calibration.artifact import FILENAME as CALIBRATION_FILE
 from serve.calibration.artifact import Calibration, load_calibration
+from serve.dataplane.batch import Batcher
 from serve.decision import DecisionRule
 from serve.errors import AbstainError
 from serve.monitoring import Monitor
+from serve.protocol import short
 from serve.runtime import Device, OnnxModel
+from serve.threads import pick_threads
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,7 @@ class ModelVersion:
     signature: tuple
     loaded_at: float = field(default_factory=time.time)
     batcher: Batcher | None = None
+    threads: str = "default"                       # intra-op threads, as the start-up table shows
 
     @property
     def class_names(self) -> list[str]:
@@ -101,20 +104,22 @@ class ModelVersion:
 
 
 def load_version(d: Path, name: str, version: int, device: Device = "auto",
-                 intra_op_threads: int = 0, warmup: tuple[int, ...] = (1,)) -> ModelVersion:
+                 intra_op_threads: int | str = 0, warmup: tuple[int, ...] = (1,)) -> ModelVersion:
     """Load, verify and warm up one version directory (blocking; call from a thread).
 
     Raises:
         AbstainError: the model or its calibration cannot be served, with the reason.
     """
     sig = _signature(d)
-    model = OnnxModel(d / MODEL_FILE, device=device, intra_op_threads=intra_op_threads)
+    model, threads = pick_threads(
+        lambda n: OnnxModel(d / MODEL_FILE, device=device, intra_op_threads=n), intra_op_threads,
+        (1, max(warmup)))
     cal = load_calibration(d / CALIBRATION_FILE, model.sha256)
     rule = DecisionRule(cal)
     model.warmup(tuple(warmup))
     # One decision on warm-up logits proves the score works for this model's K.
     rule(model.run(np.zeros((1, *model.input_shape), model.input_dtype)))
-    return ModelVersion(name, version, d, model, cal, rule, sig)
+    return ModelVersion(name, version, d, model, cal, rule, sig, threads=threads)
 
 
 def scan(root: Path) -> dict[tuple[str, int], Path]:
@@ -150,7 +155,7 @@ class ModelRepository:
     """All servable versions under ``root``; reload swaps the live set atomically."""
 
     def __init__(self, root: Path, monitor: Monitor, device: Device = "auto",
-                 intra_op_threads: int = 0, warmup: tuple[int, ...] = (1, 8, 64),
+                 intra_op_threads: int | str = 0, warmup: tuple[int, ...] = (1, 8, 64),
                  batcher_factory: Callable[[ModelVersion], Batcher] | None = None,
                  preloaded: list[ModelVersion] | None = None) -> None:
         self.root = Path(root)
@@ -180,12 +185,12 @@ class ModelRepository:
         vs = self._live.get(name)
         if not vs:
             known = ", ".join(sorted(self._live)) or "none"
-            raise ModelNotFound(f"no model named {name!r}; serving: {known}")
+            raise ModelNotFound(f"no model named {short(name)}; serving: {known}")
         if version is None or version == "":
             return vs[max(vs)]
         v = str(version)
         if not VERSION_RE.match(v) or int(v) not in vs:
-            raise ModelNotFound(f"model {name!r} has no version {v!r}; versions: "
+            raise ModelNotFound(f"model {short(name)} has no version {short(v, 16)}; versions: "
                                 f"{', '.join(str(k) for k in sorted(vs))} (positive integers)")
         return vs[int(v)]
 

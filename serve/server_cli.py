@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import logging
 import os
 import socket
 import tempfile
@@ -12,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from serve.errors import AbstainError
-from serve.settings import ENV_PREFIX, ServerSettings, SettingsError, load_settings
+from serve.settings import ENV_PREFIX, ServerSettings, SettingsError, load_settings, read_key_file
+
+log = logging.getLogger("abstain.serve")
 
 DEFAULT_MODEL = "mnist1d-maxsup"
 _FLAGS: list[tuple[str, type, str]] = [
@@ -26,13 +29,27 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("max_body_bytes", int, "request body limit in bytes (default 16 MiB)"),
     ("request_timeout_s", float, "per-request deadline in seconds (default 30; header X-Deadline-Ms)"),
     ("poll_interval_s", float, "repository poll period for hot reload, 0 = off (default 10)"),
-    ("intra_op_threads", int, "onnxruntime threads per session (0 = default)"),
-    ("api_key", str, "require 'Authorization: Bearer KEY' on inference endpoints"),
-    ("admin_key", str, "enable /v1/admin/* with this Bearer key"),
+    ("intra_op_threads", str, "onnxruntime threads per session: auto (measure 1 vs all cores at "
+     "warm-up, keep the faster; default), 0 = onnxruntime's default, or a number"),
+    ("max_inflight", int, "inference requests in flight before 503 (default 4096)"),
+    ("max_body_buffer_bytes", int, "body bytes being read, all requests, before 503 (default 256 MiB)"),
+    ("max_header_bytes", int, "request line + headers before 431 (default 64 KiB)"),
+    ("header_timeout_s", float, "seconds to receive the headers before 408 (default 10)"),
+    ("body_timeout_s", float, "seconds to receive a body before 408 (default 30)"),
+    ("max_image_pixels", int, "decoded image pixels per request before 413 (default 50M)"),
+    ("max_image_pixels_per_s", int, "decoded image pixels per second before 503 (default 200M)"),
+    ("shed_hold_s", float, "after a 503, seconds before that connection is read again (default 1 = the minimum Retry-After)"),
+    ("metrics_port", int, "serve /metrics on this port only (default: beside the API)"),
+    ("api_key", str, "DISCOURAGED (visible in ps): use --api-key-file or ABSTAIN_API_KEY"),
+    ("admin_key", str, "DISCOURAGED (visible in ps): use --admin-key-file or ABSTAIN_ADMIN_KEY"),
     ("log_level", str, "debug | info | warning | error"),
     ("drift_window", int, "decisions in the deferral-rate drift window (default 1000)"),
     ("drift_alpha", float, "flag drift when the binomial p-value is below this (default 0.001)"),
 ]
+
+
+_KEY_FILES = [("api_key", "for inference and metadata"), ("admin_key", "enabling /v1/admin/*"),
+              ("metrics_key", "for /metrics")]
 
 
 def register_serve(sub: argparse._SubParsersAction) -> None:
@@ -44,6 +61,10 @@ def register_serve(sub: argparse._SubParsersAction) -> None:
     for name, typ, help_ in _FLAGS:
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None,
                        help=f"{help_}  [env {ENV_PREFIX}{name.upper()}]")
+    for name, what in _KEY_FILES:
+        p.add_argument(f"--{name.replace('_', '-')}-file", dest=f"{name}_file", default=None,
+                       metavar="PATH", help=f"read the Bearer key {what} from PATH (first line)  "
+                       f"[env {ENV_PREFIX}{name.upper()}]")
     p.set_defaults(handler=_serve)
 
 
@@ -109,6 +130,16 @@ def _serve(args: argparse.Namespace) -> int:
     overrides = {name: getattr(args, name) for name, _, _ in _FLAGS}
     if args.model_repository is not None:
         overrides["model_repository"] = Path(args.model_repository)
+    for name, _ in _KEY_FILES:
+        flag = f"--{name.replace('_', '-')}"
+        path = getattr(args, f"{name}_file")
+        if path is not None:
+            if overrides.get(name) is not None:
+                raise SettingsError(f"{flag} and {flag}-file both given: keep {flag}-file")
+            overrides[name] = read_key_file(path, f"{flag}-file")
+        elif overrides.get(name) is not None:
+            log.warning("%s on the command line is visible to every user of this machine (ps, "
+                        "shell history): prefer %s-file or %s%s", flag, flag, ENV_PREFIX, name.upper())
     settings = load_settings(**overrides)
     _check_port(settings.host, settings.port)
     loaded = preflight(settings)
@@ -117,11 +148,12 @@ def _serve(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     table = Table(title=f"abstain serve {settings.model_repository}")
-    for col in ("model", "version", "provider", "score", "threshold", "target risk", "coverage"):
+    for col in ("model", "version", "provider", "threads", "score", "threshold", "target risk",
+                "coverage"):
         table.add_column(col)
     for mv in loaded:
         c = mv.calibration
-        table.add_row(mv.name, str(mv.version), mv.model.provider, c.score,
+        table.add_row(mv.name, str(mv.version), mv.model.provider, mv.threads, c.score,
                       "defer all" if c.threshold is None else f"{c.threshold:.4g}",
                       f"{c.target_risk:g}", f"{c.coverage:.3f}")
     console = Console(stderr=True)
@@ -130,9 +162,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from serve.httpserver import uvicorn_options
+
     common = {"host": settings.host, "port": settings.port, "log_level": settings.log_level,
               "timeout_graceful_shutdown": max(30, int(settings.request_timeout_s) + 5),
-              "access_log": False}
+              "access_log": False, **uvicorn_options(settings)}
     if settings.workers > 1:
         os.environ.update(settings.env())
         from serve.monitoring import MULTIPROC_ENV, setup_multiprocess

@@ -93,7 +93,7 @@ def _write_model(model_dir: Path) -> None:
 
 def test_probe_paths_are_server_routes(tmp_path: Path) -> None:
     app = create_app(load_settings(model_repository=tmp_path))
-    get_routes = {r.path for r in app.routes if "GET" in getattr(r, "methods", ())}
+    get_routes = {r.path for r in app.control.routes if "GET" in getattr(r, "methods", ())}
     for container in (server_container(_deployment()), _runtime()["spec"]["containers"][0]):
         probes = _probes(container)
         assert {"livenessProbe", "readinessProbe"} <= set(probes)
