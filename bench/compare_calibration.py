@@ -147,6 +147,8 @@ METHODS: dict[str, Method] = {
     "variant: start at max pass prob, Jeffreys prior": planned(start_fraction=1.0,
                                                                prior_strength=0.0),
     "variant: start at max pass prob, prior 50": planned(start_fraction=1.0, prior_strength=50.0),
+    "variant: start at pass prob ≥ 0.95·best only (no failure slack)":
+        planned(start_slack=(math.inf, math.inf)),
     "variant: prior centred at r* instead of the error rate": planned(prior_centre="target"),
     "variant: 2 starts (default @ .8δ, most permissive @ .2δ)": planned(backup=(0.0, 0.2)),
     "former default: floored FST on cert 70%": floor_cert,

@@ -13,7 +13,9 @@ split, fixes everything the test needs *before* a certification label is seen:
   ``PRIOR_STRENGTH`` pseudo-samples at the overall tuning error rate (so a strict point that looks
   good on a handful of tuning samples does not win by luck), scaled to the certification size,
   beta-binomial. The sequence starts at the most permissive point whose predicted pass
-  probability is ≥ ``START_FRACTION`` × the best one;
+  probability is ≥ 0.95 × the best one and whose predicted failure probability is
+  ≤ min(2 × the smallest one, the smallest one + 0.05) (``START_FRACTION``, ``START_SLACK``):
+  near the best bet, but not at the edge of a plateau of sure passes;
 * the **direction**: from the start toward permissive, stopping at the first failure.
 
 Validity: the plan is a function of the tuning split only, so on the certification split it is a
@@ -33,7 +35,8 @@ from scipy import stats
 from serve.metrics import risk_coverage_curve
 
 GRID_POINTS = 1000
-START_FRACTION = 0.95    # start at the most permissive point with pass prob ≥ this × the best
+START_FRACTION = 0.95      # start where P(pass) ≥ 0.95·best and P(fail) ≤ min(2·best, best + 0.05)
+START_SLACK = (2.0, 0.05)
 PRIOR_STRENGTH = 200.0   # pseudo-samples of prior risk (shrinks small-n points)
 PRIOR_CENTRE = "error"   # prior risk: the overall tuning error rate ("error") or r* ("target")
 
@@ -102,7 +105,8 @@ def predicted_pass(n_tune_acc: np.ndarray, k_tune: np.ndarray, scale: float, tar
 
 
 def plan_ltt(tune_scores: np.ndarray, tune_errors: np.ndarray, n_cert: int, target_risk: float,
-             delta: float, pass_prob: float | None = None, start_fraction: float = START_FRACTION,
+             delta: float, pass_prob: float | None = None,
+             start_slack: tuple[float, float] = START_SLACK, start_fraction: float = START_FRACTION,
              prior_strength: float = PRIOR_STRENGTH,
              backup: tuple[float, float] | None = None,
              prior_centre: str = PRIOR_CENTRE) -> LttPlan:
@@ -130,7 +134,9 @@ def plan_ltt(tune_scores: np.ndarray, tune_errors: np.ndarray, n_cert: int, targ
     def start_for(prob: float | None, level: float) -> tuple[int, np.ndarray]:
         pp = predicted_pass(n_t, k_t, scale, target_risk, level, prior)
         best = float(pp.max())
-        need = start_fraction * best if prob is None else min(prob, best)
+        f = 1.0 - best                      # the smallest predicted failure probability
+        need = (min(prob, best) if prob is not None else
+                max(start_fraction * best, 1.0 - min(start_slack[0] * f, f + start_slack[1])))
         return int(np.flatnonzero(pp >= need - 1e-12)[-1]), pp
 
     if backup is None:
