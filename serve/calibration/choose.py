@@ -31,7 +31,7 @@ T_BOUNDS = (0.01, 100.0)
 CURVE_POINTS = 800                  # risk–coverage points kept per candidate for plotting
 SWITCH_ALPHA = 0.05                 # family-wise rate of switching away from MSP on no evidence
 BOOT_RESAMPLES = 200
-BOOT_MAX_ROWS = 20_000              # bootstrap on a fixed subsample beyond this; SE rescaled
+BOOT_MAX_ROWS = 10_000              # bootstrap on a fixed subsample beyond this; SE rescaled
 
 
 class ChooseError(AbstainError, ValueError):
@@ -127,6 +127,7 @@ class ScoreChoice:
     candidates: list[Candidate]
     reason: str
     error_rate: float
+    tune_scores: np.ndarray | None = field(default=None, repr=False)   # (n_tune,) chosen score
 
     @property
     def score(self) -> Score:
@@ -256,4 +257,5 @@ def choose_score(logits: np.ndarray, labels: np.ndarray, score: str = "auto",
         chosen = specs[-1]
         reason = f"fixed by --score {score}"
     return ScoreChoice(spec=chosen, temperature=temperature, candidates=candidates, reason=reason,
-                       error_rate=float(errors.mean()))
+                       error_rate=float(errors.mean()),
+                       tune_scores=score_sets[[c.spec for c in candidates].index(chosen)])

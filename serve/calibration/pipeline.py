@@ -125,7 +125,7 @@ def calibrate_arrays(logits: np.ndarray, labels: np.ndarray,
         choice = choose_score(z_tune, y[tune], settings.score, temperature=settings.temperature)
         if settings.method == "ltt" and settings.target_coverage is None:
             tune_errors = predictions(z_tune) != y[tune]
-            plan = plan_ltt(score_in_chunks(choice.score, z_tune), tune_errors, len(cert),
+            plan = plan_ltt(choice.tune_scores, tune_errors, len(cert),
                             settings.target_risk, settings.delta)
         del z_tune
         z_cert, y_cert = z[cert], y[cert]             # (n_cert, K), (n_cert,)
