@@ -3,8 +3,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PORT   ?= 8000
-# The local CPU build of torch; an unpinned torch would download a multi-GB CUDA build.
-TORCH  ?= torch==2.13.0
+# torch for the test suite, CPU build. torch==2.13.0 resolves to the CPU build only where the
+# package index serves one (macOS, Linux aarch64, or a local wheel house with 2.13.0+cpu); on
+# plain PyPI for Linux x86_64 it is the multi-GB CUDA build. There, pass PyTorch's CPU index:
+#   make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH       ?= torch==2.13.0
+TORCH_INDEX ?=
 
 .PHONY: serve test lint sysdeps clean
 
@@ -12,15 +16,16 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Serving needs onnxruntime, not torch.
+# Serving needs onnxruntime, not torch; `data` lets calibrate/evaluate read mnist1d and digits.
 $(VENV)/.serve: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[cpu]'
+	$(BIN)/pip install --quiet -e '.[cpu,data]'
 	touch $@
 
 # Everything the suite needs: the cpu runtime, training (torch CPU build), test tools.
 $(VENV)/.test: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet '$(TORCH)'
-	$(BIN)/pip install --quiet -e '.[cpu,train,dev]'
+	$(BIN)/pip install --quiet $(if $(TORCH_INDEX),--index-url '$(TORCH_INDEX)') '$(TORCH)'
+	$(BIN)/python -c "import torch; print('torch', torch.__version__, '(CUDA ' + torch.version.cuda + ')' if torch.version.cuda else '(CPU build)')"
+	$(BIN)/pip install --quiet -e '.[cpu,data,train,dev]'
 	touch $@ $(VENV)/.serve
 
 # System tools the integration tests drive for real: Prometheus + promtool, wrk.
@@ -36,8 +41,14 @@ sysdeps:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus wrk >/dev/null; \
 	  RC=$$?; if [ -n "$$ADDED" ]; then $$SUDO rm -f $$POLICY; fi; exit $$RC; }
 
+# Ctrl-C or SIGTERM is how this server stops, so that ends in exit 0, not make's
+# "*** [serve] Terminated": Ctrl-C reaches the server directly (the shell ignores it); a SIGTERM
+# sent to make alone is passed on; the server drains, then the recipe waits for it to exit.
 serve: $(VENV)/.serve
-	$(BIN)/abstain serve models --host 127.0.0.1 --port $(PORT)
+	@$(BIN)/abstain serve models --host 127.0.0.1 --port $(PORT) & pid=$$!; \
+	  trap 'kill -TERM $$pid 2>/dev/null' TERM; trap '' INT; \
+	  wait $$pid; rc=$$?; while kill -0 $$pid 2>/dev/null; do wait $$pid; rc=$$?; done; \
+	  if [ $$rc -ge 128 ]; then exit 0; else exit $$rc; fi
 
 test: $(VENV)/.test sysdeps
 	$(BIN)/ruff check serve training tests bench

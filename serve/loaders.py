@@ -45,7 +45,7 @@ def _mnist1d(path: str | None, opts: dict[str, str]) -> Loaded:
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ModuleNotFoundError as err:
-        raise MissingExtraError("train", err.name) from err
+        raise MissingExtraError("data", err.name) from err
     n = int_option(opts, "n", MNIST1D_DEFAULT_N, lo=10)
     args = get_dataset_args()
     args.num_samples = n
@@ -67,7 +67,7 @@ def _digits(path: str | None, opts: dict[str, str]) -> Loaded:
     try:
         from sklearn.datasets import load_digits
     except ModuleNotFoundError as err:
-        raise MissingExtraError("train", err.name) from err
+        raise MissingExtraError("data", err.name) from err
     b = load_digits()
     x = b.images.astype(np.float32)[:, None]  # (n, 1, 8, 8), values 0..16
     prep = {"kind": "image", "mode": "L", "size": [8, 8], "scale": 16.0 / 255.0, "layout": "NCHW"}

@@ -86,10 +86,8 @@ class ModelVersion:
     def infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """One session run plus the decision for the whole batch (vectorised), in the worker thread."""
         logits = self.model.run(x)                             # (n, K) float32
-        d = self.rule(logits, probabilities=True)
-        assert d.probabilities is not None
-        return {"logits": logits, "label": d.label, "score": d.score, "reject": d.reject,
-                "probabilities": d.probabilities}
+        d = self.rule(logits)
+        return {"logits": logits, "label": d.label, "score": d.score, "reject": d.reject}
 
     def summary(self) -> dict[str, Any]:
         c = self.calibration

@@ -21,16 +21,18 @@ import asyncio
 import logging
 import math
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from serve.dataplane.stats import BatchStats
 from serve.errors import AbstainError
 
 log = logging.getLogger(__name__)
+ALONE_FACTOR = 5
 
 # infer: x (n, *input_shape) → named arrays, each with leading axis n.
 InferFn = Callable[[np.ndarray], dict[str, np.ndarray]]
@@ -65,28 +67,6 @@ class _Item:
 
     def __post_init__(self) -> None:
         self.n = int(self.x.shape[0])
-
-
-@dataclass
-class BatchStats:
-    """Counters readable by tests, /v2/models/{m}/stats and benchmarks."""
-
-    requests: int = 0
-    samples: int = 0
-    runs: int = 0
-    sizes: Counter = field(default_factory=Counter)   # batch size → number of runs
-    rejected_full: int = 0
-    expired: int = 0
-
-    @property
-    def mean_batch_size(self) -> float:
-        return self.samples / self.runs if self.runs else 0.0
-
-    def as_dict(self) -> dict:
-        return {"requests": self.requests, "samples": self.samples, "runs": self.runs,
-                "mean_batch_size": self.mean_batch_size, "max_batch_size": max(self.sizes, default=0),
-                "batch_sizes": {str(k): v for k, v in sorted(self.sizes.items())},
-                "rejected_queue_full": self.rejected_full, "expired": self.expired}
 
 
 def _bucket(n: int) -> int:
@@ -236,7 +216,10 @@ class Batcher:
         n = sum(sizes)
         bucket = _bucket(n)
         cost = self._cost.get(bucket)
-        self._cost[bucket] = inference_s if cost is None else 0.8 * cost + 0.2 * inference_s
+        # Fast down, slow up: one run slowed by a busy machine must not send every later run
+        # through the thread hop (whose own cost then keeps the estimate high).
+        self._cost[bucket] = inference_s if cost is None else min(inference_s,
+                                                                  0.9 * cost + 0.1 * inference_s)
         rate = n / max(inference_s, 1e-9)
         self._rate = rate if self._rate == 0 else 0.9 * self._rate + 0.1 * rate
         self.stats.runs += 1
@@ -258,11 +241,12 @@ class Batcher:
             self._executor.shutdown(wait=False)
 
     def _idle_and_cheap(self, x: np.ndarray) -> bool:
-        """Nothing queued or running, and runs of this size cost less than a thread hop."""
+        """Nothing queued or running, and runs of this size cost less than a few thread hops
+        (alone, the loop has nothing else to do meanwhile: ``ALONE_FACTOR`` × ``inline_s``)."""
         if self._queue or self._busy or self._closing or len(x) > self.max_batch_size:
             return False
         cost = self._cost.get(_bucket(len(x)))
-        return cost is not None and cost < self.inline_s
+        return cost is not None and cost < ALONE_FACTOR * self.inline_s
 
     def _run_inline(self, x: np.ndarray, tag: str) -> dict[str, np.ndarray]:
         self.stats.requests += 1
