@@ -10,7 +10,7 @@ PORT   ?= 8000
 TORCH       ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: serve test lint sysdeps clean
+.PHONY: serve test lint sysdeps npmdeps clean proto
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,16 @@ sysdeps:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus wrk >/dev/null; \
 	  RC=$$?; if [ -n "$$ADDED" ]; then $$SUDO rm -f $$POLICY; fi; exit $$RC; }
 
+# A second ONNX runtime for the decision-graph test: onnxruntime-node, pinned by tests/node's lock
+# file. Its postinstall would fetch CUDA binaries from nuget.org; the CPU binaries ship in the
+# package, so ONNXRUNTIME_NODE_INSTALL=skip keeps the install to the npm registry.
+npmdeps: tests/node/node_modules/.installed
+tests/node/node_modules/.installed: tests/node/package.json tests/node/package-lock.json
+	@command -v npm >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null; }
+	cd tests/node && ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 # Ctrl-C or SIGTERM is how this server stops, so that ends in exit 0, not make's
 # "*** [serve] Terminated": Ctrl-C reaches the server directly (the shell ignores it); a SIGTERM
 # sent to make alone is passed on; the server drains, then the recipe waits for it to exit.
@@ -50,12 +60,18 @@ serve: $(VENV)/.serve
 	  wait $$pid; rc=$$?; while kill -0 $$pid 2>/dev/null; do wait $$pid; rc=$$?; done; \
 	  if [ $$rc -ge 128 ]; then exit 0; else exit $$rc; fi
 
-test: $(VENV)/.test sysdeps
+test: $(VENV)/.test sysdeps npmdeps
 	$(BIN)/ruff check serve training tests bench
 	$(BIN)/python -m pytest -n 2 --dist loadfile -p no:cacheprovider tests
 
 lint: $(VENV)/.test
 	$(BIN)/ruff check serve training tests bench
+
+# The gRPC messages (KServe v2): the .proto compiled to a descriptor set, committed;
+# tests/unit/test_grpc_proto.py checks that this command reproduces it byte for byte.
+proto: $(VENV)/.test
+	$(BIN)/python -m grpc_tools.protoc -I serve/protocol/proto \
+	  --descriptor_set_out=serve/protocol/proto/grpc_predict_v2.desc grpc_predict_v2.proto
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

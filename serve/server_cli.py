@@ -39,7 +39,10 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("max_image_pixels", int, "decoded image pixels per request before 413 (default 50M)"),
     ("max_image_pixels_per_s", int, "decoded image pixels per second before 503 (default 200M)"),
     ("shed_hold_s", float, "after a 503, seconds before that connection is read again (default 1 = the minimum Retry-After)"),
+    ("on_probe_mismatch", str, "refuse | warn: a version whose probe batch gives other logits or "
+     "decisions than calibration saw (another provider or precision) is refused (default)"),
     ("metrics_port", int, "serve /metrics on this port only (default: beside the API)"),
+    ("grpc_port", int, "also serve the KServe v2 gRPC protocol on this port (default: off)"),
     ("api_key", str, "DISCOURAGED (visible in ps): use --api-key-file or ABSTAIN_API_KEY "
      "(default: none)"),
     ("admin_key", str, "DISCOURAGED (visible in ps): use --admin-key-file or ABSTAIN_ADMIN_KEY "
@@ -63,6 +66,9 @@ def register_serve(sub: argparse._SubParsersAction) -> None:
     for name, typ, help_ in _FLAGS:
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None,
                        help=f"{help_}  [env {ENV_PREFIX}{name.upper()}]")
+    p.add_argument("--follow-symlinks", dest="follow_symlinks", action="store_true", default=None,
+                   help="serve version directories that resolve outside the repository (off: "
+                   f"they are skipped with a warning)  [env {ENV_PREFIX}FOLLOW_SYMLINKS]")
     for name, what in _KEY_FILES:
         p.add_argument(f"--{name.replace('_', '-')}-file", dest=f"{name}_file", default=None,
                        metavar="PATH", help=f"read the Bearer key {what} from PATH (first line; default: none)  "
@@ -70,7 +76,7 @@ def register_serve(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_serve)
 
 
-def _check_port(host: str, port: int) -> None:
+def _check_port(host: str, port: int, flag: str = "--port") -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -78,7 +84,7 @@ def _check_port(host: str, port: int) -> None:
             s.bind((host, port))
         except OSError as err:
             why = "is already in use" if err.errno == errno.EADDRINUSE else f"cannot be bound ({err})"
-            raise SettingsError(f"{host}:{port} {why}: pass another --port or stop the other "
+            raise SettingsError(f"{host}:{port} {why}: pass another {flag} or stop the other "
                                 "server") from None
 
 
@@ -93,7 +99,7 @@ def preflight(settings: ServerSettings) -> list[Any]:
 
     if settings.device == "cuda":
         providers_for("cuda")                     # raises with the fix when CUDA is not installed
-    found = scan(settings.model_repository)
+    found = scan(settings.model_repository, settings.follow_symlinks)
     if not found:
         raise SettingsError(
             f"no model in {str(settings.model_repository)!r}: expected "
@@ -103,9 +109,10 @@ def preflight(settings: ServerSettings) -> list[Any]:
     for (name, version), d in found.items():
         try:
             loaded.append(load_version(d, name, version, settings.device,
-                                       settings.intra_op_threads, (1,)))
-        except AbstainError as err:
-            failed[f"{name}/{version}"] = str(err)
+                                       settings.intra_op_threads, (1,), settings.on_probe_mismatch))
+        except Exception as err:                   # any failure refuses that version only
+            failed[f"{name}/{version}"] = str(err) if isinstance(err, AbstainError) else \
+                f"{type(err).__name__}: {err}"
     if not loaded:
         raise SettingsError("no servable model: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
     return loaded
@@ -121,6 +128,7 @@ def curl_example(settings: ServerSettings, loaded: list[Any]) -> str:
 
 def _serve(args: argparse.Namespace) -> int:
     overrides = {name: getattr(args, name) for name, _, _ in _FLAGS}
+    overrides["follow_symlinks"] = args.follow_symlinks
     if args.model_repository is not None:
         overrides["model_repository"] = Path(args.model_repository)
     for name, _ in _KEY_FILES:
@@ -135,6 +143,14 @@ def _serve(args: argparse.Namespace) -> int:
                         "shell history): prefer %s-file or %s%s", flag, flag, ENV_PREFIX, name.upper())
     settings = load_settings(**overrides)
     _check_port(settings.host, settings.port)
+    if settings.grpc_port is not None:
+        try:
+            import grpc  # noqa: F401
+        except ImportError:
+            raise SettingsError("--grpc-port needs grpcio: pip install 'abstain[cpu]' (or [gpu]), "
+                                "or leave --grpc-port unset") from None
+        if settings.grpc_port and settings.workers == 1:  # workers share it (SO_REUSEPORT)
+            _check_port(settings.host, settings.grpc_port, "--grpc-port")
     loaded = preflight(settings)
 
     from rich.table import Table

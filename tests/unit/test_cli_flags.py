@@ -15,7 +15,7 @@ MODEL = "models/mnist1d-maxsup/1"
 # Positional / required arguments that let argparse reach the flag under test.
 REQUIRED = {"train": ["--out", "/nonexistent/never"], "export": ["/nonexistent/run", "--to", "/x"],
             "calibrate": [MODEL], "evaluate": [MODEL], "study": [], "bench": [],
-            "serve": ["{empty}"]}    # an existing folder without models: nothing can start
+            "serve": ["{empty}"], "package": [MODEL, "--triton", "{empty}"]}    # an existing folder without models: nothing can start
 # (command, flag, bad value, words the one-line message must hold)
 TABLE = [
     ("train", "--epochs", "0", "pass a whole number ≥ 1"),
@@ -66,8 +66,11 @@ TABLE = [
     ("serve", "--max-image-pixels-per-s", "0", "must be ≥ 1"),
     ("serve", "--shed-hold-s", "61", "must be ≤ 60"),
     ("serve", "--metrics-port", "70000", "must be ≤ 65535"),
+    ("serve", "--grpc-port", "70000", "must be ≤ 65535"),
+    ("serve", "--grpc-port", "-1", "must be ≥ 0"),
     ("serve", "--drift-window", "5", "must be ≥ 10"),
     ("serve", "--drift-alpha", "2", "must be < 1"),
+    ("package", "--version", "0", "≥ 1"),
 ]
 
 
