@@ -5,9 +5,9 @@ incumbent; a centred ``pnorm:p`` from the grid p = 0…10 replaces it only if it
 lower *significantly*: z = ΔAURC / SE > Φ⁻¹(1 − α/m) with α = ``SWITCH_ALPHA`` and m the number
 of challengers (Bonferroni), SE from a paired Poisson bootstrap (the same resampled weights for
 every score). On pure noise some challenger is "strictly lower" in most draws (38 of 40 in the
-unit test); this rule switches with probability about α (2 of 40). With K = 2 the p ≥ 1 norms are constant, so only MSP
-and ``pnorm:0`` are considered. Scores come from serve.scores and
-AURCs from serve.metrics: the functions the server and `abstain evaluate` use.
+unit test); this rule switches with probability about α (2 of 40). With K = 2 the p ≥ 1 norms
+are constant, so only MSP and ``pnorm:0`` are considered. Scores come from serve.scores and AURCs
+from serve.metrics: the functions the server and `abstain evaluate` use.
 """
 
 from __future__ import annotations
