@@ -37,6 +37,7 @@ TABLE = [
     ("calibrate", "--delta", "1", "not in (0, 1)"),
     ("calibrate", "--target-coverage", "95", "(0, 1]"),
     ("calibrate", "--tune-fraction", "1", "not in (0, 1)"),
+    ("calibrate", "--temperature", "0", "> 0"),
     ("calibrate", "--seed", "x", "not a whole number"),
     ("calibrate", "--batch-size", "0", "≥ 1"),
     ("evaluate", "--confidence", "2", "not in (0, 1): pass a fraction such as 0.95"),
