@@ -10,7 +10,7 @@ PORT   ?= 8000
 TORCH       ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: serve test lint sysdeps npmdeps clean proto
+.PHONY: serve test lint sysdeps npmdeps bench clean proto
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,10 @@ serve: $(VENV)/.serve
 test: $(VENV)/.test sysdeps npmdeps
 	$(BIN)/ruff check serve training tests bench
 	$(BIN)/python -m pytest -n 2 --dist loadfile -p no:cacheprovider tests
+
+# The benchmark (a development script): make bench ARGS='--overload --grpc'
+bench: $(VENV)/.test sysdeps
+	$(BIN)/python -m bench $(ARGS)
 
 lint: $(VENV)/.test
 	$(BIN)/ruff check serve training tests bench
