@@ -7,6 +7,7 @@ built-in dataset, which contains them); evaluation refuses the split the model w
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -19,6 +20,7 @@ import numpy as np
 
 from serve.argtypes import NONNEGATIVE_INT, POSITIVE_INT, float_above, fraction
 from serve.calibration.artifact import FILENAME, Calibration, load_calibration, save_calibration
+from serve.calibration.probe import N_PROBE, write_probe
 from serve.errors import AbstainError
 from serve.files import keep_backup
 
@@ -79,6 +81,8 @@ def _model_logits(model, spec: str, batch_size: int) -> tuple[np.ndarray, np.nda
         raise AbstainError(f"{spec} has labels up to {int(y.max())} but {model.path} has only "
                            f"{model.num_classes} classes: wrong dataset for this model")
     z = model.logits(x, batch_size=batch_size, progress=sys.stderr.isatty())
+    # The probe batch (serve/calibration/probe.py): these rows' inputs and the logits computed here.
+    info["probe"] = (x[:N_PROBE], z[:N_PROBE], model.provider, str(model.input_dtype))
     return z, y, info
 
 
@@ -213,6 +217,10 @@ def calibrate_main(args: argparse.Namespace) -> int:
     run = calibrate_arrays(z, y, settings)
     cal = to_calibration(run, sha, data, allow_defer_all=args.allow_defer_all)
     out = model_path.parent
+    if "probe" in info:
+        px, pz, provider, precision = info["probe"]
+        cal = dataclasses.replace(cal, provider=provider, precision=precision,
+                                  probe_sha256=write_probe(out, px, pz))
     risk_coverage_plot(run, out / "risk_coverage.png")
     reliability_plot(run, out / "reliability.png")
     backup = keep_backup(out / FILENAME)
