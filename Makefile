@@ -20,20 +20,21 @@ $(VENV)/.serve: pyproject.toml | $(BIN)/python
 # Everything the suite needs: the cpu runtime, training (torch CPU build), test tools.
 $(VENV)/.test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet '$(TORCH)'
-	$(BIN)/pip install --quiet -e '.[cpu,train,dev]'
+	$(BIN)/pip install --quiet -e '.[cpu,train,dev,loop]'
 	touch $@ $(VENV)/.serve
 
-# System tools the integration tests drive for real: Prometheus + promtool, wrk.
+# System tools the integration tests drive for real: Prometheus + promtool, wrk, PostgreSQL (the
+# loop tests start a throw-away cluster with initdb + pg_ctl; the package's own cluster stays off).
 # The tests start their own Prometheus, so the package's service must not start: where no
 # policy-rc.d exists, a temporary one (exit 101) stops the postinst from starting it (in a
 # container without an init that start fails and would fail the install).
 sysdeps:
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v wrk >/dev/null || { \
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v wrk >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); POLICY=/usr/sbin/policy-rc.d; ADDED=; \
 	  if [ ! -e $$POLICY ]; then \
 	    printf '#!/bin/sh\nexit 101\n' | $$SUDO tee $$POLICY >/dev/null && $$SUDO chmod 755 $$POLICY && ADDED=1; fi; \
 	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus wrk >/dev/null; \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus wrk postgresql >/dev/null; \
 	  RC=$$?; if [ -n "$$ADDED" ]; then $$SUDO rm -f $$POLICY; fi; exit $$RC; }
 
 serve: $(VENV)/.serve
