@@ -20,8 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from tests.server_support import free_port
+from server_support import free_port
 
 
 def _pg_bin(name: str) -> str | None:

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 from prometheus_client import CollectorRegistry
+from server_support import ROOT, make_version
 
 from serve.calibration.artifact import load_calibration
 from serve.loop.gauges import LoopMetrics
 from serve.loop.recorder import Recorder
 from serve.loop.store import Store
-from tests.server_support import ROOT, make_version
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from loop_support import fresh_database, postgres_cluster, submit_batch
 from prometheus_client import CollectorRegistry, generate_latest
 
 from serve.loop.api import create_router
 from serve.loop.gauges import LoopMetrics
 from serve.loop.recorder import Recorder
 from serve.loop.store import Store, StoreError
-from tests.loop_support import fresh_database, postgres_cluster, submit_batch
 
 
 @pytest.fixture(scope="module")
