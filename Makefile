@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PORT   ?= 8000
+# Label Studio for the review e2e tests: its own environment, so its pins never enter abstain's.
+LS_VENV ?= .venv-labelstudio
+LABEL_STUDIO ?= label-studio==1.23.2
 # The local CPU build of torch; an unpinned torch would download a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
@@ -37,10 +40,14 @@ sysdeps:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus wrk postgresql >/dev/null; \
 	  RC=$$?; if [ -n "$$ADDED" ]; then $$SUDO rm -f $$POLICY; fi; exit $$RC; }
 
+$(LS_VENV)/bin/label-studio:
+	$(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/pip install --quiet '$(LABEL_STUDIO)'
+
 serve: $(VENV)/.serve
 	$(BIN)/abstain serve models --host 127.0.0.1 --port $(PORT)
 
-test: $(VENV)/.test sysdeps
+test: $(VENV)/.test sysdeps $(LS_VENV)/bin/label-studio
 	$(BIN)/ruff check serve training tests bench
 	$(BIN)/python -m pytest -n 2 --dist loadfile -p no:cacheprovider tests
 
@@ -48,4 +55,4 @@ lint: $(VENV)/.test
 	$(BIN)/ruff check serve training tests bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(LS_VENV) .pytest_cache .hypothesis

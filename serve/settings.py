@@ -53,6 +53,7 @@ class ServerSettings(BaseSettings):
     live_delta: float = Field(0.05, gt=0, lt=1, description="level of the live-risk bound")
     review_ttl_s: float = Field(7 * 86400.0, gt=0, description="review items expire after this")
     reviewer_key: SecretStr | None = Field(None, description="Bearer key for the review API")
+    review_webhook_secret: SecretStr | None = Field(None, description="Label Studio webhook secret")
 
     @property
     def api_key_value(self) -> str | None:

@@ -79,3 +79,58 @@ def submit_batch(recorder, n: int, *, model: str = "clf", version: str = "1", sh
                     recorder.audit(n) if audit is None else audit, probs, inputs,
                     class_names=list(classes), target_risk=target_risk)
     return ids
+
+
+LS_TOKEN = "abstain0test0token0000000000000000000000"
+
+
+@contextlib.contextmanager
+def label_studio() -> Iterator[str]:
+    """A real Label Studio (from the project's .venv-labelstudio) on loopback; yields its URL."""
+    import subprocess as sp
+    import time
+
+    import httpx
+    from server_support import ROOT
+
+    exe = ROOT / ".venv-labelstudio" / "bin" / "label-studio"
+    if not exe.exists():
+        pytest.skip("Label Studio is not installed: `make test` creates .venv-labelstudio")
+    data = Path(tempfile.mkdtemp(prefix="abstain-ls-"))
+    port = free_port()
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(data),
+           "LABEL_STUDIO_BASE_DATA_DIR": str(data), "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+           "SSRF_PROTECTION_ENABLED": "false", "LABEL_STUDIO_USERNAME": "admin@example.com",
+           "LABEL_STUDIO_PASSWORD": "abstain-test-pass", "LABEL_STUDIO_USER_TOKEN": LS_TOKEN,
+           "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true"}
+    log = open(data / "ls.log", "w")  # noqa: SIM115 - closed below
+    proc = sp.Popen([str(exe), "start", "--no-browser", "--host", "127.0.0.1", "--port", str(port)],
+                    stdout=log, stderr=sp.STDOUT, env=env, cwd=data, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"Label Studio exited {proc.returncode}: "
+                                   f"{(data / 'ls.log').read_text()[-2000:]}")
+            try:
+                r = httpx.get(url + "/api/projects", headers={"Authorization": f"Token {LS_TOKEN}"},
+                              timeout=5)
+                if r.status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("Label Studio did not start within 240 s")
+            time.sleep(1)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 15)
+        try:
+            proc.wait(30)
+        except sp.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+        log.close()
+        shutil.rmtree(data, ignore_errors=True)

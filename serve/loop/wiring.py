@@ -51,4 +51,9 @@ def create_loop(settings: Any, registry: Any = None, multiprocess: bool = False,
                         metrics=LoopMetrics(registry, multiprocess), **recorder_kw)
     router = create_router(store, api_key=settings.api_key_value, admin_key=settings.admin_key_value,
                            reviewer_key=settings.reviewer_key_value, live_delta=settings.live_delta)
+    secret = settings.review_webhook_secret
+    if secret is not None and secret.get_secret_value():
+        from serve.loop.labelstudio import webhook_router
+
+        router.include_router(webhook_router(store, secret.get_secret_value()))
     return Loop(store, recorder, router)
