@@ -169,10 +169,12 @@ def sync(store: Store, ls: LabelStudio, project: str, model: str, kinds: tuple[s
     for kind, rows in pending.items():
         for item in rows:
             key = f"{item['request_id']}/{item['idx']}"
-            if key in have or key in seen:
-                report.already += key in have
+            if key in seen:
                 continue
             seen.add(key)
+            if key in have:
+                report.already += 1
+                continue
             fresh.append(task_for(item, kind, classes or []))
     for start in range(0, len(fresh), 200):
         ls.import_tasks(pid, fresh[start:start + 200])

@@ -179,3 +179,37 @@ def test_two_servers_sharing_postgresql_see_one_queue(repo: Path, pg_cluster) ->
         assert again.status_code == 409
         assert httpx.get(f"{a}/v1/requests/{ra}", headers=KEY).json()["samples"][0]["human_label"] == "ant"
         assert len(httpx.get(f"{a}/v1/review/queue?kind=audit", headers=KEY).json()["items"]) == 5
+
+
+def test_recalibration_from_feedback_is_hot_reloaded_as_a_new_epoch(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    repo = tmp_path / "models"
+    vdir = make_version(repo, "clf", 1, seed=1)
+    state = tmp_path / "state"
+    env = _env({"ABSTAIN_STATE_DIR": str(state)}, ABSTAIN_AUDIT_RATE="1.0",
+               ABSTAIN_POLL_INTERVAL_S="0.5")
+    with server_process(repo, env=env) as (url, _):
+        rids = [_predict(url, 50, seed=s) for s in range(4)]
+        for rid in rids:
+            for s in _wait_recorded(url, rid)["samples"]:   # reviewers confirm every prediction
+                r = httpx.post(f"{url}/v1/feedback", headers=KEY,
+                               json={"request_id": rid, "index": s["index"], "label": s["label"]})
+                assert r.status_code == 201
+        (before,) = httpx.get(f"{url}/v1/monitor/risk", headers=KEY).json()["epochs"]
+        res = subprocess.run([sys.executable, "-m", "serve.cli", "calibrate", str(vdir),
+                              "--from-feedback", str(state)], capture_output=True, text=True,
+                             timeout=120)
+        assert res.returncode == 0, res.stderr
+        deadline = time.monotonic() + 20
+        while True:                                      # the poll reloads the new calibration
+            rid = _predict(url, 4, seed=99)
+            sha = _wait_recorded(url, rid)["samples"][0]["calibration_sha256"]
+            if sha != before["calibration_sha256"]:
+                break
+            assert time.monotonic() < deadline, "the new calibration was not hot-reloaded"
+            time.sleep(0.5)
+        epochs = httpx.get(f"{url}/v1/monitor/risk?model=clf", headers=KEY).json()["epochs"]
+        assert {e["calibration_sha256"] for e in epochs} == {before["calibration_sha256"], sha}
+        assert next(e for e in epochs if e["calibration_sha256"] == sha)["labels"] == 0
