@@ -17,7 +17,7 @@ class LoopMetrics:
         self.registry = reg
 
         def gauge(name: str, doc: str) -> Gauge:
-            return Gauge(name, doc, EPOCH, registry=reg, multiprocess_mode="mostrecent")
+            return Gauge(name, doc, EPOCH, registry=reg, multiprocess_mode="livemostrecent")
 
         self.dropped = Counter("abstain_records_dropped", "Decision records dropped because the "
                                "recording queue was full (or the store down at shutdown).", registry=reg)

@@ -199,26 +199,31 @@ class Recorder:
         if key not in self._epochs:
             self._register(key, classes, target)
         n = len(rids)
-        idx = np.asarray(idx).tolist()
-        labels_l = np.asarray(labels).tolist()
-        scores_l = np.asarray(scores, dtype=np.float64).tolist()
-        rej = np.asarray(rejects, dtype=bool).tolist()
-        aud = np.asarray(audit, dtype=bool).tolist()
+        rej_a = np.asarray(rejects, dtype=bool)
+        aud_a = np.asarray(audit, dtype=bool)
+        review = rej_a | aud_a
         topk: list[str | None] = [None] * n
-        if probs is not None:
-            p = np.asarray(probs, dtype=np.float64)
-            k = min(TOPK, p.shape[1])
-            top = np.argsort(-p, axis=1, kind="stable")[:, :k]
-            topk = [json.dumps([[int(c), round(float(p[i, c]), 6)] for c in top[i]]) for i in range(n)]
         ins: list[str | None] = [None] * n
-        if inputs is not None:
-            x = np.asarray(inputs)
-            ins = [json.dumps(x[i].tolist()) for i in range(n)]
+        # Top-k and inputs matter to reviewers only: kept for review items (deferred or audited).
+        pending = np.flatnonzero(review)
+        if probs is not None and len(pending):
+            pr = np.asarray(probs, dtype=np.float64)[pending]
+            top = np.argsort(-pr, axis=1, kind="stable")[:, :TOPK]
+            vals = np.take_along_axis(pr, top, 1).round(6).tolist()
+            for j, i in enumerate(pending.tolist()):
+                topk[i] = json.dumps(list(zip(top[j].tolist(), vals[j], strict=True)))
+        if inputs is not None and len(pending):
+            x = np.asarray(inputs)[pending].tolist()
+            for j, i in enumerate(pending.tolist()):
+                ins[i] = json.dumps(x[j])
         expires = ts + self.review_ttl_s
-        return [(str(rids[i]), int(idx[i]), ts, model, version, sha, int(labels_l[i]), scores_l[i],
-                 int(rej[i]), int(aud[i]), topk[i], ins[i],
-                 "pending" if (rej[i] or aud[i]) else "none",
-                 expires if (rej[i] or aud[i]) else None) for i in range(n)]
+        status = np.where(review, "pending", "none").tolist()
+        exp = [expires if r else None for r in review.tolist()]
+        return list(zip(map(str, rids), np.asarray(idx, dtype=np.int64).tolist(), [ts] * n,
+                        [model] * n, [version] * n, [sha] * n,
+                        np.asarray(labels, dtype=np.int64).tolist(),
+                        np.asarray(scores, dtype=np.float64).tolist(), rej_a.astype(int).tolist(),
+                        aud_a.astype(int).tolist(), topk, ins, status, exp, strict=True))
 
     def _register(self, key: tuple[str, str, str], classes: Sequence[str] | None,
                   target: float | None) -> None:

@@ -33,8 +33,10 @@ SCHEMA = [
         audit INTEGER NOT NULL, topk TEXT, input TEXT,
         review TEXT NOT NULL, expires DOUBLE PRECISION,
         PRIMARY KEY (request_id, idx))""",
-    "CREATE INDEX IF NOT EXISTS records_review ON records (review, ts)",
-    "CREATE INDEX IF NOT EXISTS records_epoch ON records (model, version, calibration_sha256)",
+    # Partial indexes: rows nobody reviews (most traffic) only maintain the primary key.
+    "CREATE INDEX IF NOT EXISTS records_pending ON records (ts) WHERE review = 'pending'",
+    "CREATE INDEX IF NOT EXISTS records_audited ON records (model, version, calibration_sha256) "
+    "WHERE audit = 1",
     """CREATE TABLE IF NOT EXISTS feedback (
         request_id TEXT NOT NULL, idx INTEGER NOT NULL, label INTEGER NOT NULL,
         source TEXT NOT NULL, annotator TEXT, ts DOUBLE PRECISION NOT NULL,

@@ -72,7 +72,9 @@ def test_label_studio_round_trip(tmp_path: Path) -> None:
         accepted = [s for s in samples if not s["reject"]]
         task = by_index[deferred["index"]]
         assert task["data"]["kind"] == "deferred" and task["data"]["request_id"] == rid
-        assert task["predictions"][0]["result"][0]["value"]["choices"] == [deferred["label"]]
+        (pred,) = httpx.get(f"{ls}/api/predictions", headers=LS_AUTH,
+                            params={"task": task["id"]}).json()
+        assert pred["result"][0]["value"]["choices"] == [deferred["label"]]
 
         # labels pulled by sync: a deferred sample, and an accepted one labelled wrong
         wrong = next(c for c in ("ant", "bee", "cat", "dog") if c != accepted[0]["label"])

@@ -55,7 +55,12 @@ def test_records_round_trip_and_survive_reopening(location: str) -> None:
     store = Store(location)                                 # a restart: a new connection
     rows = [store.request(i)[0] for i in ids]
     assert [r["reject"] for r in rows] == rejects.tolist()
-    assert rows[3]["input"] == x[3].tolist() and len(rows[3]["topk"]) == 3
+    for i, r in enumerate(rows):                     # top-k and inputs only for review items
+        if r["reject"] or r["audit"]:
+            assert r["input"] == x[i].tolist() and len(r["topk"]) == 3
+        else:
+            assert r["input"] is None and r["topk"] is None
+    assert any(not (r["reject"] or r["audit"]) for r in rows)
     audited = np.array([r["audit"] for r in rows])
     assert all(r["review"] == ("pending" if (r["reject"] or r["audit"]) else "none") for r in rows)
     assert len(store.queue("deferred", 100)) == 5
@@ -65,7 +70,7 @@ def test_records_round_trip_and_survive_reopening(location: str) -> None:
 
 def test_inputs_are_not_kept_without_store_inputs(location: str) -> None:
     rec = _recorder(location).start()
-    ids = submit_batch(rec, 3, inputs=np.ones((3, 4), np.float32))
+    ids = submit_batch(rec, 3, inputs=np.ones((3, 4), np.float32), rejects=np.ones(3, bool))
     rec.close()
     assert Store(location).request(ids[0])[0]["input"] is None
 
