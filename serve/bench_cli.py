@@ -12,6 +12,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from serve.argtypes import NONNEGATIVE_INT, POSITIVE_INT, float_above
 from serve.errors import AbstainError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,26 +44,30 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
                        "one thread) on this machine and write docs/benchmarks.md + .png.")
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"), help="markdown report")
     p.add_argument("--plot", type=Path, default=None, help="plot (default: OUT with .png)")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds per load point (≥ 1)")
-    p.add_argument("--runtime-seconds", type=float, default=1.0,
+    p.add_argument("--duration", type=float_above(1.0, 10.0, inclusive=True), default=10.0,
+                   help="seconds per load point (≥ 1)")
+    p.add_argument("--runtime-seconds", type=float_above(0.0, 1.0), default=1.0,
                    help="seconds per batch size for the runtime ceiling")
-    p.add_argument("--concurrency", type=_ints, default=(1, 8, 32, 128), help="e.g. 1,8,32,128")
+    p.add_argument("--concurrency", type=_ints, default=(1, 8, 32, 128), help="comma-separated (default: 1,8,32,128)")
     p.add_argument("--endpoints", type=_choices(("v1", "v2-json", "v2-binary")),
-                   default=("v1", "v2-json", "v2-binary"), help="v1,v2-json,v2-binary")
+                   default=("v1", "v2-json", "v2-binary"),
+                   help="comma-separated (default: v1,v2-json,v2-binary)")
     p.add_argument("--models", type=_choices(("default", "heavy")), default=("default", "heavy"),
-                   help="default,heavy (heavy = untrained ResNet-18 on 3×32×32, built with torch)")
+                   help="comma-separated; heavy = untrained ResNet-18 on 3×32×32, built with torch "
+                   "(default: default,heavy)")
     p.add_argument("--default-model", type=Path, default=Path("models/mnist1d-maxsup/1"),
                    help="version directory of the default model")
     p.add_argument("--heavy-model", type=Path, default=None,
                    help="version directory of a ready heavy model (default: build one)")
     p.add_argument("--batch-sizes", type=_ints, default=(1, 2, 4, 8, 16, 32, 64, 128, 256),
-                   help="runtime ceiling batch sizes")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--intra-op-threads", type=int, default=0,
+                   help="runtime ceiling batch sizes (default: 1,2,4,...,256)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="onnxruntime device")
+    p.add_argument("--intra-op-threads", type=NONNEGATIVE_INT, default=0,
                    help="onnxruntime threads, same for all three (0 = the server's default)")
-    p.add_argument("--max-batch-size", type=int, default=64, help="abstain serve --max-batch-size")
+    p.add_argument("--max-batch-size", type=POSITIVE_INT, default=64, help="abstain serve --max-batch-size (default: 64)")
     p.add_argument("--notes", type=Path, default=None,
-                   help="markdown file appended under the targets (comments on the run)")
+                   help="markdown file appended under the targets (comments on the run; default: none)")
     p.set_defaults(handler=_bench)
 
 
@@ -108,3 +113,15 @@ def _bench(args: argparse.Namespace) -> int:
                   report.verdict(tg))
     Console().print(t)
     return 0
+
+
+def _needs_checkout() -> AbstainError | None:
+    """Why `bench` cannot run here: it drives the checkout's bench/ harness (``None`` when present)."""
+    if (ROOT / "bench" / "harness.py").is_file():
+        return None
+    return AbstainError("needs a source checkout: abstain bench drives the checkout's bench/ "
+                        "harness (git clone; pip install -e '.[cpu,train]' for the heavy model; "
+                        "wrk on PATH), which an installed package does not hold")
+
+
+register_bench.unavailable = _needs_checkout  # type: ignore[attr-defined]

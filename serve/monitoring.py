@@ -14,8 +14,12 @@ Two modes:
   the drift gauges are per worker and carry a ``pid`` label, because each worker sees only its own
   share of the traffic.
 
-The hot path (:meth:`Monitor.decisions`, :meth:`Monitor.batch`) takes whole batches and updates
-counters and histogram buckets with counts (``np.bincount``), never one Python call per sample.
+The hot path only appends: :meth:`Monitor.request_finished`, :meth:`Monitor.batch` and
+:meth:`Monitor.decisions` queue their numbers, and :meth:`Monitor.flush` applies everything
+queued at once — per batch of batches, with counts (``np.bincount``), never one Prometheus call per
+sample or per request. One process flushes every ``FLUSH_S`` and before every scrape, so what
+``/metrics`` shows is exact at the moment it is rendered; with several workers each flushes at the
+end of every event-loop tick that queued something, since any sibling may answer a scrape.
 """
 
 from __future__ import annotations
@@ -23,11 +27,10 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import threading
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from prometheus_client import (
@@ -37,50 +40,28 @@ from prometheus_client import (
     Histogram,
     Info,
     disable_created_metrics,
-    values,
 )
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
-from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from serve import __version__
 from serve.calibration.artifact import Calibration
 from serve.drift import DriftDetector
+from serve.prometheus_support import (  # noqa: F401  (re-exported)
+    MULTIPROC_ENV,
+    ScoreHistograms,
+    setup_multiprocess,
+    use_multiprocess_values,
+)
+from serve.tally import BATCH_BUCKETS, LATENCY_BUCKETS, Tally
 
 log = logging.getLogger("abstain.monitoring")
 disable_created_metrics()   # no `*_created` series: they double the exposition and nothing here reads them
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 MV = ("model", "version")
-LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+FLUSH_S = 0.05
 INFO_KEYS = ("provider", "model_sha256", "calibration_sha256", "score", "method", "abstain_version")
-
-
-def setup_multiprocess(directory: str | os.PathLike[str]) -> Path:
-    """Prepare ``directory`` for prometheus-client multiprocess mode; call before starting workers.
-
-    Empties the directory (stale files from a previous run would be summed into the new one),
-    exports ``PROMETHEUS_MULTIPROC_DIR`` for the workers, and switches this process's value class
-    to the shared-file one (prometheus-client picks it once, at import).
-    """
-    path = Path(directory)
-    if path.exists():
-        for child in path.iterdir():
-            if child.suffix == ".db":
-                child.unlink()
-            elif child.is_dir():
-                shutil.rmtree(child)
-    path.mkdir(parents=True, exist_ok=True)
-    os.environ[MULTIPROC_ENV] = str(path)
-    _use_multiprocess_values()
-    return path
-
-
-def _use_multiprocess_values() -> None:
-    if values.ValueClass.__name__ != "MmapedValue":
-        values.ValueClass = values.MultiProcessValue()
 
 
 def score_buckets(calibration: Calibration) -> tuple[float, ...]:
@@ -91,22 +72,6 @@ def score_buckets(calibration: Calibration) -> tuple[float, ...]:
     return tuple(sorted(bounds)) or (0.0,)
 
 
-def _observe_many(child: Histogram, bounds: np.ndarray, xs: np.ndarray) -> None:
-    """Vectorised ``observe`` of many values into one histogram child.
-
-    ``bounds`` are the child's upper bounds including +Inf; prometheus-client stores one
-    non-cumulative counter per bucket (the first bound ≥ the value), which is what we add to.
-    """
-    xs = np.asarray(xs, dtype=np.float64).ravel()
-    if xs.size == 0:
-        return
-    idx = np.minimum(np.searchsorted(bounds, xs, side="left"), bounds.size - 1)  # nan → +Inf bucket
-    counts = np.bincount(idx, minlength=bounds.size)
-    for i in np.flatnonzero(counts):
-        child._buckets[i].inc(int(counts[i]))
-    child._sum.inc(float(np.nansum(xs)))
-
-
 @dataclass
 class _ModelState:
     calibration_sha256: str
@@ -115,26 +80,7 @@ class _ModelState:
     drift: DriftDetector
 
 
-class _ScoreHistograms:
-    """Collector that exposes every version's score histogram as one metric family."""
-
-    def __init__(self) -> None:
-        self.hists: dict[tuple[str, str], Histogram] = {}
-
-    def collect(self) -> list[Metric]:
-        fam = Metric("abstain_confidence_score", "Confidence score of each prediction "
-                     "(buckets: the calibration's certification quantiles and threshold).",
-                     "histogram")
-        for h in list(self.hists.values()):
-            for m in h.collect():
-                fam.samples.extend(m.samples)
-        return [fam]
-
-    def describe(self) -> list[Metric]:
-        return [Metric("abstain_confidence_score", "", "histogram")]
-
-
-class Monitor:
+class Monitor(Tally):
     """Owns the Prometheus metrics of one server process (multiprocess-aware).
 
     Args:
@@ -156,12 +102,19 @@ class Monitor:
             if not os.environ.get(MULTIPROC_ENV):
                 raise ValueError(f"multiprocess monitoring needs {MULTIPROC_ENV}: "
                                  "call serve.monitoring.setup_multiprocess(dir) first")
-            _use_multiprocess_values()
+            use_multiprocess_values()
         self.registry = CollectorRegistry()
         reg = None if self.multiprocess else self.registry
         self._lock = threading.Lock()
         self._models: dict[tuple[str, str], _ModelState] = {}
         self._inflight_n = 0
+        self._inflight_shown = 0
+        # Queued hot-path numbers (deque append/popleft are atomic: no lock on the hot path).
+        self._pending_requests: deque[tuple] = deque()
+        self._pending_batches: deque[tuple] = deque()
+        self._pending_decisions: deque[tuple] = deque()
+        self._depths: dict[tuple[str, str], int] = {}
+        self._flush_soon = False
         # Labelled children cached per (metric, labels): prometheus-client's labels() validates
         # and locks on every call, and the hot path asks for ~14 children per request.
         self._children: dict[tuple, object] = {}
@@ -179,7 +132,8 @@ class Monitor:
         self.predicted_class = Counter("abstain_predicted_class", "Predictions by predicted class.",
                                        (*MV, "class_name"), registry=reg)
         self.request_duration = Histogram("abstain_request_duration_seconds",
-                                          "End-to-end HTTP request latency.", ("endpoint", *MV),
+                                          "End-to-end HTTP request latency by status code.",
+                                          ("endpoint", "code", *MV),
                                           buckets=LATENCY_BUCKETS, registry=reg)
         self.queue_wait = Histogram("abstain_queue_wait_seconds", "Time a request waited for its batch.",
                                     MV, buckets=LATENCY_BUCKETS, registry=reg)
@@ -210,7 +164,7 @@ class Monitor:
             self.info = gauge("abstain_model_info", "Loaded model versions.", (*MV, *INFO_KEYS), "livemax")
         else:
             self.info = Info("abstain_model", "Loaded model versions.", MV, registry=reg)
-        self._scores = _ScoreHistograms()
+        self._scores = ScoreHistograms()
         if not self.multiprocess:
             self.registry.register(self._scores)
 
@@ -281,28 +235,22 @@ class Monitor:
 
     # --- per request (called by middleware / handlers) -------------------------------------
     def request_started(self) -> None:
-        """An inference request entered (in-flight gauge +1)."""
-        with self._lock:
-            self._inflight_n += 1
-        self.inflight.inc()
+        """An inference request entered (in-flight gauge +1 at the next flush)."""
+        self._inflight_n += 1
 
     def request_finished(self, endpoint: str, method: str, status: int, latency_s: float,
                          model: str = "", version: str = "", inference: bool | None = None) -> None:
-        """Any HTTP request ended (in-flight gauge −1 for inference ones; counters, latency).
+        """Any HTTP request ended (in-flight −1 for inference ones; counters, latency).
 
         ``inference`` says whether :meth:`request_started` was called for this request; when
         None it is taken to be so iff ``model`` is set. The gauge never goes below zero.
         """
-        self._c(self.requests, endpoint, method, str(int(status)), model, version).inc()
-        self._c(self.request_duration, endpoint, model, version).observe(latency_s)
+        self._pending_requests.append((endpoint, method, status, latency_s, model, version))
+        self._kick()
         if inference is None:
             inference = bool(model)
-        if inference:
-            with self._lock:
-                dec = self._inflight_n > 0
-                self._inflight_n -= dec
-            if dec:
-                self.inflight.dec()
+        if inference and self._inflight_n > 0:
+            self._inflight_n -= 1
 
     def error(self, reason: str, model: str = "", version: str = "") -> None:
         """A request failed; ``reason`` is a short machine name (bad_shape, nan, queue_full …)."""
@@ -315,57 +263,24 @@ class Monitor:
     # --- per batch (called by the batcher after one session run) ----------------------------
     def queue_depth(self, model: str, version: str, depth: int) -> None:
         """Current number of samples waiting for the model."""
-        self._c(self.queue, model, version).set(depth)
+        self._depths[(model, version)] = depth
 
     def batch(self, model: str, version: str, batch_size: int, queue_wait_s: Sequence[float],
               inference_s: float) -> None:
         """One coalesced session run: its size, each request's queue wait, the run's duration."""
-        self._c(self.batch_size, model, version).observe(batch_size)
-        waits = self._c(self.queue_wait, model, version)
-        if len(queue_wait_s) == 1:
-            waits.observe(queue_wait_s[0])
-        else:
-            _observe_many(waits, self._latency_bounds, np.asarray(queue_wait_s, dtype=np.float64))
-        self._c(self.inference, model, version).observe(inference_s)
+        self._pending_batches.append((model, version, batch_size, queue_wait_s, inference_s))
+        self._kick()
 
     def decisions(self, model: str, version: str, labels: np.ndarray, class_names: Sequence[str],
                   scores: np.ndarray, reject: np.ndarray) -> None:
         """Per-sample outcomes of one batch: accepted/deferred counts, predicted class, scores."""
-        reject = np.asarray(reject, dtype=bool).ravel()        # (n,)
-        labels = np.asarray(labels, dtype=np.int64).ravel()    # (n,)
-        n = reject.size
-        if n == 0:
-            return
-        deferred = int(reject.sum())
-        if n - deferred:
-            self._c(self.predictions, model, version, "accepted").inc(n - deferred)
-        if deferred:
-            self._c(self.predictions, model, version, "deferred").inc(deferred)
-        counts = np.bincount(labels, minlength=len(class_names))   # (K,)
-        for k in np.flatnonzero(counts):
-            name = class_names[k] if k < len(class_names) else str(k)
-            self._c(self.predicted_class, model, version, name).inc(int(counts[k]))
-        with self._lock:
-            state = self._models.get((model, version))
-            if state is None:
-                return
-            _observe_many(state.score_hist.labels(model, version), state.score_bounds, scores)
-            st = state.drift.update(~reject)
-        self._c(self.window_coverage, model, version).set(st.window_coverage)
-        self._c(self.window_samples, model, version).set(st.n)
-        self._c(self.drift_p, model, version).set(st.p_value)
-        self._c(self.drift_flag, model, version).set(int(st.detected))
-        if st.changed and st.detected:
-            log.warning("deferral-rate drift on %s/%s: window coverage %.4f over the last %d vs "
-                        "certified %.4f (binomial p = %.3g < alpha = %g)", model, version,
-                        st.window_coverage, st.n, state.drift.coverage, st.p_value, self.drift_alpha)
-        elif st.changed:
-            log.info("deferral-rate drift on %s/%s cleared: window coverage %.4f vs certified %.4f "
-                     "(p = %.3g)", model, version, st.window_coverage, state.drift.coverage, st.p_value)
+        self._pending_decisions.append((model, version, labels, class_names, scores, reject))
+        self._kick()
 
     # --- exposition ---------------------------------------------------------------------------
     def render(self) -> tuple[bytes, str]:
         """The /metrics body and its content type (Prometheus text format 0.0.4)."""
+        self.flush()
         if self.multiprocess:
             registry = CollectorRegistry()
             MultiProcessCollector(registry)
@@ -374,5 +289,8 @@ class Monitor:
 
     def close(self) -> None:
         """This worker is exiting: drop its live gauges from the shared files (multiprocess)."""
+        self.flush()
         if self.multiprocess:
             mark_process_dead(os.getpid())
+
+

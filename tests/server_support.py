@@ -137,9 +137,11 @@ def running_server(settings: ServerSettings) -> Iterator[tuple[str, object]]:
 
     port = free_port()
     settings = settings.model_copy(update={"port": port, "host": "127.0.0.1"})
+    from serve.httpserver import uvicorn_options
+
     app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="on", access_log=False))
+                                           access_log=False, **uvicorn_options(settings)))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

@@ -72,7 +72,8 @@ def risk_coverage_plot(run: CalibrationRun, path: str | os.PathLike[str], title:
     ax.set_title(title or f"Risk–coverage on the tuning split (n = {run.n_tune}); "
                           f"operating point on certification (n = {cert.n}), δ = {s.delta:g}",
                  fontsize=9)
-    ax.legend(fontsize=7, loc="upper left", ncol=2, framealpha=0.85)
+    # Outside the axes: inside, it hid the target line and the low-coverage corner.
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     _save(fig, path)
     plt.close(fig)
     return path

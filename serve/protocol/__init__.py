@@ -87,3 +87,23 @@ def to_float_array(data: object, dtype: np.dtype, what: str) -> np.ndarray:
                            422, "bad_dtype")
     with np.errstate(over="ignore", invalid="ignore"):
         return arr.astype(dtype, copy=False)
+
+
+def parse_uint(raw: object, name: str, max_digits: int = 6) -> int:
+    """A non-negative integer from a query string or form field: ASCII digits only, bounded length.
+
+    ``str.isdigit`` accepts ``'²'`` and ``int()`` refuses 5,000-digit numbers with a ValueError;
+    both must be a 422 that names the field, never a 500.
+    """
+    text = raw.strip() if isinstance(raw, str) else ""
+    if not (0 < len(text) <= max_digits and text.isascii() and text.isdigit()):
+        shown = repr(raw)[:40]
+        raise RequestError(f"{name} must be a non-negative integer of at most {max_digits} digits; "
+                           f"got {shown}", 422, f"bad_{name}")
+    return int(text)
+
+
+def short(value: object, limit: int = 64) -> str:
+    """``repr`` of a user-supplied value, cut to ``limit`` characters (error messages echo it)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"

@@ -82,6 +82,7 @@ def parse_infer(body: bytes, header_length: str | None, input_name: str,
     else:
         header, binary = body, memoryview(b"")
     req = loads_json(header, "inference request JSON")
+    _refuse_duplicate_keys(header)
     if not isinstance(req, dict):
         raise _bad('the request must be a JSON object with "inputs"')
     inputs = req.get("inputs")
@@ -147,7 +148,7 @@ def parse_infer(body: bytes, header_length: str | None, input_name: str,
     rparams = req.get("parameters") or {}
     if not isinstance(rparams, dict):
         raise _bad('"parameters" must be a JSON object')
-    all_binary = bool(rparams.get("binary_data_output", False))
+    all_binary = _flag(rparams.get("binary_data_output", False), "binary_data_output")
     outs = req.get("outputs")
     selected: list[tuple[str, bool]] = []
     if outs is None:
@@ -160,9 +161,42 @@ def parse_infer(body: bytes, header_length: str | None, input_name: str,
             if name not in OUTPUTS:
                 raise _bad(f"unknown output {name!r}; available: {', '.join(OUTPUTS)}")
             p = o.get("parameters") or {}
-            selected.append((name, bool(p.get("binary_data", all_binary)) if isinstance(p, dict)
-                             else all_binary))
+            if not isinstance(p, dict):
+                raise _bad(f'output {name!r}: "parameters" must be a JSON object')
+            selected.append((name, _flag(p.get("binary_data", all_binary), "binary_data")))
     return InferRequest(np.ascontiguousarray(x), rid, selected)
+
+
+def _flag(value: object, name: str) -> bool:
+    """A JSON boolean; ``"false"`` is a string, and a string is not a boolean."""
+    if not isinstance(value, bool):
+        raise _bad(f"{name} must be true or false (a JSON boolean); got {value!r:.40}")
+    return value
+
+
+# Keys of a request whose duplicates would silently change its meaning, and how many times each
+# may appear in a valid one-input request with up to 6 outputs (counted in the raw JSON bytes: a
+# key string inside a JSON string value is escaped, so only real strings are counted).
+_KEYS = {b'"name"': 7, b'"datatype"': 1, b'"shape"': 1, b'"data"': 1, b'"inputs"': 1,
+         b'"outputs"': 1, b'"id"': 1, b'"parameters"': 8, b'"binary_data_size"': 1}
+
+
+def _refuse_duplicate_keys(header: bytes | memoryview) -> None:
+    """A duplicate key in a tensor spec is refused (orjson keeps the last value silently)."""
+    raw = bytes(header)
+    if all(raw.count(k) <= n for k, n in _KEYS.items()):
+        return
+    import json
+
+    def pairs(items: list[tuple[str, object]]) -> dict:
+        keys = [k for k, _ in items]
+        dup = next((k for k in keys if keys.count(k) > 1), None)
+        if dup is not None:
+            raise _bad(f"duplicate key {dup!r:.40} in the request JSON: give each key once",
+                       status=400)
+        return dict(items)
+
+    json.loads(raw, object_pairs_hook=pairs)
 
 
 def _output_array(name: str, out: dict[str, np.ndarray], class_names: list[str]) -> np.ndarray:

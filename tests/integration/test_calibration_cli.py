@@ -202,5 +202,23 @@ def test_console_script_reports_errors_in_one_line(setup) -> None:
                         f"npz:{setup['cal']}", "--delta", "1.5"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
-    assert r.stderr.strip() == ("abstain calibrate: error: --delta must be strictly between 0 and "
-                                "1; got 1.5")
+    assert r.stderr.strip() == ("abstain calibrate: error: argument --delta: 1.5 is not in (0, 1): "
+                                "pass a fraction such as 0.05 (not a percentage) "
+                                "(see `abstain calibrate --help`)")
+
+
+def test_evaluate_defaults_to_the_models_test_split_and_refuses_a_whole_dataset(setup, capsys) -> None:
+    md = setup["model_dir"]
+    assert _calibrate(md, "--target-risk", "0.05") == 0
+    first = (md / "calibration.json").read_bytes()
+    assert _calibrate(md, "--target-risk", "0.1") == 0      # recalibrating keeps the previous file
+    assert (md / "calibration.json.bak").read_bytes() == first
+    assert "kept the previous calibration" in capsys.readouterr().out
+    assert main(["evaluate", str(md), "--json"]) == 0       # no --data: data_spec metadata + :test
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["data"]["spec"] == f"npz:{setup['cal']}" and rep["data"]["split"] == "test"
+    assert rep["data"]["n"] == 900                            # the 15% test split of 6000
+    for spec in ("mnist1d", "mnist1d:all", "digits?seed=1"):
+        assert main(["evaluate", str(md), "--data", spec]) == 2
+        err = capsys.readouterr().err
+        assert "names the whole dataset" in err and ":test" in err, err

@@ -143,8 +143,11 @@ def test_requests_latency_inflight_errors_shed_batches(mon: Monitor) -> None:
     assert value(s, "abstain_requests_total", endpoint=ep, method="POST", code="200", **mv) == 2
     assert value(s, "abstain_requests_total", endpoint="/healthz", method="GET", code="200",
                  model="", version="") == 1
-    assert value(s, "abstain_request_duration_seconds_count", endpoint=ep, **mv) == 4
-    assert value(s, "abstain_request_duration_seconds_bucket", endpoint=ep, le="0.005", **mv) == 3
+    assert value(s, "abstain_request_duration_seconds_count", endpoint=ep, code="200", **mv) == 2
+    assert value(s, "abstain_request_duration_seconds_bucket", endpoint=ep, code="200", le="0.005",
+                 **mv) == 2
+    assert value(s, "abstain_request_duration_seconds_bucket", endpoint=ep, code="503", le="0.005",
+                 **mv) == 0
     assert value(s, "abstain_errors_total", reason="bad_shape", **mv) == 1
     assert value(s, "abstain_requests_shed_total", code="503", **mv) == 1
     assert value(s, "abstain_queue_depth", **mv) == 17

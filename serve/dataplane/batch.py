@@ -8,32 +8,37 @@ dispatched at once; under load, batches grow by themselves while the runtime is 
 
 A run that has been measured to take less than ``inline_s`` (per power-of-two batch-size bucket)
 runs on the event loop itself: for a small model the hop to a thread and back costs more than the
-run, and blocking the loop for a few microseconds blocks nothing.
+run. A request that arrives alone to an idle batcher runs at once in its own task (no queue).
 
-Back-pressure: the queue is bounded in *samples*; a full queue raises :class:`Overloaded` (503).
-A request whose deadline passes while queued is dropped before it runs (:class:`DeadlineExceeded`,
-504); one that is already running is abandoned by its caller and its rows discarded.
+Back-pressure: the queue is bounded in *samples*; a full queue raises :class:`Overloaded` (503). A
+request whose deadline passes while queued is dropped before it runs (:class:`DeadlineExceeded`,
+504); one already running is abandoned by its caller and its rows discarded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from serve.dataplane.stats import BatchStats
 from serve.errors import AbstainError
 
 log = logging.getLogger(__name__)
+ALONE_FACTOR = 5
 
 # infer: x (n, *input_shape) → named arrays, each with leading axis n.
 InferFn = Callable[[np.ndarray], dict[str, np.ndarray]]
-BatchHook = Callable[[int, list[float], float, dict[str, np.ndarray]], None]
+# on_batch(tags, sizes, queue waits, run seconds, outputs): one call per session run; tags and
+# sizes name each request of the batch in row order (the record stage needs both).
+BatchHook = Callable[[list[str], list[int], list[float], float, dict[str, np.ndarray]], None]
 
 
 class Overloaded(AbstainError):
@@ -41,6 +46,7 @@ class Overloaded(AbstainError):
 
     status = 503
     reason = "queue_full"
+    headers: dict[str, str] = {"Retry-After": "1"}
 
 
 class DeadlineExceeded(AbstainError):
@@ -55,33 +61,12 @@ class _Item:
     x: np.ndarray                       # (n, *input_shape)
     future: asyncio.Future
     deadline: float                     # time.monotonic() seconds
+    tag: str = ""                       # the request id
     enqueued: float = field(default_factory=time.perf_counter)
+    n: int = field(init=False)
 
-    @property
-    def n(self) -> int:
-        return int(self.x.shape[0])
-
-
-@dataclass
-class BatchStats:
-    """Counters readable by tests, /v2/models/{m}/stats and benchmarks."""
-
-    requests: int = 0
-    samples: int = 0
-    runs: int = 0
-    sizes: Counter = field(default_factory=Counter)   # batch size → number of runs
-    rejected_full: int = 0
-    expired: int = 0
-
-    @property
-    def mean_batch_size(self) -> float:
-        return self.samples / self.runs if self.runs else 0.0
-
-    def as_dict(self) -> dict:
-        return {"requests": self.requests, "samples": self.samples, "runs": self.runs,
-                "mean_batch_size": self.mean_batch_size, "max_batch_size": max(self.sizes, default=0),
-                "batch_sizes": {str(k): v for k, v in sorted(self.sizes.items())},
-                "rejected_queue_full": self.rejected_full, "expired": self.expired}
+    def __post_init__(self) -> None:
+        self.n = int(self.x.shape[0])
 
 
 def _bucket(n: int) -> int:
@@ -104,10 +89,10 @@ class Batcher:
         self.stats = BatchStats()
         self.inline_s = inline_s
         self._cost: dict[int, float] = {}                 # batch-size bucket → EWMA run seconds
+        self._rate = 0.0                                  # EWMA samples per second while busy
         self._queue: deque[_Item] = deque()
         self._queued = 0                                  # samples waiting
         self._busy = False                                # the worker is running a batch
-        self._arriving = 0                                # requests yielding before inline runs
         self._wake = asyncio.Event()
         self._closing = False
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{name}")
@@ -117,7 +102,15 @@ class Batcher:
     def queue_depth(self) -> int:
         return self._queued
 
-    def submit(self, x: np.ndarray, deadline: float) -> asyncio.Future:
+    def has_room(self, n: int) -> bool:
+        """Whether ``n`` more samples fit (an empty queue always takes one request)."""
+        return self._queued == 0 or self._queued + n <= self.max_queue_size
+
+    def drain_s(self) -> float:
+        """Seconds the queued samples need at the measured throughput (0 when unmeasured)."""
+        return self._queued / self._rate if self._rate > 0 else 0.0
+
+    def submit(self, x: np.ndarray, deadline: float, tag: str = "") -> asyncio.Future:
         """Enqueue ``x (n, *shape)`` synchronously; the future resolves to its sliced outputs.
 
         Raises:
@@ -126,12 +119,14 @@ class Batcher:
         n = int(x.shape[0])
         if self._closing and self._worker.done():
             raise Overloaded(f"model {self.name} is being unloaded; retry")
-        if self._queued + n > self.max_queue_size and self._queued > 0:
+        if not self.has_room(n):
             self.stats.rejected_full += 1
-            raise Overloaded(f"model {self.name} has {self._queued} samples queued (limit "
+            err = Overloaded(f"model {self.name} has {self._queued} samples queued (limit "
                              f"{self.max_queue_size}); retry after a moment or add capacity")
+            err.headers = {"Retry-After": str(max(1, math.ceil(self.drain_s())))}
+            raise err
         fut = asyncio.get_running_loop().create_future()
-        self._queue.append(_Item(x, fut, deadline))
+        self._queue.append(_Item(x, fut, deadline, tag))
         self._queued += n
         self.stats.requests += 1
         self._wake.set()
@@ -158,10 +153,8 @@ class Batcher:
                 continue
             if items and total + head.n > self.max_batch_size:
                 break
-            self._queue.popleft()
-            self._queued -= head.n
-            items.append(head)
-            total += head.n
+            items.append(self._queue.popleft())
+            self._queued, total = self._queued - head.n, total + head.n
         return items
 
     def _run(self, x: np.ndarray) -> tuple[dict[str, np.ndarray], float]:
@@ -196,8 +189,7 @@ class Batcher:
     async def _run_items(self, items: list[_Item]) -> None:
         """One coalesced session run for ``items``; each future gets its own rows."""
         x = items[0].x if len(items) == 1 else np.concatenate([it.x for it in items])
-        start = time.perf_counter()
-        waits = [start - it.enqueued for it in items]
+        waits = [time.perf_counter() - it.enqueued for it in items]
         cost = self._cost.get(_bucket(len(x)))
         try:
             if cost is not None and cost < self.inline_s:
@@ -216,20 +208,26 @@ class Batcher:
             if not it.future.done():
                 it.future.set_result({k: v[offset:offset + it.n] for k, v in out.items()})
             offset += it.n
-        self._record(len(x), waits, inference_s, out)
+        self._record([it.tag for it in items], [it.n for it in items], waits, inference_s, out)
 
-    def _record(self, n: int, waits: list[float], inference_s: float,
+    def _record(self, tags: list[str], sizes: list[int], waits: list[float], inference_s: float,
                 out: dict[str, np.ndarray]) -> None:
         """Bookkeeping after one session run: cost estimate, counters, the monitoring hook."""
+        n = sum(sizes)
         bucket = _bucket(n)
         cost = self._cost.get(bucket)
-        self._cost[bucket] = inference_s if cost is None else 0.8 * cost + 0.2 * inference_s
+        # Fast down, slow up: one run slowed by a busy machine must not send every later run
+        # through the thread hop (whose own cost then keeps the estimate high).
+        self._cost[bucket] = inference_s if cost is None else min(inference_s,
+                                                                  0.9 * cost + 0.1 * inference_s)
+        rate = n / max(inference_s, 1e-9)
+        self._rate = rate if self._rate == 0 else 0.9 * self._rate + 0.1 * rate
         self.stats.runs += 1
         self.stats.samples += n
         self.stats.sizes[n] += 1
         if self.on_batch:
             try:
-                self.on_batch(n, waits, inference_s, out)
+                self.on_batch(tags, sizes, waits, inference_s, out)
             except Exception:
                 log.exception("monitoring hook failed (ignored)")
 
@@ -243,39 +241,35 @@ class Batcher:
             self._executor.shutdown(wait=False)
 
     def _idle_and_cheap(self, x: np.ndarray) -> bool:
-        """Nothing queued or running, and runs of this size cost less than a thread hop."""
+        """Nothing queued or running, and runs of this size cost less than a few thread hops
+        (alone, the loop has nothing else to do meanwhile: ``ALONE_FACTOR`` × ``inline_s``)."""
         if self._queue or self._busy or self._closing or len(x) > self.max_batch_size:
             return False
         cost = self._cost.get(_bucket(len(x)))
-        return cost is not None and cost < self.inline_s
+        return cost is not None and cost < ALONE_FACTOR * self.inline_s
 
-    def _run_inline(self, x: np.ndarray) -> dict[str, np.ndarray]:
+    def _run_inline(self, x: np.ndarray, tag: str) -> dict[str, np.ndarray]:
         self.stats.requests += 1
         try:
             out, inference_s = self._run(x)
         except Exception:
             log.exception("inference failed for model %s (batch of %d)", self.name, len(x))
             raise
-        self._record(len(x), [0.0], inference_s, out)
+        self._record([tag], [len(x)], [0.0], inference_s, out)
         return out
 
-    async def result(self, x: np.ndarray, deadline: float) -> dict[str, np.ndarray]:
+    async def result(self, x: np.ndarray, deadline: float, alone: bool = False,
+                     tag: str = "") -> dict[str, np.ndarray]:
         """Submit and wait, honouring the deadline even while the batch is running.
 
-        When the batcher is idle the request runs at once in the caller (no queue, wake-up or
-        task switch: at concurrency 1 there is nothing to coalesce with). It first yields one
-        loop turn so that requests which arrived in the same turn can announce themselves; if
-        any did, everyone goes through the queue and is batched together.
+        ``alone``: the caller knows no other request is in flight (the data plane's count). Then,
+        if the batcher is idle and runs of this size are cheap, the request runs at once in the
+        caller: at concurrency 1 there is nothing to coalesce with, and the queue, the worker's
+        wake-up and its event-loop turn would only add latency.
         """
-        if self._idle_and_cheap(x):
-            self._arriving += 1
-            try:
-                await asyncio.sleep(0)
-            finally:
-                self._arriving -= 1
-            if self._arriving == 0 and self._idle_and_cheap(x):
-                return self._run_inline(x)
-        fut = self.submit(x, deadline)
+        if alone and self._idle_and_cheap(x):
+            return self._run_inline(x, tag)
+        fut = self.submit(x, deadline, tag)
         timeout = max(deadline - time.monotonic(), 0.0)
 
         def expire() -> None:          # the batch may still run; its rows for us are dropped

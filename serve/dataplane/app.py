@@ -1,0 +1,124 @@
+"""The data plane's ASGI app: the one route of every inference endpoint, stage by stage.
+
+Hot-reload rule: between ``repository.get`` and ``batcher.submit`` there is no ``await``, so a
+reload can never slip in between and a request finishes on the version it started with.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from serve.dataplane import encode
+from serve.dataplane.admit import Admission, check_key, parse_deadline
+from serve.dataplane.batch import Batcher
+from serve.dataplane.body import ClientGone, read_body
+from serve.dataplane.decode import Decoder
+from serve.dataplane.head import Head, Route, new_request_id
+from serve.errors import AbstainError
+from serve.monitoring import Monitor
+from serve.repository import ModelRepository, ModelVersion
+
+log = logging.getLogger("serve.dataplane")
+HOLD_KEY = "abstain.hold"           # scope extension set by serve/httpserver.py
+
+
+class DataPlane:
+    """Serves ``POST /v{1,2}/models/{m}[/versions/{v}]/{predict,infer}``.
+
+    Args:
+        repo: the live model versions.
+        admission: the admission stage (in-flight accounting, limits, auth).
+        decoder: the decode stage.
+        monitor: request metrics.
+        shed_hold_s: after a 503, how long the connection is not read again (the same client
+            ignoring ``Retry-After`` cannot spend the capacity the 503 protected).
+    """
+
+    def __init__(self, repo: ModelRepository, admission: Admission, decoder: Decoder,
+                 monitor: Monitor, shed_hold_s: float = 0.0) -> None:
+        self.repo, self.admission, self.decoder, self.monitor = repo, admission, decoder, monitor
+        self.shed_hold_s = shed_hold_s
+
+    async def __call__(self, scope: dict, receive: Any, send: Any, route: Route) -> None:
+        t0 = time.perf_counter()
+        head = Head.parse(scope)
+        rid = head.request_id or new_request_id()
+        model = version = ""
+        status = 500
+        self.monitor.request_started()
+        try:
+            if scope["method"] != "POST":
+                resp = encode.error("method not allowed: inference endpoints take POST; see /docs",
+                                    405, {"Allow": "POST"})
+            else:
+                try:
+                    check_key(head.authorization, self.admission.api_key)   # before any lookup
+                    mv = self.repo.get(route.model, route.version)
+                    model, version = mv.name, str(mv.version)
+                    resp = await self._serve(route, head, receive, mv, rid)
+                except ClientGone:
+                    status = 499
+                    return
+                except AbstainError as err:
+                    resp = self._error(err, model, version)
+                except Exception as err:
+                    log.exception("internal error (a bug in abstain) on request %s: %s", rid, err)
+                    self.monitor.error("internal", model, version)
+                    resp = encode.error("internal server error (a bug; it has been logged with "
+                                        f"request id {rid})", 500)
+            status = resp.status
+            await resp.send(send, rid)
+            if status == 503 and self.shed_hold_s > 0:
+                hold = scope.get("extensions", {}).get(HOLD_KEY)
+                if hold is not None:
+                    hold(self.shed_hold_s)
+        finally:
+            self.monitor.request_finished(route.endpoint, "POST", status,
+                                          time.perf_counter() - t0, model, version, inference=True)
+
+    async def _serve(self, route: Route, head: Head, receive: Any, mv: ModelVersion,
+                     rid: str) -> encode.Response:
+        batcher = mv.batcher
+        assert batcher is not None
+        kind = route.protocol + head.content_type
+        reserved = self.admission.admit(head, batcher, kind)             # admit
+        try:
+            deadline = parse_deadline(head.deadline_ms, self.admission.request_timeout_s)
+            body = await read_body(receive, self.admission.max_body_bytes)
+            mv = self.repo.get(route.model, route.version)             # no await from here …
+            req = self.decoder.tensor(route, head, body, mv)            # decode
+            while req is None:                                          # images: off the loop
+                req = await self.decoder.images(head, body, mv)
+                decoded_for, mv = mv, self.repo.get(route.model, route.version)
+                if mv.preprocessing != decoded_for.preprocessing:     # reloaded meanwhile
+                    req = None
+            batcher = mv.batcher
+            assert batcher is not None
+            self.admission.learn(batcher, kind, len(body), len(req.x))
+            alone = self.admission.inflight == 1
+            out = await batcher.result(req.x, deadline, alone, rid)     # … to submit: batch, run,
+            return encode.success(route, mv, req, out, rid)             # decide, record; encode
+        finally:
+            self.admission.release(reserved)
+
+    def _error(self, err: AbstainError, model: str, version: str) -> encode.Response:
+        status = int(getattr(err, "status", 422))
+        self.monitor.error(getattr(err, "reason", type(err).__name__), model, version)
+        headers = dict(getattr(err, "headers", None) or {})
+        if status in (503, 504):
+            self.monitor.shed(model, version, status)
+        return encode.error(str(err), status, headers)
+
+
+def batcher_factory(settings: Any, record_hook: Any, monitor: Monitor):
+    """The repository's factory: one batcher per loaded version, its record hook attached."""
+
+    def make(mv: ModelVersion) -> Batcher:
+        name, ver = mv.name, str(mv.version)
+        return Batcher(mv.infer, settings.max_batch_size, settings.max_queue_size,
+                       record_hook(mv), lambda depth: monitor.queue_depth(name, ver, depth),
+                       name=f"{name}/{ver}", inline_s=settings.inline_run_s)
+
+    return make
