@@ -75,7 +75,9 @@ class Recorder:
                request_ids: Sequence[str], indices: np.ndarray, labels: np.ndarray,
                scores: np.ndarray, rejects: np.ndarray, audit: np.ndarray,
                probabilities: np.ndarray | None = None, inputs: np.ndarray | None = None, *,
-               class_names: Sequence[str] | None = None, target_risk: float | None = None) -> None:
+               class_names: Sequence[str] | None = None, target_risk: float | None = None,
+               sizes: Sequence[int] | None = None, logits: np.ndarray | None = None,
+               temperature: float = 1.0) -> None:
         """Queue one batch of decisions (columns of equal length ``n``). Never blocks or raises.
 
         Args:
@@ -87,10 +89,15 @@ class Recorder:
             inputs: the decoded (n, ...) model inputs; stored only with ``store_inputs``.
             class_names, target_risk: the model's classes and the calibration's r*, kept once per
                 (model, version, calibration) so the review API can check labels and the risk.
+            sizes: per-REQUEST form (the data plane's record stage): ``request_ids`` holds one id
+                per request, ``sizes`` its sample count, ``indices`` may be None; the flusher
+                expands them, so the request path does no per-sample work.
+            logits, temperature: instead of ``probabilities``: the flusher computes
+                softmax(logits / T) for review items only.
         The arrays are kept by reference until flushed: do not mutate them afterwards.
         """
         try:
-            n = len(request_ids)
+            n = int(sum(sizes)) if sizes is not None else len(request_ids)
             with self._cond:
                 if self._stop or self._pending + n > self.capacity:
                     self.dropped += n
@@ -100,7 +107,7 @@ class Recorder:
                 self._items.append((time.time(), model, str(version), calibration_sha256,
                                     request_ids, indices, labels, scores, rejects, audit,
                                     probabilities, inputs if self.store_inputs else None,
-                                    class_names, target_risk))
+                                    class_names, target_risk, sizes, logits, temperature))
                 if self._pending >= self.chunk_rows:
                     self._cond.notify()
         except Exception:  # noqa: BLE001 - recording must never fail a prediction
@@ -194,10 +201,13 @@ class Recorder:
 
     def _rows(self, item: tuple) -> list[tuple]:
         (ts, model, version, sha, rids, idx, labels, scores, rejects, audit, probs, inputs,
-         classes, target) = item
+         classes, target, sizes, logits, temperature) = item
         key = (model, version, sha)
         if key not in self._epochs:
             self._register(key, classes, target)
+        if sizes is not None:                              # per request → per sample
+            rids = np.repeat(np.asarray(rids, dtype=object), sizes).tolist()
+            idx = np.concatenate([np.arange(k) for k in sizes]) if len(sizes) else np.zeros(0)
         n = len(rids)
         rej_a = np.asarray(rejects, dtype=bool)
         aud_a = np.asarray(audit, dtype=bool)
@@ -206,8 +216,15 @@ class Recorder:
         ins: list[str | None] = [None] * n
         # Top-k and inputs matter to reviewers only: kept for review items (deferred or audited).
         pending = np.flatnonzero(review)
+        if probs is None and logits is not None and len(pending):
+            z = np.asarray(logits, dtype=np.float64)[pending] / temperature
+            z = np.exp(z - z.max(axis=1, keepdims=True))
+            probs, pending_only = z / z.sum(axis=1, keepdims=True), True
+        else:
+            pending_only = False
         if probs is not None and len(pending):
-            pr = np.asarray(probs, dtype=np.float64)[pending]
+            pr = np.asarray(probs, dtype=np.float64)
+            pr = pr if pending_only else pr[pending]
             top = np.argsort(-pr, axis=1, kind="stable")[:, :TOPK]
             vals = np.take_along_axis(pr, top, 1).round(6).tolist()
             for j, i in enumerate(pending.tolist()):

@@ -1,19 +1,19 @@
 """One object the server holds for the feedback loop: store, recorder and review router.
 
-Server integration (the whole of it)::
+Server integration (serve/app.py, the whole of it)::
 
     loop = create_loop(settings, registry=monitor.registry, multiprocess=monitor.multiprocess)
-    if loop: app.include_router(loop.router)          # control plane
-    # lifespan:  loop.start() at startup, loop.close() at shutdown (flushes the queue)
-    # per batch, before deciding:  audit = loop.recorder.audit(n)
-    # per batch, after deciding:   loop.recorder.submit(...)     (see Recorder.submit)
+    Record(monitor, [loop.sink] if loop else None)   # the record stage, once per batch
+    if loop: control.include_router(loop.router)     # the control plane
+    # lifespan: loop.start() at startup, await asyncio.to_thread(loop.close) at shutdown
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter
 
 from serve.loop.api import create_router
@@ -27,6 +27,25 @@ class Loop:
     store: Store
     recorder: Recorder
     router: APIRouter
+    _sha: dict[int, tuple[Any, str]] = field(default_factory=dict)
+
+    def sink(self, mv: Any, tags: list[str], sizes: list[int], out: dict[str, np.ndarray]) -> None:
+        """The record stage's sink: one call per batch, no per-sample work, never raises.
+
+        The audit flags are drawn here from their own generator, before anything in ``out`` is
+        read, so they are independent of score and decision. ``out["input"]``, when the batcher
+        passes it, is the batch's decoded input (kept with ``--store-inputs``).
+        """
+        rec = self.recorder
+        audit = rec.audit(int(sum(sizes)))
+        cal = mv.calibration
+        hit = self._sha.get(id(cal))
+        if hit is None or hit[0] is not cal:            # the hash is a JSON dump: once per version
+            hit = self._sha[id(cal)] = (cal, cal.sha256)
+        rec.submit(mv.name, str(mv.version), hit[1], tags, None, out["label"], out["score"],
+                   out["reject"], audit, None, out.get("input"), class_names=mv.class_names,
+                   target_risk=cal.target_risk, sizes=sizes, logits=out.get("logits"),
+                   temperature=cal.temperature)
 
     def start(self) -> None:
         self.recorder.start()

@@ -21,9 +21,6 @@ from server_support import ROOT, make_version, server_process
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.timeout(600),
-    pytest.mark.skipif(
-        not any("serve.loop" in p.read_text() for p in (ROOT / "serve").glob("*.py")),
-        reason="the server does not wire serve.loop yet (see the loop branch's integration notes)"),
 ]
 LS_AUTH = {"Authorization": f"Token {LS_TOKEN}"}
 SECRET = "hook-secret"
