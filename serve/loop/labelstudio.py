@@ -9,10 +9,14 @@ webhook (``POST /v1/review/labelstudio``), checked with a shared secret header.
 
 from __future__ import annotations
 
+import hmac
 import json
 from dataclasses import dataclass, field
 from typing import Any
 from xml.sax.saxutils import quoteattr
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 
 from serve.errors import AbstainError
 from serve.loop.api import Feedback, apply_feedback
@@ -182,13 +186,8 @@ def sync(store: Store, ls: LabelStudio, project: str, model: str, kinds: tuple[s
     return report
 
 
-def webhook_router(store: Store, secret: str) -> Any:
+def webhook_router(store: Store, secret: str) -> APIRouter:
     """``POST /v1/review/labelstudio``: Label Studio's annotation webhook, secret-checked."""
-    import hmac
-
-    from fastapi import APIRouter, Request
-    from fastapi.responses import JSONResponse
-
     router = APIRouter(tags=["review"])
 
     @router.post("/v1/review/labelstudio")
