@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from serve.argtypes import POSITIVE_INT
 from serve.errors import AbstainError
 
 
@@ -52,7 +53,8 @@ def register_review(sub: argparse._SubParsersAction) -> None:
                    "(default $ABSTAIN_DATABASE_URL or $ABSTAIN_STATE_DIR)")
     s.add_argument("--kind", action="append", choices=("deferred", "audit"),
                    help="queue(s) to push (default both)")
-    s.add_argument("--limit", type=int, default=1000, help="items per queue per run")
+    s.add_argument("--limit", type=POSITIVE_INT, default=1000,
+                   help="items per queue per run (default: 1000)")
     s.add_argument("--webhook", metavar="URL", help="also register this server URL + "
                    "/v1/review/labelstudio as the project's annotation webhook")
     s.add_argument("--webhook-secret", help="shared secret sent in the webhook header")

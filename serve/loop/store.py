@@ -91,7 +91,8 @@ class Store:
                 return psycopg.connect(self.url, connect_timeout=5)
             except psycopg.Error as err:
                 raise StoreError(f"cannot connect to PostgreSQL at {self!r}: "
-                                 f"{str(err).strip().splitlines()[0]}") from None
+                                 f"{str(err).strip().splitlines()[0]}. Check --database-url "
+                                 "(postgresql://user:password@host:port/database)") from None
         try:
             conn = sqlite3.connect(self.url, timeout=30, check_same_thread=False,
                                    isolation_level=None)
