@@ -215,10 +215,17 @@ class Store:
             return int(cur.fetchone()[0])
 
     def epochs(self) -> list[tuple[str, str, str]]:
-        """Every (model, version, calibration_sha256) that has audited records."""
+        """Every (model, version, calibration_sha256) that served traffic (registered by the
+        recorder in ``kv``) or has audited records, sorted."""
         with self._tx() as cur:
             cur.execute("SELECT DISTINCT model, version, calibration_sha256 FROM records WHERE audit = 1")
-            return [tuple(r) for r in cur.fetchall()]
+            found = {tuple(r) for r in cur.fetchall()}
+            cur.execute("SELECT key FROM kv WHERE key LIKE 'epoch:%'")
+            for (key,) in cur.fetchall():
+                parts = key[len("epoch:"):].rsplit("/", 2)
+                if len(parts) == 3:
+                    found.add(tuple(parts))
+            return sorted(found)
 
     def audit_counts(self, model: str, version: str, calibration_sha256: str) -> tuple[int, int, int]:
         """(labels, errors, pending) over audited ACCEPTED samples of one epoch."""
