@@ -13,7 +13,7 @@ LABEL_STUDIO ?= label-studio==1.23.2
 TORCH       ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: serve test lint sysdeps npmdeps clean proto
+.PHONY: serve test lint sysdeps npmdeps bench clean proto
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +71,10 @@ serve: $(VENV)/.serve
 test: $(VENV)/.test sysdeps npmdeps $(LS_VENV)/bin/label-studio
 	$(BIN)/ruff check serve training tests bench
 	$(BIN)/python -m pytest -n 2 --dist loadfile -p no:cacheprovider tests
+
+# The benchmark (a development script): make bench ARGS='--overload --grpc'
+bench: $(VENV)/.test sysdeps
+	$(BIN)/python -m bench $(ARGS)
 
 lint: $(VENV)/.test
 	$(BIN)/ruff check serve training tests bench

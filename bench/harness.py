@@ -1,19 +1,25 @@
-"""``abstain bench``: the runtime ceiling, the HTTP ceiling and abstain under wrk, in one run.
+"""``python -m bench`` (``make bench``): runtime ceiling, HTTP ceiling and abstain under wrk.
 
 For each model (the shipped default, and a compute-heavy ResNet-18 built by
-:mod:`bench.heavy_model`), on the same machine and with the same onnxruntime threads/providers:
+:mod:`bench.heavy_model`), on the same machine:
 
-1. runtime ceiling: :class:`serve.runtime.OnnxModel` in this process, batch sizes 1…256;
-2. HTTP ceiling: :mod:`bench.ceiling_app` (bare ASGI) under uvicorn, v2 JSON, one worker;
-3. abstain: ``abstain serve`` (one worker) over v1 JSON, v2 JSON and v2 binary, at each
-   concurrency, with the mean batch size from ``/metrics`` deltas.
+1. runtime ceiling: :class:`serve.runtime.OnnxModel` in this process, batch sizes 1…256, at the
+   best of the intra-op thread settings;
+2. HTTP ceiling: :mod:`bench.ceiling_app` (bare ASGI) under uvicorn, v2 JSON, one worker, once
+   per intra-op thread setting (1, all cores): the ceiling is the best of them;
+3. abstain: ``abstain serve`` (one worker, ``--intra-op-threads auto``) over v1 JSON, v2 JSON and
+   v2 binary, at each concurrency, with the mean batch size from ``/metrics`` deltas;
+4. optionally: ``--workers 2`` scaling, a run with extra serve flags (recording) for its
+   throughput ratio, the gRPC endpoint (bench/grpc_load.py) and the overload benchmark
+   (:mod:`bench.overload`).
 
-Then :mod:`bench.report` writes the markdown page (with the three target ratios) and the plot.
+Then :mod:`bench.report` writes the markdown page (with the targets) and the plot.
 """
 
 from __future__ import annotations
 
 import re
+import shlex
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -51,8 +57,15 @@ class BenchConfig:
     heavy_model: Path | None = None               # None: build one in a temp dir
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
     device: str = "auto"
-    intra_op_threads: int = 0
+    intra_op_threads: str = "auto"                # abstain's setting
+    ceiling_threads: tuple[int, ...] = (1, 0)     # bare app: each is run, the best is the ceiling
     max_batch_size: int = 64
+    workers: tuple[int, ...] = (1, 2)             # --workers scaling (v2 JSON, default model)
+    workers_concurrency: tuple[int, ...] = (32, 128)
+    record_args: str = ""                         # extra serve flags for a second run (c=32)
+    grpc: bool = False                            # the gRPC endpoint at c=1 and c=32
+    overload: bool = False                        # bench.overload after the load points
+    overload_duration_s: float = 20.0
     command: str = ""
 
 
@@ -67,10 +80,12 @@ class RuntimePoint:
 @dataclass
 class LoadPoint:
     model: str
-    server: Literal["ceiling", "abstain"]
+    server: str                                   # "ceiling", "abstain", "abstain+record"
     endpoint: str
     result: LoadResult
     mean_batch: float | None = None               # abstain only
+    threads: str = ""                             # ceiling: its intra-op threads
+    workers: int = 1
 
     @property
     def samples_per_s(self) -> float:
@@ -97,6 +112,9 @@ class BenchResult:
     load_after: str = ""
     started: str = ""
     seconds: float = 0.0
+    grpc_rows: list[str] = field(default_factory=list)       # markdown rows (bench/grpc_load.py)
+    overload: list = field(default_factory=list)             # bench.overload.OverloadPoint
+    abstain_threads: str = ""                                # what --intra-op-threads auto chose
 
 
 def runtime_ceiling(model: OnnxModel, batch_sizes: tuple[int, ...], budget_s: float,
@@ -161,7 +179,8 @@ def _check(base: str, path: str, body: bytes, headers: dict, what: str) -> None:
         raise AbstainError(f"{what}: POST {path} answered {status}: {resp[:300]!r}")
 
 
-def _load_models(cfg: BenchConfig, work: Path, console: Console) -> list[tuple[ModelInfo, OnnxModel]]:
+def _load_models(cfg: BenchConfig, work: Path,
+                 console: Console) -> list[tuple[ModelInfo, list[OnnxModel]]]:
     out = []
     for kind in cfg.models:
         if kind == "default":
@@ -176,10 +195,10 @@ def _load_models(cfg: BenchConfig, work: Path, console: Console) -> list[tuple[M
                 console.print(f"building the heavy model (untrained ResNet-18, 3×32×32) in {path}")
                 _build_heavy(path)
             name = HEAVY_NAME
-        m = OnnxModel(path / "model.onnx", device=cfg.device,  # type: ignore[arg-type]
-                      intra_op_threads=cfg.intra_op_threads)
-        out.append((ModelInfo(kind, name, path.resolve(), m.input_shape, m.provider,
-                              m.num_classes), m))
+        ms = [OnnxModel(path / "model.onnx", device=cfg.device,  # type: ignore[arg-type]
+                        intra_op_threads=t) for t in cfg.ceiling_threads]
+        out.append((ModelInfo(kind, name, path.resolve(), ms[0].input_shape, ms[0].provider,
+                              ms[0].num_classes), ms))
     return out
 
 
@@ -210,16 +229,18 @@ def run_bench(cfg: BenchConfig, console: Console | None = None) -> BenchResult:
             (repo / info.name).mkdir(parents=True)
             (repo / info.name / "1").symlink_to(info.path, target_is_directory=True)
 
-        n_load = len(res.models) * len(cfg.concurrency) * (1 + len(cfg.endpoints))
+        n_load = len(res.models) * len(cfg.concurrency) * (len(cfg.ceiling_threads)
+                                                            + len(cfg.endpoints))
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
                       "{task.total}"), TimeElapsedColumn(), console=console) as bar:
             task = bar.add_task("runtime ceiling", total=len(res.models) + n_load)
-            for info, model in loaded:
+            for info, models in loaded:
                 bar.update(task, description=f"runtime ceiling: {info.name}")
-                budget = cfg.runtime_s
-                res.runtime[info.name] = runtime_ceiling(model, cfg.batch_sizes, budget)
+                per = [runtime_ceiling(m, cfg.batch_sizes, cfg.runtime_s) for m in models]
+                res.runtime[info.name] = [max(pts, key=lambda p: p.samples_per_s)
+                                          for pts in zip(*per, strict=True)]
                 bar.advance(task)
-            inputs = {info.name: model.input_name for info, model in loaded}
+            inputs = {info.name: models[0].input_name for info, models in loaded}
             del loaded                                       # free the sessions' threads
             bodies = {info.name: request_bodies(info, inputs[info.name]) for info in res.models}
             scripts = {}
@@ -228,22 +249,28 @@ def run_bench(cfg: BenchConfig, console: Console | None = None) -> BenchResult:
                     scripts[info.name, ep] = write_script(work / f"{info.name}-{ep}.lua", body,
                                                           headers)
 
-            with servers.ceiling_server({i.name: i.path / "model.onnx" for i in res.models},
-                                        servers.free_port(), cfg.device, cfg.intra_op_threads,
-                                        work / "ceiling.log") as base:
-                for info in res.models:
-                    path, body, headers = bodies[info.name]["v2-json"]
-                    _check(base, path, body, headers, "ceiling app")
-                    _warm(base + path, scripts[info.name, "v2-json"], cfg)
-                    for c in cfg.concurrency:
-                        bar.update(task, description=f"HTTP ceiling: {info.name} c={c}")
-                        r = run_wrk(base + path, scripts[info.name, "v2-json"], c, cfg.duration_s)
-                        res.load.append(LoadPoint(info.name, "ceiling", "v2-json", r))
-                        bar.advance(task)
+            for threads in cfg.ceiling_threads:
+                label = "1" if threads == 1 else ("all" if threads == 0 else str(threads))
+                with servers.ceiling_server({i.name: i.path / "model.onnx" for i in res.models},
+                                            servers.free_port(), cfg.device, threads,
+                                            work / f"ceiling-{label}.log") as base:
+                    for info in res.models:
+                        path, body, headers = bodies[info.name]["v2-json"]
+                        _check(base, path, body, headers, "ceiling app")
+                        _warm(base + path, scripts[info.name, "v2-json"], cfg)
+                        for c in cfg.concurrency:
+                            bar.update(task, description=f"HTTP ceiling ({label} thr): "
+                                       f"{info.name} c={c}")
+                            r = run_wrk(base + path, scripts[info.name, "v2-json"], c,
+                                        cfg.duration_s)
+                            res.load.append(LoadPoint(info.name, "ceiling", "v2-json", r,
+                                                      threads=label))
+                            bar.advance(task)
 
+            log = work / "abstain.log"
             with servers.abstain_server(repo, servers.free_port(), cfg.device,
-                                        cfg.intra_op_threads, cfg.max_batch_size,
-                                        work / "abstain.log") as base:
+                                        cfg.intra_op_threads, cfg.max_batch_size, log) as base:
+                res.abstain_threads = _threads_chosen(base)
                 for info in res.models:
                     for ep in cfg.endpoints:
                         path, body, headers = bodies[info.name][ep]
@@ -251,15 +278,62 @@ def run_bench(cfg: BenchConfig, console: Console | None = None) -> BenchResult:
                         _warm(base + path, scripts[info.name, ep], cfg)
                         for c in cfg.concurrency:
                             bar.update(task, description=f"abstain: {info.name} {ep} c={c}")
-                            s0, n0 = batch_totals(base, info.name)
-                            r = run_wrk(base + path, scripts[info.name, ep], c, cfg.duration_s)
-                            s1, n1 = batch_totals(base, info.name)
-                            mean = (s1 - s0) / (n1 - n0) if n1 > n0 else None
-                            res.load.append(LoadPoint(info.name, "abstain", ep, r, mean))
+                            res.load.append(_point(base, info.name, "abstain", ep, path,
+                                                   scripts[info.name, ep], c, cfg))
                             bar.advance(task)
+            default = next((i for i in res.models if i.kind == "default"), None)
+            if default is not None:
+                _extra_runs(cfg, res, repo, work, default, bodies, scripts, bar)
+        if cfg.grpc and default is not None:
+            from bench.grpc_bench import grpc_rows
+
+            res.grpc_rows = grpc_rows(repo, default.name, cfg, work)
+        if cfg.overload and default is not None:
+            from bench.overload import run_overload
+
+            res.overload = run_overload(repo, default, cfg, work, console)
     res.load_after = _loadavg()
     res.seconds = time.perf_counter() - t_start
     return res
+
+
+def _point(base: str, model: str, server: str, ep: str, path: str, script: Path, c: int,
+           cfg: BenchConfig, workers: int = 1) -> LoadPoint:
+    s0, n0 = batch_totals(base, model)
+    r = run_wrk(base + path, script, c, cfg.duration_s)
+    s1, n1 = batch_totals(base, model)
+    mean = (s1 - s0) / (n1 - n0) if n1 > n0 else None
+    return LoadPoint(model, server, ep, r, mean, workers=workers)
+
+
+def _extra_runs(cfg: BenchConfig, res: BenchResult, repo: Path, work: Path, info: ModelInfo,
+                bodies: dict, scripts: dict, bar: Progress) -> None:
+    """--workers scaling and the run with extra serve flags, default model, v2 JSON."""
+    path, body, headers = bodies[info.name]["v2-json"]
+    script = scripts[info.name, "v2-json"]
+    runs = [(w, "abstain", []) for w in cfg.workers if w > 1]
+    if cfg.record_args:
+        runs.append((1, "abstain+record", shlex.split(cfg.record_args)))
+    for workers, server, extra in runs:
+        conc = cfg.workers_concurrency if server == "abstain" else (32,)
+        with servers.abstain_server(repo, servers.free_port(), cfg.device, cfg.intra_op_threads,
+                                    cfg.max_batch_size, work / f"{server}-{workers}.log",
+                                    workers, extra) as base:
+            _check(base, path, body, headers, server)
+            _warm(base + path, script, cfg)
+            for c in conc:
+                bar.update(bar.task_ids[0], description=f"{server} x{workers}: c={c}")
+                res.load.append(_point(base, info.name, server, "v2-json", path, script, c, cfg,
+                                       workers))
+
+
+def _threads_chosen(base: str) -> str:
+    """What ``--intra-op-threads auto`` kept, per model, from the server's /v1/models."""
+    status, body = servers.http(base + "/v1/models")
+    if status != 200:
+        return "unknown"
+    models = orjson.loads(body).get("models", [])
+    return ", ".join(f"{m['name']}: {m.get('threads', '?')}" for m in models)
 
 
 def _warm(url: str, script: Path, cfg: BenchConfig) -> None:

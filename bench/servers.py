@@ -63,7 +63,7 @@ def _process(cmd: list[str], env: dict[str, str], ready_url: str, log: Path,
             if time.monotonic() > deadline:
                 raise AbstainError(f"{what} was not ready within {timeout_s:.0f}s; see {log}")
             time.sleep(0.2)
-        yield
+        yield proc
     finally:
         proc.terminate()
         try:
@@ -74,15 +74,27 @@ def _process(cmd: list[str], env: dict[str, str], ready_url: str, log: Path,
 
 
 @contextlib.contextmanager
-def abstain_server(repo: Path, port: int, device: str, intra_op_threads: int,
-                   max_batch_size: int, log: Path) -> Iterator[str]:
-    """``abstain serve`` with one worker and no repository polling; yields its base URL."""
+def abstain_process(repo: Path, port: int, device: str, intra_op_threads: str | int,
+                    max_batch_size: int, log: Path, workers: int = 1,
+                    extra: list[str] | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``abstain serve`` with no repository polling; yields (base URL, process)."""
     cmd = [sys.executable, "-m", "serve.cli", "serve", str(repo), "--host", "127.0.0.1",
-           "--port", str(port), "--workers", "1", "--poll-interval-s", "0", "--log-level",
-           "warning", "--device", device, "--intra-op-threads", str(intra_op_threads),
-           "--max-batch-size", str(max_batch_size)]
+           "--port", str(port), "--workers", str(workers), "--poll-interval-s", "0",
+           "--log-level", "warning", "--device", device, "--intra-op-threads",
+           str(intra_op_threads), "--max-batch-size", str(max_batch_size), "--follow-symlinks",
+           *(extra or [])]
     base = f"http://127.0.0.1:{port}"
-    with _process(cmd, _child_env({}), base + "/readyz", log, "abstain serve"):
+    with _process(cmd, _child_env({}), base + "/readyz", log, "abstain serve") as proc:
+        yield base, proc
+
+
+@contextlib.contextmanager
+def abstain_server(repo: Path, port: int, device: str, intra_op_threads: str | int,
+                   max_batch_size: int, log: Path, workers: int = 1,
+                   extra: list[str] | None = None) -> Iterator[str]:
+    """``abstain serve`` (see :func:`abstain_process`); yields its base URL."""
+    with abstain_process(repo, port, device, intra_op_threads, max_batch_size, log, workers,
+                         extra) as (base, _):
         yield base
 
 

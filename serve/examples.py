@@ -23,8 +23,8 @@ from serve.files import atomic_write_text
 
 EXAMPLE_FILE = "example.json"
 DEFAULT_MODEL = "mnist1d-maxsup"
-SCORE_LINE = ("score: the calibrated confidence score ({score}; higher = more confident), not a "
-              "probability; reject = score < threshold {threshold}, i.e. defer to a fallback")
+SCORE_LINE = ("score: the calibrated confidence score ({score}; higher = more confident), {what}; "
+              "reject = score < threshold {threshold}, i.e. defer to a fallback")
 
 
 def example_instances(mv: Any) -> tuple[list[Any], str]:
@@ -87,7 +87,9 @@ def banner_lines(host: str, port: int, loaded: list[Any], api_key: bool = False)
     thr = "none (defer all)" if cal.threshold is None else f"{cal.threshold:.4g}"
     lines = [f"example requests for {mv.name}/{mv.version} ({source}):"]
     lines += [f"try: {c}" for c in curl_lines(f"http://{host}:{port}", mv, api_key)]
-    lines.append(SCORE_LINE.format(score=cal.score, threshold=thr))
+    what = ("the top class's temperature-scaled softmax probability" if cal.score == "msp"
+            else "not a probability")
+    lines.append(SCORE_LINE.format(score=cal.score, what=what, threshold=thr))
     return lines
 
 

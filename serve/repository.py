@@ -93,6 +93,7 @@ class ModelVersion:
     def summary(self) -> dict[str, Any]:
         c = self.calibration
         return {"name": self.name, "version": str(self.version), "provider": self.model.provider,
+                "threads": self.threads,
                 "providers": self.model.providers, "model_sha256": self.model.sha256,
                 "calibration": {"score": c.score, "threshold": c.threshold,
                                 "target_risk": c.target_risk, "delta": c.delta, "method": c.method,

@@ -50,7 +50,7 @@ class Calibration:
     n_cert: int
     coverage: float                  # empirical, on the certification split
     risk: float                      # empirical selective risk, on the certification split
-    risk_upper_bound: float          # (1 − δ) upper bound on the selective risk at `threshold`
+    risk_upper_bound: float          # post-selection CP bound at `threshold`: indicative only
     data_fingerprint: str
     score_params: dict[str, Any] = field(default_factory=dict)
     candidates: dict[str, float] = field(default_factory=dict)   # score spec → tuning AURC

@@ -7,6 +7,7 @@ built-in dataset, which contains them); evaluation refuses the split the model w
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -17,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from serve.argtypes import NONNEGATIVE_INT, POSITIVE_INT, fraction
+from serve.argtypes import NONNEGATIVE_INT, POSITIVE_INT, float_above, fraction
 from serve.calibration.artifact import FILENAME, Calibration, load_calibration, save_calibration
+from serve.calibration.probe import N_PROBE, write_probe
 from serve.errors import AbstainError
 from serve.files import keep_backup
 
@@ -79,6 +81,8 @@ def _model_logits(model, spec: str, batch_size: int) -> tuple[np.ndarray, np.nda
         raise AbstainError(f"{spec} has labels up to {int(y.max())} but {model.path} has only "
                            f"{model.num_classes} classes: wrong dataset for this model")
     z = model.logits(x, batch_size=batch_size, progress=sys.stderr.isatty())
+    # The probe batch (serve/calibration/probe.py): these rows' inputs and the logits computed here.
+    info["probe"] = (x[:N_PROBE], z[:N_PROBE], model.provider, str(model.input_dtype))
     return z, y, info
 
 
@@ -155,30 +159,37 @@ def _print_calibration(run, cal: Calibration, out: Path) -> None:
     from rich.table import Table
 
     con = _console()
-    t = Table(title=f"score candidates on the tuning split (n = {run.n_tune}, "
-                    f"error rate {run.choice.error_rate:.4f}, T = {run.choice.temperature:.4f})")
-    for col in ("score", "AURC", "E-AURC", "AUROC", ""):
-        t.add_column(col, justify="right" if col not in ("score", "") else "left")
-    for c in run.choice.candidates:
-        mark = "◀ chosen" if c.spec == run.choice.spec else ""
-        t.add_row(c.spec, f"{c.aurc:.5f}", f"{c.e_aurc:.5f}", f"{c.auroc:.4f}", mark,
-                  style="bold" if mark else None)
-    con.print(t)
+    if run.n_tune:
+        t = Table(title=f"score candidates on the tuning split (n = {run.n_tune}, "
+                        f"error rate {run.choice.error_rate:.4f}, T = {run.choice.temperature:.4f})")
+        for col in ("score", "AURC", "ΔAURC vs MSP", "z", "E-AURC", "AUROC", ""):
+            t.add_column(col, justify="right" if col not in ("score", "") else "left")
+        for i, c in enumerate(run.choice.candidates):
+            mark = "◀ chosen" if c.spec == run.choice.spec else ""
+            evidence = ("—", "—") if i == 0 else (f"{c.delta_aurc:+.5f}", f"{c.z:.2f}")
+            t.add_row(c.spec, f"{c.aurc:.5f}", *evidence, f"{c.e_aurc:.5f}", f"{c.auroc:.4f}",
+                      mark, style="bold" if mark else None)
+        con.print(t)
     con.print(f"[bold]choice:[/bold] {run.choice.reason}")
     cert = run.certificate
-    d = Table(title=f"certification (n = {cert.n}, method {cert.method})")
+    d = Table(title=f"certification (n = {cert.n} samples, method {cert.method})")
     d.add_column("quantity")
     d.add_column("value", justify="right")
     s = run.settings
     rows = [("target risk r*", f"{s.target_risk:g}"), ("δ", f"{s.delta:g}"),
             ("threshold", "none (defer all)" if cal.threshold is None else f"{cal.threshold:.6g}"),
             ("coverage (cert)", f"{cal.coverage:.4f}"), ("selective risk (cert)", f"{cal.risk:.4f}"),
-            ("risk upper bound", f"{cal.risk_upper_bound:.4f}"),
+            ("post-selection CP bound (indicative)", f"{cal.risk_upper_bound:.4f}"),
             ("accepted / errors", f"{cert.n_accepted} / {cert.n_errors}"),
-            ("detail", cert.detail)]
+            ("procedure", cert.procedure), ("certification samples", str(cert.n)),
+            ("start", cert.start or "—"), ("detail", cert.detail)]
     for k, v in rows:
         d.add_row(k, v)
     con.print(d)
+    if cal.threshold is not None and cert.method in ("ltt", "sgr"):
+        con.print(f"[bold]certified:[/bold] selective risk ≤ {s.target_risk:g} with probability "
+                  f"≥ {1 - s.delta:g} (the CP bound above was computed after choosing the "
+                  "threshold on the same data: indicative only)")
     if cal.threshold is None:
         con.print("[bold red]WARNING: nothing could be certified; this calibration DEFERS EVERY "
                   f"PREDICTION.[/bold red] {cert.detail}")
@@ -200,7 +211,8 @@ def calibrate_main(args: argparse.Namespace) -> int:
     settings = CalibrationSettings(target_risk=args.target_risk, delta=args.delta,
                                    method=args.method, score=args.score,
                                    target_coverage=args.target_coverage,
-                                   tune_fraction=args.tune_fraction, seed=args.seed).validate()
+                                   tune_fraction=args.tune_fraction, seed=args.seed,
+                                   temperature=args.temperature).validate()
     z, y, info, sha = _logits_and_labels(args, model_path, check_calibration_role)
     data = {"spec": info["spec"], "split": info["split"], "fingerprint": info["fingerprint"],
             "n": info["n"]}
@@ -209,6 +221,10 @@ def calibrate_main(args: argparse.Namespace) -> int:
     run = calibrate_arrays(z, y, settings)
     cal = to_calibration(run, sha, data, allow_defer_all=args.allow_defer_all)
     out = model_path.parent
+    if "probe" in info:
+        px, pz, provider, precision = info["probe"]
+        cal = dataclasses.replace(cal, provider=provider, precision=precision,
+                                  probe_sha256=write_probe(out, px, pz))
     risk_coverage_plot(run, out / "risk_coverage.png")
     reliability_plot(run, out / "reliability.png")
     backup = keep_backup(out / FILENAME)
@@ -238,8 +254,12 @@ def register_calibrate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=("ltt", "sgr"), default="ltt",
                    help="ltt = Learn-then-Test, sgr = selection with guaranteed risk")
     p.add_argument("--score", default="auto",
-                   help="auto (MSP unless a pnorm:0..10 has strictly lower AURC), msp, pnorm:2, ... "
-                   "(default: auto)")
+                   help="auto (MSP unless a pnorm:0..10 has a significantly lower tuning AURC), "
+                   "msp, pnorm:2, ... (default: auto)")
+    p.add_argument("--temperature", type=float_above(0.0, 1.5), default=None,
+                   help="fix the temperature instead of fitting it; with a fixed --score there is "
+                   "nothing to tune, so every sample certifies (default: fitted on the tuning "
+                   "split)")
     p.add_argument("--target-coverage", type=fraction(0.9, closed_right=True), default=None,
                    help="pick the threshold for this coverage and report its risk bound instead "
                    "(default: off, certify --target-risk)")

@@ -59,7 +59,7 @@ def risk_coverage_plot(run: CalibrationRun, path: str | os.PathLike[str], title:
                     yerr=[[0.0], [max(cert.risk_upper_bound - cert.risk, 0.0)]],
                     fmt="o", color="tab:red", ms=8, capsize=4, zorder=5,
                     label=f"operating point ({cert.method}): coverage {cert.coverage:.3f}, "
-                          f"risk {cert.risk:.4f} ≤ {cert.risk_upper_bound:.4f}")
+                          f"risk {cert.risk:.4f}, post-selection bound {cert.risk_upper_bound:.4f}")
     else:
         ax.text(0.5, 0.92, "nothing certified: every prediction is deferred", color="tab:red",
                 ha="center", transform=ax.transAxes, fontsize=11, weight="bold")

@@ -73,4 +73,5 @@ def test_banner_example_requests_return_what_the_readme_shows() -> None:
         end = readme.index(END)
     assert f"```text\n{block}\n```" in readme[start:end], (
         "the README's example is stale: rerun with ABSTAIN_UPDATE_README=1 or paste\n" + block)
-    assert "not a probability" in banner[-1] and "pnorm" in readme
+    assert banner[-1].startswith("score: the calibrated confidence score (")
+    assert ("not a probability" in banner[-1]) == ("(msp;" not in banner[-1])

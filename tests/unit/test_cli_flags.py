@@ -14,7 +14,7 @@ from serve.cli import build_parser, main
 MODEL = "models/mnist1d-maxsup/1"
 # Positional / required arguments that let argparse reach the flag under test.
 REQUIRED = {"train": ["--out", "/nonexistent/never"], "export": ["/nonexistent/run", "--to", "/x"],
-            "calibrate": [MODEL], "evaluate": [MODEL], "study": [], "bench": [],
+            "calibrate": [MODEL], "evaluate": [MODEL], "study": [],
             "serve": ["{empty}"], "package": [MODEL, "--triton", "{empty}"],
             "review": []}    # an existing folder without models: nothing can start
 # (command, flag, bad value, words the one-line message must hold)
@@ -38,15 +38,12 @@ TABLE = [
     ("calibrate", "--delta", "1", "not in (0, 1)"),
     ("calibrate", "--target-coverage", "95", "(0, 1]"),
     ("calibrate", "--tune-fraction", "1", "not in (0, 1)"),
+    ("calibrate", "--temperature", "0", "> 0"),
     ("calibrate", "--seed", "x", "not a whole number"),
     ("calibrate", "--batch-size", "0", "≥ 1"),
     ("evaluate", "--confidence", "2", "not in (0, 1): pass a fraction such as 0.95"),
     ("evaluate", "--confidence", "0", "not in (0, 1)"),
     ("evaluate", "--batch-size", "0", "≥ 1"),
-    ("bench", "--duration", "0.5", "≥ 1"),
-    ("bench", "--runtime-seconds", "0", "> 0"),
-    ("bench", "--intra-op-threads", "-1", "≥ 0"),
-    ("bench", "--max-batch-size", "0", "≥ 1"),
     ("serve", "--port", "-1", "must be ≥ 1"),
     ("serve", "--workers", "0", "must be ≥ 1"),
     ("serve", "--max-batch-size", "0", "must be ≥ 1"),
@@ -152,3 +149,17 @@ def test_train_accepts_the_whole_dataset_or_its_train_split() -> None:
     p = _subparsers()["train"]
     for spec in ("mnist1d", "mnist1d?n=500:train", "npz:/data/x.npz"):
         assert p.parse_args(["--data", spec, "--out", "x"]).data == spec
+
+
+@pytest.mark.parametrize(("flag", "value", "words"), [
+    ("--duration", "0.5", "≥ 1"), ("--runtime-seconds", "0", "> 0"),
+    ("--max-batch-size", "0", "≥ 1"), ("--ceiling-threads", "-1", "≥ 0"),
+    ("--overload-duration", "0", "≥ 1")])
+def test_the_bench_script_refuses_bad_flags_in_one_line(flag, value, words, capsys) -> None:
+    from bench.cli import main as bench_main
+
+    with pytest.raises(SystemExit) as exit_:
+        bench_main([flag, value])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert flag in err and words in err, err

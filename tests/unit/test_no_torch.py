@@ -60,7 +60,7 @@ def test_help_lists_only_commands_this_install_can_run() -> None:
         main(['--help'])
     """)
     commands = r.stdout.split("positional arguments:")[1].split("options:")[0]
-    for name in ("serve", "calibrate", "evaluate", "bench"):   # bench: this is a checkout
+    for name in ("serve", "calibrate", "evaluate"):
         assert f"    {name} " in commands, r.stdout
     for name in ("train", "export", "study"):
         assert f"    {name} " not in commands, r.stdout

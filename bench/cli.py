@@ -1,8 +1,7 @@
-"""``abstain bench``: measure abstain against the runtime and HTTP ceilings (issue 8).
+"""``python -m bench`` (``make bench``): measure abstain against the runtime and HTTP ceilings.
 
-The harness lives in the checkout's ``bench/`` folder (it drives wrk, starts servers and builds a
-ResNet with torch in a subprocess), so this command works from a source checkout only; it never
-imports torch itself.
+A development script of the checkout, not an ``abstain`` subcommand: it drives wrk, starts
+servers and builds a ResNet with torch in a subprocess, none of which an installed package holds.
 """
 
 from __future__ import annotations
@@ -12,10 +11,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from serve.argtypes import NONNEGATIVE_INT, POSITIVE_INT, float_above
+from serve.argtypes import POSITIVE_INT, float_above
 from serve.errors import AbstainError
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -38,10 +35,10 @@ def _choices(valid: tuple[str, ...]):
     return parse
 
 
-def register_bench(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="benchmark: runtime ceiling, HTTP ceiling, abstain under wrk",
-                       description="Measure raw onnxruntime, a bare ASGI app and abstain serve (wrk, "
-                       "one thread) on this machine and write docs/benchmarks.md + .png.")
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench", description="Measure raw onnxruntime, a bare ASGI app and abstain "
+        "serve (wrk, one thread) on this machine and write docs/benchmarks.md + .png.")
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"), help="markdown report")
     p.add_argument("--plot", type=Path, default=None, help="plot (default: OUT with .png)")
     p.add_argument("--duration", type=float_above(1.0, 10.0, inclusive=True), default=10.0,
@@ -63,31 +60,58 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
                    help="runtime ceiling batch sizes (default: 1,2,4,...,256)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="onnxruntime device")
-    p.add_argument("--intra-op-threads", type=NONNEGATIVE_INT, default=0,
-                   help="onnxruntime threads, same for all three (0 = the server's default)")
+    p.add_argument("--intra-op-threads", default="auto",
+                   help="abstain serve --intra-op-threads (default: auto)")
+    p.add_argument("--ceiling-threads", type=_threads, default=(1, 0),
+                   help="intra-op threads of the bare app, each run, the best is the ceiling; "
+                   "0 = all cores (default: 1,0)")
+    p.add_argument("--workers", type=_ints, default=(1, 2),
+                   help="abstain worker processes to compare, v2 JSON at c=32,128 (default: 1,2)")
+    p.add_argument("--record-args", default="", metavar="FLAGS",
+                   help="extra `abstain serve` flags for a second run at c=32 whose req/s ratio "
+                   "is a target, e.g. '--state-dir /tmp/s --audit-rate 0.05' (default: none)")
+    p.add_argument("--grpc", action="store_true", help="also the gRPC endpoint at c=1 and c=32")
+    p.add_argument("--overload", action="store_true",
+                   help="also the overload benchmark (1×, 2×, 4×, 16× the queue)")
+    p.add_argument("--overload-duration", type=float_above(1.0, 20.0, inclusive=True),
+                   default=20.0, help="seconds per overload point (default: 20)")
     p.add_argument("--max-batch-size", type=POSITIVE_INT, default=64, help="abstain serve --max-batch-size (default: 64)")
     p.add_argument("--notes", type=Path, default=None,
                    help="markdown file appended under the targets (comments on the run; default: none)")
-    p.set_defaults(handler=_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return _bench(build_parser().parse_args(argv))
+    except AbstainError as err:
+        print(f"python -m bench: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _threads(text: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not vals or any(v < 0 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected integers ≥ 0 (0 = all cores), got {text!r}")
+    return vals
 
 
 def _bench(args: argparse.Namespace) -> int:
-    if not (ROOT / "bench" / "harness.py").is_file():
-        raise AbstainError(f"abstain bench runs from a source checkout (no bench/ beside {ROOT / 'serve'})")
     if args.duration < 1:
         raise AbstainError(f"--duration {args.duration} must be ≥ 1 second (wrk's resolution)")
     if args.runtime_seconds <= 0:
         raise AbstainError("--runtime-seconds must be > 0")
-    if args.intra_op_threads < 0 or args.max_batch_size < 1:
-        raise AbstainError("--intra-op-threads must be ≥ 0 and --max-batch-size ≥ 1")
+    if args.intra_op_threads != "auto" and not args.intra_op_threads.isdigit():
+        raise AbstainError(f"--intra-op-threads {args.intra_op_threads!r}: use auto or a number ≥ 0")
     if args.notes is not None and not args.notes.is_file():
         raise AbstainError(f"--notes {args.notes}: no such file")
     if args.device == "cuda":
         from serve.runtime import providers_for
 
         providers_for("cuda")                    # refuses with the fix when CUDA is missing
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     from bench import report
     from bench.harness import BenchConfig, run_bench
 
@@ -97,15 +121,17 @@ def _bench(args: argparse.Namespace) -> int:
                       default_model=args.default_model, heavy_model=args.heavy_model,
                       batch_sizes=args.batch_sizes, device=args.device,
                       intra_op_threads=args.intra_op_threads, max_batch_size=args.max_batch_size,
-                      command="abstain " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"]
-                      else "abstain bench")
+                      ceiling_threads=args.ceiling_threads, workers=args.workers,
+                      record_args=args.record_args, grpc=args.grpc, overload=args.overload,
+                      overload_duration_s=args.overload_duration,
+                      command="python -m bench " + shlex.join(sys.argv[1:]))
     res = run_bench(cfg)
     notes = args.notes.read_text() if args.notes else ""
     out = report.write(res, notes)
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"abstain bench → {out}")
+    t = Table(title=f"python -m bench → {out}")
     for col in ("target", "measured", "goal", "ratio", "verdict"):
         t.add_column(col)
     for tg in report.targets(res):
@@ -113,15 +139,3 @@ def _bench(args: argparse.Namespace) -> int:
                   report.verdict(tg))
     Console().print(t)
     return 0
-
-
-def _needs_checkout() -> AbstainError | None:
-    """Why `bench` cannot run here: it drives the checkout's bench/ harness (``None`` when present)."""
-    if (ROOT / "bench" / "harness.py").is_file():
-        return None
-    return AbstainError("needs a source checkout: abstain bench drives the checkout's bench/ "
-                        "harness (git clone; pip install -e '.[cpu,train]' for the heavy model; "
-                        "wrk on PATH), which an installed package does not hold")
-
-
-register_bench.unavailable = _needs_checkout  # type: ignore[attr-defined]
