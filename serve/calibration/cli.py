@@ -271,7 +271,7 @@ def register_calibrate(sub: argparse._SubParsersAction) -> None:
                    help="if nothing can be certified, write a calibration that defers everything")
     p.add_argument("--from-feedback", metavar="STORE", default=None,
                    help="re-certify the threshold on labelled AUDITED samples of a decision store "
-                   "(a --state-dir or postgresql:// URL); keeps the score, r* and δ")
+                   "(a --state-dir or postgresql:// URL); keeps the score, r* and δ (default: off)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu",
                    help="onnxruntime device for the model run")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=1024,
