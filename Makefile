@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PORT   ?= 8000
+# Label Studio for the review e2e tests: its own environment, so its pins never enter abstain's.
+LS_VENV ?= .venv-labelstudio
+LABEL_STUDIO ?= label-studio==1.23.2
 # torch for the test suite, CPU build. torch==2.13.0 resolves to the CPU build only where the
 # package index serves one (macOS, Linux aarch64, or a local wheel house with 2.13.0+cpu); on
 # plain PyPI for Linux x86_64 it is the multi-GB CUDA build. There, pass PyTorch's CPU index:
@@ -25,21 +28,26 @@ $(VENV)/.serve: pyproject.toml | $(BIN)/python
 $(VENV)/.test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet $(if $(TORCH_INDEX),--index-url '$(TORCH_INDEX)') '$(TORCH)'
 	$(BIN)/python -c "import torch; print('torch', torch.__version__, '(CUDA ' + torch.version.cuda + ')' if torch.version.cuda else '(CPU build)')"
-	$(BIN)/pip install --quiet -e '.[cpu,data,train,dev]'
+	$(BIN)/pip install --quiet -e '.[cpu,data,train,dev,loop,review]'
 	touch $@ $(VENV)/.serve
 
-# System tools the integration tests drive for real: Prometheus + promtool, wrk.
+# System tools the integration tests drive for real: Prometheus + promtool, wrk, PostgreSQL (the
+# loop tests start a throw-away cluster with initdb + pg_ctl; the package's own cluster stays off).
 # The tests start their own Prometheus, so the package's service must not start: where no
 # policy-rc.d exists, a temporary one (exit 101) stops the postinst from starting it (in a
 # container without an init that start fails and would fail the install).
 sysdeps:
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v wrk >/dev/null || { \
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v wrk >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); POLICY=/usr/sbin/policy-rc.d; ADDED=; \
 	  if [ ! -e $$POLICY ]; then \
 	    printf '#!/bin/sh\nexit 101\n' | $$SUDO tee $$POLICY >/dev/null && $$SUDO chmod 755 $$POLICY && ADDED=1; fi; \
 	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus wrk >/dev/null; \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus wrk postgresql >/dev/null; \
 	  RC=$$?; if [ -n "$$ADDED" ]; then $$SUDO rm -f $$POLICY; fi; exit $$RC; }
+
+$(LS_VENV)/bin/label-studio:
+	$(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/pip install --quiet '$(LABEL_STUDIO)'
 
 # A second ONNX runtime for the decision-graph test: onnxruntime-node, pinned by tests/node's lock
 # file. Its postinstall would fetch CUDA binaries from nuget.org; the CPU binaries ship in the
@@ -60,7 +68,7 @@ serve: $(VENV)/.serve
 	  wait $$pid; rc=$$?; while kill -0 $$pid 2>/dev/null; do wait $$pid; rc=$$?; done; \
 	  if [ $$rc -ge 128 ]; then exit 0; else exit $$rc; fi
 
-test: $(VENV)/.test sysdeps npmdeps
+test: $(VENV)/.test sysdeps npmdeps $(LS_VENV)/bin/label-studio
 	$(BIN)/ruff check serve training tests bench
 	$(BIN)/python -m pytest -n 2 --dist loadfile -p no:cacheprovider tests
 
@@ -85,4 +93,4 @@ proto: $(VENV)/.test
 	  --descriptor_set_out=serve/protocol/proto/grpc_predict_v2.desc grpc_predict_v2.proto
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(LS_VENV) .pytest_cache .hypothesis

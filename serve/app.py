@@ -23,6 +23,7 @@ from serve.dataplane.app import DataPlane, batcher_factory
 from serve.dataplane.decode import Decoder
 from serve.dataplane.record import Record
 from serve.httpserver import configure as configure_http
+from serve.loop.wiring import create_loop
 from serve.monitoring import FLUSH_S, Monitor
 from serve.repository import ModelRepository, ModelVersion
 from serve.settings import ServerSettings, load_settings
@@ -35,7 +36,8 @@ class App:
 
     def __init__(self, settings: ServerSettings, monitor: Monitor,
                  preloaded: list[ModelVersion] | None) -> None:
-        self.record = Record(monitor)
+        self.loop = create_loop(settings, monitor.registry, monitor.multiprocess)   # serve/loop
+        self.record = Record(monitor, [self.loop.sink] if self.loop else None)
         self.repo = ModelRepository(settings.model_repository, monitor, settings.device,
                                     settings.intra_op_threads, settings.warmup_batch_sizes,
                                     batcher_factory(settings, self.record.hook, monitor), preloaded,
@@ -50,8 +52,10 @@ class App:
         self.settings, self.monitor = settings, monitor
         self.grpc_port: int | None = None                  # bound in the lifespan (--grpc-port)
         self.control = create_control(settings, self.repo, monitor, self._lifespan)
+        if self.loop:
+            self.control.include_router(self.loop.router)
         self.state = SimpleNamespace(settings=settings, monitor=monitor, repository=self.repo,
-                                     record=self.record, admission=self.admission)
+                                     record=self.record, admission=self.admission, loop=self.loop)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
@@ -75,6 +79,8 @@ class App:
         # Started: readiness is now "at least one model is live", so a repository that fills
         # later (poll or admin reload) makes the server ready without a restart.
         repo.ready = True
+        if self.loop:
+            self.loop.start()
         tasks = [asyncio.create_task(self._flush())]
         if settings.poll_interval_s > 0:
             tasks.append(asyncio.create_task(self._poll()))
@@ -95,6 +101,8 @@ class App:
             for t in tasks:
                 t.cancel()
             await repo.close()
+            if self.loop:                                   # flush the decision records
+                await asyncio.to_thread(self.loop.close)
             self.decoder.close()
             self.monitor.close()
 

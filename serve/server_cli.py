@@ -50,6 +50,15 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("log_level", str, "debug | info | warning | error (default info)"),
     ("drift_window", int, "decisions in the deferral-rate drift window (default 1000)"),
     ("drift_alpha", float, "flag drift when the binomial p-value is below this (default 0.001)"),
+    # the feedback loop (serve/loop): recording is on with a state dir or a database URL
+    ("state_dir", str, "record every decision in SQLite under this folder (review queue, live risk; default: off)"),
+    ("database_url", str, "postgresql://… decision store shared by several replicas (default: off)"),
+    ("audit_rate", float, "probability a sample is drawn for audit (default 0.01)"),
+    ("store_inputs", str, "true: keep decoded inputs for reviewers (default false)"),
+    ("live_delta", float, "level of the anytime-valid live-risk bound (default 0.05)"),
+    ("review_ttl_s", float, "review items expire after this many seconds (default 7 days)"),
+    ("reviewer_key", str, "Bearer key for the review API, besides the api/admin keys (default: none)"),
+    ("review_webhook_secret", str, "enable POST /v1/review/labelstudio with this shared secret (default: off)"),
 ]
 
 

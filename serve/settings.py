@@ -67,6 +67,15 @@ class ServerSettings(BaseSettings):
     drift_window: int = Field(1000, ge=10)
     drift_alpha: float = Field(0.001, gt=0, lt=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # The feedback loop (serve/loop): recording is on when state_dir or database_url is set.
+    state_dir: Path | None = Field(None, description="decision store folder (SQLite, WAL)")
+    database_url: SecretStr | None = Field(None, description="postgresql://… shared decision store")
+    audit_rate: float = Field(0.01, ge=0, le=1, description="probability a sample is audited")
+    store_inputs: bool = Field(False, description="keep decoded inputs for reviewers")
+    live_delta: float = Field(0.05, gt=0, lt=1, description="level of the live-risk bound")
+    review_ttl_s: float = Field(7 * 86400.0, gt=0, description="review items expire after this")
+    reviewer_key: SecretStr | None = Field(None, description="Bearer key for the review API")
+    review_webhook_secret: SecretStr | None = Field(None, description="Label Studio webhook secret")
 
     @property
     def api_key_value(self) -> str | None:
@@ -75,6 +84,14 @@ class ServerSettings(BaseSettings):
     @property
     def admin_key_value(self) -> str | None:
         return self.admin_key.get_secret_value() if self.admin_key else None
+
+    @property
+    def database_url_value(self) -> str | None:
+        return self.database_url.get_secret_value() if self.database_url else None
+
+    @property
+    def reviewer_key_value(self) -> str | None:
+        return self.reviewer_key.get_secret_value() if self.reviewer_key else None
 
     @property
     def metrics_key_value(self) -> str | None:

@@ -200,6 +200,10 @@ def _print_calibration(run, cal: Calibration, out: Path) -> None:
 
 
 def calibrate_main(args: argparse.Namespace) -> int:
+    if getattr(args, "from_feedback", None):                # the feedback loop (serve/loop)
+        from serve.loop.recalibrate import from_feedback_main
+
+        return from_feedback_main(args)
     from serve.calibration.pipeline import CalibrationSettings, calibrate_arrays, to_calibration
     from serve.calibration.plots import reliability_plot, risk_coverage_plot
 
@@ -265,6 +269,9 @@ def register_calibrate(sub: argparse._SubParsersAction) -> None:
                    help="seed of the tuning/certification split")
     p.add_argument("--allow-defer-all", action="store_true",
                    help="if nothing can be certified, write a calibration that defers everything")
+    p.add_argument("--from-feedback", metavar="STORE", default=None,
+                   help="re-certify the threshold on labelled AUDITED samples of a decision store "
+                   "(a --state-dir or postgresql:// URL); keeps the score, r* and δ (default: off)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu",
                    help="onnxruntime device for the model run")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=1024,

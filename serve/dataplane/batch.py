@@ -208,7 +208,8 @@ class Batcher:
             if not it.future.done():
                 it.future.set_result({k: v[offset:offset + it.n] for k, v in out.items()})
             offset += it.n
-        self._record([it.tag for it in items], [it.n for it in items], waits, inference_s, out)
+        self._record([it.tag for it in items], [it.n for it in items], waits, inference_s,
+                     {**out, "input": x})                   # the record stage may keep inputs
 
     def _record(self, tags: list[str], sizes: list[int], waits: list[float], inference_s: float,
                 out: dict[str, np.ndarray]) -> None:
@@ -255,7 +256,7 @@ class Batcher:
         except Exception:
             log.exception("inference failed for model %s (batch of %d)", self.name, len(x))
             raise
-        self._record([tag], [len(x)], [0.0], inference_s, out)
+        self._record([tag], [len(x)], [0.0], inference_s, {**out, "input": x})
         return out
 
     async def result(self, x: np.ndarray, deadline: float, alone: bool = False,

@@ -15,7 +15,8 @@ MODEL = "models/mnist1d-maxsup/1"
 # Positional / required arguments that let argparse reach the flag under test.
 REQUIRED = {"train": ["--out", "/nonexistent/never"], "export": ["/nonexistent/run", "--to", "/x"],
             "calibrate": [MODEL], "evaluate": [MODEL], "study": [],
-            "serve": ["{empty}"], "package": [MODEL, "--triton", "{empty}"]}    # an existing folder without models: nothing can start
+            "serve": ["{empty}"], "package": [MODEL, "--triton", "{empty}"],
+            "review": []}    # an existing folder without models: nothing can start
 # (command, flag, bad value, words the one-line message must hold)
 TABLE = [
     ("train", "--epochs", "0", "pass a whole number ≥ 1"),
@@ -66,6 +67,9 @@ TABLE = [
     ("serve", "--grpc-port", "-1", "must be ≥ 0"),
     ("serve", "--drift-window", "5", "must be ≥ 10"),
     ("serve", "--drift-alpha", "2", "must be < 1"),
+    ("serve", "--audit-rate", "2", "must be ≤ 1"),
+    ("serve", "--live-delta", "0", "must be > 0"),
+    ("serve", "--review-ttl-s", "0", "must be > 0"),
     ("package", "--version", "0", "≥ 1"),
 ]
 

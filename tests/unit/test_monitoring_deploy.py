@@ -14,6 +14,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from serve.calibration.artifact import new_calibration
+from serve.loop.gauges import LoopMetrics
+from serve.loop.risk import live_risk
 from serve.monitoring import Monitor
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,6 +39,9 @@ def exported_sample_names() -> set[str]:
     mon.queue_depth("m", "1", 1)
     mon.batch("m", "1", 2, [0.001, 0.002], 0.001)
     mon.decisions("m", "1", np.array([0, 1]), ["a", "b"], np.array([0.2, 0.8]), np.array([True, False]))
+    loop = LoopMetrics(mon.registry)                     # the feedback loop's series (serve/loop)
+    loop.set_risk(live_risk("m", "1", "ab" * 32, 0.05, 1, 100, 2, 0.05))
+    loop.dropped.inc()
     names = set()
     for fam in text_string_to_metric_families(mon.render()[0].decode()):
         names |= {s.name for s in fam.samples}
@@ -67,7 +72,7 @@ def promtool() -> str:
 def test_promtool_check_rules_passes() -> None:
     res = subprocess.run([promtool(), "check", "rules", str(ALERTS)], capture_output=True, timeout=30)
     assert res.returncode == 0, res.stdout.decode() + res.stderr.decode()
-    assert b"SUCCESS: 5 rules found" in res.stdout
+    assert b"SUCCESS: 7 rules found" in res.stdout
 
 
 def test_alerts_fire_on_synthetic_series(tmp_path: Path) -> None:
@@ -95,6 +100,8 @@ def test_alerts_fire_on_synthetic_series(tmp_path: Path) -> None:
                 values: '0+10x40'
               - series: 'abstain_requests_shed_total{model="m", version="1", code="503"}'
                 values: '0+10x40'
+              - series: 'abstain_live_risk_status{model="m", version="1", calibration="abc"}'
+                values: '0 0 2 2 3 3 3 3 3 3'
             alert_rule_test:
               - eval_time: 3m
                 alertname: AbstainCoverageDrift
@@ -106,6 +113,16 @@ def test_alerts_fire_on_synthetic_series(tmp_path: Path) -> None:
                     exp_annotations:
                       summary: "Coverage drift on m/1"
                       description: "The acceptance rate over the drift window differs from the certified coverage (binomial p below alpha) for 5 minutes. The selective-risk guarantee assumes the calibration distribution; re-calibrate on recent labelled data or investigate the shift."
+              - eval_time: 4m
+                alertname: AbstainLiveRiskAlarm
+                exp_alerts: []
+              - eval_time: 6m
+                alertname: AbstainLiveRiskAlarm
+                exp_alerts:
+                  - exp_labels: {severity: critical, model: m, version: "1", calibration: abc}
+                    exp_annotations:
+                      summary: "Live selective risk of m/1 is above its target"
+                      description: "The lower end of the live-risk confidence sequence (labelled audited accepted samples) exceeds the certified target risk. Defer more (raise the threshold) or recalibrate: abstain calibrate MODEL --from-feedback STORE."
               - eval_time: 30m
                 alertname: AbstainHighDeferralRate
                 exp_alerts:

@@ -1,0 +1,291 @@
+"""The decision record store: one row per served sample, plus human labels and review state.
+
+Embedded default: SQLite in WAL mode at ``<state-dir>/decisions.sqlite3`` (readers never block
+the writer; a committed batch survives ``kill -9``). A ``postgresql://`` URL selects PostgreSQL
+(psycopg 3, extra ``loop``) so several server replicas share one store and one review queue.
+
+Every connection is per thread: the recorder's flusher thread writes, API calls read and label
+from worker threads (never from the event loop). SQL is written once with ``?`` placeholders.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from serve.errors import AbstainError
+
+FILENAME = "decisions.sqlite3"
+Kind = Literal["deferred", "audit"]
+COLUMNS = ("request_id", "idx", "ts", "model", "version", "calibration_sha256", "label", "score",
+           "reject", "audit", "topk", "input", "review", "expires")
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS records (
+        request_id TEXT NOT NULL, idx INTEGER NOT NULL, ts DOUBLE PRECISION NOT NULL,
+        model TEXT NOT NULL, version TEXT NOT NULL, calibration_sha256 TEXT NOT NULL,
+        label INTEGER NOT NULL, score DOUBLE PRECISION NOT NULL, reject INTEGER NOT NULL,
+        audit INTEGER NOT NULL, topk TEXT, input TEXT,
+        review TEXT NOT NULL, expires DOUBLE PRECISION,
+        PRIMARY KEY (request_id, idx))""",
+    # Partial indexes: rows nobody reviews (most traffic) only maintain the primary key.
+    "CREATE INDEX IF NOT EXISTS records_pending ON records (ts) WHERE review = 'pending'",
+    "CREATE INDEX IF NOT EXISTS records_audited ON records (model, version, calibration_sha256) "
+    "WHERE audit = 1",
+    """CREATE TABLE IF NOT EXISTS feedback (
+        request_id TEXT NOT NULL, idx INTEGER NOT NULL, label INTEGER NOT NULL,
+        source TEXT NOT NULL, annotator TEXT, ts DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (request_id, idx))""",
+    """CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
+]
+
+
+class StoreError(AbstainError):
+    """The decision store cannot be opened or used."""
+
+
+class Store:
+    """Decision records and feedback in SQLite (a directory) or PostgreSQL (a URL)."""
+
+    def __init__(self, location: str | Path) -> None:
+        loc = str(location)
+        self.postgres = loc.startswith(("postgresql://", "postgres://"))
+        if self.postgres:
+            try:
+                import psycopg  # noqa: F401
+            except ImportError:
+                raise StoreError("a postgresql:// store needs psycopg: pip install 'abstain[loop]'") from None
+            self.url = loc
+        else:
+            path = Path(loc)
+            if path.suffix not in (".sqlite3", ".sqlite", ".db"):
+                path = path / FILENAME
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise StoreError(f"cannot create the state directory {str(path.parent)!r}: {err}. "
+                                 "Pass a writable --state-dir") from None
+            self.url = str(path)
+        self._local = threading.local()
+        self._conns: list[Any] = []
+        self._lock = threading.Lock()
+        with self._tx(write=True) as cur:
+            for stmt in SCHEMA:
+                cur.execute(stmt)
+
+    def __repr__(self) -> str:
+        where = self.url.split("@")[-1] if self.postgres else self.url
+        return f"Store({'postgresql' if self.postgres else 'sqlite'}: {where})"
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def _connect(self) -> Any:
+        if self.postgres:
+            import psycopg
+            try:
+                return psycopg.connect(self.url, connect_timeout=5)
+            except psycopg.Error as err:
+                raise StoreError(f"cannot connect to PostgreSQL at {self!r}: "
+                                 f"{str(err).strip().splitlines()[0]}. Check --database-url "
+                                 "(postgresql://user:password@host:port/database)") from None
+        try:
+            conn = sqlite3.connect(self.url, timeout=30, check_same_thread=False,
+                                   isolation_level=None)
+        except sqlite3.Error as err:
+            raise StoreError(f"cannot open the SQLite store {self.url!r}: {err}") from None
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    def _conn(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+            with self._lock:
+                self._conns.append(conn)
+        return conn
+
+    def _tx(self, write: bool = False) -> _Tx:
+        return _Tx(self, write)
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s") if self.postgres else sql
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._conns:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            self._conns.clear()
+        self._local = threading.local()
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def insert_records(self, rows: list[tuple]) -> None:
+        """Insert rows in :data:`COLUMNS` order; a (request_id, idx) already stored is kept."""
+        if not rows:
+            return
+        sql = self._sql(f"INSERT INTO records ({', '.join(COLUMNS)}) VALUES "
+                        f"({', '.join('?' * len(COLUMNS))}) ON CONFLICT DO NOTHING")
+        with self._tx(write=True) as cur:
+            cur.executemany(sql, rows)
+
+    def expire(self, now: float | None = None) -> int:
+        """Mark pending review items past their expiry as ``expired``; return how many."""
+        now = time.time() if now is None else now
+        with self._tx(write=True) as cur:
+            cur.execute(self._sql("UPDATE records SET review = 'expired' "
+                                  "WHERE review = 'pending' AND expires IS NOT NULL AND expires < ?"),
+                        (now,))
+            return max(cur.rowcount, 0)
+
+    def add_feedback(self, request_id: str, idx: int, label: int, source: str,
+                     annotator: str | None, now: float | None = None) -> str:
+        """Store a human label: ``created``, ``same`` (idempotent repeat) or ``conflict``.
+
+        Raises:
+            KeyError: no such record.
+        """
+        now = time.time() if now is None else now
+        with self._tx(write=True) as cur:
+            cur.execute(self._sql("SELECT 1 FROM records WHERE request_id = ? AND idx = ?"),
+                        (request_id, idx))
+            if cur.fetchone() is None:
+                raise KeyError((request_id, idx))
+            cur.execute(self._sql("INSERT INTO feedback (request_id, idx, label, source, annotator, ts) "
+                                  "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"),
+                        (request_id, idx, int(label), source, annotator, now))
+            if cur.rowcount == 1:
+                cur.execute(self._sql("UPDATE records SET review = 'labelled' "
+                                      "WHERE request_id = ? AND idx = ?"), (request_id, idx))
+                return "created"
+            cur.execute(self._sql("SELECT label FROM feedback WHERE request_id = ? AND idx = ?"),
+                        (request_id, idx))
+            return "same" if int(cur.fetchone()[0]) == int(label) else "conflict"
+
+    def set_value(self, key: str, value: str) -> None:
+        with self._tx(write=True) as cur:
+            cur.execute(self._sql("INSERT INTO kv (key, value) VALUES (?, ?) "
+                                  "ON CONFLICT (key) DO UPDATE SET value = excluded.value"), (key, value))
+
+    def get_value(self, key: str) -> str | None:
+        with self._tx() as cur:
+            cur.execute(self._sql("SELECT value FROM kv WHERE key = ?"), (key,))
+            row = cur.fetchone()
+            return None if row is None else row[0]
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def _rows(self, sql: str, args: tuple = ()) -> list[dict[str, Any]]:
+        with self._tx() as cur:
+            cur.execute(self._sql(sql), args)
+            names = [d[0] for d in cur.description]
+            return [_decode(dict(zip(names, row, strict=True))) for row in cur.fetchall()]
+
+    def record(self, request_id: str, idx: int) -> dict[str, Any] | None:
+        rows = self._rows("SELECT * FROM records WHERE request_id = ? AND idx = ?", (request_id, idx))
+        return rows[0] if rows else None
+
+    def request(self, request_id: str) -> list[dict[str, Any]]:
+        """Every sample of one request with its human label (or None), by index."""
+        return self._rows(
+            "SELECT r.*, f.label AS human_label, f.source AS feedback_source, "
+            "f.annotator AS annotator, f.ts AS feedback_ts FROM records r LEFT JOIN feedback f "
+            "ON f.request_id = r.request_id AND f.idx = r.idx WHERE r.request_id = ? ORDER BY r.idx",
+            (request_id,))
+
+    def queue(self, kind: Kind, limit: int = 50, model: str | None = None) -> list[dict[str, Any]]:
+        """Pending review items, oldest first: ``deferred`` (rejected) or ``audit`` samples."""
+        cond = "reject = 1" if kind == "deferred" else "audit = 1"
+        args: tuple = ()
+        if model:
+            cond += " AND model = ?"
+            args = (model,)
+        return self._rows(f"SELECT * FROM records WHERE review = 'pending' AND {cond} "
+                          "ORDER BY ts, request_id, idx LIMIT ?", (*args, int(limit)))
+
+    def count(self, where: str = "1 = 1", args: tuple = ()) -> int:
+        with self._tx() as cur:
+            cur.execute(self._sql(f"SELECT COUNT(*) FROM records WHERE {where}"), args)
+            return int(cur.fetchone()[0])
+
+    def epochs(self) -> list[tuple[str, str, str]]:
+        """Every (model, version, calibration_sha256) that served traffic (registered by the
+        recorder in ``kv``) or has audited records, sorted."""
+        with self._tx() as cur:
+            cur.execute("SELECT DISTINCT model, version, calibration_sha256 FROM records WHERE audit = 1")
+            found = {tuple(r) for r in cur.fetchall()}
+            cur.execute("SELECT key FROM kv WHERE key LIKE 'epoch:%'")
+            for (key,) in cur.fetchall():
+                parts = key[len("epoch:"):].rsplit("/", 2)
+                if len(parts) == 3:
+                    found.add(tuple(parts))
+            return sorted(found)
+
+    def audit_counts(self, model: str, version: str, calibration_sha256: str) -> tuple[int, int, int]:
+        """(labels, errors, pending) over audited ACCEPTED samples of one epoch."""
+        with self._tx() as cur:
+            cur.execute(self._sql(
+                "SELECT COUNT(f.label), COALESCE(SUM(CASE WHEN f.label <> r.label THEN 1 ELSE 0 END), 0), "
+                "COALESCE(SUM(CASE WHEN f.label IS NULL AND r.review = 'pending' THEN 1 ELSE 0 END), 0) "
+                "FROM records r LEFT JOIN feedback f ON f.request_id = r.request_id AND f.idx = r.idx "
+                "WHERE r.audit = 1 AND r.reject = 0 AND r.model = ? AND r.version = ? "
+                "AND r.calibration_sha256 = ?"), (model, version, calibration_sha256))
+            n, k, p = cur.fetchone()
+            return int(n), int(k), int(p)
+
+    def audited_labelled(self, model: str, version: str | None = None) -> list[dict[str, Any]]:
+        """Labelled AUDITED samples (accepted or not), oldest first: the uniform sample."""
+        cond, args = "r.model = ?", (model,)
+        if version is not None:
+            cond, args = cond + " AND r.version = ?", (model, version)
+        return self._rows(
+            "SELECT r.request_id, r.idx, r.ts, r.version, r.calibration_sha256, r.label, r.score, "
+            "r.reject, f.label AS human_label FROM records r JOIN feedback f "
+            f"ON f.request_id = r.request_id AND f.idx = r.idx WHERE r.audit = 1 AND {cond} "
+            "ORDER BY r.ts, r.request_id, r.idx", args)
+
+
+def _decode(row: dict[str, Any]) -> dict[str, Any]:
+    for key in ("topk", "input"):
+        if isinstance(row.get(key), str):
+            row[key] = json.loads(row[key])
+    for key in ("reject", "audit"):
+        if key in row:
+            row[key] = bool(row[key])
+    return row
+
+
+class _Tx:
+    """One transaction on this thread's connection; a broken PostgreSQL connection is replaced."""
+
+    def __init__(self, store: Store, write: bool) -> None:
+        self.store, self.write = store, write
+
+    def __enter__(self) -> Any:
+        conn = self.store._conn()
+        if self.store.postgres and conn.closed:
+            self.store._local.conn = None
+            conn = self.store._conn()
+        self.conn = conn
+        if not self.store.postgres:
+            conn.execute("BEGIN IMMEDIATE" if self.write else "BEGIN")
+        self.cur = conn.cursor()
+        return self.cur
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self.conn.commit() if self.store.postgres else self.conn.execute("COMMIT")
+            elif self.store.postgres:
+                if not self.conn.closed:
+                    self.conn.rollback()
+            else:
+                self.conn.execute("ROLLBACK")
+        finally:
+            self.cur.close()
