@@ -10,7 +10,7 @@ PORT   ?= 8000
 TORCH       ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: serve test lint sysdeps npmdeps bench clean proto
+.PHONY: serve test lint sysdeps npmdeps bench gpu-check clean proto
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,13 @@ test: $(VENV)/.test sysdeps npmdeps
 # The benchmark (a development script): make bench ARGS='--overload --grpc'
 bench: $(VENV)/.test sysdeps
 	$(BIN)/python -m bench $(ARGS)
+
+# On a machine with CUDA: the CUDA tests, the provider check and the GPU benchmark, ≤ 8 minutes.
+# onnxruntime-gpu replaces onnxruntime, so it gets a venv of its own.
+gpu-check: sysdeps
+	test -x .venv-gpu/bin/python || $(PYTHON) -m venv .venv-gpu
+	.venv-gpu/bin/pip install --quiet '$(TORCH)' -e '.[gpu,data,train,dev]'
+	.venv-gpu/bin/python bench/gpu_check.py
 
 lint: $(VENV)/.test
 	$(BIN)/ruff check serve training tests bench
