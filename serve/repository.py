@@ -160,8 +160,8 @@ def scan(root: Path, follow_symlinks: bool = False) -> dict[tuple[str, int], Pat
 
 def _inside(path: Path, root: Path) -> bool:
     try:
-        return all((path / f).resolve().is_relative_to(root) for f in ("", MODEL_FILE,
-                                                                       CALIBRATION_FILE))
+        return all((path / f).resolve().is_relative_to(root)
+                   for f in ("", MODEL_FILE, CALIBRATION_FILE, probe.FILENAME))
     except (OSError, RuntimeError):           # a symlink loop
         return False
 

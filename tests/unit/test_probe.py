@@ -73,3 +73,30 @@ def test_a_tampered_probe_file_is_refused(tmp_path):
     (vdir / probe.FILENAME).write_bytes(b"other")
     with pytest.raises(Exception, match="does not match the probe_sha256"):
         load_version(vdir, "clf", 1, "cpu", 1)
+
+
+def test_calibrate_cli_writes_a_probe_the_loader_accepts(tmp_path, caplog):
+    from serve.cli import main
+
+    vdir = make_version(tmp_path / "repo", "clf", 1, seed=5)
+    model = OnnxModel(vdir / "model.onnx", device="cpu")
+    x = np.random.default_rng(1).normal(size=(3000, *model.input_shape)).astype(np.float32)
+    z = model.logits(x)
+    y = z.argmax(1)
+    margin = np.sort(z, 1)[:, -1] - np.sort(z, 1)[:, -2]
+    unsure = np.argsort(margin)[:150]
+    y[unsure] = (y[unsure] + 1) % model.num_classes                # 5 % errors, least confident
+    np.savez(tmp_path / "cal.npz", x=x, y=y)
+    (vdir / "calibration.json").unlink()
+    assert main(["calibrate", str(vdir), "--data", f"npz:{tmp_path / 'cal.npz'}",
+                 "--target-risk", "0.03", "--device", "cpu"]) == 0
+    cal = load_calibration(vdir)
+    assert cal.provider == "CPUExecutionProvider" and cal.precision == "float32"
+    assert len(cal.probe_sha256) == 64
+    with np.load(vdir / probe.FILENAME) as f:
+        assert f["x"].shape == (probe.N_PROBE, *model.input_shape)
+        assert f["logits"].shape == (probe.N_PROBE, model.num_classes)
+    caplog.set_level(logging.INFO, "serve")
+    mv = load_version(vdir, "clf", 1, device="cpu")
+    assert mv.calibration.probe_sha256 == cal.probe_sha256
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

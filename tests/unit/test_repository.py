@@ -50,3 +50,14 @@ def test_load_get_and_refuse(tmp_path):
     summary = repo.get("clf").summary()
     assert summary["provider"] == "CPUExecutionProvider"
     assert summary["calibration"]["threshold"] == 0.6
+
+
+def test_a_file_symlinked_out_of_the_root_skips_its_version(tmp_path):
+    root, outside = tmp_path / "repo", tmp_path / "elsewhere"
+    make_version(root, "clf", 1, seed=1)
+    make_version(root, "clf", 2, seed=2)
+    outside.mkdir()
+    (outside / "probe.npz").write_bytes(b"secret")
+    (root / "clf" / "2" / "probe.npz").symlink_to(outside / "probe.npz")
+    assert sorted(scan(root)) == [("clf", 1)]
+    assert sorted(scan(root, follow_symlinks=True)) == [("clf", 1), ("clf", 2)]
