@@ -6,7 +6,7 @@ PORT   ?= 8000
 # The local CPU build of torch; an unpinned torch would download a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: serve test lint sysdeps clean
+.PHONY: serve test lint sysdeps clean bench gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,8 +43,25 @@ test: $(VENV)/.test sysdeps
 	$(BIN)/ruff check serve training tests bench
 	$(BIN)/python -m pytest -n 2 --dist loadfile -p no:cacheprovider tests
 
+# The benchmark (a development script, bench/): `make bench ARGS="--duration 15 --overload"`.
+bench: $(VENV)/.test sysdeps
+	$(BIN)/python -m bench $(ARGS)
+
+# The prepared GPU check (bench/gpu_check.py, ≤ 8 min): its own venv, because the `gpu` extra's
+# onnxruntime-gpu and the `cpu` extra's onnxruntime overwrite each other in one environment.
+GPU_VENV ?= .venv-gpu
+$(GPU_VENV)/.gpu: pyproject.toml
+	$(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(GPU_VENV)/bin/pip install --quiet '$(TORCH)'
+	$(GPU_VENV)/bin/pip install --quiet -e '.[gpu,train,dev]'
+	touch $@
+
+gpu-check: $(GPU_VENV)/.gpu sysdeps
+	$(GPU_VENV)/bin/python -m bench.gpu_check
+
 lint: $(VENV)/.test
 	$(BIN)/ruff check serve training tests bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(GPU_VENV) .pytest_cache .hypothesis
