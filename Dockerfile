@@ -1,6 +1,6 @@
 # abstain inference server on a CUDA runtime: onnxruntime-gpu, no torch.
 #   docker build -t abstain .
-#   docker run --gpus all -p 8000:8000 -v "$PWD/models:/models:ro" abstain --device cuda
+#   docker run --gpus all -p 8000:8000 -p 8001:8001 -v "$PWD/models:/models:ro" abstain --device cuda
 FROM nvidia/cuda:12.6.3-cudnn-runtime-ubuntu22.04
 
 ENV DEBIAN_FRONTEND=noninteractive \
@@ -34,7 +34,8 @@ COPY --chown=abstain:abstain models /models
 
 USER 10001:10001
 WORKDIR /home/abstain
-EXPOSE 8000
+# 8000: HTTP (v1 + v2); 8001: the v2 gRPC protocol (inference.GRPCInferenceService).
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python3", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=2).status == 200 else 1)"]
-ENTRYPOINT ["abstain", "serve", "/models", "--host", "0.0.0.0", "--port", "8000"]
+ENTRYPOINT ["abstain", "serve", "/models", "--host", "0.0.0.0", "--port", "8000", "--grpc-port", "8001"]

@@ -3,24 +3,29 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PORT   ?= 8000
-# The local CPU build of torch; an unpinned torch would download a multi-GB CUDA build.
-TORCH  ?= torch==2.13.0
+# torch for the test suite, CPU build. torch==2.13.0 resolves to the CPU build only where the
+# package index serves one (macOS, Linux aarch64, or a local wheel house with 2.13.0+cpu); on
+# plain PyPI for Linux x86_64 it is the multi-GB CUDA build. There, pass PyTorch's CPU index:
+#   make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH       ?= torch==2.13.0
+TORCH_INDEX ?=
 
-.PHONY: serve test lint sysdeps clean bench gpu-check
+.PHONY: serve test lint sysdeps npmdeps bench gpu-check clean proto
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Serving needs onnxruntime, not torch.
+# Serving needs onnxruntime, not torch; `data` lets calibrate/evaluate read mnist1d and digits.
 $(VENV)/.serve: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[cpu]'
+	$(BIN)/pip install --quiet -e '.[cpu,data]'
 	touch $@
 
 # Everything the suite needs: the cpu runtime, training (torch CPU build), test tools.
 $(VENV)/.test: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet '$(TORCH)'
-	$(BIN)/pip install --quiet -e '.[cpu,train,dev]'
+	$(BIN)/pip install --quiet $(if $(TORCH_INDEX),--index-url '$(TORCH_INDEX)') '$(TORCH)'
+	$(BIN)/python -c "import torch; print('torch', torch.__version__, '(CUDA ' + torch.version.cuda + ')' if torch.version.cuda else '(CPU build)')"
+	$(BIN)/pip install --quiet -e '.[cpu,data,train,dev]'
 	touch $@ $(VENV)/.serve
 
 # System tools the integration tests drive for real: Prometheus + promtool, wrk.
@@ -36,24 +41,40 @@ sysdeps:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus wrk >/dev/null; \
 	  RC=$$?; if [ -n "$$ADDED" ]; then $$SUDO rm -f $$POLICY; fi; exit $$RC; }
 
-serve: $(VENV)/.serve
-	$(BIN)/abstain serve models --host 127.0.0.1 --port $(PORT)
+# A second ONNX runtime for the decision-graph test: onnxruntime-node, pinned by tests/node's lock
+# file. Its postinstall would fetch CUDA binaries from nuget.org; the CPU binaries ship in the
+# package, so ONNXRUNTIME_NODE_INSTALL=skip keeps the install to the npm registry.
+npmdeps: tests/node/node_modules/.installed
+tests/node/node_modules/.installed: tests/node/package.json tests/node/package-lock.json
+	@command -v npm >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null; }
+	cd tests/node && ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
-test: $(VENV)/.test sysdeps
+# Ctrl-C or SIGTERM is how this server stops, so that ends in exit 0, not make's
+# "*** [serve] Terminated": Ctrl-C reaches the server directly (the shell ignores it); a SIGTERM
+# sent to make alone is passed on; the server drains, then the recipe waits for it to exit.
+serve: $(VENV)/.serve
+	@$(BIN)/abstain serve models --host 127.0.0.1 --port $(PORT) & pid=$$!; \
+	  trap 'kill -TERM $$pid 2>/dev/null' TERM; trap '' INT; \
+	  wait $$pid; rc=$$?; while kill -0 $$pid 2>/dev/null; do wait $$pid; rc=$$?; done; \
+	  if [ $$rc -ge 128 ]; then exit 0; else exit $$rc; fi
+
+test: $(VENV)/.test sysdeps npmdeps
 	$(BIN)/ruff check serve training tests bench
 	$(BIN)/python -m pytest -n 2 --dist loadfile -p no:cacheprovider tests
 
-# The benchmark (a development script, bench/): `make bench ARGS="--duration 15 --overload"`.
+# The benchmark (a development script): make bench ARGS='--overload --grpc'
 bench: $(VENV)/.test sysdeps
 	$(BIN)/python -m bench $(ARGS)
 
-# The prepared GPU check (bench/gpu_check.py, ≤ 8 min): its own venv, because the `gpu` extra's
+# The prepared GPU check (bench/gpu_check.py, ≤ 8 min) in its own venv: the `gpu` extra's
 # onnxruntime-gpu and the `cpu` extra's onnxruntime overwrite each other in one environment.
 GPU_VENV ?= .venv-gpu
 $(GPU_VENV)/.gpu: pyproject.toml
 	$(PYTHON) -m venv $(GPU_VENV)
 	$(GPU_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(GPU_VENV)/bin/pip install --quiet '$(TORCH)'
+	$(GPU_VENV)/bin/pip install --quiet $(if $(TORCH_INDEX),--index-url '$(TORCH_INDEX)') '$(TORCH)'
 	$(GPU_VENV)/bin/pip install --quiet -e '.[gpu,train,dev]'
 	touch $@
 
@@ -62,6 +83,12 @@ gpu-check: $(GPU_VENV)/.gpu sysdeps
 
 lint: $(VENV)/.test
 	$(BIN)/ruff check serve training tests bench
+
+# The gRPC messages (KServe v2): the .proto compiled to a descriptor set, committed;
+# tests/unit/test_grpc_proto.py checks that this command reproduces it byte for byte.
+proto: $(VENV)/.test
+	$(BIN)/python -m grpc_tools.protoc -I serve/protocol/proto \
+	  --descriptor_set_out=serve/protocol/proto/grpc_predict_v2.desc grpc_predict_v2.proto
 
 clean:
 	rm -rf $(VENV) $(GPU_VENV) .pytest_cache .hypothesis

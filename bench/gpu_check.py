@@ -91,7 +91,7 @@ def main() -> int:
         ok &= provider == "CUDAExecutionProvider"
     common = ["--device", "cuda", "--duration", "3", "--runtime-seconds", "0.5",
               "--concurrency", "1,32,128", "--endpoints", "v2-json,v2-binary",
-              "--ceiling-threads", "0", "--workers", "0"]
+              "--ceiling-threads", "0", "--workers", "1"]
     with tempfile.TemporaryDirectory(prefix="abstain-gpu-") as tmp:
         heavy = Path(tmp) / "resnet18-heavy" / "1"
         built = _step("build the heavy model", [py, "-m", "bench.heavy_model", str(heavy)],

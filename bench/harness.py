@@ -1,24 +1,25 @@
-"""``python -m bench``: the runtime ceiling, the HTTP ceiling and abstain under wrk, in one run.
+"""``python -m bench`` (``make bench``): runtime ceiling, HTTP ceiling and abstain under wrk.
 
 For each model (the shipped default, and a compute-heavy ResNet-18 built by
-:mod:`bench.heavy_model`), on the same machine and providers:
+:mod:`bench.heavy_model`), on the same machine:
 
-1. runtime ceiling: :class:`serve.runtime.OnnxModel` in this process, batch sizes 1…256, under
-   each intra-op thread setting (the best samples/s of all is the runtime ceiling);
+1. runtime ceiling: :class:`serve.runtime.OnnxModel` in this process, batch sizes 1…256, at the
+   best of the intra-op thread settings;
 2. HTTP ceiling: :mod:`bench.ceiling_app` (bare ASGI) under uvicorn, v2 JSON, one worker, once
-   per intra-op thread setting; the ceiling at a concurrency is the best of those runs;
-3. abstain: ``abstain serve`` (one worker, its own ``--intra-op-threads`` default ``auto``) over
-   v1 JSON, v2 JSON and v2 binary, at each concurrency, with the mean batch size from
-   ``/metrics`` deltas;
-4. scaling: abstain with 1, 2 … uvicorn workers (default model, v2 JSON, c=32 and c=128);
-5. recording (optional): abstain plain and abstain with ``--record-args`` side by side at c=32.
+   per intra-op thread setting (1, all cores): the ceiling is the best of them;
+3. abstain: ``abstain serve`` (one worker, ``--intra-op-threads auto``) over v1 JSON, v2 JSON and
+   v2 binary, at each concurrency, with the mean batch size from ``/metrics`` deltas;
+4. optionally: ``--workers 2`` scaling, a run with extra serve flags (recording) for its
+   throughput ratio, the gRPC endpoint (bench/grpc_load.py) and the overload benchmark
+   (:mod:`bench.overload`).
 
-Then :mod:`bench.report` writes the markdown page (with the three target ratios) and the plot.
+Then :mod:`bench.report` writes the markdown page (with the targets) and the plot.
 """
 
 from __future__ import annotations
 
 import re
+import shlex
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ HEAVY_NAME = "resnet18-heavy"
 
 @dataclass
 class BenchConfig:
-    """What ``python -m bench`` measures; bench/__main__.py fills it from flags."""
+    """What ``abstain bench`` measures; the CLI fills it from flags."""
 
     out: Path = Path("docs/benchmarks.md")
     plot: Path | None = None                      # default: ``out`` with .png
@@ -56,13 +57,15 @@ class BenchConfig:
     heavy_model: Path | None = None               # None: build one in a temp dir
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
     device: str = "auto"
-    ceiling_threads: tuple[int, ...] = (1, 0)     # intra-op settings for both ceilings; 0 = all
-    abstain_threads: str = "auto"                 # abstain serve --intra-op-threads
+    intra_op_threads: str = "auto"                # abstain's setting
+    ceiling_threads: tuple[int, ...] = (1, 0)     # bare app: each is run, the best is the ceiling
     max_batch_size: int = 64
-    workers: tuple[int, ...] = (1, 2)             # scaling table; () skips it
-    scaling_concurrency: tuple[int, ...] = (32, 128)
-    record_args: tuple[str, ...] = ()             # extra `abstain serve` args; () skips it
-    record_concurrency: int = 32
+    workers: tuple[int, ...] = (1, 2)             # --workers scaling (v2 JSON, default model)
+    workers_concurrency: tuple[int, ...] = (32, 128)
+    record_args: str = ""                         # extra serve flags for a second run (c=32)
+    grpc: bool = False                            # the gRPC endpoint at c=1 and c=32
+    overload: bool = False                        # bench.overload after the load points
+    overload_duration_s: float = 20.0
     command: str = ""
 
 
@@ -72,19 +75,17 @@ class RuntimePoint:
     calls: int
     latency_ms: float                             # median per call
     samples_per_s: float
-    threads: int = 0                              # intra-op setting (0 = onnxruntime default)
 
 
 @dataclass
 class LoadPoint:
     model: str
-    server: Literal["ceiling", "abstain"]
+    server: str                                   # "ceiling", "abstain", "abstain+record"
     endpoint: str
     result: LoadResult
     mean_batch: float | None = None               # abstain only
-    threads: str = ""                             # intra-op setting of the server
+    threads: str = ""                             # ceiling: its intra-op threads
     workers: int = 1
-    phase: Literal["main", "scaling", "plain", "record"] = "main"
 
     @property
     def samples_per_s(self) -> float:
@@ -109,14 +110,15 @@ class BenchResult:
     load: list[LoadPoint] = field(default_factory=list)
     load_before: str = ""
     load_after: str = ""
-    abstain_threads_log: str = ""                 # the server's start-up line on its choice
-    overload: object | None = None                # bench.overload.OverloadResult when run
     started: str = ""
     seconds: float = 0.0
+    grpc_rows: list[str] = field(default_factory=list)       # markdown rows (bench/grpc_load.py)
+    overload: list = field(default_factory=list)             # bench.overload.OverloadPoint
+    abstain_threads: str = ""                                # what --intra-op-threads auto chose
 
 
 def runtime_ceiling(model: OnnxModel, batch_sizes: tuple[int, ...], budget_s: float,
-                    min_calls: int = 3, threads: int = 0) -> list[RuntimePoint]:
+                    min_calls: int = 3) -> list[RuntimePoint]:
     """Raw ``session.run`` at each batch size: median latency per call, samples/s overall."""
     rng = np.random.default_rng(0)
     points = []
@@ -131,7 +133,7 @@ def runtime_ceiling(model: OnnxModel, batch_sizes: tuple[int, ...], budget_s: fl
             times.append(time.perf_counter() - t)
         total = float(np.sum(times))
         points.append(RuntimePoint(b, len(times), float(np.median(times)) * 1e3,
-                                   b * len(times) / total, threads))
+                                   b * len(times) / total))
     return points
 
 
@@ -177,8 +179,9 @@ def _check(base: str, path: str, body: bytes, headers: dict, what: str) -> None:
         raise AbstainError(f"{what}: POST {path} answered {status}: {resp[:300]!r}")
 
 
-def _model_paths(cfg: BenchConfig, work: Path, console: Console) -> list[tuple[ModelKind, str, Path]]:
-    out: list[tuple[ModelKind, str, Path]] = []
+def _load_models(cfg: BenchConfig, work: Path,
+                 console: Console) -> list[tuple[ModelInfo, list[OnnxModel]]]:
+    out = []
     for kind in cfg.models:
         if kind == "default":
             path = cfg.default_model
@@ -192,7 +195,10 @@ def _model_paths(cfg: BenchConfig, work: Path, console: Console) -> list[tuple[M
                 console.print(f"building the heavy model (untrained ResNet-18, 3×32×32) in {path}")
                 _build_heavy(path)
             name = HEAVY_NAME
-        out.append((kind, name, path.resolve()))
+        ms = [OnnxModel(path / "model.onnx", device=cfg.device,  # type: ignore[arg-type]
+                        intra_op_threads=t) for t in cfg.ceiling_threads]
+        out.append((ModelInfo(kind, name, path.resolve(), ms[0].input_shape, ms[0].provider,
+                              ms[0].num_classes), ms))
     return out
 
 
@@ -216,109 +222,118 @@ def run_bench(cfg: BenchConfig, console: Console | None = None) -> BenchResult:
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="abstain-bench-") as tmp:
         work = Path(tmp)
-        paths = _model_paths(cfg, work, console)
-        inputs: dict[str, str] = {}
-        for kind, name, path in paths:
-            for threads in cfg.ceiling_threads:
-                m = OnnxModel(path / "model.onnx", device=cfg.device,  # type: ignore[arg-type]
-                              intra_op_threads=threads)
-                if threads == cfg.ceiling_threads[0]:
-                    res.models.append(ModelInfo(kind, name, path, m.input_shape, m.provider,
-                                                m.num_classes))
-                    inputs[name] = m.input_name
-                console.print(f"runtime ceiling: {name}, intra-op threads {threads or 'all'}")
-                res.runtime.setdefault(name, []).extend(
-                    runtime_ceiling(m, cfg.batch_sizes, cfg.runtime_s, threads=threads))
-                del m                                    # free the session's threads
+        loaded = _load_models(cfg, work, console)
+        res.models = [info for info, _ in loaded]
         repo = work / "repo"
         for info in res.models:
             (repo / info.name).mkdir(parents=True)
             (repo / info.name / "1").symlink_to(info.path, target_is_directory=True)
-        bodies = {info.name: request_bodies(info, inputs[info.name]) for info in res.models}
-        scripts = {}
-        for info in res.models:
-            for ep, (_, body, headers) in bodies[info.name].items():
-                scripts[info.name, ep] = write_script(work / f"{info.name}-{ep}.lua", body, headers)
 
         n_load = len(res.models) * len(cfg.concurrency) * (len(cfg.ceiling_threads)
-                                                             + len(cfg.endpoints))
-        n_load += len(cfg.workers) * len(cfg.scaling_concurrency) + 2 * bool(cfg.record_args)
+                                                            + len(cfg.endpoints))
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
                       "{task.total}"), TimeElapsedColumn(), console=console) as bar:
-            task = bar.add_task("load", total=n_load)
+            task = bar.add_task("runtime ceiling", total=len(res.models) + n_load)
+            for info, models in loaded:
+                bar.update(task, description=f"runtime ceiling: {info.name}")
+                per = [runtime_ceiling(m, cfg.batch_sizes, cfg.runtime_s) for m in models]
+                res.runtime[info.name] = [max(pts, key=lambda p: p.samples_per_s)
+                                          for pts in zip(*per, strict=True)]
+                bar.advance(task)
+            inputs = {info.name: models[0].input_name for info, models in loaded}
+            del loaded                                       # free the sessions' threads
+            bodies = {info.name: request_bodies(info, inputs[info.name]) for info in res.models}
+            scripts = {}
+            for info in res.models:
+                for ep, (_, body, headers) in bodies[info.name].items():
+                    scripts[info.name, ep] = write_script(work / f"{info.name}-{ep}.lua", body,
+                                                          headers)
+
             for threads in cfg.ceiling_threads:
+                label = "1" if threads == 1 else ("all" if threads == 0 else str(threads))
                 with servers.ceiling_server({i.name: i.path / "model.onnx" for i in res.models},
                                             servers.free_port(), cfg.device, threads,
-                                            work / f"ceiling-{threads}.log") as base:
+                                            work / f"ceiling-{label}.log") as base:
                     for info in res.models:
                         path, body, headers = bodies[info.name]["v2-json"]
                         _check(base, path, body, headers, "ceiling app")
                         _warm(base + path, scripts[info.name, "v2-json"], cfg)
                         for c in cfg.concurrency:
-                            bar.update(task, description=f"HTTP ceiling: {info.name} "
-                                       f"threads={threads or 'all'} c={c}")
+                            bar.update(task, description=f"HTTP ceiling ({label} thr): "
+                                       f"{info.name} c={c}")
                             r = run_wrk(base + path, scripts[info.name, "v2-json"], c,
                                         cfg.duration_s)
                             res.load.append(LoadPoint(info.name, "ceiling", "v2-json", r,
-                                                      threads=str(threads or "all")))
+                                                      threads=label))
                             bar.advance(task)
 
+            log = work / "abstain.log"
             with servers.abstain_server(repo, servers.free_port(), cfg.device,
-                                        cfg.abstain_threads, cfg.max_batch_size,
-                                        work / "abstain.log") as srv:
-                res.abstain_threads_log = _threads_choice(srv.log)
+                                        cfg.intra_op_threads, cfg.max_batch_size, log) as base:
+                res.abstain_threads = _threads_chosen(base)
                 for info in res.models:
                     for ep in cfg.endpoints:
+                        path, body, headers = bodies[info.name][ep]
+                        _check(base, path, body, headers, "abstain")
+                        _warm(base + path, scripts[info.name, ep], cfg)
                         for c in cfg.concurrency:
                             bar.update(task, description=f"abstain: {info.name} {ep} c={c}")
-                            res.load.append(_abstain_point(srv.base, info, ep, c, bodies,
-                                                           scripts, cfg))
+                            res.load.append(_point(base, info.name, "abstain", ep, path,
+                                                   scripts[info.name, ep], c, cfg))
                             bar.advance(task)
-            default = next((i for i in res.models if i.kind == "default"), res.models[0])
-            for w in cfg.workers:
-                with servers.abstain_server(repo, servers.free_port(), cfg.device,
-                                            cfg.abstain_threads, cfg.max_batch_size,
-                                            work / f"abstain-w{w}.log", workers=w) as srv:
-                    for c in cfg.scaling_concurrency:
-                        bar.update(task, description=f"scaling: {w} worker(s) c={c}")
-                        res.load.append(_abstain_point(srv.base, default, "v2-json", c, bodies,
-                                                       scripts, cfg, workers=w, phase="scaling"))
-                        bar.advance(task)
-            if cfg.record_args:
-                for phase, extra in (("plain", ()), ("record", cfg.record_args)):
-                    with servers.abstain_server(repo, servers.free_port(), cfg.device,
-                                                cfg.abstain_threads, cfg.max_batch_size,
-                                                work / f"abstain-{phase}.log",
-                                                extra_args=extra) as srv:
-                        bar.update(task, description=f"recording: {phase}")
-                        res.load.append(_abstain_point(srv.base, default, "v2-json",
-                                                       cfg.record_concurrency, bodies, scripts,
-                                                       cfg, phase=phase))  # type: ignore[arg-type]
-                        bar.advance(task)
+            default = next((i for i in res.models if i.kind == "default"), None)
+            if default is not None:
+                _extra_runs(cfg, res, repo, work, default, bodies, scripts, bar)
+        if cfg.grpc and default is not None:
+            from bench.grpc_bench import grpc_rows
+
+            res.grpc_rows = grpc_rows(repo, default.name, cfg, work)
+        if cfg.overload and default is not None:
+            from bench.overload import run_overload
+
+            res.overload = run_overload(repo, default, cfg, work, console)
     res.load_after = _loadavg()
     res.seconds = time.perf_counter() - t_start
     return res
 
 
-def _abstain_point(base: str, info: ModelInfo, ep: Endpoint, c: int, bodies: dict,
-                   scripts: dict, cfg: BenchConfig, workers: int = 1,
-                   phase: Literal["main", "scaling", "plain", "record"] = "main") -> LoadPoint:
-    path, body, headers = bodies[info.name][ep]
-    _check(base, path, body, headers, "abstain")
-    _warm(base + path, scripts[info.name, ep], cfg)
-    s0, n0 = batch_totals(base, info.name)
-    r = run_wrk(base + path, scripts[info.name, ep], c, cfg.duration_s)
-    s1, n1 = batch_totals(base, info.name)
-    mean = (s1 - s0) / (n1 - n0) if n1 > n0 and workers == 1 else None
-    return LoadPoint(info.name, "abstain", ep, r, mean, threads=cfg.abstain_threads,
-                     workers=workers, phase=phase)
+def _point(base: str, model: str, server: str, ep: str, path: str, script: Path, c: int,
+           cfg: BenchConfig, workers: int = 1) -> LoadPoint:
+    s0, n0 = batch_totals(base, model)
+    r = run_wrk(base + path, script, c, cfg.duration_s)
+    s1, n1 = batch_totals(base, model)
+    mean = (s1 - s0) / (n1 - n0) if n1 > n0 else None
+    return LoadPoint(model, server, ep, r, mean, workers=workers)
 
 
-def _threads_choice(log: Path) -> str:
-    """The server's start-up lines on its intra-op choice (``auto`` logs what it measured)."""
-    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines()
-             if "intra-op threads for" in ln]
-    return "; ".join(lines) or "not logged"
+def _extra_runs(cfg: BenchConfig, res: BenchResult, repo: Path, work: Path, info: ModelInfo,
+                bodies: dict, scripts: dict, bar: Progress) -> None:
+    """--workers scaling and the run with extra serve flags, default model, v2 JSON."""
+    path, body, headers = bodies[info.name]["v2-json"]
+    script = scripts[info.name, "v2-json"]
+    runs = [(w, "abstain", []) for w in cfg.workers if w > 1]
+    if cfg.record_args:
+        runs.append((1, "abstain+record", shlex.split(cfg.record_args)))
+    for workers, server, extra in runs:
+        conc = cfg.workers_concurrency if server == "abstain" else (32,)
+        with servers.abstain_server(repo, servers.free_port(), cfg.device, cfg.intra_op_threads,
+                                    cfg.max_batch_size, work / f"{server}-{workers}.log",
+                                    workers, extra) as base:
+            _check(base, path, body, headers, server)
+            _warm(base + path, script, cfg)
+            for c in conc:
+                bar.update(bar.task_ids[0], description=f"{server} x{workers}: c={c}")
+                res.load.append(_point(base, info.name, server, "v2-json", path, script, c, cfg,
+                                       workers))
+
+
+def _threads_chosen(base: str) -> str:
+    """What ``--intra-op-threads auto`` kept, per model, from the server's /v1/models."""
+    status, body = servers.http(base + "/v1/models")
+    if status != 200:
+        return "unknown"
+    models = orjson.loads(body).get("models", [])
+    return ", ".join(f"{m['name']}: {m.get('threads', '?')}" for m in models)
 
 
 def _warm(url: str, script: Path, cfg: BenchConfig) -> None:

@@ -11,8 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from serve.errors import AbstainError
@@ -51,7 +50,7 @@ def _child_env(extra: dict[str, str]) -> dict[str, str]:
 @contextlib.contextmanager
 def _process(cmd: list[str], env: dict[str, str], ready_url: str, log: Path,
              what: str, timeout_s: float = 180.0,
-             ok: Callable[[int], bool] = lambda status: status == 200) -> Iterator[int]:
+             ok: Callable[[int], bool] = lambda status: status == 200) -> Iterator[None]:
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -66,7 +65,7 @@ def _process(cmd: list[str], env: dict[str, str], ready_url: str, log: Path,
             if time.monotonic() > deadline:
                 raise AbstainError(f"{what} was not ready within {timeout_s:.0f}s; see {log}")
             time.sleep(0.2)
-        yield proc.pid
+        yield proc
     finally:
         proc.terminate()
         try:
@@ -76,43 +75,29 @@ def _process(cmd: list[str], env: dict[str, str], ready_url: str, log: Path,
             proc.wait()
 
 
-@dataclass(frozen=True)
-class Running:
-    """A started server: its base URL, the pid of the process that serves, and its log."""
-
-    base: str
-    pid: int
-    log: Path
+@contextlib.contextmanager
+def abstain_process(repo: Path, port: int, device: str, intra_op_threads: str | int,
+                    max_batch_size: int, log: Path, workers: int = 1,
+                    extra: list[str] | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``abstain serve`` with no repository polling; yields (base URL, process)."""
+    cmd = [sys.executable, "-m", "serve.cli", "serve", str(repo), "--host", "127.0.0.1",
+           "--port", str(port), "--workers", str(workers), "--poll-interval-s", "0",
+           "--log-level", "warning", "--device", device, "--intra-op-threads",
+           str(intra_op_threads), "--max-batch-size", str(max_batch_size), "--follow-symlinks",
+           *(extra or [])]
+    base = f"http://127.0.0.1:{port}"
+    with _process(cmd, _child_env({}), base + "/readyz", log, "abstain serve") as proc:
+        yield base, proc
 
 
 @contextlib.contextmanager
-def abstain_server(repo: Path, port: int, device: str, intra_op_threads: str,
+def abstain_server(repo: Path, port: int, device: str, intra_op_threads: str | int,
                    max_batch_size: int, log: Path, workers: int = 1,
-                   extra_args: Sequence[str] = ()) -> Iterator[Running]:
-    """``abstain serve`` without repository polling; yields its URL and pid.
-
-    With one worker the pid is the serving process (its RSS is the server's); with more it is
-    uvicorn's supervisor. ``extra_args`` are appended verbatim (``--max-queue-size 32``, the
-    recording flags ...). Log level info, so the start-up log records the intra-op choice.
-    """
-    cmd = [sys.executable, "-m", "serve.cli", "serve", str(repo), "--host", "127.0.0.1",
-           "--port", str(port), "--workers", str(workers), "--poll-interval-s", "0",
-           "--log-level", "info", "--device", device, "--intra-op-threads",
-           str(intra_op_threads), "--max-batch-size", str(max_batch_size), *extra_args]
-    base = f"http://127.0.0.1:{port}"
-    with _process(cmd, _child_env({}), base + "/readyz", log, "abstain serve") as pid:
-        yield Running(base, pid, log)
-
-
-def rss_kib(pid: int) -> int | None:
-    """Resident set size of ``pid`` in KiB from /proc/PID/status (None where unreadable)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+                   extra: list[str] | None = None) -> Iterator[str]:
+    """``abstain serve`` (see :func:`abstain_process`); yields its base URL."""
+    with abstain_process(repo, port, device, intra_op_threads, max_batch_size, log, workers,
+                         extra) as (base, _):
+        yield base
 
 
 @contextlib.contextmanager

@@ -38,7 +38,8 @@ class App:
         self.record = Record(monitor)
         self.repo = ModelRepository(settings.model_repository, monitor, settings.device,
                                     settings.intra_op_threads, settings.warmup_batch_sizes,
-                                    batcher_factory(settings, self.record.hook, monitor), preloaded)
+                                    batcher_factory(settings, self.record.hook, monitor), preloaded,
+                                    settings.follow_symlinks, settings.on_probe_mismatch)
         self.admission = Admission(settings.api_key_value, settings.max_body_bytes,
                                    settings.max_inflight, settings.max_body_buffer_bytes,
                                    settings.request_timeout_s)
@@ -47,6 +48,7 @@ class App:
         self.dataplane = DataPlane(self.repo, self.admission, self.decoder, monitor,
                                    settings.shed_hold_s)
         self.settings, self.monitor = settings, monitor
+        self.grpc_port: int | None = None                  # bound in the lifespan (--grpc-port)
         self.control = create_control(settings, self.repo, monitor, self._lifespan)
         self.state = SimpleNamespace(settings=settings, monitor=monitor, repository=self.repo,
                                      record=self.record, admission=self.admission)
@@ -80,10 +82,16 @@ class App:
             from serve.metrics_port import serve_metrics
             tasks.append(asyncio.create_task(serve_metrics(
                 settings.host, settings.metrics_port, self.monitor, settings.metrics_key_value)))
+        grpc_server = None
+        if settings.grpc_port is not None:                  # gRPC v2 on this same event loop
+            from serve.grpc_server import start_grpc
+            grpc_server, self.grpc_port = await start_grpc(self, settings.host, settings.grpc_port)
         try:
             yield
         finally:
             repo.ready = False
+            if grpc_server is not None:                     # finish in-flight calls, then stop
+                await grpc_server.stop(settings.request_timeout_s)
             for t in tasks:
                 t.cancel()
             await repo.close()

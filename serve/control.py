@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException
 
 from serve import __version__
 from serve.dataplane.admit import check_key, key_ok
+from serve.docs_ui import install_docs
 from serve.errors import AbstainError
 from serve.monitoring import Monitor
 from serve.protocol import RequestError, v2
@@ -41,8 +42,8 @@ def error_json(msg: str, status: int, headers: dict[str, str] | None = None) -> 
 
 def create_control(settings: ServerSettings, repo: ModelRepository, monitor: Monitor,
                    lifespan: Any) -> FastAPI:
-    app = FastAPI(title="abstain", version=__version__, lifespan=lifespan, redoc_url=None,
-                  description="Selective prediction: every prediction is accepted "
+    app = FastAPI(title="abstain", version=__version__, lifespan=lifespan, docs_url=None,
+                  redoc_url=None, description="Selective prediction: every prediction is accepted "
                   "or deferred against a certified threshold.")
     api_key, admin_key = settings.api_key_value, settings.admin_key_value
     metrics_key = settings.metrics_key_value
@@ -172,6 +173,7 @@ def create_control(settings: ServerSettings, repo: ModelRepository, monitor: Mon
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    install_docs(app)                 # Swagger UI from the package: no CDN
     return app
 
 

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -29,6 +31,7 @@ import numpy as np
 from serve.files import atomic_path
 from serve.loaders import LOADERS, OPTIONS, DataError, Loaded, int_option
 
+log = logging.getLogger(__name__)
 SplitName = Literal["train", "tune", "calibration", "test"]
 SPLITS: tuple[str, ...] = ("train", "tune", "calibration", "test")
 FRACTIONS: tuple[float, ...] = (0.60, 0.10, 0.15, 0.15)
@@ -173,7 +176,15 @@ def _generate_cached(spec: Spec, opts: dict[str, str]) -> Loaded:
                 return f["x"], f["y"], [str(s) for s in f["class_names"]], {"kind": "none"}, None
         except (ValueError, OSError, KeyError):
             pass  # a broken cache entry is regenerated below
+    generated = spec.kind == "mnist1d"
+    if generated:  # seconds of work before any other output: say so first
+        log.info("generating %s (not cached%s) ...", spec.canonical,
+                 f" in {cache} yet" if cache is not None else ": ABSTAIN_CACHE_DIR=off")
+    t0 = time.perf_counter()
     out = LOADERS[spec.kind](spec.path, opts)
+    if generated:
+        log.info("generated %s: %d samples in %.1f s%s", spec.canonical, len(out[1]),
+                 time.perf_counter() - t0, "; cached for next time" if cache is not None else "")
     if cache is not None:
         try:
             cache.mkdir(parents=True, exist_ok=True)
@@ -210,7 +221,7 @@ def load_dataset(spec: str) -> Dataset:
 
     Raises:
         DataError: unknown kind or option, missing path, unreadable or malformed files.
-        MissingExtraError: mnist1d / digits without the ``train`` extra.
+        MissingExtraError: mnist1d / digits without the ``data`` extra.
     """
     return _load_canonical(parse_spec(spec).canonical)
 

@@ -48,6 +48,12 @@ class DecisionRule:
         return Decisions(label=z.argmax(axis=1), score=s, reject=reject, probabilities=probs)
 
 
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """The temperature-calibrated softmax ``(n, K)`` float64, row by row (so the rows of a
+        batch get exactly what they would get alone); computed only for requests that ask."""
+        return softmax(as_logits(logits) / self.temperature)
+
+
 def decide(logits: np.ndarray, calibration: Calibration, probabilities: bool = False) -> Decisions:
     """Apply a calibration's rule to a batch of logits ``(n, K)``."""
     return DecisionRule(calibration)(logits, probabilities)

@@ -42,3 +42,22 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def keep_backup(path: str | os.PathLike[str]) -> Path | None:
+    """Before an artifact is replaced, keep the current one as ``NAME.bak`` (one generation).
+
+    The one rule for every command that writes into a model version directory (`abstain export`,
+    `abstain calibrate`): the new file replaces the old one atomically, and the old one stays
+    beside it so a mistake can be undone (``mv NAME.bak NAME``). The copy is written atomically
+    and ``path`` itself is untouched, so a server polling the directory never sees it missing.
+
+    Returns:
+        The backup's path, or ``None`` when there was nothing to keep.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    backup = path.with_name(path.name + ".bak")
+    atomic_write_bytes(backup, path.read_bytes())
+    return backup

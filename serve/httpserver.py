@@ -189,4 +189,5 @@ def configure(settings: Any) -> type[GuardedProtocol]:
 def uvicorn_options(settings: Any) -> dict[str, Any]:
     """uvicorn keyword arguments every abstain server uses (tests, ``abstain serve``, bench)."""
     return {"http": configure(settings), "lifespan": "on", "timeout_keep_alive": 5,
+            "proxy_headers": False,                     # nothing here reads client addresses
             "h11_max_incomplete_event_size": settings.max_header_bytes}

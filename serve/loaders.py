@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pickle
 import random
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ def _mnist1d(path: str | None, opts: dict[str, str]) -> Loaded:
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ModuleNotFoundError as err:
-        raise MissingExtraError("train", err.name) from err
+        raise MissingExtraError("data", err.name) from err
     n = int_option(opts, "n", MNIST1D_DEFAULT_N, lo=10)
     args = get_dataset_args()
     args.num_samples = n
@@ -67,7 +68,7 @@ def _digits(path: str | None, opts: dict[str, str]) -> Loaded:
     try:
         from sklearn.datasets import load_digits
     except ModuleNotFoundError as err:
-        raise MissingExtraError("train", err.name) from err
+        raise MissingExtraError("data", err.name) from err
     b = load_digits()
     x = b.images.astype(np.float32)[:, None]  # (n, 1, 8, 8), values 0..16
     prep = {"kind": "image", "mode": "L", "size": [8, 8], "scale": 16.0 / 255.0, "layout": "NCHW"}
@@ -78,14 +79,14 @@ def _npz(path: str | None, opts: dict[str, str]) -> Loaded:
     p = Path(path or "")
     if not p.is_file():
         raise DataError(f"npz file not found: {p} (expected an .npz with arrays 'x' and 'y')")
+    _check_npz(p)
     try:
         with np.load(p, allow_pickle=False) as f:
-            if "x" not in f or "y" not in f:
-                raise DataError(f"{p} must contain arrays 'x' and 'y'; it has {sorted(f.files)}")
             x, y = f["x"], f["y"]
             names = [str(s) for s in f["class_names"]] if "class_names" in f else None
-    except (ValueError, OSError) as err:
-        raise DataError(f"cannot read {p} as .npz without pickle ({err})") from err
+    except Exception as err:                  # numpy's errors for crafted files vary
+        raise DataError(f"cannot read {p} as .npz without pickle ({type(err).__name__}: "
+                        f"{str(err)[:200]})") from None
     if x.ndim < 2 or y.ndim != 1 or len(x) != len(y):
         raise DataError(f"{p}: need x (n, ...) and y (n,), got x {x.shape} and y {y.shape}")
     if not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
@@ -97,6 +98,42 @@ def _npz(path: str | None, opts: dict[str, str]) -> Loaded:
     if len(names) < k:
         raise DataError(f"{p}: {len(names)} class_names but labels go up to {k - 1}")
     return x.astype(np.float32), y.astype(np.int64), names, {"kind": "none"}, None
+
+
+MAX_RATIO = 100          # uncompressed / compressed: real arrays compress 1–5×, zip bombs 1000×
+
+
+def _check_npz(p: Path) -> None:
+    """Look at an .npz before numpy allocates anything: its members must be .npy files whose
+    headers declare shapes that match their sizes and are not a zip bomb."""
+    try:
+        with zipfile.ZipFile(p) as z:
+            infos = {i.filename: i for i in z.infolist()}
+            for name in ("x.npy", "y.npy"):
+                if name not in infos:
+                    raise DataError(f"{p} must contain arrays 'x' and 'y' (.npy members); it has "
+                                    f"{sorted(infos)[:10]}")
+            for name, info in infos.items():
+                if not name.endswith(".npy"):
+                    raise DataError(f"{p}: member {name[:60]!r} is not a .npy array; an .npz "
+                                    "from numpy.savez holds only .npy members")
+                if info.file_size > MAX_RATIO * max(info.compress_size, 1 << 20):
+                    raise DataError(f"{p}: {name} claims {info.file_size} bytes from "
+                                    f"{info.compress_size} compressed: refusing a likely zip bomb")
+                with z.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                            else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read(f)
+                need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                if dtype.hasobject or need > info.file_size:
+                    raise DataError(f"{p}: {name} declares shape {shape} of {dtype} "
+                                    f"({need} bytes) but holds {info.file_size} bytes")
+    except DataError:
+        raise
+    except Exception as err:                  # not a zip, bad header, truncated, …
+        raise DataError(f"cannot read {p} as .npz ({type(err).__name__}: {str(err)[:200]})") \
+            from None
 
 
 def _imagefolder(path: str | None, opts: dict[str, str]) -> Loaded:
@@ -148,12 +185,20 @@ class _SafeUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+MAX_PICKLE_BYTES = 1 << 30
+
+
 def _unpickle(path: Path) -> dict:
     try:
+        if path.stat().st_size > MAX_PICKLE_BYTES:
+            raise DataError(f"{path} is over {MAX_PICKLE_BYTES} bytes: not a CIFAR python batch")
         with open(path, "rb") as f:
             d = _SafeUnpickler(f, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, OSError, ValueError) as err:
-        raise DataError(f"{path} is not a CIFAR python batch ({err})") from err
+    except DataError:
+        raise
+    except Exception as err:   # crafted pickles raise anything: TypeError, MemoryError, …
+        raise DataError(f"{path} is not a CIFAR python batch ({type(err).__name__}: "
+                        f"{str(err)[:200]})") from None
     if not isinstance(d, dict):
         raise DataError(f"{path} is not a CIFAR python batch (no dict inside)")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
@@ -180,8 +225,14 @@ def _cifar(kind: str, path: str | None, opts: dict[str, str]) -> Loaded:
         d = _unpickle(root / f)
         if "data" not in d or lkey not in d:
             raise DataError(f"{root / f} lacks 'data' or '{lkey}'")
-        xs.append(np.asarray(d["data"], np.uint8).reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(d[lkey], np.int64))
+        try:
+            xs.append(np.asarray(d["data"], np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(d[lkey], np.int64).reshape(-1))
+        except Exception as err:
+            raise DataError(f"{root / f}: 'data' must be an (n, 3072) uint8 array and '{lkey}' a "
+                            f"list of n labels ({type(err).__name__})") from None
+        if len(xs[-1]) != len(ys[-1]):
+            raise DataError(f"{root / f}: {len(xs[-1])} images but {len(ys[-1])} labels")
     names = [n.decode() if isinstance(n, bytes) else str(n) for n in _unpickle(root / meta)[nkey]]
     n_test = sum(len(v) for v in ys[len(train_files):])
     x, y = np.concatenate(xs).astype(np.float32), np.concatenate(ys)

@@ -17,8 +17,9 @@ Two modes:
 The hot path only appends: :meth:`Monitor.request_finished`, :meth:`Monitor.batch` and
 :meth:`Monitor.decisions` queue their numbers, and :meth:`Monitor.flush` applies everything
 queued at once — per batch of batches, with counts (``np.bincount``), never one Prometheus call per
-sample or per request. The server flushes every ``FLUSH_S`` and before every scrape, so what
-``/metrics`` shows is exact at the moment it is rendered.
+sample or per request. One process flushes every ``FLUSH_S`` and before every scrape, so what
+``/metrics`` shows is exact at the moment it is rendered; with several workers each flushes at the
+end of every event-loop tick that queued something, since any sibling may answer a scrape.
 """
 
 from __future__ import annotations
@@ -26,12 +27,10 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import threading
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from prometheus_client import (
@@ -41,51 +40,28 @@ from prometheus_client import (
     Histogram,
     Info,
     disable_created_metrics,
-    values,
 )
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
-from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from serve import __version__
 from serve.calibration.artifact import Calibration
 from serve.drift import DriftDetector
+from serve.prometheus_support import (  # noqa: F401  (re-exported)
+    MULTIPROC_ENV,
+    ScoreHistograms,
+    setup_multiprocess,
+    use_multiprocess_values,
+)
+from serve.tally import BATCH_BUCKETS, LATENCY_BUCKETS, Tally
 
 log = logging.getLogger("abstain.monitoring")
 disable_created_metrics()   # no `*_created` series: they double the exposition and nothing here reads them
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 MV = ("model", "version")
-LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 FLUSH_S = 0.05
 INFO_KEYS = ("provider", "model_sha256", "calibration_sha256", "score", "method", "abstain_version")
-
-
-def setup_multiprocess(directory: str | os.PathLike[str]) -> Path:
-    """Prepare ``directory`` for prometheus-client multiprocess mode; call before starting workers.
-
-    Empties the directory (stale files from a previous run would be summed into the new one),
-    exports ``PROMETHEUS_MULTIPROC_DIR`` for the workers, and switches this process's value class
-    to the shared-file one (prometheus-client picks it once, at import).
-    """
-    path = Path(directory)
-    if path.exists():
-        for child in path.iterdir():
-            if child.suffix == ".db":
-                child.unlink()
-            elif child.is_dir():
-                shutil.rmtree(child)
-    path.mkdir(parents=True, exist_ok=True)
-    os.environ[MULTIPROC_ENV] = str(path)
-    _use_multiprocess_values()
-    return path
-
-
-def _use_multiprocess_values() -> None:
-    if values.ValueClass.__name__ != "MmapedValue":
-        values.ValueClass = values.MultiProcessValue()
 
 
 def score_buckets(calibration: Calibration) -> tuple[float, ...]:
@@ -96,22 +72,6 @@ def score_buckets(calibration: Calibration) -> tuple[float, ...]:
     return tuple(sorted(bounds)) or (0.0,)
 
 
-def _observe_many(child: Histogram, bounds: np.ndarray, xs: np.ndarray) -> None:
-    """Vectorised ``observe`` of many values into one histogram child.
-
-    ``bounds`` are the child's upper bounds including +Inf; prometheus-client stores one
-    non-cumulative counter per bucket (the first bound ≥ the value), which is what we add to.
-    """
-    xs = np.asarray(xs, dtype=np.float64).ravel()
-    if xs.size == 0:
-        return
-    idx = np.minimum(np.searchsorted(bounds, xs, side="left"), bounds.size - 1)  # nan → +Inf bucket
-    counts = np.bincount(idx, minlength=bounds.size)
-    for i in np.flatnonzero(counts):
-        child._buckets[i].inc(int(counts[i]))
-    child._sum.inc(float(np.nansum(xs)))
-
-
 @dataclass
 class _ModelState:
     calibration_sha256: str
@@ -120,26 +80,7 @@ class _ModelState:
     drift: DriftDetector
 
 
-class _ScoreHistograms:
-    """Collector that exposes every version's score histogram as one metric family."""
-
-    def __init__(self) -> None:
-        self.hists: dict[tuple[str, str], Histogram] = {}
-
-    def collect(self) -> list[Metric]:
-        fam = Metric("abstain_confidence_score", "Confidence score of each prediction "
-                     "(buckets: the calibration's certification quantiles and threshold).",
-                     "histogram")
-        for h in list(self.hists.values()):
-            for m in h.collect():
-                fam.samples.extend(m.samples)
-        return [fam]
-
-    def describe(self) -> list[Metric]:
-        return [Metric("abstain_confidence_score", "", "histogram")]
-
-
-class Monitor:
+class Monitor(Tally):
     """Owns the Prometheus metrics of one server process (multiprocess-aware).
 
     Args:
@@ -161,7 +102,7 @@ class Monitor:
             if not os.environ.get(MULTIPROC_ENV):
                 raise ValueError(f"multiprocess monitoring needs {MULTIPROC_ENV}: "
                                  "call serve.monitoring.setup_multiprocess(dir) first")
-            _use_multiprocess_values()
+            use_multiprocess_values()
         self.registry = CollectorRegistry()
         reg = None if self.multiprocess else self.registry
         self._lock = threading.Lock()
@@ -173,6 +114,7 @@ class Monitor:
         self._pending_batches: deque[tuple] = deque()
         self._pending_decisions: deque[tuple] = deque()
         self._depths: dict[tuple[str, str], int] = {}
+        self._flush_soon = False
         # Labelled children cached per (metric, labels): prometheus-client's labels() validates
         # and locks on every call, and the hot path asks for ~14 children per request.
         self._children: dict[tuple, object] = {}
@@ -222,7 +164,7 @@ class Monitor:
             self.info = gauge("abstain_model_info", "Loaded model versions.", (*MV, *INFO_KEYS), "livemax")
         else:
             self.info = Info("abstain_model", "Loaded model versions.", MV, registry=reg)
-        self._scores = _ScoreHistograms()
+        self._scores = ScoreHistograms()
         if not self.multiprocess:
             self.registry.register(self._scores)
 
@@ -304,6 +246,7 @@ class Monitor:
         None it is taken to be so iff ``model`` is set. The gauge never goes below zero.
         """
         self._pending_requests.append((endpoint, method, status, latency_s, model, version))
+        self._kick()
         if inference is None:
             inference = bool(model)
         if inference and self._inflight_n > 0:
@@ -326,90 +269,13 @@ class Monitor:
               inference_s: float) -> None:
         """One coalesced session run: its size, each request's queue wait, the run's duration."""
         self._pending_batches.append((model, version, batch_size, queue_wait_s, inference_s))
+        self._kick()
 
     def decisions(self, model: str, version: str, labels: np.ndarray, class_names: Sequence[str],
                   scores: np.ndarray, reject: np.ndarray) -> None:
         """Per-sample outcomes of one batch: accepted/deferred counts, predicted class, scores."""
         self._pending_decisions.append((model, version, labels, class_names, scores, reject))
-
-    # --- applying what the hot path queued ----------------------------------------------------
-    def flush(self) -> None:
-        """Apply every queued request, batch and decision to the Prometheus metrics."""
-        with self._lock:
-            self._flush_requests()
-            self._flush_batches()
-            decisions = _drain(self._pending_decisions)
-        grouped: dict[tuple[str, str], list[tuple]] = defaultdict(list)
-        for d in decisions:
-            grouped[(d[0], d[1])].append(d)
-        for (model, version), ds in grouped.items():
-            labels, scores, reject = (_cat([d[i] for d in ds]) for i in (2, 4, 5))
-            self._apply_decisions(model, version, labels, ds[-1][3], scores, reject)
-        for key, depth in list(self._depths.items()):
-            self._c(self.queue, *key).set(depth)
-        self._depths.clear()
-        if self._inflight_n != self._inflight_shown:
-            self.inflight.inc(self._inflight_n - self._inflight_shown)
-            self._inflight_shown = self._inflight_n
-
-    def _flush_requests(self) -> None:
-        latencies: dict[tuple, list[float]] = defaultdict(list)
-        counts: dict[tuple, int] = defaultdict(int)
-        for endpoint, method, status, latency, model, version in _drain(self._pending_requests):
-            counts[(endpoint, method, str(int(status)), model, version)] += 1
-            latencies[(endpoint, str(int(status)), model, version)].append(latency)
-        for key, n in counts.items():
-            self._c(self.requests, *key).inc(n)
-        for key, xs in latencies.items():
-            _observe_many(self._c(self.request_duration, *key), self._latency_bounds, np.array(xs))
-
-    def _flush_batches(self) -> None:
-        sizes: dict[tuple, list[float]] = defaultdict(list)
-        waits: dict[tuple, list[float]] = defaultdict(list)
-        runs: dict[tuple, list[float]] = defaultdict(list)
-        for model, version, size, queue_wait_s, inference_s in _drain(self._pending_batches):
-            sizes[(model, version)].append(size)
-            waits[(model, version)].extend(queue_wait_s)
-            runs[(model, version)].append(inference_s)
-        batch_bounds = np.array([*BATCH_BUCKETS, math.inf])
-        for key in sizes:
-            _observe_many(self._c(self.batch_size, *key), batch_bounds, np.array(sizes[key]))
-            _observe_many(self._c(self.queue_wait, *key), self._latency_bounds, np.array(waits[key]))
-            _observe_many(self._c(self.inference, *key), self._latency_bounds, np.array(runs[key]))
-
-    def _apply_decisions(self, model: str, version: str, labels: np.ndarray,
-                         class_names: Sequence[str], scores: np.ndarray, reject: np.ndarray) -> None:
-        reject = np.asarray(reject, dtype=bool).ravel()        # (n,)
-        labels = np.asarray(labels, dtype=np.int64).ravel()    # (n,)
-        n = reject.size
-        if n == 0:
-            return
-        deferred = int(reject.sum())
-        if n - deferred:
-            self._c(self.predictions, model, version, "accepted").inc(n - deferred)
-        if deferred:
-            self._c(self.predictions, model, version, "deferred").inc(deferred)
-        counts = np.bincount(labels, minlength=len(class_names))   # (K,)
-        for k in np.flatnonzero(counts):
-            name = class_names[k] if k < len(class_names) else str(k)
-            self._c(self.predicted_class, model, version, name).inc(int(counts[k]))
-        with self._lock:
-            state = self._models.get((model, version))
-            if state is None:
-                return
-            _observe_many(state.score_hist.labels(model, version), state.score_bounds, scores)
-            st = state.drift.update(~reject)
-        self._c(self.window_coverage, model, version).set(st.window_coverage)
-        self._c(self.window_samples, model, version).set(st.n)
-        self._c(self.drift_p, model, version).set(st.p_value)
-        self._c(self.drift_flag, model, version).set(int(st.detected))
-        if st.changed and st.detected:
-            log.warning("deferral-rate drift on %s/%s: window coverage %.4f over the last %d vs "
-                        "certified %.4f (binomial p = %.3g < alpha = %g)", model, version,
-                        st.window_coverage, st.n, state.drift.coverage, st.p_value, self.drift_alpha)
-        elif st.changed:
-            log.info("deferral-rate drift on %s/%s cleared: window coverage %.4f vs certified %.4f "
-                     "(p = %.3g)", model, version, st.window_coverage, state.drift.coverage, st.p_value)
+        self._kick()
 
     # --- exposition ---------------------------------------------------------------------------
     def render(self) -> tuple[bytes, str]:
@@ -428,14 +294,3 @@ class Monitor:
             mark_process_dead(os.getpid())
 
 
-def _cat(arrays: list) -> np.ndarray:
-    return arrays[0] if len(arrays) == 1 else np.concatenate([np.asarray(a).ravel() for a in arrays])
-
-
-def _drain(q: deque) -> list:
-    out = []
-    while True:
-        try:
-            out.append(q.popleft())
-        except IndexError:
-            return out

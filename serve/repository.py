@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from serve.calibration import probe
 from serve.calibration.artifact import FILENAME as CALIBRATION_FILE
 from serve.calibration.artifact import Calibration, load_calibration
 from serve.dataplane.batch import Batcher
@@ -28,7 +29,7 @@ from serve.decision import DecisionRule
 from serve.errors import AbstainError
 from serve.monitoring import Monitor
 from serve.protocol import short
-from serve.runtime import Device, OnnxModel
+from serve.runtime import Device, OnnxModel, read_model_bytes
 from serve.threads import pick_threads
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def valid_name(name: str) -> bool:
 def _signature(d: Path) -> tuple:
     """What identifies a version's files on disk; a change means "load it again"."""
     out = []
-    for f in (d / MODEL_FILE, d / CALIBRATION_FILE):
+    for f in (d / MODEL_FILE, d / CALIBRATION_FILE, d / probe.FILENAME):
         try:
             st = f.stat()
             out.append((st.st_mtime_ns, st.st_size, st.st_ino))
@@ -86,14 +87,13 @@ class ModelVersion:
     def infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """One session run plus the decision for the whole batch (vectorised), in the worker thread."""
         logits = self.model.run(x)                             # (n, K) float32
-        d = self.rule(logits, probabilities=True)
-        assert d.probabilities is not None
-        return {"logits": logits, "label": d.label, "score": d.score, "reject": d.reject,
-                "probabilities": d.probabilities}
+        d = self.rule(logits)
+        return {"logits": logits, "label": d.label, "score": d.score, "reject": d.reject}
 
     def summary(self) -> dict[str, Any]:
         c = self.calibration
         return {"name": self.name, "version": str(self.version), "provider": self.model.provider,
+                "threads": self.threads,
                 "providers": self.model.providers, "model_sha256": self.model.sha256,
                 "calibration": {"score": c.score, "threshold": c.threshold,
                                 "target_risk": c.target_risk, "delta": c.delta, "method": c.method,
@@ -104,29 +104,43 @@ class ModelVersion:
 
 
 def load_version(d: Path, name: str, version: int, device: Device = "auto",
-                 intra_op_threads: int | str = 0, warmup: tuple[int, ...] = (1,)) -> ModelVersion:
+                 intra_op_threads: int | str = 0, warmup: tuple[int, ...] = (1,),
+                 on_probe_mismatch: str = "refuse") -> ModelVersion:
     """Load, verify and warm up one version directory (blocking; call from a thread).
 
     Raises:
         AbstainError: the model or its calibration cannot be served, with the reason.
     """
     sig = _signature(d)
+    data = read_model_bytes(d / MODEL_FILE)                   # once: every session is built from it
     model, threads = pick_threads(
-        lambda n: OnnxModel(d / MODEL_FILE, device=device, intra_op_threads=n), intra_op_threads,
-        (1, max(warmup)))
+        lambda n: OnnxModel(d / MODEL_FILE, device=device, intra_op_threads=n, model_bytes=data),
+        intra_op_threads, (1, max(warmup)))
     cal = load_calibration(d / CALIBRATION_FILE, model.sha256)
+    qs = cal.score_quantiles
+    if cal.threshold is not None and qs and not (min(qs) <= cal.threshold <= max(qs)):
+        log.warning("%s/%s: threshold %.6g lies outside the certification scores' range "
+                    "[%.6g, %.6g]: it %s", name, version, cal.threshold, min(qs), max(qs),
+                    "defers (almost) everything" if cal.threshold > max(qs)
+                    else "accepts (almost) everything")
     rule = DecisionRule(cal)
     model.warmup(tuple(warmup))
     # One decision on warm-up logits proves the score works for this model's K.
     rule(model.run(np.zeros((1, *model.input_shape), model.input_dtype)))
+    probe.check(d, model, rule, on_probe_mismatch)           # the certified logits, here?
     return ModelVersion(name, version, d, model, cal, rule, sig, threads=threads)
 
 
-def scan(root: Path) -> dict[tuple[str, int], Path]:
-    """Every ``<name>/<version>`` directory with a valid name and a positive integer version."""
+def scan(root: Path, follow_symlinks: bool = False) -> dict[tuple[str, int], Path]:
+    """Every ``<name>/<version>`` directory with a valid name and a positive integer version.
+
+    A model or version directory whose real path lies outside the repository (a symlink out) is
+    skipped with a warning unless ``follow_symlinks``.
+    """
     found: dict[tuple[str, int], Path] = {}
     if not root.is_dir():
         return found
+    real_root = root.resolve()
     for mdir in sorted(root.iterdir()):
         if not mdir.is_dir() or mdir.name.startswith("."):
             continue
@@ -135,8 +149,21 @@ def scan(root: Path) -> dict[tuple[str, int], Path]:
             continue
         for vdir in sorted(mdir.iterdir()):
             if vdir.is_dir() and VERSION_RE.match(vdir.name):
+                if not follow_symlinks and not _inside(vdir, real_root):
+                    log.warning("skipping %s: it resolves to %s, outside the repository %s "
+                                "(serve it from inside, or pass --follow-symlinks)", vdir,
+                                vdir.resolve(), real_root)
+                    continue
                 found[(mdir.name, int(vdir.name))] = vdir
     return found
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        return all((path / f).resolve().is_relative_to(root) for f in ("", MODEL_FILE,
+                                                                       CALIBRATION_FILE))
+    except (OSError, RuntimeError):           # a symlink loop
+        return False
 
 
 @dataclass
@@ -157,8 +184,11 @@ class ModelRepository:
     def __init__(self, root: Path, monitor: Monitor, device: Device = "auto",
                  intra_op_threads: int | str = 0, warmup: tuple[int, ...] = (1, 8, 64),
                  batcher_factory: Callable[[ModelVersion], Batcher] | None = None,
-                 preloaded: list[ModelVersion] | None = None) -> None:
+                 preloaded: list[ModelVersion] | None = None,
+                 follow_symlinks: bool = False, on_probe_mismatch: str = "refuse") -> None:
         self.root = Path(root)
+        self.on_probe_mismatch = on_probe_mismatch
+        self.follow_symlinks = follow_symlinks
         self.monitor = monitor
         self.device: Device = device
         self.intra_op_threads = intra_op_threads
@@ -198,7 +228,7 @@ class ModelRepository:
         """Scan the repository; load new or changed versions, drop removed ones, keep the rest."""
         async with self._lock:
             report = ReloadReport()
-            found = await asyncio.to_thread(scan, self.root)
+            found = await asyncio.to_thread(scan, self.root, self.follow_symlinks)
             current = {(mv.name, mv.version): mv for mv in self.versions()}
             new: dict[tuple[str, int], ModelVersion] = {}
             for key, d in found.items():
@@ -214,24 +244,34 @@ class ModelRepository:
                     report.failed[label] = "unchanged since it was refused"
                     continue
                 pre = self._preloaded.pop(key, None)
+                mv = None
                 try:
                     if pre is not None and pre.signature == sig and pre.batcher is None:
                         await asyncio.to_thread(pre.model.warmup, tuple(self.warmup))
                         mv = pre
                     else:
                         mv = await asyncio.to_thread(load_version, d, key[0], key[1], self.device,
-                                                     self.intra_op_threads, self.warmup)
-                except AbstainError as err:
+                                                     self.intra_op_threads, self.warmup,
+                                                     self.on_probe_mismatch)
+                    if self.batcher_factory is not None and mv.batcher is None:
+                        mv.batcher = self.batcher_factory(mv)
+                    # Everything the live set needs is set up before the swap, so the swap
+                    # below cannot half-load a version.
+                    self.monitor.model_loaded(key[0], str(key[1]), mv.model.provider,
+                                              mv.calibration, mv.model.sha256)
+                except Exception as err:            # any failure refuses this version only
                     self._failed[key] = sig
                     keep = " (the previously loaded files keep serving)" if old else ""
-                    log.error("refused %s%s: %s", label, keep, err)
-                    report.failed[label] = str(err)
+                    why = str(err) if isinstance(err, AbstainError) else \
+                        f"{type(err).__name__}: {err} (unexpected; please report it)"
+                    log.error("refused %s%s: %s", label, keep, why)
+                    report.failed[label] = why
+                    if mv is not None and mv.batcher is not None:
+                        self._retire(mv)
                     if old is not None:
                         new[key] = old
                     continue
                 self._failed.pop(key, None)
-                if self.batcher_factory is not None:
-                    mv.batcher = self.batcher_factory(mv)
                 new[key] = mv
                 report.loaded.append(label)
                 log.info("serving %s on %s (score %s, threshold %s, certified coverage %.3f)",
@@ -242,22 +282,21 @@ class ModelRepository:
                 live.setdefault(name, {})[version] = mv
             retired = [mv for key, mv in current.items() if new.get(key) is not mv]
             self._live = MappingProxyType({k: MappingProxyType(v) for k, v in live.items()})
-            for label in report.loaded:
-                name, v = label.rsplit("/", 1)
-                mv = live[name][int(v)]
-                self.monitor.model_loaded(name, v, mv.model.provider, mv.calibration,
-                                          mv.model.sha256)
             for mv in retired:
                 if (mv.name, mv.version) not in new:
                     report.unloaded.append(f"{mv.name}/{mv.version}")
                     self.monitor.model_unloaded(mv.name, str(mv.version))
                     log.info("unloaded %s/%s", mv.name, mv.version)
                 if mv.batcher is not None:   # in-flight requests finish on the old version
-                    task = asyncio.get_running_loop().create_task(mv.batcher.close())
-                    self._retiring.add(task)
-                    task.add_done_callback(self._retiring.discard)
+                    self._retire(mv)
             report.serving = [f"{mv.name}/{mv.version}" for mv in self.versions()]
             return report
+
+    def _retire(self, mv: ModelVersion) -> None:
+        assert mv.batcher is not None
+        task = asyncio.get_running_loop().create_task(mv.batcher.close())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     async def close(self) -> None:
         if self._retiring:

@@ -52,6 +52,25 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+MAX_MODEL_BYTES = 4 << 30
+
+
+def read_model_bytes(path: Path) -> bytes:
+    """A model file's bytes, read once (the session and the hash both use them)."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_MODEL_BYTES:
+            raise ModelLoadError(f"{path} is {size} bytes; models over {MAX_MODEL_BYTES} bytes "
+                                 "(protobuf's limit is 2 GiB without external data) are refused")
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ModelLoadError(f"model file not found: {path}") from None
+    except IsADirectoryError:
+        raise ModelLoadError(f"{path} is a directory, not a model file") from None
+    except OSError as err:
+        raise ModelLoadError(f"cannot read {path}: {err.strerror or err}") from None
+
+
 def _parse_metadata(raw: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in raw.items():
@@ -93,6 +112,7 @@ class OnnxModel:
     device: Device = "auto"
     intra_op_threads: int = 0
     inter_op_threads: int = 0
+    model_bytes: bytes | None = field(default=None, repr=False)   # None: read ``path`` once
     session: Any = field(init=False, repr=False)
     sha256: str = field(init=False)
     metadata: dict[str, Any] = field(init=False)
@@ -101,8 +121,8 @@ class OnnxModel:
     def __post_init__(self) -> None:
         ort = _ort()
         self.path = Path(self.path)
-        if not self.path.is_file():
-            raise ModelLoadError(f"model file not found: {self.path}")
+        if self.model_bytes is None:
+            self.model_bytes = read_model_bytes(self.path)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.intra_op_threads:
@@ -112,7 +132,10 @@ class OnnxModel:
         opts.log_severity_level = 3
         requested = providers_for(self.device)
         try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=requested)
+            # Built from the bytes that are hashed below, never from the path again: a file
+            # renamed into place in between cannot pair one model with another's calibration.
+            self.session = ort.InferenceSession(self.model_bytes, sess_options=opts,
+                                                providers=requested)
         except Exception as err:  # onnxruntime raises its own untyped errors for bad files
             first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
             raise ModelLoadError(
@@ -123,7 +146,8 @@ class OnnxModel:
             raise ModelLoadError(
                 f"--device cuda, but onnxruntime activated only {self.providers} for {self.path} "
                 "(CUDA libraries missing or no GPU visible). Fix the CUDA install or use --device cpu")
-        self.sha256 = sha256_file(self.path)
+        self.sha256 = hashlib.sha256(self.model_bytes).hexdigest()
+        self.model_bytes = None                       # the session holds its own copy
         self.metadata = _parse_metadata(self.session.get_modelmeta().custom_metadata_map)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1:

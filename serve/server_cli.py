@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import logging
 import os
 import socket
@@ -19,10 +18,11 @@ log = logging.getLogger("abstain.serve")
 
 DEFAULT_MODEL = "mnist1d-maxsup"
 _FLAGS: list[tuple[str, type, str]] = [
-    ("host", str, "interface to bind (0.0.0.0 for all)"),
+    ("host", str, "interface to bind, 0.0.0.0 for all (default 127.0.0.1)"),
     ("port", int, "TCP port (default 8000)"),
     ("workers", int, "uvicorn worker processes (default 1)"),
-    ("device", str, "auto | cpu | cuda (cuda refuses to start without an active CUDA provider)"),
+    ("device", str, "auto | cpu | cuda (default auto; cuda refuses to start without an active "
+               "CUDA provider)"),
     ("max_batch_size", int, "samples per coalesced session run (default 64)"),
     ("max_queue_size", int, "samples queued per model before 503 (default 2048)"),
     ("max_instances", int, "samples per request before 413 (default 1024)"),
@@ -39,10 +39,15 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("max_image_pixels", int, "decoded image pixels per request before 413 (default 50M)"),
     ("max_image_pixels_per_s", int, "decoded image pixels per second before 503 (default 200M)"),
     ("shed_hold_s", float, "after a 503, seconds before that connection is read again (default 1 = the minimum Retry-After)"),
+    ("on_probe_mismatch", str, "refuse | warn: a version whose probe batch gives other logits or "
+     "decisions than calibration saw (another provider or precision) is refused (default)"),
     ("metrics_port", int, "serve /metrics on this port only (default: beside the API)"),
-    ("api_key", str, "DISCOURAGED (visible in ps): use --api-key-file or ABSTAIN_API_KEY"),
-    ("admin_key", str, "DISCOURAGED (visible in ps): use --admin-key-file or ABSTAIN_ADMIN_KEY"),
-    ("log_level", str, "debug | info | warning | error"),
+    ("grpc_port", int, "also serve the KServe v2 gRPC protocol on this port (default: off)"),
+    ("api_key", str, "DISCOURAGED (visible in ps): use --api-key-file or ABSTAIN_API_KEY "
+     "(default: none)"),
+    ("admin_key", str, "DISCOURAGED (visible in ps): use --admin-key-file or ABSTAIN_ADMIN_KEY "
+     "(default: none, /v1/admin off)"),
+    ("log_level", str, "debug | info | warning | error (default info)"),
     ("drift_window", int, "decisions in the deferral-rate drift window (default 1000)"),
     ("drift_alpha", float, "flag drift when the binomial p-value is below this (default 0.001)"),
 ]
@@ -61,14 +66,17 @@ def register_serve(sub: argparse._SubParsersAction) -> None:
     for name, typ, help_ in _FLAGS:
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None,
                        help=f"{help_}  [env {ENV_PREFIX}{name.upper()}]")
+    p.add_argument("--follow-symlinks", dest="follow_symlinks", action="store_true", default=None,
+                   help="serve version directories that resolve outside the repository (off: "
+                   f"they are skipped with a warning)  [env {ENV_PREFIX}FOLLOW_SYMLINKS]")
     for name, what in _KEY_FILES:
         p.add_argument(f"--{name.replace('_', '-')}-file", dest=f"{name}_file", default=None,
-                       metavar="PATH", help=f"read the Bearer key {what} from PATH (first line)  "
+                       metavar="PATH", help=f"read the Bearer key {what} from PATH (first line; default: none)  "
                        f"[env {ENV_PREFIX}{name.upper()}]")
     p.set_defaults(handler=_serve)
 
 
-def _check_port(host: str, port: int) -> None:
+def _check_port(host: str, port: int, flag: str = "--port") -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -76,7 +84,7 @@ def _check_port(host: str, port: int) -> None:
             s.bind((host, port))
         except OSError as err:
             why = "is already in use" if err.errno == errno.EADDRINUSE else f"cannot be bound ({err})"
-            raise SettingsError(f"{host}:{port} {why}: pass another --port or stop the other "
+            raise SettingsError(f"{host}:{port} {why}: pass another {flag} or stop the other "
                                 "server") from None
 
 
@@ -91,7 +99,7 @@ def preflight(settings: ServerSettings) -> list[Any]:
 
     if settings.device == "cuda":
         providers_for("cuda")                     # raises with the fix when CUDA is not installed
-    found = scan(settings.model_repository)
+    found = scan(settings.model_repository, settings.follow_symlinks)
     if not found:
         raise SettingsError(
             f"no model in {str(settings.model_repository)!r}: expected "
@@ -101,33 +109,26 @@ def preflight(settings: ServerSettings) -> list[Any]:
     for (name, version), d in found.items():
         try:
             loaded.append(load_version(d, name, version, settings.device,
-                                       settings.intra_op_threads, (1,)))
-        except AbstainError as err:
-            failed[f"{name}/{version}"] = str(err)
+                                       settings.intra_op_threads, (1,), settings.on_probe_mismatch))
+        except Exception as err:                   # any failure refuses that version only
+            failed[f"{name}/{version}"] = str(err) if isinstance(err, AbstainError) else \
+                f"{type(err).__name__}: {err}"
     if not loaded:
         raise SettingsError("no servable model: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
     return loaded
 
 
 def curl_example(settings: ServerSettings, loaded: list[Any]) -> str:
-    """A command that works against this server for the default (or first) model."""
-    names = sorted({mv.name for mv in loaded})
-    name = DEFAULT_MODEL if DEFAULT_MODEL in names else names[0]
-    mv = max((m for m in loaded if m.name == name), key=lambda m: m.version)
+    """A v1 command that works against this server for the default (or first) model."""
+    from serve.examples import curl_lines, pick_model
+
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    url = f"http://{host}:{settings.port}/v1/models/{name}/predict"
-    auth = f" -H \"Authorization: Bearer ${ENV_PREFIX}API_KEY\"" if settings.api_key else ""
-    if mv.preprocessing.get("kind") == "image":
-        return f"curl -s {url}{auth} -F file=@image.png -F top_k=3"
-    n = 1
-    for d in mv.model.input_shape:
-        n *= d
-    body = json.dumps({"instances": [[0.0] * n], "top_k": 3}, separators=(",", ":"))
-    return f"curl -s {url}{auth} -H 'Content-Type: application/json' -d '{body}'"
+    return curl_lines(f"http://{host}:{settings.port}", pick_model(loaded), bool(settings.api_key))[0]
 
 
 def _serve(args: argparse.Namespace) -> int:
     overrides = {name: getattr(args, name) for name, _, _ in _FLAGS}
+    overrides["follow_symlinks"] = args.follow_symlinks
     if args.model_repository is not None:
         overrides["model_repository"] = Path(args.model_repository)
     for name, _ in _KEY_FILES:
@@ -142,10 +143,20 @@ def _serve(args: argparse.Namespace) -> int:
                         "shell history): prefer %s-file or %s%s", flag, flag, ENV_PREFIX, name.upper())
     settings = load_settings(**overrides)
     _check_port(settings.host, settings.port)
+    if settings.grpc_port is not None:
+        try:
+            import grpc  # noqa: F401
+        except ImportError:
+            raise SettingsError("--grpc-port needs grpcio: pip install 'abstain[cpu]' (or [gpu]), "
+                                "or leave --grpc-port unset") from None
+        if settings.grpc_port and settings.workers == 1:  # workers share it (SO_REUSEPORT)
+            _check_port(settings.host, settings.grpc_port, "--grpc-port")
     loaded = preflight(settings)
 
-    from rich.console import Console
     from rich.table import Table
+
+    from serve.console import make_console
+    from serve.examples import banner_lines
 
     table = Table(title=f"abstain serve {settings.model_repository}")
     for col in ("model", "version", "provider", "threads", "score", "threshold", "target risk",
@@ -156,9 +167,10 @@ def _serve(args: argparse.Namespace) -> int:
         table.add_row(mv.name, str(mv.version), mv.model.provider, mv.threads, c.score,
                       "defer all" if c.threshold is None else f"{c.threshold:.4g}",
                       f"{c.target_risk:g}", f"{c.coverage:.3f}")
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     console.print(table)
-    console.print(f"try: {curl_example(settings, loaded)}", soft_wrap=True, highlight=False)
+    for line in banner_lines(settings.host, settings.port, loaded, bool(settings.api_key)):
+        console.print(line, soft_wrap=True, highlight=False, markup=False)
 
     import uvicorn
 

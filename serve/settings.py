@@ -49,12 +49,21 @@ class ServerSettings(BaseSettings):
     shed_hold_s: float = Field(1.0, ge=0, le=60,
                                description="after a 503, seconds before the connection is read again")
     request_timeout_s: float = Field(30.0, gt=0, description="per-request deadline (504)")
+    inline_run_s: float = Field(0.0002, ge=0, le=0.1,
+                                description="session runs measured faster than this run on the "
+                                "event loop instead of the inference thread")
     poll_interval_s: float = Field(10.0, ge=0, description="repository poll period; 0 = off")
+    on_probe_mismatch: Literal["refuse", "warn"] = Field(
+        "refuse", description="a version whose probe logits differ from calibration's")
+    follow_symlinks: bool = Field(False, description="serve version directories that resolve "
+                                  "outside the repository")
     warmup_batch_sizes: tuple[int, ...] = (1, 8, 64)
     api_key: SecretStr | None = Field(None, description="Bearer key for inference endpoints")
     admin_key: SecretStr | None = Field(None, description="Bearer key for /v1/admin/*; off if unset")
     metrics_key: SecretStr | None = Field(None, description="Bearer key for /metrics; open if unset")
     metrics_port: int | None = Field(None, ge=1, le=65535, description="serve /metrics on this port only")
+    grpc_port: int | None = Field(None, ge=0, le=65535,
+                                  description="serve the v2 gRPC protocol on this port; off if unset")
     drift_window: int = Field(1000, ge=10)
     drift_alpha: float = Field(0.001, gt=0, lt=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -138,6 +147,9 @@ def load_settings(check_paths: bool = True, **overrides: Any) -> ServerSettings:
     if s.metrics_port is not None and s.metrics_port == s.port:
         raise SettingsError(f"--metrics-port {s.metrics_port} is the serving port: pick another "
                             "port or leave it unset to serve /metrics beside the API")
+    if s.grpc_port and s.grpc_port in (s.port, s.metrics_port):
+        raise SettingsError(f"--grpc-port {s.grpc_port} is already the HTTP or metrics port: pick "
+                            "another port for gRPC")
     if isinstance(s.intra_op_threads, int) and s.intra_op_threads < 0:
         raise SettingsError(f"--intra-op-threads / {ENV_PREFIX}INTRA_OP_THREADS = "
                             f"{s.intra_op_threads} is invalid: use auto, 0 (onnxruntime's default) "

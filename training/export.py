@@ -28,7 +28,7 @@ import torch
 from serve import __version__
 from serve.data import load_dataset
 from serve.errors import AbstainError
-from serve.files import atomic_path
+from serve.files import atomic_path, keep_backup
 from serve.runtime import OnnxModel
 from training.models import create_model
 
@@ -119,6 +119,7 @@ def export_model(model: torch.nn.Module, x_check: np.ndarray, path: str | os.Pat
                 f"samples (max |Δlogits| = {parity.max_abs_diff:.3g}, allowed {atol:g}; "
                 f"{parity.argmax_mismatches} argmax mismatches). The model has an operation the "
                 "exporter does not reproduce; simplify it or report an exporter bug")
+        keep_backup(path)
     return parity
 
 
@@ -167,13 +168,14 @@ def metadata_for(cfg: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def export_run(run: str | os.PathLike[str], to: str | os.PathLike[str], atol: float = 1e-4,
-               force: bool = False) -> tuple[Path, Parity, float]:
-    """Export a run to ``to/model.onnx``; returns (path, parity, test accuracy of the ONNX model)."""
+def export_run(run: str | os.PathLike[str], to: str | os.PathLike[str], atol: float = 1e-4
+               ) -> tuple[Path, Parity, float]:
+    """Export a run to ``to/model.onnx``; returns (path, parity, test accuracy of the ONNX model).
+
+    An existing ``model.onnx`` is replaced only once the new one passed the parity check, and is
+    kept as ``model.onnx.bak`` (:func:`serve.files.keep_backup`, the rule `calibrate` follows too).
+    """
     target = Path(to) / FILENAME
-    if target.exists() and not force:
-        raise ExportError(f"{target} exists; pass --force to replace it (its calibration.json "
-                          "then no longer matches and must be re-made with `abstain calibrate`)")
     model, cfg = load_run(run)
     ds = load_dataset(cfg["data"])
     if ds.fingerprint != cfg["resolved"]["data_fingerprint"]:
@@ -188,14 +190,20 @@ def export_run(run: str | os.PathLike[str], to: str | os.PathLike[str], atol: fl
 
 
 def main(args: argparse.Namespace) -> int:
-    path, parity, acc = export_run(args.run, args.to, args.atol, args.force)
-    from rich.console import Console
+    replaced = (Path(args.to) / FILENAME).is_file()
+    path, parity, acc = export_run(args.run, args.to, args.atol)
     from rich.table import Table
+
+    from serve.console import make_console
 
     t = Table(title=f"abstain export → {path}")
     for col in ("size", "test samples", "max |Δlogits|", "argmax mismatches", "test acc (onnx)"):
         t.add_column(col)
     t.add_row(f"{path.stat().st_size / 1024:.0f} KiB", str(parity.n), f"{parity.max_abs_diff:.2e}",
               str(parity.argmax_mismatches), f"{acc:.4f}")
-    Console().print(t)
+    make_console().print(t)
+    if replaced:
+        make_console(stderr=True, highlight=False).print(
+            f"kept the previous model as {path}.bak; a calibration.json beside it was made for that "
+            "model: re-run `abstain calibrate` (the server refuses the mismatch)")
     return 0

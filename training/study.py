@@ -109,7 +109,7 @@ def run_one(cfg: StudyConfig, ds: Dataset, loss: str, seed: int) -> Path:
                       batch_size=cfg.batch_size, lr=cfg.lr, seed=seed, device=cfg.device,
                       out=str(run_dir / "train")))
     t_train = time.perf_counter() - t0
-    path, parity, _ = export_run(run_dir / "train", run_dir / "model", force=True)
+    path, parity, _ = export_run(run_dir / "train", run_dir / "model")
     # "auto": CUDA when this onnxruntime has it, else CPU (a torch-CUDA box may lack onnxruntime-gpu).
     onnx = OnnxModel(path, device="auto", intra_op_threads=cfg.threads)
     x_tu, y_tu = ds.split("tune")

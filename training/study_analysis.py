@@ -23,7 +23,7 @@ from training.collapse import collapse
 
 P_GRID = tuple(range(11))
 # "pnorm_tuned" = the p-norm with the lowest tune AURC (Xia et al.'s protocol, no MSP fallback);
-# "auto" = the deployed rule (MSP at the tune-fitted temperature unless a p-norm is strictly better).
+# "auto" = the deployed rule (MSP at the tune-fitted temperature unless a p-norm is significantly better).
 SCORES = ("msp", "maxlogit", *(f"pnorm:{p}" for p in P_GRID), "pnorm_tuned", "auto")
 METRICS = ("aurc", "e_aurc", "naurc", "augrc", "auroc", "risk_at_80", "risk_at_50")
 NC_KEYS = ("nc1", "nc2_means", "nc2_weights", "nc3", "within_class_var")

@@ -236,8 +236,9 @@ def _progress(it: range, rank: int, total: int, initial: int):
 
 
 def _summary(cfg: TrainConfig, rec: dict[str, Any], seconds: float) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from serve.console import make_console
 
     t = Table(title=f"abstain train → {cfg.out}")
     for col in ("data", "model", "loss", "α", "epochs", "train acc", "tune acc", "time"):
@@ -246,7 +247,7 @@ def _summary(cfg: TrainConfig, rec: dict[str, Any], seconds: float) -> None:
               "-" if cfg.loss == "ce" else cfg.alpha, str(rec.get("epoch", 0)),
               f"{rec.get('train_acc', float('nan')):.4f}", f"{rec.get('tune_acc', float('nan')):.4f}",
               f"{seconds:.1f}s")
-    Console(stderr=True).print(t)
+    make_console(stderr=True).print(t)
 
 
 def main(args: argparse.Namespace) -> int:

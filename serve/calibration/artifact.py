@@ -13,7 +13,9 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from serve import __version__
 from serve.errors import AbstainError
@@ -48,12 +50,17 @@ class Calibration:
     n_cert: int
     coverage: float                  # empirical, on the certification split
     risk: float                      # empirical selective risk, on the certification split
-    risk_upper_bound: float          # (1 − δ) upper bound on the selective risk at `threshold`
+    risk_upper_bound: float          # post-selection CP bound at `threshold`: indicative only
     data_fingerprint: str
     score_params: dict[str, Any] = field(default_factory=dict)
     candidates: dict[str, float] = field(default_factory=dict)   # score spec → tuning AURC
     score_quantiles: list[float] = field(default_factory=list)   # certification-split quantiles
     data: dict[str, Any] = field(default_factory=dict)           # spec, split names, ratio, seed
+    # Where the certified logits came from: onnxruntime's provider and the model's input
+    # precision, and the probe batch saved beside the artifact (probe.npz) to compare with.
+    provider: str = ""
+    precision: str = ""
+    probe_sha256: str = ""
     created: str = ""
     abstain_version: str = __version__
     schema_version: int = SCHEMA_VERSION
@@ -97,6 +104,67 @@ def _check(cal: Calibration, where: str) -> None:
         raise bad(f"unknown method {cal.method!r}")
 
 
+MAX_BYTES = 16 << 20
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number: every number must be finite")
+
+
+def _finite_float(text: str) -> float:
+    v = float(text)
+    if not math.isfinite(v):
+        raise ValueError(f"{text[:20]} overflows a float: every number must be finite")
+    return v
+
+
+_FINITE = Annotated[float, Field(allow_inf_nan=False)]
+_UNIT = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+
+
+class _Schema(BaseModel):
+    """The field types of calibration.json, checked strictly (``"0.3"`` is not a number)."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    model_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    score: Annotated[str, Field(min_length=1, max_length=64)]
+    temperature: Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
+    threshold: _FINITE | None
+    target_risk: _UNIT
+    delta: _UNIT
+    method: Method
+    n_tune: Annotated[int, Field(ge=0)]
+    n_cert: Annotated[int, Field(ge=0)]
+    coverage: _UNIT
+    risk: _UNIT
+    risk_upper_bound: _UNIT
+    data_fingerprint: str
+    score_params: dict[str, Any] = {}       # numbers in nested values: finite (checked at parse)
+    candidates: dict[str, _FINITE] = {}
+    score_quantiles: list[_FINITE] = []
+    data: dict[str, Any] = {}
+    provider: str = ""
+    precision: str = ""
+    probe_sha256: Annotated[str, Field(pattern=r"^([0-9a-f]{64})?$")] = ""
+    created: str = ""
+    abstain_version: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+
+def _validated(raw: object, path: Path) -> Calibration:
+    """``raw`` JSON → a Calibration, or one CalibrationError naming every bad field."""
+    if not isinstance(raw, dict):
+        raise CalibrationError(f"{path} must hold a JSON object. Re-run `abstain calibrate`")
+    try:
+        checked = _Schema.model_validate(raw)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'file'}: {e['msg']}"
+                             for e in err.errors()[:5])
+        raise CalibrationError(f"{path}: {problems}. Re-run `abstain calibrate`") from None
+    return Calibration(**{f.name: getattr(checked, f.name) for f in fields(Calibration)})
+
+
 def new_calibration(**kwargs: Any) -> Calibration:
     """Build and validate a calibration, stamping the creation time."""
     kwargs.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -125,17 +193,18 @@ def load_calibration(path: str | os.PathLike[str], model_sha256: str | None = No
     if not path.is_file():
         raise CalibrationError(f"{path} not found: run `abstain calibrate {path.parent}` first")
     try:
-        raw = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CalibrationError(f"{path} is not valid JSON ({err}). Re-run `abstain calibrate`") from err
+        if path.stat().st_size > MAX_BYTES:
+            raise CalibrationError(f"{path} is larger than {MAX_BYTES} bytes: not a calibration. "
+                                   "Re-run `abstain calibrate`")
+        raw = json.loads(path.read_text(), parse_constant=_no_constant, parse_float=_finite_float)
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise CalibrationError(f"{path} is not valid JSON with finite numbers ({err}). Re-run "
+                               "`abstain calibrate`") from None
+    except OSError as err:
+        raise CalibrationError(f"cannot read {path}: {err.strerror or err}") from None
     if not isinstance(raw, dict):
         raise CalibrationError(f"{path} must hold a JSON object. Re-run `abstain calibrate`")
-    known = {f.name for f in fields(Calibration)}
-    try:
-        cal = Calibration(**{k: v for k, v in raw.items() if k in known})
-    except TypeError as err:
-        raise CalibrationError(f"{path} lacks required fields ({err}). "
-                               "Re-run `abstain calibrate`") from err
+    cal = _validated(raw, path)
     _check(cal, str(path))
     if model_sha256 is not None and cal.model_sha256 != model_sha256:
         raise CalibrationError(

@@ -10,8 +10,14 @@ Goal: a threshold λ with P(selective risk at λ ≤ r*) ≥ 1 − δ, accepting
   can be certified, and a sequence starting there would stop at once.
 * **SGR** (Geifman & El-Yaniv 2017): binary search for ⌈log₂ m⌉ steps, each tested with an exact
   Clopper–Pearson upper bound at δ/⌈log₂ m⌉; deploy the last safe threshold.
+* **planned LTT** (the default when a tuning split exists): grid, start and direction fixed on the
+  tuning split, see serve.calibration.plan.
 * **coverage**: the strictest threshold reaching a target coverage, with the (1 − δ)
   Clopper–Pearson upper bound of its risk (a bound reported, not a risk target certified).
+
+What is certified is "selective risk ≤ r* with probability ≥ 1 − δ". ``risk_upper_bound`` is a
+Clopper–Pearson bound computed *after* the threshold was selected on the same data: it is
+post-selection and indicative only (in simulation the true risk exceeds it more often than δ).
 
 Every function works on the tie-grouped risk–coverage curve of serve.metrics, so tied scores
 are accepted or rejected together, and costs O(n log n).
@@ -26,11 +32,13 @@ from typing import Literal
 import numpy as np
 from scipy import stats
 
+from serve.calibration.plan import LttPlan, run_plan
 from serve.errors import AbstainError
 from serve.metrics import RiskCoverageCurve, risk_coverage_curve
 
 CertMethod = Literal["ltt", "sgr", "coverage"]
 MIN_FLOOR = 30
+_FST = "fixed sequence from the floor, strict → permissive"
 
 
 class CertifyError(AbstainError, ValueError):
@@ -42,7 +50,9 @@ class Certificate:
     """The outcome of certification on ``n`` certification samples.
 
     ``threshold`` is None when nothing could be certified; then ``needed`` estimates how many
-    certification samples would be needed and ``detail`` says why.
+    certification samples would be needed and ``detail`` says why. ``risk_upper_bound`` is the
+    post-selection (indicative) Clopper–Pearson bound at the deployed threshold, not the
+    guarantee. ``procedure`` names the test that certified and ``start`` where it started.
     """
 
     method: CertMethod
@@ -56,6 +66,8 @@ class Certificate:
     min_accepted: int = 0
     needed: int | None = None
     detail: str = ""
+    procedure: str = ""
+    start: str = ""
 
     @property
     def coverage(self) -> float:
@@ -139,8 +151,9 @@ def samples_needed(curve: RiskCoverageCurve, target_risk: float, delta: float) -
 
 
 def _not_certified(method: CertMethod, curve: RiskCoverageCurve, target_risk: float, delta: float,
-                   floor: int, why: str) -> Certificate:
+                   floor: int, why: str, procedure: str = "", start: str = "") -> Certificate:
     needed = samples_needed(curve, target_risk, delta)
+    zero = zero_error_minimum(target_risk, delta)
     if needed is None:
         sized = curve.n_accepted >= min(10, curve.n)   # ignore near-empty strict thresholds
         hint = (f"no threshold accepting ≥ {min(10, curve.n)} samples reaches an empirical "
@@ -148,45 +161,82 @@ def _not_certified(method: CertMethod, curve: RiskCoverageCurve, target_risk: fl
                 f"(lowest: {float(curve.risk[sized].min()):.4f}); more data will not help: raise "
                 "--target-risk or improve the model")
     elif needed <= curve.n:
-        hint = (f"the risk profile would be certifiable with ~{needed} samples, so the sequence "
-                f"failed on errors among the strictest thresholds (it can stop at the first); "
-                "try --method sgr, another --seed, more calibration data, or a higher --target-risk")
+        hint = (f"the risk profile would be certifiable with ~{needed} samples, so the test "
+                "failed on sampling noise; try --method sgr, another --seed, more calibration "
+                "data, or a higher --target-risk")
     else:
         hint = (f"needs at least {needed} certification samples (has {curve.n}) to certify "
-                f"selective risk ≤ {target_risk:g} at δ = {delta:g}; add calibration data, lower "
-                "--tune-fraction, or raise --target-risk / --delta")
+                f"selective risk ≤ {target_risk:g} at δ = {delta:g}: that is the estimate for this "
+                f"model's risk profile (its certification error rates); the floor, reached only "
+                f"with zero errors, is {zero}. Add calibration data, lower --tune-fraction, or "
+                "raise --target-risk / --delta")
     return Certificate(method=method, threshold=None, n=curve.n, n_accepted=0, n_errors=0,
                        risk_upper_bound=0.0, target_risk=target_risk, delta=delta,
-                       min_accepted=floor, needed=needed, detail=f"{why}: {hint}")
+                       min_accepted=floor, needed=needed, detail=f"{why}: {hint}",
+                       procedure=procedure, start=start)
+
+
+def _floor_why(n: int, target_risk: float, delta: float) -> str:
+    zero = zero_error_minimum(target_risk, delta)
+    return (f"only {n} certification samples, fewer than {zero}, the floor that certifies "
+            f"selective risk ≤ {target_risk:g} at δ = {delta:g} even with zero errors")
+
+
+def certify_planned(scores: np.ndarray, errors: np.ndarray, plan: LttPlan, target_risk: float,
+                    delta: float, curve: RiskCoverageCurve | None = None) -> Certificate:
+    """LTT on a plan fixed by the tuning split (serve.calibration.plan); the default procedure."""
+    _check(target_risk, delta)
+    c = curve or risk_coverage_curve(scores, errors)
+    procedure = "planned fixed sequence (grid, start and direction from the tuning split)"
+    start = plan.describe()
+    if c.n < zero_error_minimum(target_risk, delta):
+        return _not_certified("ltt", c, target_risk, delta, 0, _floor_why(c.n, target_risk, delta),
+                              procedure, start)
+    g, n_acc, n_err, certified = run_plan(plan, scores, errors, target_risk)
+    if g < 0:
+        s0 = plan.starts[0]
+        return _not_certified("ltt", c, target_risk, delta, 0,
+                              f"the first tested threshold (accepting {int(n_acc[s0])} of {c.n}, "
+                              f"{int(n_err[s0])} errors) failed its binomial test", procedure, start)
+    k, n = int(n_err[g]), int(n_acc[g])
+    return Certificate(method="ltt", threshold=float(plan.thresholds[g]), n=c.n, n_accepted=n,
+                       n_errors=k, risk_upper_bound=float(clopper_pearson_upper(k, n, delta)),
+                       target_risk=target_risk, delta=delta,
+                       detail=f"planned sequence certified {' + '.join(map(str, certified))} of "
+                              f"{len(plan.thresholds)} thresholds",
+                       procedure=procedure, start=start)
 
 
 def certify_ltt(scores: np.ndarray, errors: np.ndarray, target_risk: float, delta: float,
                 curve: RiskCoverageCurve | None = None) -> Certificate:
     """Learn-then-Test with fixed-sequence testing from strict to permissive (see module doc).
 
-    ``risk_upper_bound`` is the exact (1 − δ) Clopper–Pearson bound at the deployed threshold,
-    which is ≤ r* by duality with the binomial test.
+    ``risk_upper_bound`` is the (1 − δ) Clopper–Pearson bound at the deployed threshold (≤ r* by
+    duality with the binomial test), computed after selection: indicative, not the guarantee.
     """
     _check(target_risk, delta)
     c = curve or risk_coverage_curve(scores, errors)
     floor = min_accepted(target_risk, delta)
     start = int(np.searchsorted(c.n_accepted, floor))     # first point accepting ≥ floor samples
     if start >= len(c.n_accepted):
-        return _not_certified("ltt", c, target_risk, delta, floor,
-                              f"fewer than {floor} certification samples")
+        why = (_floor_why(c.n, target_risk, delta) if c.n < zero_error_minimum(target_risk, delta)
+               else f"no threshold accepts the sequence's floor of {floor} samples")
+        return _not_certified("ltt", c, target_risk, delta, floor, why, _FST, "")
     p = binomial_p_values(c.n_errors[start:], c.n_accepted[start:], target_risk)   # (G − start,)
     failed = p > delta
     n_ok = int(failed.argmax()) if failed.any() else len(p)
     if n_ok == 0:
         return _not_certified("ltt", c, target_risk, delta, floor,
                               f"the first tested threshold (accepting {int(c.n_accepted[start])}) "
-                              f"has p-value {p[0]:.3g} > δ")
+                              f"has p-value {p[0]:.3g} > δ", _FST,
+                              f"first threshold accepting ≥ {floor}")
     g = start + n_ok - 1
     k, n = int(c.n_errors[g]), int(c.n_accepted[g])
     return Certificate(method="ltt", threshold=float(c.thresholds[g]), n=c.n, n_accepted=n,
                        n_errors=k, risk_upper_bound=float(clopper_pearson_upper(k, n, delta)),
                        target_risk=target_risk, delta=delta, min_accepted=floor,
-                       detail=f"fixed sequence certified {n_ok} of {len(p)} thresholds")
+                       detail=f"fixed sequence certified {n_ok} of {len(p)} thresholds",
+                       procedure=_FST, start=f"first threshold accepting ≥ {floor} samples")
 
 
 def certify_sgr(scores: np.ndarray, errors: np.ndarray, target_risk: float, delta: float,
@@ -209,11 +259,12 @@ def certify_sgr(scores: np.ndarray, errors: np.ndarray, target_risk: float, delt
     if best < 0:
         return _not_certified("sgr", c, target_risk, delta, zero_error_minimum(target_risk, level),
                               f"no binary-search step had a Clopper–Pearson bound ≤ {target_risk:g} "
-                              f"at δ/{steps}")
+                              f"at δ/{steps}", "SGR binary search", "median threshold")
     k, n = int(c.n_errors[best]), int(c.n_accepted[best])
     return Certificate(method="sgr", threshold=float(c.thresholds[best]), n=c.n, n_accepted=n,
                        n_errors=k, risk_upper_bound=best_bound, target_risk=target_risk, delta=delta,
-                       detail=f"{steps} binary-search steps at δ' = {level:.3g}")
+                       detail=f"{steps} binary-search steps at δ' = {level:.3g}",
+                       procedure="SGR binary search", start="median threshold")
 
 
 def certify_coverage(scores: np.ndarray, errors: np.ndarray, target_coverage: float, delta: float,
@@ -231,16 +282,19 @@ def certify_coverage(scores: np.ndarray, errors: np.ndarray, target_coverage: fl
     return Certificate(method="coverage", threshold=float(c.thresholds[g]), n=c.n, n_accepted=n,
                        n_errors=k, risk_upper_bound=bound, target_risk=target_risk, delta=delta,
                        detail=f"coverage {n / c.n:.4f}: risk bound {bound:.4f} {verdict} the "
-                              f"target {target_risk:g}")
+                              f"target {target_risk:g}", procedure="target coverage (no test)")
 
 
 def certify(scores: np.ndarray, errors: np.ndarray, target_risk: float, delta: float,
-            method: Literal["ltt", "sgr"] = "ltt", target_coverage: float | None = None
-            ) -> Certificate:
-    """Dispatch: ``target_coverage`` set → coverage mode; else LTT or SGR."""
+            method: Literal["ltt", "sgr"] = "ltt", target_coverage: float | None = None,
+            plan: LttPlan | None = None) -> Certificate:
+    """Dispatch: ``target_coverage`` set → coverage mode; else LTT (planned when a ``plan`` from
+    the tuning split is given, else the floored fixed sequence) or SGR."""
     curve = risk_coverage_curve(scores, errors)
     if target_coverage is not None:
         return certify_coverage(scores, errors, target_coverage, delta, target_risk, curve)
+    if method == "ltt" and plan is not None:
+        return certify_planned(scores, errors, plan, target_risk, delta, curve)
     if method == "ltt":
         return certify_ltt(scores, errors, target_risk, delta, curve)
     if method == "sgr":

@@ -1,14 +1,19 @@
 """Tuning-split choices: the temperature and the confidence score (METHODS.md §2).
 
-Cattelan & Silva's rule: MSP (at the fitted temperature) is the incumbent; a centred
-``pnorm:p`` from the grid p = 0…10 replaces it only if its AURC is *strictly* lower. With K = 2
-the centred p-norm is constant, so only MSP is considered. Scores come from serve.scores and
-AURCs from serve.metrics: the functions the server and `abstain evaluate` use.
+Cattelan & Silva's rule with a burden of proof: MSP (at the fitted temperature) is the
+incumbent; a centred ``pnorm:p`` from the grid p = 0…10 replaces it only if its tuning AURC is
+lower *significantly*: z = ΔAURC / SE > Φ⁻¹(1 − α/m) with α = ``SWITCH_ALPHA`` and m the number
+of challengers (Bonferroni), SE from a paired Poisson bootstrap (the same resampled weights for
+every score). On pure noise some challenger is "strictly lower" in most draws (38 of 40 in the
+unit test); this rule switches with probability about α (2 of 40). With K = 2 the p ≥ 1 norms
+are constant, so only MSP and ``pnorm:0`` are considered. Scores come from serve.scores and AURCs
+from serve.metrics: the functions the server and `abstain evaluate` use.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -24,6 +29,9 @@ CHUNK = 4096                        # rows per float64 block: fits in cache, no 
 P_GRID = tuple(range(11))           # pnorm:0 (centred MaxLogit) … pnorm:10
 T_BOUNDS = (0.01, 100.0)
 CURVE_POINTS = 800                  # risk–coverage points kept per candidate for plotting
+SWITCH_ALPHA = 0.05                 # family-wise rate of switching away from MSP on no evidence
+BOOT_RESAMPLES = 200
+BOOT_MAX_ROWS = 10_000              # bootstrap on a fixed subsample beyond this; SE rescaled
 
 
 class ChooseError(AbstainError, ValueError):
@@ -106,6 +114,8 @@ class Candidate:
     auroc: float
     coverage: np.ndarray = field(repr=False)     # (≤ CURVE_POINTS,)
     risk: np.ndarray = field(repr=False)         # (≤ CURVE_POINTS,)
+    delta_aurc: float = 0.0                      # AURC(MSP) − AURC(this): > 0 is better than MSP
+    z: float = 0.0                               # delta_aurc / its paired-bootstrap SE
 
 
 @dataclass(frozen=True)
@@ -117,6 +127,7 @@ class ScoreChoice:
     candidates: list[Candidate]
     reason: str
     error_rate: float
+    tune_scores: np.ndarray | None = field(default=None, repr=False)   # (n_tune,) chosen score
 
     @property
     def score(self) -> Score:
@@ -131,6 +142,40 @@ def _thin(curve: metrics.RiskCoverageCurve, points: int) -> tuple[np.ndarray, np
     return curve.coverage[idx], curve.risk[idx]
 
 
+def _bootstrap_aurcs(scores: np.ndarray, errors: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """AURC (right-Riemann over tie groups) under each row of sample ``weights`` (B, n) → (B,)."""
+    order = np.argsort(-scores, kind="stable")
+    s, e = scores[order], errors[order].astype(np.float64)
+    ends = np.flatnonzero(np.append(s[1:] != s[:-1], True))
+    at_end = ends[np.searchsorted(ends, np.arange(s.size))]     # (n,) last index of each tie group
+    w = weights[:, order]                                       # (B, n)
+    cw = np.cumsum(w, axis=1)[:, at_end]
+    ce = np.cumsum(w * e, axis=1)[:, at_end]
+    risk = np.divide(ce, cw, out=np.zeros_like(ce), where=cw > 0)
+    return (w * risk).sum(axis=1) / np.maximum(w.sum(axis=1), 1e-300)
+
+
+def paired_bootstrap_se(score_sets: list[np.ndarray], errors: np.ndarray,
+                        resamples: int = BOOT_RESAMPLES, seed: int = 0) -> np.ndarray:
+    """SE of AURC(first) − AURC(each other) by a paired Poisson bootstrap → (len − 1,).
+
+    Beyond ``BOOT_MAX_ROWS`` samples the bootstrap runs on a fixed random subsample and the SE is
+    rescaled by √(m/n) (AURC differences are means, so their SE falls as 1/√n).
+    """
+    rng = np.random.default_rng(seed)
+    n = errors.size
+    rows = np.sort(rng.choice(n, BOOT_MAX_ROWS, replace=False)) if n > BOOT_MAX_ROWS else None
+    e = errors if rows is None else errors[rows]
+    sets = score_sets if rows is None else [s[rows] for s in score_sets]
+    diffs = []
+    for a in range(0, resamples, 50):
+        w = rng.poisson(1.0, (min(50, resamples - a), e.size)).astype(np.float64)
+        base = _bootstrap_aurcs(sets[0], e, w)
+        diffs.append(np.stack([base - _bootstrap_aurcs(s, e, w) for s in sets[1:]], axis=1))
+    se = np.concatenate(diffs).std(axis=0, ddof=1)
+    return se * (np.sqrt(e.size / n) if rows is not None else 1.0)
+
+
 def evaluate_candidate(spec: str, scores: np.ndarray, errors: np.ndarray) -> Candidate:
     curve = metrics.risk_coverage_curve(scores, errors)
     cov, risk = _thin(curve, CURVE_POINTS)
@@ -139,8 +184,37 @@ def evaluate_candidate(spec: str, scores: np.ndarray, errors: np.ndarray) -> Can
                      auroc=metrics.auroc(scores, errors, curve), coverage=cov, risk=risk)
 
 
+def _switch_on_evidence(candidates: list[Candidate], score_sets: list[np.ndarray],
+                        errors: np.ndarray) -> tuple[str, str, list[Candidate]]:
+    """Keep MSP unless a challenger's AURC is significantly lower (see module doc)."""
+    from dataclasses import replace
+
+    from scipy import stats
+
+    msp = candidates[0]
+    se = paired_bootstrap_se(score_sets, errors)
+    m = len(candidates) - 1
+    crit = float(stats.norm.ppf(1.0 - SWITCH_ALPHA / m))
+    out = [msp]
+    for c, s in zip(candidates[1:], se, strict=True):
+        d = msp.aurc - c.aurc
+        z = d / s if s > 0 else (math.inf if d > 0 else 0.0)
+        out.append(replace(c, delta_aurc=d, z=z))
+    eligible = [c for c in out[1:] if c.z > crit]
+    rule = (f"paired bootstrap ({BOOT_RESAMPLES} resamples): switch only if z = ΔAURC/SE > "
+            f"{crit:.2f} (one-sided {SWITCH_ALPHA:g}, Bonferroni over {m})")
+    if not eligible:
+        best = max(out[1:], key=lambda c: c.delta_aurc)
+        return "msp", (f"MSP kept: no significant improvement; best challenger {best.spec} "
+                       f"ΔAURC {best.delta_aurc:+.5f}, z = {best.z:.2f}; {rule}"), out
+    best = min(eligible, key=lambda c: c.aurc)
+    return best.spec, (f"{best.spec} replaces MSP: AURC {best.aurc:.5f} < {msp.aurc:.5f}, "
+                       f"z = {best.z:.2f}; {rule}"), out
+
+
 def choose_score(logits: np.ndarray, labels: np.ndarray, score: str = "auto",
-                 p_grid: Sequence[float] = P_GRID, chunk: int = CHUNK) -> ScoreChoice:
+                 p_grid: Sequence[float] = P_GRID, chunk: int = CHUNK,
+                 temperature: float | None = None) -> ScoreChoice:
     """Fit the temperature and choose the score on the tuning split.
 
     Args:
@@ -148,6 +222,7 @@ def choose_score(logits: np.ndarray, labels: np.ndarray, score: str = "auto",
         labels: (n,) true labels.
         score: ``"auto"`` (the rule above) or a fixed spec such as ``"msp"`` or ``"pnorm:2"``.
         p_grid: p values tried by ``auto``.
+        temperature: fixed temperature (``--temperature``); fitted on the tuning split when None.
     """
     z = np.asarray(logits)
     y = np.asarray(labels, dtype=np.int64)
@@ -155,8 +230,9 @@ def choose_score(logits: np.ndarray, labels: np.ndarray, score: str = "auto",
         raise ChooseError(f"need (n, K) logits and n labels with n ≥ 2; got {z.shape} and {y.shape}")
     K = z.shape[1]
     errors = predictions(z, chunk) != y
-    temperature = fit_temperature(z, y, chunk)
-    log.info("temperature %.4f (tuning NLL minimum)", temperature)
+    if temperature is None:
+        temperature = fit_temperature(z, y, chunk)
+        log.info("temperature %.4f (tuning NLL minimum)", temperature)
 
     specs = ["msp"]
     if score == "auto":
@@ -171,21 +247,15 @@ def choose_score(logits: np.ndarray, labels: np.ndarray, score: str = "auto",
         if fixed.spec != "msp":
             specs.append(fixed.spec)
 
-    candidates = [evaluate_candidate(s, score_in_chunks(create_score(s, temperature), z, chunk), errors)
-                  for s in specs]
-    incumbent = candidates[0]
-    if score == "auto":
-        best = incumbent
-        for c in candidates[1:]:
-            if c.aurc < best.aurc:
-                best = c
-        reason = ("MSP kept: no p-norm has a strictly lower AURC" if best is incumbent else
-                  f"{best.spec} replaces MSP: AURC {best.aurc:.5f} < {incumbent.aurc:.5f}")
+    score_sets = [score_in_chunks(create_score(s, temperature), z, chunk) for s in specs]
+    candidates = [evaluate_candidate(s, v, errors) for s, v in zip(specs, score_sets, strict=True)]
+    if score == "auto" and len(candidates) > 1:
+        chosen, reason, candidates = _switch_on_evidence(candidates, score_sets, errors)
         if K < 3:
             reason += " (K = 2: only pnorm:0 is a candidate, p ≥ 1 norms are constant)"
-        chosen = best.spec
     else:
         chosen = specs[-1]
         reason = f"fixed by --score {score}"
     return ScoreChoice(spec=chosen, temperature=temperature, candidates=candidates, reason=reason,
-                       error_rate=float(errors.mean()))
+                       error_rate=float(errors.mean()),
+                       tune_scores=score_sets[[c.spec for c in candidates].index(chosen)])

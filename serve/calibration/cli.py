@@ -7,6 +7,7 @@ built-in dataset, which contains them); evaluation refuses the split the model w
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -17,8 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from serve.argtypes import NONNEGATIVE_INT, POSITIVE_INT, float_above, fraction
 from serve.calibration.artifact import FILENAME, Calibration, load_calibration, save_calibration
+from serve.calibration.probe import N_PROBE, write_probe
 from serve.errors import AbstainError
+from serve.files import keep_backup
 
 log = logging.getLogger(__name__)
 MODEL_FILE = "model.onnx"
@@ -77,6 +81,8 @@ def _model_logits(model, spec: str, batch_size: int) -> tuple[np.ndarray, np.nda
         raise AbstainError(f"{spec} has labels up to {int(y.max())} but {model.path} has only "
                            f"{model.num_classes} classes: wrong dataset for this model")
     z = model.logits(x, batch_size=batch_size, progress=sys.stderr.isatty())
+    # The probe batch (serve/calibration/probe.py): these rows' inputs and the logits computed here.
+    info["probe"] = (x[:N_PROBE], z[:N_PROBE], model.provider, str(model.input_dtype))
     return z, y, info
 
 
@@ -94,17 +100,19 @@ def _logits_and_labels(args: argparse.Namespace, model_path: Path,
         z, y, info = _load_logits_npz(args.logits)
         return z, y, info, sha256_file(model_path)
     model = _load_model(model_path, args.device)
-    spec = check_spec(args.data or _default_spec(model))
+    spec = check_spec(args.data or _default_spec(model, getattr(args, "command", "calibrate")))
     z, y, info = _model_logits(model, spec, args.batch_size)
     return z, y, info, model.sha256
 
 
-def _default_spec(model) -> str:
+def _default_spec(model, command: str = "calibrate") -> str:
+    """The model's own data (its ``data_spec`` metadata) in the split ``command`` works on."""
+    split = "test" if command == "evaluate" else "calibration"
     spec = model.metadata.get("data_spec")
     if not isinstance(spec, str) or not spec:
-        raise AbstainError(f"{model.path} has no 'data_spec' metadata: pass --data SPEC:calibration "
+        raise AbstainError(f"{model.path} has no 'data_spec' metadata: pass --data SPEC:{split} "
                            "or --logits FILE.npz")
-    return f"{spec}:calibration"
+    return f"{spec}:{split}"
 
 
 def _split_of(spec: str) -> tuple[str, str | None]:
@@ -115,8 +123,12 @@ def _split_of(spec: str) -> tuple[str, str | None]:
 
 
 def check_evaluation_role(spec: str) -> str:
-    """Refuse evaluating on the calibration split (its numbers would be optimistic)."""
-    _, split = _split_of(spec)
+    """Refuse evaluating on the calibration split or a whole built-in dataset (optimistic numbers)."""
+    kind, split = _split_of(spec)
+    if split in (None, "all") and kind in _BUILTIN_KINDS:
+        raise DataRoleError(f"{spec!r} names the whole dataset, training and calibration data "
+                            f"included, so its numbers would be optimistic; use "
+                            f"{spec.rsplit(':', 1)[0] if split else spec}:test")
     if split == "calibration":
         raise DataRoleError(f"refusing to evaluate on {spec!r}: the calibration split chose the "
                             "score and certified the threshold, so its numbers are optimistic. "
@@ -138,39 +150,46 @@ def check_calibration_role(spec: str) -> str:
 
 
 def _console():
-    from rich.console import Console
+    from serve.console import make_console
 
-    return Console(highlight=False)
+    return make_console(highlight=False)
 
 
 def _print_calibration(run, cal: Calibration, out: Path) -> None:
     from rich.table import Table
 
     con = _console()
-    t = Table(title=f"score candidates on the tuning split (n = {run.n_tune}, "
-                    f"error rate {run.choice.error_rate:.4f}, T = {run.choice.temperature:.4f})")
-    for col in ("score", "AURC", "E-AURC", "AUROC", ""):
-        t.add_column(col, justify="right" if col not in ("score", "") else "left")
-    for c in run.choice.candidates:
-        mark = "◀ chosen" if c.spec == run.choice.spec else ""
-        t.add_row(c.spec, f"{c.aurc:.5f}", f"{c.e_aurc:.5f}", f"{c.auroc:.4f}", mark,
-                  style="bold" if mark else None)
-    con.print(t)
+    if run.n_tune:
+        t = Table(title=f"score candidates on the tuning split (n = {run.n_tune}, "
+                        f"error rate {run.choice.error_rate:.4f}, T = {run.choice.temperature:.4f})")
+        for col in ("score", "AURC", "ΔAURC vs MSP", "z", "E-AURC", "AUROC", ""):
+            t.add_column(col, justify="right" if col not in ("score", "") else "left")
+        for i, c in enumerate(run.choice.candidates):
+            mark = "◀ chosen" if c.spec == run.choice.spec else ""
+            evidence = ("—", "—") if i == 0 else (f"{c.delta_aurc:+.5f}", f"{c.z:.2f}")
+            t.add_row(c.spec, f"{c.aurc:.5f}", *evidence, f"{c.e_aurc:.5f}", f"{c.auroc:.4f}",
+                      mark, style="bold" if mark else None)
+        con.print(t)
     con.print(f"[bold]choice:[/bold] {run.choice.reason}")
     cert = run.certificate
-    d = Table(title=f"certification (n = {cert.n}, method {cert.method})")
+    d = Table(title=f"certification (n = {cert.n} samples, method {cert.method})")
     d.add_column("quantity")
     d.add_column("value", justify="right")
     s = run.settings
     rows = [("target risk r*", f"{s.target_risk:g}"), ("δ", f"{s.delta:g}"),
             ("threshold", "none (defer all)" if cal.threshold is None else f"{cal.threshold:.6g}"),
             ("coverage (cert)", f"{cal.coverage:.4f}"), ("selective risk (cert)", f"{cal.risk:.4f}"),
-            ("risk upper bound", f"{cal.risk_upper_bound:.4f}"),
+            ("post-selection CP bound (indicative)", f"{cal.risk_upper_bound:.4f}"),
             ("accepted / errors", f"{cert.n_accepted} / {cert.n_errors}"),
-            ("detail", cert.detail)]
+            ("procedure", cert.procedure), ("certification samples", str(cert.n)),
+            ("start", cert.start or "—"), ("detail", cert.detail)]
     for k, v in rows:
         d.add_row(k, v)
     con.print(d)
+    if cal.threshold is not None and cert.method in ("ltt", "sgr"):
+        con.print(f"[bold]certified:[/bold] selective risk ≤ {s.target_risk:g} with probability "
+                  f"≥ {1 - s.delta:g} (the CP bound above was computed after choosing the "
+                  "threshold on the same data: indicative only)")
     if cal.threshold is None:
         con.print("[bold red]WARNING: nothing could be certified; this calibration DEFERS EVERY "
                   f"PREDICTION.[/bold red] {cert.detail}")
@@ -188,7 +207,8 @@ def calibrate_main(args: argparse.Namespace) -> int:
     settings = CalibrationSettings(target_risk=args.target_risk, delta=args.delta,
                                    method=args.method, score=args.score,
                                    target_coverage=args.target_coverage,
-                                   tune_fraction=args.tune_fraction, seed=args.seed).validate()
+                                   tune_fraction=args.tune_fraction, seed=args.seed,
+                                   temperature=args.temperature).validate()
     z, y, info, sha = _logits_and_labels(args, model_path, check_calibration_role)
     data = {"spec": info["spec"], "split": info["split"], "fingerprint": info["fingerprint"],
             "n": info["n"]}
@@ -197,10 +217,17 @@ def calibrate_main(args: argparse.Namespace) -> int:
     run = calibrate_arrays(z, y, settings)
     cal = to_calibration(run, sha, data, allow_defer_all=args.allow_defer_all)
     out = model_path.parent
+    if "probe" in info:
+        px, pz, provider, precision = info["probe"]
+        cal = dataclasses.replace(cal, provider=provider, precision=precision,
+                                  probe_sha256=write_probe(out, px, pz))
     risk_coverage_plot(run, out / "risk_coverage.png")
     reliability_plot(run, out / "reliability.png")
+    backup = keep_backup(out / FILENAME)
     save_calibration(cal, out)
     _print_calibration(run, cal, out)
+    if backup is not None:
+        _console().print(f"kept the previous calibration as {backup}")
     return 0
 
 
@@ -209,25 +236,39 @@ def register_calibrate(sub: argparse._SubParsersAction) -> None:
                        description="Split calibration data into tuning and certification parts, "
                        "choose the confidence score and temperature, certify a threshold with "
                        "P(selective risk ≤ target) ≥ 1 − δ, and write calibration.json + plots "
-                       "beside the model.")
+                       "beside the model. An existing calibration.json is kept as "
+                       "calibration.json.bak.")
     p.add_argument("model", help="model directory (models/NAME/VERSION) or its model.onnx")
     p.add_argument("--data", help="calibration data spec, e.g. mnist1d:calibration "
                    "(default: the model's data_spec metadata + ':calibration')")
-    p.add_argument("--logits", help="precomputed .npz with 'logits' (n, K) and 'labels' (n,)")
-    p.add_argument("--target-risk", type=float, default=0.02, help="r*: maximal selective risk")
-    p.add_argument("--delta", type=float, default=0.05, help="δ: allowed failure probability")
-    p.add_argument("--method", choices=("ltt", "sgr"), default="ltt")
+    p.add_argument("--logits", help="precomputed .npz with 'logits' (n, K) and 'labels' (n,) "
+                   "instead of running the model (default: run it on --data)")
+    p.add_argument("--target-risk", type=fraction(0.02), default=0.02,
+                   help="r*: maximal selective risk")
+    p.add_argument("--delta", type=fraction(0.05), default=0.05,
+                   help="δ: allowed failure probability")
+    p.add_argument("--method", choices=("ltt", "sgr"), default="ltt",
+                   help="ltt = Learn-then-Test, sgr = selection with guaranteed risk")
     p.add_argument("--score", default="auto",
-                   help="auto (MSP unless a pnorm:0..10 has strictly lower AURC), msp, pnorm:2, ...")
-    p.add_argument("--target-coverage", type=float, default=None,
-                   help="pick the threshold for this coverage and report its risk bound instead")
-    p.add_argument("--tune-fraction", type=float, default=0.3,
+                   help="auto (MSP unless a pnorm:0..10 has a significantly lower tuning AURC), "
+                   "msp, pnorm:2, ... (default: auto)")
+    p.add_argument("--temperature", type=float_above(0.0, 1.5), default=None,
+                   help="fix the temperature instead of fitting it; with a fixed --score there is "
+                   "nothing to tune, so every sample certifies (default: fitted on the tuning "
+                   "split)")
+    p.add_argument("--target-coverage", type=fraction(0.9, closed_right=True), default=None,
+                   help="pick the threshold for this coverage and report its risk bound instead "
+                   "(default: off, certify --target-risk)")
+    p.add_argument("--tune-fraction", type=fraction(0.3), default=0.3,
                    help="share of the calibration data used to choose the score")
-    p.add_argument("--seed", type=int, default=0, help="seed of the tuning/certification split")
+    p.add_argument("--seed", type=NONNEGATIVE_INT, default=0,
+                   help="seed of the tuning/certification split")
     p.add_argument("--allow-defer-all", action="store_true",
                    help="if nothing can be certified, write a calibration that defers everything")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
-    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu",
+                   help="onnxruntime device for the model run")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=1024,
+                   help="samples per onnxruntime run")
     p.set_defaults(handler=calibrate_main)
 
 
@@ -270,8 +311,6 @@ def evaluate_arrays(cal: Calibration, logits: np.ndarray, labels: np.ndarray,
 def evaluate_main(args: argparse.Namespace) -> int:
 
     model_path = _model_path(args.model)
-    if not (args.data or args.logits):
-        raise AbstainError("--data SPEC:test is required (or --logits FILE.npz)")
     z, y, info, sha = _logits_and_labels(args, model_path, check_evaluation_role)
     cal = load_calibration(model_path.parent, sha)
     if info["fingerprint"] == cal.data_fingerprint and info["split"] == cal.data.get("split"):
@@ -319,13 +358,22 @@ def evaluate_main(args: argparse.Namespace) -> int:
 
 
 def register_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="measure the deployed score and threshold on test data")
+    p = sub.add_parser("evaluate", help="measure the deployed score and threshold on test data",
+                       description="Apply the model's calibration.json (score, temperature, "
+                       "threshold) to labelled held-out data and report accuracy, coverage, the "
+                       "selective risk with a Clopper–Pearson interval, whether it is under the "
+                       "target, AURC/E-AURC/AUGRC/AUROC and ECE. Refuses the calibration split "
+                       "and a whole built-in dataset; warns on train/tune.")
     p.add_argument("model", help="model directory (models/NAME/VERSION) or its model.onnx")
-    p.add_argument("--data", help="labelled test data spec, e.g. mnist1d:test")
-    p.add_argument("--logits", help="precomputed .npz with 'logits' (n, K) and 'labels' (n,)")
+    p.add_argument("--data", help="labelled test data spec, e.g. mnist1d:test "
+                   "(default: the model's data_spec metadata + ':test')")
+    p.add_argument("--logits", help="precomputed .npz with 'logits' (n, K) and 'labels' (n,) "
+                   "instead of running the model (default: run it on --data)")
     p.add_argument("--json", action="store_true", help="print a JSON report instead of a table")
-    p.add_argument("--confidence", type=float, default=0.95,
+    p.add_argument("--confidence", type=fraction(0.95), default=0.95,
                    help="confidence of the two-sided Clopper–Pearson interval")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
-    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu",
+                   help="onnxruntime device for the model run")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=1024,
+                   help="samples per onnxruntime run")
     p.set_defaults(handler=evaluate_main)

@@ -1,4 +1,9 @@
-"""The whole calibration on arrays: split → choose score and temperature → certify → Calibration.
+"""The whole calibration on arrays: split → choose score and temperature → plan → certify.
+
+With a tuning split (the default), the tuning part chooses the score and temperature *and* plans
+the LTT test (grid, start, direction; serve.calibration.plan); the certification part only runs
+the planned test. When the user fixes both the score and the temperature there is nothing to
+tune: every sample certifies, with the floored fixed sequence (or SGR).
 
 Used by `abstain calibrate`, the benchmark and the statistical test, so all three run the same
 numerics. Logits may be float32 (kept as given) and are processed in float64 blocks.
@@ -7,6 +12,7 @@ numerics. Logits may be float32 (kept as given) and are processed in float64 blo
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -14,7 +20,14 @@ import numpy as np
 
 from serve.calibration.artifact import Calibration, new_calibration
 from serve.calibration.certify import Certificate, certify
-from serve.calibration.choose import ScoreChoice, choose_score, predictions, score_in_chunks
+from serve.calibration.choose import (
+    ScoreChoice,
+    choose_score,
+    evaluate_candidate,
+    predictions,
+    score_in_chunks,
+)
+from serve.calibration.plan import LttPlan, plan_ltt
 from serve.calibration.split import stratified_split
 from serve.errors import AbstainError
 from serve.scores import create_score
@@ -39,6 +52,12 @@ class CalibrationSettings:
     target_coverage: float | None = None
     tune_fraction: float = 0.3
     seed: int = 0
+    temperature: float | None = None
+
+    @property
+    def uses_tuning(self) -> bool:
+        """False when score and temperature are both fixed: certify on all samples."""
+        return not (self.score != "auto" and self.temperature is not None)
 
     def validate(self) -> CalibrationSettings:
         """Check every parameter before any work is done; raises with a fix-it message."""
@@ -52,6 +71,9 @@ class CalibrationSettings:
         if not 0.0 < self.tune_fraction < 1.0:
             raise AbstainError(f"--tune-fraction must be strictly between 0 and 1; "
                                f"got {self.tune_fraction!r}")
+        if self.temperature is not None and not (
+                isinstance(self.temperature, (int, float)) and 0.0 < self.temperature < float("inf")):
+            raise AbstainError(f"--temperature must be a positive number; got {self.temperature!r}")
         if self.score != "auto":
             create_score(self.score)
         return self
@@ -69,6 +91,7 @@ class CalibrationRun:
     cert_errors: np.ndarray = field(repr=False)       # (n_cert,) bool
     cert_msp: np.ndarray = field(repr=False)          # (n_cert,) temperature-scaled MSP
     cert_msp_raw: np.ndarray = field(repr=False)      # (n_cert,) MSP at T = 1
+    plan: LttPlan | None = None
 
     @property
     def score_quantiles(self) -> list[float]:
@@ -95,22 +118,40 @@ def calibrate_arrays(logits: np.ndarray, labels: np.ndarray,
     if not np.issubdtype(z.dtype, np.floating):
         z = z.astype(np.float64)
     y = _labels(labels, len(z), z.shape[1])
-    tune, cert = stratified_split(y, settings.tune_fraction, settings.seed)
-    z_tune = z[tune]                                  # (n_tune, K) copy in the input dtype
-    choice = choose_score(z_tune, y[tune], settings.score)
-    del z_tune
-    z_cert = z[cert]                                  # (n_cert, K)
-    y_cert = y[cert]
+    plan = None
+    if settings.uses_tuning:
+        tune, cert = stratified_split(y, settings.tune_fraction, settings.seed)
+        z_tune = z[tune]                              # (n_tune, K) copy in the input dtype
+        choice = choose_score(z_tune, y[tune], settings.score, temperature=settings.temperature)
+        if settings.method == "ltt" and settings.target_coverage is None:
+            tune_errors = predictions(z_tune) != y[tune]
+            plan = plan_ltt(choice.tune_scores, tune_errors, len(cert),
+                            settings.target_risk, settings.delta)
+        del z_tune
+        z_cert, y_cert = z[cert], y[cert]             # (n_cert, K), (n_cert,)
+    else:
+        tune = np.empty(0, np.int64)
+        z_cert, y_cert = z, y
     cert_errors = predictions(z_cert) != y_cert
+    if not settings.uses_tuning:
+        spec = create_score(settings.score).spec
+        temperature = float(settings.temperature)
+        all_scores = score_in_chunks(create_score(spec, temperature), z_cert)
+        choice = ScoreChoice(spec=spec, temperature=temperature,
+                             candidates=[evaluate_candidate(spec, all_scores, cert_errors)],
+                             reason=f"fixed by --score {settings.score} and --temperature "
+                                    f"{settings.temperature:g}: no tuning split, all {len(y)} "
+                                    "samples certify",
+                             error_rate=float(cert_errors.mean()))
     cert_scores = score_in_chunks(choice.score, z_cert)
     msp = score_in_chunks(create_score("msp", choice.temperature), z_cert)
     msp_raw = msp if choice.temperature == 1.0 else score_in_chunks(create_score("msp"), z_cert)
     del z_cert
     cert = certify(cert_scores, cert_errors, settings.target_risk, settings.delta,
-                   settings.method, settings.target_coverage)
+                   settings.method, settings.target_coverage, plan)
     return CalibrationRun(settings=settings, choice=choice, certificate=cert, n_tune=len(tune),
                           cert_scores=cert_scores, cert_errors=cert_errors, cert_msp=msp,
-                          cert_msp_raw=msp_raw)
+                          cert_msp_raw=msp_raw, plan=plan)
 
 
 def to_calibration(run: CalibrationRun, model_sha256: str, data: dict[str, Any],
@@ -131,6 +172,16 @@ def to_calibration(run: CalibrationRun, model_sha256: str, data: dict[str, Any],
         score_params={"p": create_score(run.choice.spec).p, "reason": run.choice.reason,
                       "min_accepted": c.min_accepted, "attempted_method": c.method,
                       "target_coverage": s.target_coverage, "n_accepted": c.n_accepted,
-                      "n_errors": c.n_errors, "detail": c.detail, "needed": c.needed},
-        candidates=run.choice.aurcs(), score_quantiles=run.score_quantiles,
-        data={**data, "tune_fraction": s.tune_fraction, "seed": s.seed, "stratify": "label"})
+                      "n_errors": c.n_errors, "detail": c.detail, "needed": c.needed,
+                      "procedure": c.procedure, "start": c.start,
+                      "certified_statement": f"selective risk ≤ {s.target_risk:g} with "
+                                             f"probability ≥ {1 - s.delta:g}",
+                      "risk_upper_bound_kind": "post-selection Clopper–Pearson bound at the "
+                                               "deployed threshold (indicative, not the guarantee)",
+                      "score_evidence": {c2.spec: {"delta_aurc": c2.delta_aurc,
+                                                   "z": c2.z if math.isfinite(c2.z) else None}
+                                         for c2 in run.choice.candidates[1:]},
+                      "n_certification": c.n},
+        candidates=run.choice.aurcs() if run.n_tune else {}, score_quantiles=run.score_quantiles,
+        data={**data, "tune_fraction": s.tune_fraction if s.uses_tuning else 0.0, "seed": s.seed,
+              "stratify": "label", "temperature_fixed": s.temperature is not None})

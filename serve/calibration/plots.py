@@ -59,7 +59,7 @@ def risk_coverage_plot(run: CalibrationRun, path: str | os.PathLike[str], title:
                     yerr=[[0.0], [max(cert.risk_upper_bound - cert.risk, 0.0)]],
                     fmt="o", color="tab:red", ms=8, capsize=4, zorder=5,
                     label=f"operating point ({cert.method}): coverage {cert.coverage:.3f}, "
-                          f"risk {cert.risk:.4f} ≤ {cert.risk_upper_bound:.4f}")
+                          f"risk {cert.risk:.4f}, post-selection bound {cert.risk_upper_bound:.4f}")
     else:
         ax.text(0.5, 0.92, "nothing certified: every prediction is deferred", color="tab:red",
                 ha="center", transform=ax.transAxes, fontsize=11, weight="bold")
@@ -72,7 +72,8 @@ def risk_coverage_plot(run: CalibrationRun, path: str | os.PathLike[str], title:
     ax.set_title(title or f"Risk–coverage on the tuning split (n = {run.n_tune}); "
                           f"operating point on certification (n = {cert.n}), δ = {s.delta:g}",
                  fontsize=9)
-    ax.legend(fontsize=7, loc="upper left", ncol=2, framealpha=0.85)
+    # Outside the axes: inside, it hid the target line and the low-coverage corner.
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     _save(fig, path)
     plt.close(fig)
     return path

@@ -14,7 +14,7 @@ from serve.dataplane import encode
 from serve.dataplane.admit import Admission, check_key, parse_deadline
 from serve.dataplane.batch import Batcher
 from serve.dataplane.body import ClientGone, read_body
-from serve.dataplane.decode import Decoded, Decoder
+from serve.dataplane.decode import Decoder
 from serve.dataplane.head import Head, Route, new_request_id
 from serve.errors import AbstainError
 from serve.monitoring import Monitor
@@ -89,9 +89,11 @@ class DataPlane:
             body = await read_body(receive, self.admission.max_body_bytes)
             mv = self.repo.get(route.model, route.version)             # no await from here …
             req = self.decoder.tensor(route, head, body, mv)            # decode
-            if req is None:                                             # images: off the loop
-                req = await self._images(route, head, body, mv)
-                mv = self.repo.get(route.model, route.version)
+            while req is None:                                          # images: off the loop
+                req = await self.decoder.images(head, body, mv)
+                decoded_for, mv = mv, self.repo.get(route.model, route.version)
+                if mv.preprocessing != decoded_for.preprocessing:     # reloaded meanwhile
+                    req = None
             batcher = mv.batcher
             assert batcher is not None
             self.admission.learn(batcher, kind, len(body), len(req.x))
@@ -100,9 +102,6 @@ class DataPlane:
             return encode.success(route, mv, req, out, rid)             # decide, record; encode
         finally:
             self.admission.release(reserved)
-
-    async def _images(self, route: Route, head: Head, body: bytes, mv: ModelVersion) -> Decoded:
-        return await self.decoder.images(head, body, mv)
 
     def _error(self, err: AbstainError, model: str, version: str) -> encode.Response:
         status = int(getattr(err, "status", 422))
@@ -120,6 +119,6 @@ def batcher_factory(settings: Any, record_hook: Any, monitor: Monitor):
         name, ver = mv.name, str(mv.version)
         return Batcher(mv.infer, settings.max_batch_size, settings.max_queue_size,
                        record_hook(mv), lambda depth: monitor.queue_depth(name, ver, depth),
-                       name=f"{name}/{ver}")
+                       name=f"{name}/{ver}", inline_s=settings.inline_run_s)
 
     return make

@@ -8,13 +8,11 @@ dispatched at once; under load, batches grow by themselves while the runtime is 
 
 A run that has been measured to take less than ``inline_s`` (per power-of-two batch-size bucket)
 runs on the event loop itself: for a small model the hop to a thread and back costs more than the
-run, and blocking the loop for a few microseconds blocks nothing. A request that arrives alone
-(no other request in flight) to an idle batcher runs at once in its own task: no queue, no wake-up,
-no extra event-loop turn.
+run. A request that arrives alone to an idle batcher runs at once in its own task (no queue).
 
-Back-pressure: the queue is bounded in *samples*; a full queue raises :class:`Overloaded` (503).
-A request whose deadline passes while queued is dropped before it runs (:class:`DeadlineExceeded`,
-504); one that is already running is abandoned by its caller and its rows discarded.
+Back-pressure: the queue is bounded in *samples*; a full queue raises :class:`Overloaded` (503). A
+request whose deadline passes while queued is dropped before it runs (:class:`DeadlineExceeded`,
+504); one already running is abandoned by its caller and its rows discarded.
 """
 
 from __future__ import annotations
@@ -23,16 +21,18 @@ import asyncio
 import logging
 import math
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from serve.dataplane.stats import BatchStats
 from serve.errors import AbstainError
 
 log = logging.getLogger(__name__)
+ALONE_FACTOR = 5
 
 # infer: x (n, *input_shape) → named arrays, each with leading axis n.
 InferFn = Callable[[np.ndarray], dict[str, np.ndarray]]
@@ -63,32 +63,10 @@ class _Item:
     deadline: float                     # time.monotonic() seconds
     tag: str = ""                       # the request id
     enqueued: float = field(default_factory=time.perf_counter)
+    n: int = field(init=False)
 
-    @property
-    def n(self) -> int:
-        return int(self.x.shape[0])
-
-
-@dataclass
-class BatchStats:
-    """Counters readable by tests, /v2/models/{m}/stats and benchmarks."""
-
-    requests: int = 0
-    samples: int = 0
-    runs: int = 0
-    sizes: Counter = field(default_factory=Counter)   # batch size → number of runs
-    rejected_full: int = 0
-    expired: int = 0
-
-    @property
-    def mean_batch_size(self) -> float:
-        return self.samples / self.runs if self.runs else 0.0
-
-    def as_dict(self) -> dict:
-        return {"requests": self.requests, "samples": self.samples, "runs": self.runs,
-                "mean_batch_size": self.mean_batch_size, "max_batch_size": max(self.sizes, default=0),
-                "batch_sizes": {str(k): v for k, v in sorted(self.sizes.items())},
-                "rejected_queue_full": self.rejected_full, "expired": self.expired}
+    def __post_init__(self) -> None:
+        self.n = int(self.x.shape[0])
 
 
 def _bucket(n: int) -> int:
@@ -175,10 +153,8 @@ class Batcher:
                 continue
             if items and total + head.n > self.max_batch_size:
                 break
-            self._queue.popleft()
-            self._queued -= head.n
-            items.append(head)
-            total += head.n
+            items.append(self._queue.popleft())
+            self._queued, total = self._queued - head.n, total + head.n
         return items
 
     def _run(self, x: np.ndarray) -> tuple[dict[str, np.ndarray], float]:
@@ -213,8 +189,7 @@ class Batcher:
     async def _run_items(self, items: list[_Item]) -> None:
         """One coalesced session run for ``items``; each future gets its own rows."""
         x = items[0].x if len(items) == 1 else np.concatenate([it.x for it in items])
-        start = time.perf_counter()
-        waits = [start - it.enqueued for it in items]
+        waits = [time.perf_counter() - it.enqueued for it in items]
         cost = self._cost.get(_bucket(len(x)))
         try:
             if cost is not None and cost < self.inline_s:
@@ -241,10 +216,12 @@ class Batcher:
         n = sum(sizes)
         bucket = _bucket(n)
         cost = self._cost.get(bucket)
-        self._cost[bucket] = inference_s if cost is None else 0.8 * cost + 0.2 * inference_s
-        if inference_s > 0:
-            rate = n / inference_s
-            self._rate = rate if self._rate == 0 else 0.9 * self._rate + 0.1 * rate
+        # Fast down, slow up: one run slowed by a busy machine must not send every later run
+        # through the thread hop (whose own cost then keeps the estimate high).
+        self._cost[bucket] = inference_s if cost is None else min(inference_s,
+                                                                  0.9 * cost + 0.1 * inference_s)
+        rate = n / max(inference_s, 1e-9)
+        self._rate = rate if self._rate == 0 else 0.9 * self._rate + 0.1 * rate
         self.stats.runs += 1
         self.stats.samples += n
         self.stats.sizes[n] += 1
@@ -264,11 +241,12 @@ class Batcher:
             self._executor.shutdown(wait=False)
 
     def _idle_and_cheap(self, x: np.ndarray) -> bool:
-        """Nothing queued or running, and runs of this size cost less than a thread hop."""
+        """Nothing queued or running, and runs of this size cost less than a few thread hops
+        (alone, the loop has nothing else to do meanwhile: ``ALONE_FACTOR`` × ``inline_s``)."""
         if self._queue or self._busy or self._closing or len(x) > self.max_batch_size:
             return False
         cost = self._cost.get(_bucket(len(x)))
-        return cost is not None and cost < self.inline_s
+        return cost is not None and cost < ALONE_FACTOR * self.inline_s
 
     def _run_inline(self, x: np.ndarray, tag: str) -> dict[str, np.ndarray]:
         self.stats.requests += 1

@@ -47,6 +47,8 @@ def success(route: Route, mv: ModelVersion, req: Decoded, out: dict[str, np.ndar
             request_id: str) -> Response:
     """The 200 answer in the route's protocol."""
     version = str(mv.version)
+    if req.top_k or any(name == "probabilities" for name, _ in req.outputs):
+        out = {**out, "probabilities": mv.rule.probabilities(out["logits"])}
     if route.protocol == "v1":
         body = orjson.dumps({"id": req.id or request_id, "model_name": mv.name,
                              "model_version": version,

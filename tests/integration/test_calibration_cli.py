@@ -202,5 +202,63 @@ def test_console_script_reports_errors_in_one_line(setup) -> None:
                         f"npz:{setup['cal']}", "--delta", "1.5"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
-    assert r.stderr.strip() == ("abstain calibrate: error: --delta must be strictly between 0 and "
-                                "1; got 1.5")
+    assert r.stderr.strip() == ("abstain calibrate: error: argument --delta: 1.5 is not in (0, 1): "
+                                "pass a fraction such as 0.05 (not a percentage) "
+                                "(see `abstain calibrate --help`)")
+
+
+def test_evaluate_defaults_to_the_models_test_split_and_refuses_a_whole_dataset(setup, capsys) -> None:
+    md = setup["model_dir"]
+    assert _calibrate(md, "--target-risk", "0.05") == 0
+    first = (md / "calibration.json").read_bytes()
+    assert _calibrate(md, "--target-risk", "0.1") == 0      # recalibrating keeps the previous file
+    assert (md / "calibration.json.bak").read_bytes() == first
+    assert "kept the previous calibration" in capsys.readouterr().out
+    assert main(["evaluate", str(md), "--json"]) == 0       # no --data: data_spec metadata + :test
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["data"]["spec"] == f"npz:{setup['cal']}" and rep["data"]["split"] == "test"
+    assert rep["data"]["n"] == 900                            # the 15% test split of 6000
+    for spec in ("mnist1d", "mnist1d:all", "digits?seed=1"):
+        assert main(["evaluate", str(md), "--data", spec]) == 2
+        err = capsys.readouterr().err
+        assert "names the whole dataset" in err and ":test" in err, err
+
+
+
+def test_fixed_score_and_temperature_certify_on_every_sample(setup, capsys) -> None:
+    md = setup["model_dir"]
+    assert _calibrate(md, "--data", f"npz:{setup['cal']}", "--target-risk", "0.05", "--delta",
+                      "0.1", "--score", "msp", "--temperature", "1.5") == 0
+    out = capsys.readouterr().out
+    cal = load_calibration(md)
+    assert cal.n_tune == 0 and cal.n_cert == 6000 and cal.temperature == 1.5
+    assert cal.score_params["procedure"].startswith("fixed sequence from the floor")
+    assert cal.score_params["n_certification"] == 6000 and cal.data["tune_fraction"] == 0.0
+    assert "no tuning split" in out and "score candidates" not in out
+    assert _calibrate(md, "--data", f"npz:{setup['cal']}", "--temperature", "0") == 2
+    assert "argument --temperature: 0 is not > 0" in capsys.readouterr().err
+
+
+def test_default_reports_procedure_start_and_score_evidence(setup, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "400")                    # no wrapping inside table cells
+    md = setup["model_dir"]
+    assert _calibrate(md, "--data", f"npz:{setup['cal']}", "--target-risk", "0.05",
+                      "--delta", "0.1") == 0
+    out = capsys.readouterr().out
+    for text in ("ΔAURC vs MSP", "planned fixed sequence", "tuning coverage",
+                 "post-selection CP bound (indicative)", "certified: selective risk ≤ 0.05 with "
+                 "probability ≥ 0.9", "paired bootstrap"):
+        assert text in out, text
+    sp = load_calibration(md).score_params
+    assert sp["procedure"].startswith("planned") and "predicted pass probability" in sp["start"]
+    assert set(sp["score_evidence"]) == {f"pnorm:{p}" for p in range(11)}
+    assert "post-selection" in sp["risk_upper_bound_kind"]
+    assert sp["certified_statement"] == "selective risk ≤ 0.05 with probability ≥ 0.9"
+
+
+def test_too_small_for_the_target_names_the_floor_and_the_estimate(setup, capsys) -> None:
+    md = setup["model_dir"]
+    assert _calibrate(md, "--data", f"npz:{setup['cal']}", "--target-risk", "0.0001") == 2
+    err = capsys.readouterr().err
+    assert "fewer than 29956, the floor that certifies selective risk ≤ 0.0001" in err
+    assert "even with zero errors" in err and "estimate for this model" in err

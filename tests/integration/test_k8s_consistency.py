@@ -108,15 +108,18 @@ def test_probe_paths_are_server_routes(tmp_path: Path) -> None:
 
 def test_ports_agree() -> None:
     dep = server_container(_deployment())
-    (http,) = dep["ports"]
+    http, grpc = dep["ports"]
     assert (http["name"], http["containerPort"]) == ("http", 8000)
+    assert (grpc["name"], grpc["containerPort"]) == ("grpc", 8001)
     for probe in _probes(dep).values():
         assert _port_number(dep, probe["port"]) == http["containerPort"]
     svc = find(base_docs(), "Service", "abstain")
-    assert [p["targetPort"] for p in svc["spec"]["ports"]] == ["http"]
+    assert [p["targetPort"] for p in svc["spec"]["ports"]] == ["http", "grpc"]
+    assert svc["spec"]["ports"][1]["appProtocol"] == "kubernetes.io/h2c"
     rt = _runtime()["spec"]["containers"][0]
     args = build_parser().parse_args(rt["command"][1:] + rt["args"])
     assert args.command == "serve" and args.port == rt["ports"][0]["containerPort"] == 8080
+    assert rt["ports"][1] == {"name": "h2c", "containerPort": args.grpc_port, "protocol": "TCP"}
     assert args.model_repository == "/mnt/models"             # where KServe puts storageUri
     for probe in _probes(rt).values():
         assert probe["port"] == args.port
@@ -187,8 +190,9 @@ def test_dockerfile_user_models_and_port_match() -> None:
     mount = next(m for m in server_container(_deployment())["volumeMounts"] if m["name"] == "models")
     assert args.command == "serve" and args.model_repository == mount["mountPath"]
     assert args.port == server_container(_deployment())["ports"][0]["containerPort"]
+    assert args.grpc_port == server_container(_deployment())["ports"][1]["containerPort"]
     exposed = {int(p.split("/")[0]) for k, v in stage if k == "EXPOSE" for p in v.split()}
-    assert args.port in exposed
+    assert {args.port, args.grpc_port} <= exposed
 
 
 def test_kserve_command_serves_probes_metrics_and_routes(tmp_path: Path) -> None:
@@ -196,10 +200,10 @@ def test_kserve_command_serves_probes_metrics_and_routes(tmp_path: Path) -> None
     isvc_name = _isvc()["metadata"]["name"]
     _write_model(tmp_path / "repo" / isvc_name / "1")
     rt = _runtime()["spec"]["containers"][0]
-    port = _free_port()
+    port, grpc_port = _free_port(), _free_port()
     argv = [ABSTAIN if a == "abstain" else a for a in rt["command"]] + [
-        {"/mnt/models": str(tmp_path / "repo"), "0.0.0.0": "127.0.0.1", "8080": str(port)}.get(a, a)
-        for a in rt["args"]]
+        {"/mnt/models": str(tmp_path / "repo"), "0.0.0.0": "127.0.0.1", "8080": str(port),
+         "8081": str(grpc_port)}.get(a, a) for a in rt["args"]]
     env = {k: v for k, v in os.environ.items() if not k.startswith("ABSTAIN_")}
     env.update(find(base_docs(), "ConfigMap", "abstain-config")["data"])
     env.update({e["name"]: e["value"] for e in rt["env"]})
@@ -229,6 +233,7 @@ def test_kserve_command_serves_probes_metrics_and_routes(tmp_path: Path) -> None
             r = client.post(f"/v2/models/{isvc_name}/infer", json=body)   # the URL KServe routes
             assert r.status_code == 200, r.text
             assert r.json()["model_name"] == isvc_name
+            _grpc_infer_matches_http(grpc_port, isvc_name, body, r.json())
             metrics = client.get("/metrics").text
             hpa = find(base_docs(), "HorizontalPodAutoscaler")
             for m in hpa["spec"]["metrics"]:
@@ -245,3 +250,19 @@ def test_kserve_command_serves_probes_metrics_and_routes(tmp_path: Path) -> None
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _grpc_infer_matches_http(port: int, model: str, body: dict, http_answer: dict) -> None:
+    """The runtime's gRPC port answers KServe's GRPCInferenceService with the HTTP answer."""
+    grpcclient = pytest.importorskip("tritonclient.grpc")
+    inp = body["inputs"][0]
+    x = np.asarray(inp["data"], np.float32).reshape(inp["shape"])
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+        assert client.is_server_ready() and client.is_model_ready(model)
+        tensor = grpcclient.InferInput(inp["name"], list(x.shape), inp["datatype"])
+        tensor.set_data_from_numpy(x)
+        result = client.infer(model, [tensor])
+    for out in http_answer["outputs"]:
+        got = result.as_numpy(out["name"])
+        assert list(got.shape) == out["shape"], out["name"]
+        np.testing.assert_array_equal(got.ravel(), np.asarray(out["data"], got.dtype), out["name"])

@@ -72,8 +72,11 @@ def test_export_mnist1d_dynamic_batch_metadata_parity(run_dir: Path, tmp_path: P
         got = m.run(np.ascontiguousarray(x[:b]))
         assert got.shape == (b, 10)
         np.testing.assert_allclose(got, ref[:b], atol=1e-4)
-    # a second export into the same place is refused without --force
-    assert main(["export", str(run_dir), "--to", str(to)]) == 2
+    # a second export replaces the model and keeps the previous one as model.onnx.bak
+    (to / "model.onnx").write_bytes(b"previous")
+    assert main(["export", str(run_dir), "--to", str(to)]) == 0
+    assert (to / "model.onnx.bak").read_bytes() == b"previous"
+    assert OnnxModel(to / "model.onnx", device="cpu").metadata["loss"] == "maxsup"
 
 
 class _ExportOnlyShift(nn.Module):
@@ -140,7 +143,8 @@ def test_resume_continues_exactly(run_dir: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize("args, msg", [
     (["--data", "foo"], "unknown dataset kind"), (["--model", "vgg"], "valid: mlp, cnn1d"),
     (["--model", "cnn"], "needs image inputs"), (["--alpha", "x"], "--alpha"),
-    (["--epochs", "0"], "--epochs 0 must be"), (["--resume"], "does not exist"),
+    (["--epochs", "0"], "argument --epochs: 0 is below 1"), (["--resume"], "does not exist"),
+    (["--data", "mnist1d:test"], "training always uses the 'train' split"),
 ])
 def test_train_bad_options_are_one_line_errors(args: list[str], msg: str, tmp_path: Path,
                                                capsys) -> None:

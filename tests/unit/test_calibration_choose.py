@@ -65,6 +65,25 @@ def test_msp_is_kept_unless_strictly_beaten() -> None:
     assert choice.aurcs()["msp"] < 0.5 * wrong.mean()
 
 
+def test_auto_needs_evidence_to_leave_msp_on_pure_noise() -> None:
+    """Scores carry no information about errors: a "strictly lower AURC" rule switches away from
+    MSP most of the time; the evidence rule (Bonferroni z-test) at most ~5 % of the time."""
+    rng = np.random.default_rng(4)
+    draws, switched, strictly_lower = 40, 0, 0
+    for _ in range(draws):
+        n, K = 900, 10
+        z = rng.normal(size=(n, K))
+        wrong = rng.random(n) < 0.15                       # errors independent of the logits
+        y = np.where(wrong, (z.argmax(axis=1) + 1) % K, z.argmax(axis=1))
+        choice = choose_score(z, y)
+        switched += choice.spec != "msp"
+        strictly_lower += min(choice.aurcs().values()) < choice.aurcs()["msp"]
+        msp, *rest = choice.candidates
+        assert all(c.delta_aurc == pytest.approx(msp.aurc - c.aurc) for c in rest)
+    assert strictly_lower >= draws // 2                    # the old rule would have switched
+    assert switched <= 5, f"switched {switched}/{draws} on noise"
+
+
 def test_two_classes_keep_msp_and_fixed_pnorm_is_refused() -> None:
     rng = np.random.default_rng(3)
     z = rng.normal(size=(500, 2))

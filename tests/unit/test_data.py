@@ -89,17 +89,24 @@ def test_stratified_splits_uneven_classes() -> None:
     assert abs(frac["train"] - 0.6) < 0.05 and abs(frac["test"] - 0.15) < 0.05
 
 
-def test_load_split_info_and_disk_cache(tmp_path, monkeypatch) -> None:
+def test_load_split_info_and_disk_cache(tmp_path, monkeypatch, caplog) -> None:
     monkeypatch.setenv("ABSTAIN_CACHE_DIR", str(tmp_path))
     data_mod._load_canonical.cache_clear()
-    x, y, info = load_split("mnist1d?n=600:calibration")
+    with caplog.at_level("INFO", logger="serve.data"):
+        x, y, info = load_split("mnist1d?n=600:calibration")
+    # a cold cache says it is generating before the work starts, and when it is done
+    assert [r.getMessage().split(" ")[0] for r in caplog.records] == ["generating", "generated"]
+    assert "mnist1d?n=600" in caplog.records[0].getMessage()
+    caplog.clear()
     assert x.shape == (90, 40) and len(y) == 90
     assert info["split"] == "calibration" and info["n"] == 90 and info["spec"] == "mnist1d?n=600"
     cached = list((tmp_path / "data").glob("*.npz"))
     assert len(cached) == 1
     data_mod._load_canonical.cache_clear()
-    x2, _, info2 = load_split("mnist1d?n=600:calibration")
+    with caplog.at_level("INFO", logger="serve.data"):
+        x2, _, info2 = load_split("mnist1d?n=600:calibration")
     assert info2["fingerprint"] == info["fingerprint"] and np.array_equal(x, x2)
+    assert not caplog.records  # a warm cache is read silently
     data_mod._load_canonical.cache_clear()
 
 

@@ -1,0 +1,173 @@
+"""Learn-then-Test planned on the tuning split (METHODS.md §4, "hypotheses fixed in advance").
+
+The fixed sequence of :func:`serve.calibration.certify.certify_ltt` starts at the strictest
+threshold that accepts enough samples and stops at its first failure, so when the strictest
+thresholds are noisy (a weak model, a small set) it certifies nothing although a permissive
+threshold would pass easily. Here the tuning split, which is independent of the certification
+split, fixes everything the test needs *before* a certification label is seen:
+
+* the **grid**: thresholds at evenly spaced tuning coverages (≤ ``GRID_POINTS``), strict →
+  permissive;
+* the **start**: for every grid point the posterior-predictive probability that its binomial test
+  will pass on ``n_cert`` certification samples: tuning counts k of n, a Beta prior worth
+  ``PRIOR_STRENGTH`` pseudo-samples at the overall tuning error rate (so a strict point that looks
+  good on a handful of tuning samples does not win by luck), scaled to the certification size,
+  beta-binomial. The sequence starts at the most permissive point whose predicted pass
+  probability is ≥ 0.95 × the best one and whose predicted failure probability is
+  ≤ min(2 × the smallest one, the smallest one + 0.05) (``START_FRACTION``, ``START_SLACK``):
+  near the best bet, but not at the edge of a plateau of sure passes;
+* the **direction**: from the start toward permissive, stopping at the first failure.
+
+Validity: the plan is a function of the tuning split only, so on the certification split it is a
+fixed sequence of pre-ordered hypotheses and fixed-sequence testing at level δ controls the
+family-wise error (Angelopoulos et al. 2021, Prop. on FST): the deployed threshold has selective
+risk ≤ r* with probability ≥ 1 − δ. The candidates compared by simulation before this one was
+chosen (other pass probabilities, a second start with δ split) are in docs/calibration.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+from serve.metrics import risk_coverage_curve
+
+GRID_POINTS = 1000
+START_FRACTION = 0.95      # start where P(pass) ≥ 0.95·best and P(fail) ≤ min(2·best, best + 0.05)
+START_SLACK = (2.0, 0.05)
+PRIOR_STRENGTH = 200.0   # pseudo-samples of prior risk (shrinks small-n points)
+PRIOR_CENTRE = "error"   # prior risk: the overall tuning error rate ("error") or r* ("target")
+
+
+@dataclass(frozen=True)
+class LttPlan:
+    """Pre-registered hypotheses: ``thresholds`` strict → permissive, where to start, at what level.
+
+    Attributes:
+        thresholds: (G,) descending thresholds taken from the tuning scores.
+        tune_coverage: (G,) tuning coverage of each threshold.
+        pass_prob: (G,) predicted probability that each test passes on the certification split.
+        starts: grid indices where a fixed sequence starts (walking toward permissive).
+        levels: the level of each start's sequence; they sum to δ.
+        n_tune: tuning samples the plan was made from.
+    """
+
+    thresholds: np.ndarray
+    tune_coverage: np.ndarray
+    pass_prob: np.ndarray
+    starts: tuple[int, ...]
+    levels: tuple[float, ...]
+    n_tune: int
+
+    def describe(self) -> str:
+        parts = [f"grid index {s} (tuning coverage {self.tune_coverage[s]:.4f}, predicted pass "
+                 f"probability {self.pass_prob[s]:.2f}) at level {lv:.3g}"
+                 for s, lv in zip(self.starts, self.levels, strict=True)]
+        return (f"{len(self.thresholds)} thresholds from {self.n_tune} tuning scores; start "
+                + "; ".join(parts))
+
+
+def counts_at(scores: np.ndarray, errors: np.ndarray, thresholds: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Accepted and error counts ``(G,)`` of ``score ≥ t`` for each threshold t (O((n + G) log n))."""
+    s = np.asarray(scores, dtype=np.float64)
+    e = np.asarray(errors, dtype=bool)
+    asc = np.sort(s)
+    err_asc = np.sort(s[e])
+    n_acc = s.size - np.searchsorted(asc, thresholds, side="left")
+    n_err = err_asc.size - np.searchsorted(err_asc, thresholds, side="left")
+    return n_acc.astype(np.int64), n_err.astype(np.int64)
+
+
+def critical_errors(n: np.ndarray, target_risk: float, delta: float) -> np.ndarray:
+    """Largest k with BinomCDF(k; n, r*) ≤ δ (the most errors a pass allows); −1 where none."""
+    n = np.asarray(n, dtype=np.float64)
+    k = np.nan_to_num(stats.binom.ppf(delta, n, target_risk), nan=-1.0)   # smallest cdf ≥ δ
+    k = np.where(stats.binom.cdf(k, n, target_risk) <= delta, k, k - 1.0)
+    return np.where(n > 0, k, -1.0)
+
+
+def predicted_pass(n_tune_acc: np.ndarray, k_tune: np.ndarray, scale: float, target_risk: float,
+                   delta: float, prior: tuple[float, float] = (0.5, 0.5)) -> np.ndarray:
+    """P(the binomial test passes) for points with ``k_tune`` errors in ``n_tune_acc`` accepted.
+
+    The certification count is ``round(scale · n_tune_acc)`` and its error count beta-binomial
+    with the Jeffreys posterior of the tuning risk.
+    """
+    n_t = np.asarray(n_tune_acc, dtype=np.float64)
+    k_t = np.asarray(k_tune, dtype=np.float64)
+    m = np.rint(n_t * scale)
+    c = critical_errors(m, target_risk, delta)
+    p = stats.betabinom.cdf(np.maximum(c, 0.0), m, k_t + prior[0], n_t - k_t + prior[1])
+    return np.where((c >= 0) & (m > 0), p, 0.0)
+
+
+def plan_ltt(tune_scores: np.ndarray, tune_errors: np.ndarray, n_cert: int, target_risk: float,
+             delta: float, pass_prob: float | None = None,
+             start_slack: tuple[float, float] = START_SLACK, start_fraction: float = START_FRACTION,
+             prior_strength: float = PRIOR_STRENGTH,
+             backup: tuple[float, float] | None = None,
+             prior_centre: str = PRIOR_CENTRE) -> LttPlan:
+    """The grid, start and levels for certifying on ``n_cert`` samples (see module doc).
+
+    Args:
+        pass_prob: start at the most permissive point with this absolute predicted pass
+            probability instead of ``start_fraction`` × the best (measured, not the default).
+        backup: optional ``(pass_prob, share)``: a second sequence starting at the most permissive
+            point predicted to pass with that probability (0 = the most permissive point), at
+            level ``share · δ``; the main one then runs at ``(1 − share) · δ``. Measured, not used
+            by default.
+    """
+    curve = risk_coverage_curve(tune_scores, tune_errors)
+    n = curve.n
+    want = np.ceil(np.linspace(1.0, n, min(GRID_POINTS, n)) - 1e-9)         # accepted counts aimed at
+    idx = np.unique(np.minimum(np.searchsorted(curve.n_accepted, want), len(curve.n_accepted) - 1))
+    thresholds = curve.thresholds[idx]
+    n_t, k_t = curve.n_accepted[idx], curve.n_errors[idx]
+    scale = n_cert / n
+    p0 = (target_risk if prior_centre == "target"
+          else (curve.n_errors[-1] + 0.5) / (n + 1.0))                 # or the tuning error rate
+    prior = (prior_strength * p0 + 0.5, prior_strength * (1.0 - p0) + 0.5)
+
+    def start_for(prob: float | None, level: float) -> tuple[int, np.ndarray]:
+        pp = predicted_pass(n_t, k_t, scale, target_risk, level, prior)
+        best = float(pp.max())
+        f = 1.0 - best                      # the smallest predicted failure probability
+        need = (min(prob, best) if prob is not None else
+                max(start_fraction * best, 1.0 - min(start_slack[0] * f, f + start_slack[1])))
+        return int(np.flatnonzero(pp >= need - 1e-12)[-1]), pp
+
+    if backup is None:
+        s, pp = start_for(pass_prob, delta)
+        starts, levels = (s,), (delta,)
+    else:
+        main_level, back_level = (1.0 - backup[1]) * delta, backup[1] * delta
+        s1, pp = start_for(pass_prob, main_level)
+        s2, _ = start_for(backup[0], back_level)
+        starts, levels = (s1, s2), (main_level, back_level)
+    return LttPlan(thresholds=thresholds, tune_coverage=n_t / n, pass_prob=pp, starts=starts,
+                   levels=levels, n_tune=n)
+
+
+def run_plan(plan: LttPlan, scores: np.ndarray, errors: np.ndarray, target_risk: float
+             ) -> tuple[int, np.ndarray, np.ndarray, list[int]]:
+    """Test the plan on certification data.
+
+    Returns:
+        (g, n_acc, n_err, certified): the most permissive certified grid index (−1 if none), the
+        certification counts at every grid point, and how many thresholds each start certified.
+    """
+    from serve.calibration.certify import binomial_p_values
+
+    n_acc, n_err = counts_at(scores, errors, plan.thresholds)
+    p = binomial_p_values(n_err, n_acc, target_risk)
+    best, certified = -1, []
+    for start, level in zip(plan.starts, plan.levels, strict=True):
+        failed = p[start:] > level
+        n_ok = int(failed.argmax()) if failed.any() else len(failed)
+        certified.append(n_ok)
+        if n_ok:
+            best = max(best, start + n_ok - 1)
+    return best, n_acc, n_err, certified
