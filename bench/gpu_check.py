@@ -17,6 +17,7 @@ Without a usable CUDA provider it prints one line and exits 1.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -63,10 +64,18 @@ def _step(name: str, cmd: list[str], deadline: float, need_s: float,
         print(f"SKIPPED {name}: {left:.0f} s left of the budget, needs ~{need_s:.0f} s", flush=True)
         return False
     print(f"== {name}: {' '.join(cmd)}", flush=True)
+    # Its own process group, so a step past the budget goes with the servers it started.
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})},
+                            start_new_session=True)
     try:
-        rc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})},
-                            timeout=left).returncode
+        rc = proc.wait(timeout=left)
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
         print(f"FAILED {name}: ran past the budget", flush=True)
         return False
     print(f"{'OK' if rc == 0 else 'FAILED'} {name} (exit {rc})", flush=True)
