@@ -75,7 +75,8 @@ $(GPU_VENV)/.gpu: pyproject.toml
 	$(PYTHON) -m venv $(GPU_VENV)
 	$(GPU_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(GPU_VENV)/bin/pip install --quiet $(if $(TORCH_INDEX),--index-url '$(TORCH_INDEX)') '$(TORCH)'
-	$(GPU_VENV)/bin/pip install --quiet -e '.[gpu,train,dev]'
+	$(GPU_VENV)/bin/pip install --quiet -e '.[gpu,data,train,dev]'
+	$(GPU_VENV)/bin/pip install --quiet 'onnxruntime-gpu[cuda,cudnn]'
 	touch $@
 
 gpu-check: $(GPU_VENV)/.gpu sysdeps

@@ -28,6 +28,27 @@ ROOT = Path(__file__).resolve().parents[1]
 BUDGET_S = 480.0
 
 
+def nvidia_lib_dirs() -> list[str]:
+    """``site-packages/nvidia/*/lib`` of the pip CUDA/cuDNN wheels (torch's, or onnxruntime-gpu's
+    ``[cuda,cudnn]`` extra), which onnxruntime's CUDA provider loads by soname."""
+    import site
+
+    roots = [*site.getsitepackages(), site.getusersitepackages()]
+    return sorted({str(d) for r in roots for d in Path(r).glob("nvidia/*/lib") if d.is_dir()})
+
+
+def ensure_library_path() -> None:
+    """Re-exec once with those dirs on LD_LIBRARY_PATH (the loader reads it at start-up only);
+    the servers the bench starts inherit it."""
+    dirs = nvidia_lib_dirs()
+    have = os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep)
+    missing = [d for d in dirs if d not in have]
+    if missing and os.environ.get("ABSTAIN_GPU_CHECK_REEXEC") != "1":
+        env = {**os.environ, "ABSTAIN_GPU_CHECK_REEXEC": "1",
+               "LD_LIBRARY_PATH": os.pathsep.join([*missing, *(h for h in have if h)])}
+        os.execve(sys.executable, [sys.executable, "-m", "bench.gpu_check", *sys.argv[1:]], env)
+
+
 def cuda_error() -> str | None:
     """None where a session really runs on CUDA, else the one-line reason."""
     import numpy as np
@@ -83,6 +104,7 @@ def _step(name: str, cmd: list[str], deadline: float, need_s: float,
 
 
 def main() -> int:
+    ensure_library_path()
     deadline = time.monotonic() + BUDGET_S
     err = cuda_error()
     if err:
