@@ -68,19 +68,12 @@ test: $(VENV)/.test sysdeps npmdeps
 bench: $(VENV)/.test sysdeps
 	$(BIN)/python -m bench $(ARGS)
 
-# The prepared GPU check (bench/gpu_check.py, ≤ 8 min) in its own venv: the `gpu` extra's
-# onnxruntime-gpu and the `cpu` extra's onnxruntime overwrite each other in one environment.
-GPU_VENV ?= .venv-gpu
-$(GPU_VENV)/.gpu: pyproject.toml
-	$(PYTHON) -m venv $(GPU_VENV)
-	$(GPU_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(GPU_VENV)/bin/pip install --quiet $(if $(TORCH_INDEX),--index-url '$(TORCH_INDEX)') '$(TORCH)'
-	$(GPU_VENV)/bin/pip install --quiet -e '.[gpu,data,train,dev]'
-	$(GPU_VENV)/bin/pip install --quiet 'onnxruntime-gpu[cuda,cudnn]'
-	touch $@
-
-gpu-check: $(GPU_VENV)/.gpu sysdeps
-	$(GPU_VENV)/bin/python -m bench.gpu_check
+# On a machine with CUDA: the CUDA tests, the provider check and the GPU benchmark, ≤ 8 minutes.
+# onnxruntime-gpu replaces onnxruntime, so it gets a venv of its own.
+gpu-check: sysdeps
+	test -x .venv-gpu/bin/python || $(PYTHON) -m venv .venv-gpu
+	.venv-gpu/bin/pip install --quiet '$(TORCH)' -e '.[gpu,data,train,dev]'
+	.venv-gpu/bin/python bench/gpu_check.py
 
 lint: $(VENV)/.test
 	$(BIN)/ruff check serve training tests bench
@@ -92,4 +85,4 @@ proto: $(VENV)/.test
 	  --descriptor_set_out=serve/protocol/proto/grpc_predict_v2.desc grpc_predict_v2.proto
 
 clean:
-	rm -rf $(VENV) $(GPU_VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,1 +1,1 @@
-"""Benchmarks: ``python -m bench`` (harness.py, overload.py, gpu_check.py) and timing scripts."""
+"""Benchmarks: ``abstain bench`` (harness.py) and the stand-alone timing scripts beside it."""

@@ -200,8 +200,7 @@ def render_markdown(res: BenchResult, notes: str = "") -> str:
               "GPU figures are still to be measured: this run had no GPU "
               f"(providers used: {', '.join(sorted({m.provider for m in res.models}))}). The CUDA "
               "path (CUDA execution provider with I/O binding, warmed-up batch-size buckets, "
-              "TensorRT behind `ABSTAIN_TENSORRT=1`) is measured by `make gpu-check` "
-              "(bench/gpu_check.py) into docs/benchmarks-gpu.md on a machine with CUDA.", ""]
+              "TensorRT behind `ABSTAIN_TENSORRT=1`) is tested for its CPU fallback only.", ""]
     if cfg.plot:
         lines += ["## Plot", "", f"![latency against throughput]({cfg.plot.name})", ""]
     return "\n".join(lines)

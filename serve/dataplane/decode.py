@@ -85,7 +85,7 @@ class Decoder:
     def __init__(self, max_instances: int, max_image_pixels: int, max_pixels_per_s: int) -> None:
         self.max_instances = max_instances
         self.pixels = PixelBudget(max_image_pixels, max_pixels_per_s)
-        self._images = ThreadPoolExecutor(1, thread_name_prefix="image-decode")
+        self._images = ThreadPoolExecutor(1, thread_name_prefix="decode")
 
     def tensor(self, route: Route, head: Head, body: bytes, mv: ModelVersion) -> Decoded | None:
         """JSON / binary bodies (synchronous, on the loop); None when the body holds images."""
@@ -110,6 +110,12 @@ class Decoder:
                                'JSON ({"instances": [...]}), multipart/form-data with image files, '
                                "or a PNG/JPEG body", 415, "unsupported_media") from None
         return Decoded(x, rid, top_k)
+
+    async def off_loop(self, route: Route, head: Head, body: bytes, mv: ModelVersion) -> Decoded:
+        """Decode in the decode thread: images, or a tensor body too large to parse on the loop."""
+        loop = asyncio.get_running_loop()
+        req = await loop.run_in_executor(self._images, self.tensor, route, head, body, mv)
+        return req if req is not None else await self.images(head, body, mv)
 
     async def images(self, head: Head, body: bytes, mv: ModelVersion) -> Decoded:
         """A PNG/JPEG body or a multipart form of images → the batch, decoded in a thread."""

@@ -116,3 +116,13 @@ def test_gpu_path_falls_back_to_cpu_without_cuda(tmp_path: Path) -> None:
     assert r.returncode == 2
     assert "CUDAExecutionProvider" in r.stderr and "--device cpu" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_gpu_check_says_in_one_line_that_there_is_no_cuda(tmp_path: Path) -> None:
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this machine has CUDA: make gpu-check runs for real here")
+    r = subprocess.run([sys.executable, "bench/gpu_check.py"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and "no CUDA provider" in r.stderr and "Traceback" not in r.stderr
