@@ -81,6 +81,9 @@ bench: $(VENV)/.test sysdeps
 gpu-check: sysdeps
 	test -x .venv-gpu/bin/python || $(PYTHON) -m venv .venv-gpu
 	.venv-gpu/bin/pip install --quiet '$(TORCH)' -e '.[gpu,data,train,dev]'
+	# The CUDA/cuDNN libraries built for this onnxruntime-gpu (pip wheels; gpu_check.py puts their
+	# lib dirs on LD_LIBRARY_PATH), whatever CUDA torch's wheel brought.
+	.venv-gpu/bin/pip install --quiet 'onnxruntime-gpu[cuda,cudnn]'
 	.venv-gpu/bin/python bench/gpu_check.py
 
 lint: $(VENV)/.test

@@ -38,8 +38,11 @@ def http(url: str, body: bytes | None = None, headers: dict[str, str] | None = N
 
 
 def _child_env(extra: dict[str, str]) -> dict[str, str]:
-    # Settings travel as flags: stray ABSTAIN_* variables (an API key…) must not change the run.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ABSTAIN_")}
+    # Settings travel as flags: stray ABSTAIN_* variables (an API key…) must not change the run;
+    # ABSTAIN_TENSORRT is the one switch the GPU check sets on purpose (serve/runtime.py reads it
+    # in the server processes).
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("ABSTAIN_") or k == "ABSTAIN_TENSORRT"}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     return {**env, **extra}
