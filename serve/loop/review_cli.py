@@ -7,7 +7,7 @@ import os
 import sys
 
 from serve.argtypes import POSITIVE_INT
-from serve.errors import AbstainError
+from serve.errors import AbstainError, MissingExtraError
 
 
 def _sync(args: argparse.Namespace) -> int:
@@ -41,7 +41,10 @@ def _sync(args: argparse.Namespace) -> int:
 
 
 def register_review(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("review", help="review queue tools (Label Studio sync)")
+    p = sub.add_parser("review", help="review queue tools (Label Studio sync)",
+                       description="Tools for the human-review loop: `abstain review sync` pushes "
+                       "pending deferred and audit items to Label Studio as pre-annotated tasks and "
+                       "pulls finished annotations back as feedback.")
     rsub = p.add_subparsers(dest="review_command", required=True, metavar="COMMAND")
     s = rsub.add_parser("sync", help="push pending deferred/audit items to Label Studio as tasks "
                         "and pull finished annotations back as feedback (idempotent, resumable)")
@@ -79,3 +82,15 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+def _needs_review_extra() -> AbstainError | None:
+    """`review` talks to Label Studio over HTTP: it needs the ``review`` extra (httpx)."""
+    import importlib.util
+
+    if importlib.util.find_spec("httpx") is None:
+        return MissingExtraError("review", "httpx")
+    return None
+
+
+register_review.unavailable = _needs_review_extra  # type: ignore[attr-defined]

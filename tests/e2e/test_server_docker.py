@@ -23,6 +23,7 @@ def test_dockerfile_follows_the_contract():
     assert '".[gpu]"' in text and "torch" not in text.replace("no torch", "")
     assert "--uid 10001" in text and "USER 10001" in text
     assert "EXPOSE 8000" in text and "/v2/health/ready" in text and "HEALTHCHECK" in text
-    assert 'ENTRYPOINT ["abstain", "serve", "/models", "--host", "0.0.0.0", "--port", "8000"]' in text
+    assert ('ENTRYPOINT ["abstain", "serve", "/models", "--host", "0.0.0.0", "--port", "8000", '
+            '"--grpc-port", "8001"]') in text
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignored and "training" in ignored
