@@ -284,14 +284,18 @@ def run_bench(cfg: BenchConfig, console: Console | None = None) -> BenchResult:
             default = next((i for i in res.models if i.kind == "default"), None)
             if default is not None:
                 _extra_runs(cfg, res, repo, work, default, bodies, scripts, bar)
-        if cfg.grpc and default is not None:
-            from bench.grpc_bench import grpc_rows
-
-            res.grpc_rows = grpc_rows(repo, default.name, cfg, work)
         if cfg.overload and default is not None:
             from bench.overload import run_overload
 
             res.overload = run_overload(repo, default, cfg, work, console)
+        if cfg.grpc and default is not None:
+            from bench.grpc_bench import grpc_rows
+
+            try:
+                res.grpc_rows = grpc_rows(repo, default.name, cfg, work)
+            except AbstainError as err:          # the HTTP results still make a report
+                console.print(f"gRPC stage failed: {err}")
+                res.grpc_rows = [f"| gRPC | failed: {str(err)[:200]} | | | | | | |"]
     res.load_after = _loadavg()
     res.seconds = time.perf_counter() - t_start
     return res

@@ -59,6 +59,8 @@ class App:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
+            if head.Arrivals.waiting > 0:
+                head.Arrivals.waiting -= 1
             route = head.match(scope["path"])
             if route is not None:
                 return await self.dataplane(scope, receive, send, route)

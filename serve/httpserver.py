@@ -27,6 +27,7 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from serve.dataplane.app import HOLD_KEY
+from serve.dataplane.head import Arrivals
 
 log = logging.getLogger("serve.http")
 SWEEP_S = 0.25
@@ -109,6 +110,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
+        Arrivals.waiting += 1
         if self.parser.should_upgrade():
             self._phase = ""
         else:

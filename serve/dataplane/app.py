@@ -15,7 +15,7 @@ from serve.dataplane.admit import Admission, check_key, parse_deadline
 from serve.dataplane.batch import Batcher
 from serve.dataplane.body import ClientGone, read_body
 from serve.dataplane.decode import Decoder
-from serve.dataplane.head import Head, Route, new_request_id
+from serve.dataplane.head import Arrivals, Head, Route, new_request_id
 from serve.errors import AbstainError
 from serve.monitoring import Monitor
 from serve.repository import ModelRepository, ModelVersion
@@ -103,7 +103,7 @@ class DataPlane:
             batcher = mv.batcher
             assert batcher is not None
             self.admission.learn(batcher, kind, len(body), len(req.x))
-            alone = self.admission.inflight == 1
+            alone = self.admission.inflight == 1 and Arrivals.waiting == 0
             out = await batcher.result(req.x, deadline, alone, rid)     # … to submit: batch, run,
             return encode.success(route, mv, req, out, rid)             # decide, record; encode
         finally:

@@ -22,6 +22,19 @@ def new_request_id() -> str:
     return f"{_RID_PREFIX}{next(_rid_counter):016x}"
 
 
+class Arrivals:
+    """Requests whose headers are parsed (serve/httpserver.py counts them) but whose ASGI task has
+    not started yet (serve/app.py uncounts them).
+
+    uvicorn creates one task per request; a burst read in one event-loop turn becomes a row of
+    tasks that run one after another in the next. The data plane reads ``waiting`` to tell a
+    request that is really alone (run it at once) from the first of a burst (queue it, so the
+    burst is batched), without giving up an event-loop turn to find out.
+    """
+
+    waiting = 0
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     """One inference endpoint: ``protocol`` v1 (predict) or v2 (infer), the model and version."""
