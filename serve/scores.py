@@ -47,8 +47,16 @@ class ScoreError(AbstainError, ValueError):
     """A bad score spec or bad logits."""
 
 
+_FAST = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def as_logits(logits: Array) -> Array:
     """Validate and convert logits to a float64 ``(n, K)`` array (K ≥ 2, all finite)."""
+    if type(logits) is np.ndarray and logits.dtype in _FAST and logits.ndim == 2 \
+            and logits.shape[1] >= 2:                       # the server's path: one check only
+        z = logits.astype(np.float64, copy=False)
+        if np.isfinite(z).all():
+            return z
     z = np.asarray(logits)
     if z.ndim != 2:
         raise ScoreError(f"logits must be a 2-D array (n, K); got shape {z.shape}")
