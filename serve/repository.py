@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -29,35 +28,24 @@ from serve.decision import DecisionRule
 from serve.errors import AbstainError
 from serve.monitoring import Monitor
 from serve.protocol import short
+from serve.repository_files import (  # noqa: F401  (re-exported)
+    MODEL_FILE,
+    NAME_RE,
+    VERSION_RE,
+    _signature,
+    scan,
+    valid_name,
+)
 from serve.runtime import Device, OnnxModel, read_model_bytes
 from serve.threads import pick_threads
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.onnx"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-VERSION_RE = re.compile(r"^[1-9][0-9]{0,8}$")
 
 
 class ModelNotFound(AbstainError):
     status = 404
     reason = "unknown_model"
-
-
-def valid_name(name: str) -> bool:
-    return bool(NAME_RE.match(name)) and ".." not in name
-
-
-def _signature(d: Path) -> tuple:
-    """What identifies a version's files on disk; a change means "load it again"."""
-    out = []
-    for f in (d / MODEL_FILE, d / CALIBRATION_FILE, d / probe.FILENAME):
-        try:
-            st = f.stat()
-            out.append((st.st_mtime_ns, st.st_size, st.st_ino))
-        except OSError:
-            out.append(None)
-    return tuple(out)
 
 
 @dataclass
@@ -91,16 +79,15 @@ class ModelVersion:
         return {"logits": logits, "label": d.label, "score": d.score, "reject": d.reject}
 
     def summary(self) -> dict[str, Any]:
-        c = self.calibration
-        return {"name": self.name, "version": str(self.version), "provider": self.model.provider,
-                "threads": self.threads,
-                "providers": self.model.providers, "model_sha256": self.model.sha256,
-                "calibration": {"score": c.score, "threshold": c.threshold,
-                                "target_risk": c.target_risk, "delta": c.delta, "method": c.method,
-                                "certified_coverage": c.coverage, "risk": c.risk,
-                                "risk_upper_bound": c.risk_upper_bound,
-                                "temperature": c.temperature, "defer_all": c.defer_all,
-                                "sha256": c.sha256}}
+        c, m = self.calibration, self.model
+        cal = {k: getattr(c, k) for k in ("score", "threshold", "target_risk", "delta", "method",
+                                          "risk", "risk_upper_bound", "temperature", "defer_all")}
+        cal.update(certified_coverage=c.coverage, sha256=c.sha256, certified=(
+            f"selective risk ≤ {c.target_risk:g} with probability ≥ {1 - c.delta:g}; "
+            "risk_upper_bound is a post-selection CP bound (indicative only)"))
+        return {"name": self.name, "version": str(self.version), "provider": m.provider,
+                "threads": self.threads, "providers": m.providers, "model_sha256": m.sha256,
+                "calibration": cal}
 
 
 def load_version(d: Path, name: str, version: int, device: Device = "auto",
@@ -129,41 +116,6 @@ def load_version(d: Path, name: str, version: int, device: Device = "auto",
     rule(model.run(np.zeros((1, *model.input_shape), model.input_dtype)))
     probe.check(d, model, rule, on_probe_mismatch)           # the certified logits, here?
     return ModelVersion(name, version, d, model, cal, rule, sig, threads=threads)
-
-
-def scan(root: Path, follow_symlinks: bool = False) -> dict[tuple[str, int], Path]:
-    """Every ``<name>/<version>`` directory with a valid name and a positive integer version.
-
-    A model or version directory whose real path lies outside the repository (a symlink out) is
-    skipped with a warning unless ``follow_symlinks``.
-    """
-    found: dict[tuple[str, int], Path] = {}
-    if not root.is_dir():
-        return found
-    real_root = root.resolve()
-    for mdir in sorted(root.iterdir()):
-        if not mdir.is_dir() or mdir.name.startswith("."):
-            continue
-        if not valid_name(mdir.name):
-            log.warning("skipping %s: model names match %s", mdir, NAME_RE.pattern)
-            continue
-        for vdir in sorted(mdir.iterdir()):
-            if vdir.is_dir() and VERSION_RE.match(vdir.name):
-                if not follow_symlinks and not _inside(vdir, real_root):
-                    log.warning("skipping %s: it resolves to %s, outside the repository %s "
-                                "(serve it from inside, or pass --follow-symlinks)", vdir,
-                                vdir.resolve(), real_root)
-                    continue
-                found[(mdir.name, int(vdir.name))] = vdir
-    return found
-
-
-def _inside(path: Path, root: Path) -> bool:
-    try:
-        return all((path / f).resolve().is_relative_to(root)
-                   for f in ("", MODEL_FILE, CALIBRATION_FILE, probe.FILENAME))
-    except (OSError, RuntimeError):           # a symlink loop
-        return False
 
 
 @dataclass
