@@ -15,14 +15,22 @@ from serve.argtypes import POSITIVE_INT, float_above
 from serve.errors import AbstainError
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        vals = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not vals or any(v < 1 for v in vals):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return vals
+def _int_list(least: int, what: str):
+    """argparse type: comma-separated integers, each ≥ ``least``."""
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            vals = tuple(int(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated integers, got {text!r}") from None
+        if not vals or any(v < least for v in vals):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return vals
+    return parse
+
+
+_ints = _int_list(1, "positive integers")
+_threads = _int_list(0, "integers ≥ 0 (0 = all cores)")
 
 
 def _choices(valid: tuple[str, ...]):
@@ -87,16 +95,6 @@ def main(argv: list[str] | None = None) -> int:
     except AbstainError as err:
         print(f"python -m bench: error: {err}", file=sys.stderr)
         return 2
-
-
-def _threads(text: str) -> tuple[int, ...]:
-    try:
-        vals = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not vals or any(v < 0 for v in vals):
-        raise argparse.ArgumentTypeError(f"expected integers ≥ 0 (0 = all cores), got {text!r}")
-    return vals
 
 
 def _bench(args: argparse.Namespace) -> int:

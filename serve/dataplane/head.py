@@ -72,7 +72,6 @@ class Head:
     content_type: str = ""          # media type only, lower case, no parameters
     raw_content_type: bytes = b""   # the whole header (multipart needs its boundary)
     content_length: int | None = None
-    chunked: bool = False
     authorization: str = ""
     request_id: str = ""
     deadline_ms: str | None = None
@@ -88,8 +87,6 @@ class Head:
                 h.content_type = value.decode("latin-1").split(";", 1)[0].strip().lower()
             elif name == b"content-length":
                 h.content_length = int(value) if value.isdigit() and len(value) < 19 else -1
-            elif name == b"transfer-encoding":
-                h.chunked = b"chunked" in value.lower()
             elif name == b"authorization":
                 h.authorization = value.decode("latin-1")
             elif name == b"x-request-id":

@@ -25,7 +25,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from serve.dataplane.decode import Decoded
 from serve.protocol import RequestError, check_batch
-from serve.protocol.v2 import DEFAULT_OUTPUTS, DTYPES, OUTPUTS, v2_datatype
+from serve.protocol.v2 import DEFAULT_OUTPUTS, DTYPES, OUTPUTS, check_tensor_header, v2_datatype
 
 SERVICE = "inference.GRPCInferenceService"
 DESCRIPTOR_SET = Path(__file__).with_name("proto") / "grpc_predict_v2.desc"
@@ -78,24 +78,9 @@ def parse_infer(req: Any, input_name: str, input_shape: tuple[int, ...], dtype: 
     inp = inputs[0]
     if inp.name != input_name:
         raise _bad(f"unknown input {inp.name!r}: the model's input is named {input_name!r}")
-    want = v2_datatype(dtype)
-    if inp.datatype != want:
-        raise _bad(f"wrong dtype: input {input_name!r} has datatype {inp.datatype!r}, "
-                   f"the model expects {want!r}; cast the tensor (e.g. numpy .astype(np.float32))",
-                   "bad_dtype")
     shape = list(inp.shape)
-    if any(d < 0 for d in shape):
-        raise _bad(f'"shape" must be a list of non-negative integers like [n, '
-                   f'{", ".join(map(str, input_shape))}]; got {shape!r}', "bad_shape")
-    if len(shape) != 1 + len(input_shape) or tuple(shape[1:]) != input_shape:
-        if shape and shape[0] == 0:
-            raise _bad("empty batch: the input's shape has 0 samples; send at least one",
-                       "empty_batch")
-        raise _bad(f"wrong shape: input shape {shape}, the model expects "
-                   f"[n, {', '.join(map(str, input_shape))}]", "bad_shape")
-    if shape[0] > max_instances:
-        raise _bad(f"too many samples: {shape[0]} in one request, the limit is {max_instances} "
-                   "(ABSTAIN_MAX_INSTANCES); split the request", "too_many_instances", 413)
+    want = check_tensor_header(inp.datatype, shape, input_name, input_shape, dtype,
+                               max_instances)
     count = math.prod(shape)
     raw = len(req.raw_input_contents) > 0
     if raw:

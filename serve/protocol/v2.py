@@ -71,6 +71,31 @@ def _int_header(value: str | None) -> int | None:
     return n
 
 
+def check_tensor_header(datatype: object, shape: list[int] | None, input_name: str,
+                        input_shape: tuple[int, ...], dtype: np.dtype,
+                        max_instances: int) -> str:
+    """The checks HTTP v2 and gRPC share on an input tensor's datatype and shape (``None``: not a
+    list of integers); returns the expected v2 datatype."""
+    want = v2_datatype(dtype)
+    if datatype != want:
+        raise _bad(f"wrong dtype: input {input_name!r} has datatype {datatype!r}, "
+                   f"the model expects {want!r}; cast the tensor (e.g. numpy .astype(np.float32))",
+                   "bad_dtype")
+    if shape is None or any(d < 0 for d in shape):
+        raise _bad(f'"shape" must be a list of non-negative integers like [n, '
+                   f'{", ".join(map(str, input_shape))}]; got {shape!r}', "bad_shape")
+    if len(shape) != 1 + len(input_shape) or tuple(shape[1:]) != input_shape:
+        if shape and shape[0] == 0:
+            raise _bad("empty batch: the input's shape has 0 samples; send at least one",
+                       "empty_batch")
+        raise _bad(f"wrong shape: input shape {shape}, the model expects "
+                   f"[n, {', '.join(map(str, input_shape))}]", "bad_shape")
+    if shape[0] > max_instances:
+        raise _bad(f"too many samples: {shape[0]} in one request, the limit is {max_instances} "
+                   "(ABSTAIN_MAX_INSTANCES); split the request", "too_many_instances", 413)
+    return want
+
+
 def parse_infer(body: bytes, header_length: str | None, input_name: str,
                 input_shape: tuple[int, ...], dtype: np.dtype, max_instances: int) -> InferRequest:
     """An inference request body → validated batch and output selection."""
@@ -96,25 +121,12 @@ def parse_infer(body: bytes, header_length: str | None, input_name: str,
         raise _bad("each input must be a JSON object")
     if inp.get("name") != input_name:
         raise _bad(f"unknown input {inp.get('name')!r}: the model's input is named {input_name!r}")
-    want = v2_datatype(dtype)
-    if inp.get("datatype") != want:
-        raise _bad(f"wrong dtype: input {input_name!r} has datatype {inp.get('datatype')!r}, "
-                   f"the model expects {want!r}; cast the tensor (e.g. numpy .astype(np.float32))",
-                   "bad_dtype")
     shape = inp.get("shape")
     if (not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool)
-                                               and d >= 0 for d in shape)):
-        raise _bad(f'"shape" must be a list of non-negative integers like [n, '
-                   f'{", ".join(map(str, input_shape))}]; got {shape!r}', "bad_shape")
-    if len(shape) != 1 + len(input_shape) or tuple(shape[1:]) != input_shape:
-        if shape and shape[0] == 0:
-            raise _bad("empty batch: the input's shape has 0 samples; send at least one",
-                       "empty_batch")
-        raise _bad(f"wrong shape: input shape {shape}, the model expects "
-                   f"[n, {', '.join(map(str, input_shape))}]", "bad_shape")
-    if shape[0] > max_instances:
-        raise _bad(f"too many samples: {shape[0]} in one request, the limit is {max_instances} "
-                   "(ABSTAIN_MAX_INSTANCES); split the request", "too_many_instances", 413)
+                                               for d in shape)):
+        shape = None
+    want = check_tensor_header(inp.get("datatype"), shape, input_name, input_shape, dtype,
+                               max_instances)
     count = math.prod(shape)
     params = inp.get("parameters") or {}
     if not isinstance(params, dict):
