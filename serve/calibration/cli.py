@@ -219,13 +219,13 @@ def calibrate_main(args: argparse.Namespace) -> int:
     run = calibrate_arrays(z, y, settings)
     cal = to_calibration(run, sha, data, allow_defer_all=args.allow_defer_all)
     out = model_path.parent
-    if "probe" in info:
-        px, pz, provider, precision = info["probe"]
-        cal = dataclasses.replace(cal, provider=provider, precision=precision,
-                                  probe_sha256=write_probe(out, px, pz))
     risk_coverage_plot(run, out / "risk_coverage.png")
     reliability_plot(run, out / "reliability.png")
     backup = keep_backup(out / FILENAME)
+    if "probe" in info:            # written last but one: a failed plot leaves no orphan probe
+        px, pz, provider, precision = info["probe"]
+        cal = dataclasses.replace(cal, provider=provider, precision=precision,
+                                  probe_sha256=write_probe(out, px, pz))
     save_calibration(cal, out)
     _print_calibration(run, cal, out)
     if backup is not None:
