@@ -11,6 +11,7 @@ $A study --data mnist1d --model cnn1d --losses $LOSSES --seeds 3 --epochs 6 --th
   --out docs/study/mnist1d \
   --note "Default regime: the default 20k-sample mnist1d, 6 epochs (train accuracy still rising)." \
   > docs/study/mnist1d.log 2>&1 &
+# (mnist1d-large as committed was retrained for the issue-18 rules by run_large.sh, two processes)
 $A study --data 'mnist1d?n=100000' --model cnn1d --losses $LOSSES --seeds 3 --epochs 1 --threads 1 \
   --out docs/study/mnist1d-large \
   --note "Least-memorising regime: 100k mnist1d samples (60k train), a single epoch, so no sample is seen twice and accuracies are close across losses: claim 1 tested near matched accuracy." \
