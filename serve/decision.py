@@ -6,7 +6,7 @@ that `abstain calibrate` certified, so what is evaluated is exactly what is serv
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -14,9 +14,8 @@ from serve.calibration.artifact import Calibration
 from serve.scores import Score, as_logits, softmax
 
 
-@dataclass(frozen=True)
-class Decisions:
-    """Per-sample decisions for a batch of n.
+class Decisions(NamedTuple):
+    """Per-sample decisions for a batch of n (a tuple: one is built per batch on the hot path).
 
     Attributes:
         label: (n,) int64 predicted class (argmax of the logits).
@@ -42,7 +41,7 @@ class DecisionRule:
 
     def __call__(self, logits: np.ndarray, probabilities: bool = False) -> Decisions:
         z = as_logits(logits)                       # (n, K) float64, finite
-        s = self.score(z)                           # (n,)
+        s = self.score.of_logits(z)                 # (n,)
         reject = np.ones_like(s, dtype=bool) if self.threshold is None else s < self.threshold
         probs = softmax(z / self.temperature) if probabilities else None
         return Decisions(label=z.argmax(axis=1), score=s, reject=reject, probabilities=probs)

@@ -11,7 +11,10 @@ or its body, so one slow or hostile client can hold memory and file descriptors 
   408 and close (a request the server already answered is simply closed);
 * ``hold``: the data plane asks for it after a 503, and the connection is then not read for that
   long — a client that ignores ``Retry-After`` and fires again at once waits in its own socket
-  buffer instead of spending the server's CPU on more refusals.
+  buffer instead of spending the server's CPU on more refusals;
+* ``respond``: the data plane's answers (status, a few trusted headers, a body of known length)
+  go out in one ``transport.write`` instead of two ASGI messages — one system call and no
+  per-header validation less per request, a sixth of the served time of a one-sample request.
 
 Timeouts are checked by one sweeper per event loop (every ``SWEEP_S``), not one timer per request.
 """
@@ -24,9 +27,9 @@ import weakref
 from typing import Any, ClassVar
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from serve.dataplane.app import HOLD_KEY
+from serve.dataplane.app import HOLD_KEY, RESPOND_KEY
 from serve.dataplane.head import Arrivals
 
 log = logging.getLogger("serve.http")
@@ -111,6 +114,9 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
         Arrivals.waiting += 1
+        cycle = self.cycle                # this request's (a pipelined one replaces self.cycle)
+        self.scope["extensions"][RESPOND_KEY] = lambda status, headers, body: \
+            self._respond(cycle, status, headers, body)
         if self.parser.should_upgrade():
             self._phase = ""
         else:
@@ -152,6 +158,30 @@ class GuardedProtocol(HttpToolsProtocol):
         else:
             self._refuse(408, "Request Timeout", f"the request body did not arrive within "
                          f"{self.body_timeout_s:g} s (--body-timeout-s); send it at once")
+
+    def _respond(self, cycle: Any, status: int, headers: list[tuple[bytes, bytes]],
+                 body: bytes) -> bool:
+        """Write a whole response at once, as uvicorn's two ``send`` calls would (same status line,
+        default headers and connection handling). False when the cycle cannot take it as is
+        (already answered, client gone, writes paused, HEAD): then the caller uses ``send``."""
+        if (cycle.response_started or cycle.disconnected or self.flow.write_paused
+                or cycle.scope["method"] == "HEAD"):
+            return False
+        cycle.response_started = True
+        cycle.waiting_for_100_continue = False
+        parts = [STATUS_LINE[status]]
+        for name, value in (*cycle.default_headers, *headers):
+            parts += (name, b": ", value, b"\r\n")
+        if not cycle.keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts += (b"\r\n", body)
+        self.transport.write(b"".join(parts))
+        cycle.response_complete = True
+        cycle.message_event.set()
+        if not cycle.keep_alive:
+            self.transport.close()
+        cycle.on_response()
+        return True
 
     def hold(self, seconds: float) -> None:
         """Do not read this connection for ``seconds`` (after a 503: see the module docstring)."""

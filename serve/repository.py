@@ -102,7 +102,7 @@ def load_version(d: Path, name: str, version: int, device: Device = "auto",
     data = read_model_bytes(d / MODEL_FILE)                   # once: every session is built from it
     model, threads = pick_threads(
         lambda n: OnnxModel(d / MODEL_FILE, device=device, intra_op_threads=n, model_bytes=data),
-        intra_op_threads, (1, max(warmup)))
+        intra_op_threads, tuple(sorted({1, max(warmup)})))
     cal = load_calibration(d / CALIBRATION_FILE, model.sha256)
     qs = cal.score_quantiles
     if cal.threshold is not None and qs and not (min(qs) <= cal.threshold <= max(qs)):

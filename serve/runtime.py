@@ -15,6 +15,7 @@ import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -166,11 +167,11 @@ class OnnxModel:
         """The execution provider that runs the model (the first active one)."""
         return self.providers[0]
 
-    @property
+    @cached_property                    # read per request: the session's answer never changes
     def input_name(self) -> str:
         return self._input.name
 
-    @property
+    @cached_property
     def input_shape(self) -> tuple[int, ...]:
         """Per-sample input shape (the batch axis removed); from metadata when the graph is symbolic."""
         dims = self._input.shape[1:]
@@ -182,7 +183,7 @@ class OnnxModel:
         raise ModelLoadError(f"{self.path}: input shape {self._input.shape} is not fixed; add "
                              "'input_shape' metadata")
 
-    @property
+    @cached_property
     def input_dtype(self) -> np.dtype:
         return np.dtype(_ORT_DTYPES.get(self._input.type, np.float32))
 
@@ -196,7 +197,7 @@ class OnnxModel:
             return dim
         return int(self.run(np.zeros((1, *self.input_shape), self.input_dtype)).shape[1])
 
-    @property
+    @cached_property
     def class_names(self) -> list[str]:
         names = self.metadata.get("class_names")
         return [str(n) for n in names] if isinstance(names, list) else [str(i) for i in range(self.num_classes)]

@@ -25,7 +25,8 @@ log = logging.getLogger("serve.dataplane")
 # millisecond, and thirty of those in one event-loop turn would delay every other answer
 # (a refusal included) by tens of milliseconds.
 OFF_LOOP_BYTES = 16 * 1024
-HOLD_KEY = "abstain.hold"           # scope extension set by serve/httpserver.py
+HOLD_KEY = "abstain.hold"           # scope extensions set by serve/httpserver.py
+RESPOND_KEY = "abstain.respond"
 
 
 class DataPlane:
@@ -73,7 +74,9 @@ class DataPlane:
                     resp = encode.error("internal server error (a bug; it has been logged with "
                                         f"request id {rid})", 500)
             status = resp.status
-            await resp.send(send, rid)
+            respond = scope.get("extensions", {}).get(RESPOND_KEY)
+            if respond is None or not respond(resp.status, resp.with_id(rid), resp.body):
+                await resp.send(send, rid)
             if status == 503 and self.shed_hold_s > 0:
                 hold = scope.get("extensions", {}).get(HOLD_KEY)
                 if hold is not None:

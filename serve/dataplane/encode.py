@@ -1,7 +1,8 @@
 """Encode: batch outputs → v1 / v2 response bytes, and any error → a JSON error body.
 
-Responses are sent as two raw ASGI messages with ``Content-Length`` and ``X-Request-Id``; every
-answer of the data plane, 200 or not, carries the request id.
+A response carries ``Content-Length`` and ``X-Request-Id`` (every answer of the data plane, 200 or
+not); it goes out in one write through serve/httpserver.py's ``respond`` extension, or as two
+ASGI messages under any other server.
 """
 
 from __future__ import annotations
@@ -33,9 +34,14 @@ class Response:
             self.headers += [(k.lower().encode("latin-1"), str(v).encode("latin-1"))
                              for k, v in extra.items()]
 
+    def with_id(self, request_id: str) -> list[tuple[bytes, bytes]]:
+        """The headers, with the request id every answer carries."""
+        return [*self.headers, (b"x-request-id", request_id.encode("latin-1"))]
+
     async def send(self, send: Any, request_id: str) -> None:
+        """Through ASGI ``send`` (under a server without serve/httpserver.py's ``respond``)."""
         await send({"type": "http.response.start", "status": self.status,
-                    "headers": [*self.headers, (b"x-request-id", request_id.encode("latin-1"))]})
+                    "headers": self.with_id(request_id)})
         await send({"type": "http.response.body", "body": self.body})
 
 

@@ -57,12 +57,22 @@ _ENDPOINTS = {
 }
 
 
+_MATCHED: dict[str, Route | None] = {}       # a few live paths; cleared when it grows
+_MATCHED_MAX = 512
+
+
 def match(path: str) -> Route | None:
     """The inference route of ``path``, or None when it is not an inference endpoint."""
+    try:
+        return _MATCHED[path]
+    except KeyError:
+        pass
     m = ROUTE_RE.match(path)
-    if m is None or (m[1] == "v1") != (m[4] == "predict"):
-        return None
-    return Route(m[1], m[2], m[3])
+    route = None if m is None or (m[1] == "v1") != (m[4] == "predict") else Route(m[1], m[2], m[3])
+    if len(_MATCHED) >= _MATCHED_MAX:           # arbitrary paths must not grow it without bound
+        _MATCHED.clear()
+    _MATCHED[path] = route
+    return route
 
 
 @dataclass(slots=True)
@@ -89,8 +99,9 @@ class Head:
                 h.content_length = int(value) if value.isdigit() and len(value) < 19 else -1
             elif name == b"authorization":
                 h.authorization = value.decode("latin-1")
-            elif name == b"x-request-id":
-                h.request_id = value.decode("latin-1")[:MAX_ID_CHARS]
+            elif name == b"x-request-id":             # echoed in a header: printable only
+                rid = value.decode("latin-1")[:MAX_ID_CHARS]
+                h.request_id = rid if rid.isascii() and rid.isprintable() else ""
             elif name == b"x-deadline-ms":
                 h.deadline_ms = value.decode("latin-1")
             elif name == b"inference-header-content-length":

@@ -9,6 +9,7 @@ or the request does (``parameters.binary_data_output``).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -193,11 +194,15 @@ _KEYS = {b'"name"': 7, b'"datatype"': 1, b'"shape"': 1, b'"data"': 1, b'"inputs"
          b'"outputs"': 1, b'"id"': 1, b'"parameters"': 8, b'"binary_data_size"': 1}
 
 
+_KEY_RE = re.compile(b"|".join(re.escape(k) for k in _KEYS))
+
+
 def _refuse_duplicate_keys(header: bytes | memoryview) -> None:
     """A duplicate key in a tensor spec is refused (orjson keeps the last value silently)."""
     raw = bytes(header)
-    if all(raw.count(k) <= n for k, n in _KEYS.items()):
-        return
+    found = _KEY_RE.findall(raw)
+    if len(set(found)) == len(found) or all(raw.count(k) <= n for k, n in _KEYS.items()):
+        return                                  # (the first test: every key once, one pass)
     import json
 
     def pairs(items: list[tuple[str, object]]) -> dict:
