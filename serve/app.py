@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
+from serve.collector import Collector
 from serve.control import create_control
 from serve.dataplane import head
 from serve.dataplane.admit import Admission
@@ -50,6 +51,7 @@ class App:
         self.dataplane = DataPlane(self.repo, self.admission, self.decoder, monitor,
                                    settings.shed_hold_s)
         self.settings, self.monitor = settings, monitor
+        self.collector = Collector(busy=lambda: self.admission.inflight > 0)
         self.grpc_port: int | None = None                  # bound in the lifespan (--grpc-port)
         self.control = create_control(settings, self.repo, monitor, self._lifespan)
         if self.loop:
@@ -81,6 +83,7 @@ class App:
         # Started: readiness is now "at least one model is live", so a repository that fills
         # later (poll or admin reload) makes the server ready without a restart.
         repo.ready = True
+        self.collector.start()                              # full GC off the request path
         if self.loop:
             self.loop.start()
         tasks = [asyncio.create_task(self._flush())]
@@ -107,6 +110,7 @@ class App:
                 await asyncio.to_thread(self.loop.close)
             self.decoder.close()
             self.monitor.close()
+            self.collector.stop()
 
     async def _poll(self) -> None:
         while True:
@@ -122,8 +126,9 @@ class App:
             await asyncio.sleep(FLUSH_S)
             try:
                 self.monitor.flush()
+                self.collector.tick()
             except Exception:
-                log.exception("metrics flush failed (will retry)")
+                log.exception("metrics flush or garbage collection failed (will retry)")
 
 
 def create_app(settings: ServerSettings | None = None, monitor: Monitor | None = None,

@@ -62,6 +62,7 @@ class ModelVersion:
     loaded_at: float = field(default_factory=time.time)
     batcher: Batcher | None = None
     threads: str = "default"                       # intra-op threads, as the start-up table shows
+    alone: OnnxModel | None = None                 # the session for a request alone (threads.py)
 
     @property
     def class_names(self) -> list[str]:
@@ -74,7 +75,13 @@ class ModelVersion:
 
     def infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """One session run plus the decision for the whole batch (vectorised), in the worker thread."""
-        logits = self.model.run(x)                             # (n, K) float32
+        return self._decide(self.model.run(x))                 # (n, K) float32 logits
+
+    def infer_alone(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """:meth:`infer` for a request that runs alone, on the event loop (serve/threads.py)."""
+        return self._decide((self.alone or self.model).run(x))
+
+    def _decide(self, logits: np.ndarray) -> dict[str, np.ndarray]:
         d = self.rule(logits)
         return {"logits": logits, "label": d.label, "score": d.score, "reject": d.reject}
 
@@ -100,9 +107,10 @@ def load_version(d: Path, name: str, version: int, device: Device = "auto",
     """
     sig = _signature(d)
     data = read_model_bytes(d / MODEL_FILE)                   # once: every session is built from it
-    model, threads = pick_threads(
+    sessions = pick_threads(
         lambda n: OnnxModel(d / MODEL_FILE, device=device, intra_op_threads=n, model_bytes=data),
         intra_op_threads, tuple(sorted({1, max(warmup)})))
+    model = sessions.batch
     cal = load_calibration(d / CALIBRATION_FILE, model.sha256)
     qs = cal.score_quantiles
     if cal.threshold is not None and qs and not (min(qs) <= cal.threshold <= max(qs)):
@@ -111,11 +119,14 @@ def load_version(d: Path, name: str, version: int, device: Device = "auto",
                     "defers (almost) everything" if cal.threshold > max(qs)
                     else "accepts (almost) everything")
     rule = DecisionRule(cal)
-    model.warmup(tuple(warmup))
-    # One decision on warm-up logits proves the score works for this model's K.
-    rule(model.run(np.zeros((1, *model.input_shape), model.input_dtype)))
-    probe.check(d, model, rule, on_probe_mismatch)           # the certified logits, here?
-    return ModelVersion(name, version, d, model, cal, rule, sig, threads=threads)
+    alone = sessions.alone if sessions.alone is not model else None
+    for m in (model, alone) if alone is not None else (model,):
+        m.warmup(tuple(warmup))
+        # One decision on warm-up logits proves the score works for this model's K.
+        rule(m.run(np.zeros((1, *m.input_shape), m.input_dtype)))
+        probe.check(d, m, rule, on_probe_mismatch)           # the certified logits, here?
+    return ModelVersion(name, version, d, model, cal, rule, sig, threads=sessions.note,
+                        alone=alone)
 
 
 @dataclass

@@ -47,7 +47,7 @@ class ServerSettings(BaseSettings):
     max_image_pixels: int = Field(50_000_000, ge=1, description="decoded pixels per request (413)")
     max_image_pixels_per_s: int = Field(200_000_000, ge=1, description="decoded pixels per second")
     shed_hold_s: float = Field(1.0, ge=0, le=60,
-                               description="after a 503, seconds before the connection is read again")
+                               description="after a 503, seconds (±50% jitter) before the connection is read again")
     request_timeout_s: float = Field(30.0, gt=0, description="per-request deadline (504)")
     inline_run_s: float = Field(0.0002, ge=0, le=0.1,
                                 description="session runs measured faster than this run on the "

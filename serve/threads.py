@@ -1,18 +1,22 @@
-"""``--intra-op-threads auto``: measure one intra-op thread against all cores, keep the faster.
+"""``--intra-op-threads auto``: which onnxruntime sessions serve a model version.
 
-A large model needs every core; for a tiny one a second onnxruntime thread can only steal CPU
-from the HTTP loop. Which is faster depends on the model and the machine, so it is measured per
-model version at load: each candidate session runs the warm-up batch sizes for a few
-milliseconds, back to back.
+A request runs in one of two situations (serve/dataplane/batch.py):
 
-That hot loop is biased towards one thread: it does not see what serving adds between runs —
-the event loop, the hand-off to the inference thread, idle gaps between requests. onnxruntime's
-worker threads spin for a while after each run, which keeps their cores awake, and on a virtual
-machine an idle core costs ~100 µs to wake (measured on the 2-core CI-class VM, docs/benchmarks.md:
-the shipped model runs 1.3× faster per call with one thread in the hot loop, yet over HTTP all
-cores served c=1 in 0.34 ms instead of 0.44–0.53 ms and c=32 at 7.8k instead of 6.1k req/s).
-So one thread is kept only when it is clearly faster — by ``ONE_THREAD_MARGIN`` at every warm-up
-size — and onnxruntime's default (all cores, what Triton's ORT backend uses too) otherwise.
+* **alone** — nothing else in flight, run at once on the event loop. The machine is otherwise
+  idle, so spare cores cost nothing, and onnxruntime's worker threads (which spin for a while
+  after each run) keep their cores awake between requests; on a virtual machine an idle core
+  costs ~100 µs to wake. Measured on the 2-core CI-class VM with the shipped model: c=1 p50
+  0.26 ms with all cores vs 0.44–0.53 ms with one thread, although one thread is 1.3× faster per
+  run back to back. So a request alone runs on an all-cores session.
+* **batched** — the machine is busy with HTTP, and a tiny model's extra threads only steal CPU
+  from the loop (the shipped model, 64-sample requests at 1× load: 614 requests/s with one thread,
+  457 with all cores); a large model needs every core. Which is faster depends on the model and
+  the machine, so it is measured per version at load: each candidate runs the warm-up batch sizes
+  for a few milliseconds, and the lower time per sample (summed over the sizes, each relative to
+  the best) wins.
+
+When all cores win the batches too, one session serves both. The start-up table's ``threads``
+column says what was chosen.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -28,7 +33,15 @@ from serve.runtime import OnnxModel
 
 log = logging.getLogger(__name__)
 BUDGET_S = 0.05                      # per candidate and batch size
-ONE_THREAD_MARGIN = 1.5              # one thread must be this much faster at every size
+
+
+@dataclass(frozen=True)
+class Sessions:
+    """The session for batched runs, the one for a request alone (often the same), a note."""
+
+    batch: OnnxModel
+    alone: OnnxModel
+    note: str
 
 
 def _seconds_per_run(model: OnnxModel, batch: int) -> float:
@@ -50,26 +63,29 @@ def candidates() -> list[int]:
 
 
 def pick_threads(make: Callable[[int], OnnxModel], setting: int | str,
-                 batch_sizes: tuple[int, ...] = (1, 64)) -> tuple[OnnxModel, str]:
-    """The session to serve and a note for the start-up table.
+                 batch_sizes: tuple[int, ...] = (1, 64)) -> Sessions:
+    """The sessions to serve (see the module docstring).
 
     Args:
         make: builds a session with that many intra-op threads (from the same model bytes).
-        setting: ``"auto"``, or a thread count used as is (0 = onnxruntime's default).
+        setting: ``"auto"``, or a thread count used as is for both (0 = onnxruntime's default).
     """
     if setting != "auto":
         n = int(setting)
-        return make(n), ("default" if n == 0 else str(n))
+        one = make(n)
+        return Sessions(one, one, "default" if n == 0 else str(n))
     first = make(candidates()[0])
     if first.provider != "CPUExecutionProvider" or len(candidates()) == 1:
-        return first, f"{candidates()[0]} (auto, {first.provider})"
+        return Sessions(first, first, f"{candidates()[0]} (auto, {first.provider})")
     models = {1: first, 0: make(0)}
     times = {n: [_seconds_per_run(m, b) for b in batch_sizes] for n, m in models.items()}
-    one_wins = all(t1 * ONE_THREAD_MARGIN <= t0 for t1, t0 in zip(times[1], times[0], strict=True))
-    chosen = 1 if one_wins else 0
+    best = [min(times[n][i] for n in times) for i in range(len(batch_sizes))]
+    cost = {n: sum(t / b for t, b in zip(ts, best, strict=True)) for n, ts in times.items()}
+    chosen = min(cost, key=lambda n: (cost[n], n != 1))
     desc = ", ".join(f"{'1' if n == 1 else 'all'}: " + "/".join(f"{t * 1e6:.0f}µs" for t in ts)
                      for n, ts in times.items())
-    log.info("intra-op threads for %s: %s (batch %s → %s; one thread needs %g× at every size)",
-             first.path, "1" if chosen == 1 else "all cores", "/".join(map(str, batch_sizes)),
-             desc, ONE_THREAD_MARGIN)
-    return models[chosen], f"{'1' if chosen == 1 else 'all'} (auto)"
+    log.info("intra-op threads for %s: batches on %s, a request alone on all cores (batch %s → %s)",
+             first.path, "1" if chosen == 1 else "all cores", "/".join(map(str, batch_sizes)), desc)
+    if chosen == 0:
+        return Sessions(models[0], models[0], "all (auto)")
+    return Sessions(models[1], models[0], "1, alone: all (auto)")

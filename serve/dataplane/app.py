@@ -75,7 +75,7 @@ class DataPlane:
                                         f"request id {rid})", 500)
             status = resp.status
             respond = scope.get("extensions", {}).get(RESPOND_KEY)
-            if respond is None or not respond(resp.status, resp.with_id(rid), resp.body):
+            if respond is None or not respond(scope, resp.status, resp.with_id(rid), resp.body):
                 await resp.send(send, rid)
             if status == 503 and self.shed_hold_s > 0:
                 hold = scope.get("extensions", {}).get(HOLD_KEY)
@@ -133,6 +133,7 @@ def batcher_factory(settings: Any, record_hook: Any, monitor: Monitor):
         name, ver = mv.name, str(mv.version)
         return Batcher(mv.infer, settings.max_batch_size, settings.max_queue_size,
                        record_hook(mv), lambda depth: monitor.queue_depth(name, ver, depth),
-                       name=f"{name}/{ver}", inline_s=settings.inline_run_s)
+                       name=f"{name}/{ver}", inline_s=settings.inline_run_s,
+                       infer_alone=mv.infer_alone)
 
     return make

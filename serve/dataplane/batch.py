@@ -79,8 +79,9 @@ class Batcher:
     def __init__(self, infer: InferFn, max_batch_size: int, max_queue_size: int,
                  on_batch: BatchHook | None = None,
                  on_queue_depth: Callable[[int], None] | None = None, name: str = "",
-                 inline_s: float = 0.0002) -> None:
+                 inline_s: float = 0.0002, infer_alone: InferFn | None = None) -> None:
         self.infer = infer
+        self.infer_alone = infer_alone or infer           # a request that runs alone, inline
         self.max_batch_size = max_batch_size
         self.max_queue_size = max_queue_size
         self.on_batch = on_batch
@@ -157,12 +158,14 @@ class Batcher:
             self._queued, total = self._queued - head.n, total + head.n
         return items
 
-    def _run(self, x: np.ndarray) -> tuple[dict[str, np.ndarray], float]:
+    def _run(self, x: np.ndarray, infer: InferFn | None = None
+             ) -> tuple[dict[str, np.ndarray], float]:
+        infer = infer or self.infer
         t0 = time.perf_counter()
         if len(x) <= self.max_batch_size:
-            out = self.infer(x)
+            out = infer(x)
         else:  # one oversized request: run it in max_batch_size chunks
-            parts = [self.infer(x[i:i + self.max_batch_size])
+            parts = [infer(x[i:i + self.max_batch_size])
                      for i in range(0, len(x), self.max_batch_size)]
             out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         return out, time.perf_counter() - t0
@@ -252,7 +255,7 @@ class Batcher:
     def _run_inline(self, x: np.ndarray, tag: str) -> dict[str, np.ndarray]:
         self.stats.requests += 1
         try:
-            out, inference_s = self._run(x)
+            out, inference_s = self._run(x, self.infer_alone)
         except Exception:
             log.exception("inference failed for model %s (batch of %d)", self.name, len(x))
             raise

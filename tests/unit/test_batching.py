@@ -137,3 +137,28 @@ def test_cheap_runs_go_inline_when_idle_but_simultaneous_arrivals_still_batch():
     assert sum(calls) == 16 and len(calls) < 16 and max(calls) > 1
     for xi, out in zip(xs, outs, strict=True):
         np.testing.assert_array_equal(out["double"], xi * 2)
+
+
+def test_a_request_alone_runs_inline_on_the_alone_session_and_batches_on_the_other():
+    async def main():
+        infer, batched = _infer_factory()
+        alone_calls: list[int] = []
+
+        def infer_alone(x: np.ndarray) -> dict[str, np.ndarray]:
+            alone_calls.append(len(x))
+            return {"double": x * 2, "row_sum": x.sum(axis=1)}
+
+        b = Batcher(infer, max_batch_size=64, max_queue_size=1000, inline_s=10.0,
+                    infer_alone=infer_alone)
+        x = np.ones((1, 2), np.float32)
+        await b.result(x, time.monotonic() + 5, alone=True)     # cost unknown: queued
+        first = (list(batched), list(alone_calls))
+        out = await b.result(x, time.monotonic() + 5, alone=True)
+        second = (list(batched), list(alone_calls))
+        await b.result(x, time.monotonic() + 5, alone=False)
+        await b.close()
+        return first, second, (list(batched), list(alone_calls)), out
+
+    first, second, third, out = run(main())
+    assert first == ([1], []) and second == ([1], [1]) and third == ([1, 1], [1])
+    np.testing.assert_array_equal(out["double"], np.full((1, 2), 2.0))

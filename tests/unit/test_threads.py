@@ -1,4 +1,4 @@
-"""``--intra-op-threads auto``: one thread is kept only when clearly faster at every size."""
+"""``--intra-op-threads auto``: batches on the measured-faster session, a request alone on all cores."""
 
 from __future__ import annotations
 
@@ -34,31 +34,36 @@ def _two_cores(monkeypatch):
     monkeypatch.setattr(threads, "BUDGET_S", 0.01)
 
 
-def _pick(one: dict[int, float], all_: dict[int, float]) -> str:
+def _pick(one: dict[int, float], all_: dict[int, float]) -> tuple[threads.Sessions, dict]:
     sessions = {1: _Timed(one), 0: _Timed(all_)}
-    model, note = threads.pick_threads(lambda n: sessions[n], "auto", (1, 8))
-    assert model is sessions[1 if note.startswith("1") else 0]
-    return note
+    return threads.pick_threads(lambda n: sessions[n], "auto", (1, 8)), sessions
 
 
-def test_one_thread_kept_when_clearly_faster_everywhere():
-    assert _pick({1: 200, 8: 400}, {1: 800, 8: 1600}) == "1 (auto)"
+def test_one_thread_for_batches_when_faster_all_cores_alone():
+    got, s = _pick({1: 200, 8: 400}, {1: 300, 8: 1600})
+    assert got.batch is s[1] and got.alone is s[0] and got.note == "1, alone: all (auto)"
 
 
-def test_all_cores_when_one_thread_wins_only_a_little():
-    # 1.2× faster back to back is within what serving's idle gaps give back to spinning workers
-    assert _pick({1: 500, 8: 1000}, {1: 600, 8: 1200}) == "all (auto)"
+def test_one_session_when_all_cores_are_faster_for_batches():
+    got, s = _pick({1: 900, 8: 3000}, {1: 300, 8: 1000})
+    assert got.batch is got.alone is s[0] and got.note == "all (auto)"
 
 
-def test_all_cores_when_one_thread_is_clearly_faster_at_one_size_only():
-    assert _pick({1: 200, 8: 1000}, {1: 800, 8: 1100}) == "all (auto)"
+def test_relative_cost_is_summed_over_sizes():
+    # 1 thread: 1.0 + 1.5 = 2.5; all cores: 2.0 + 1.0 = 3.0 → one thread for batches
+    got, s = _pick({1: 300, 8: 1500}, {1: 600, 8: 1000})
+    assert got.batch is s[1]
 
 
-def test_all_cores_when_faster():
-    assert _pick({1: 900, 8: 3000}, {1: 300, 8: 1000}) == "all (auto)"
-
-
-def test_explicit_setting_is_used_as_is():
+def test_explicit_setting_is_one_session_as_is():
     sessions = {2: _Timed({}), 0: _Timed({})}
-    assert threads.pick_threads(lambda n: sessions[n], 2)[1] == "2"
-    assert threads.pick_threads(lambda n: sessions[n], "0")[1] == "default"
+    got = threads.pick_threads(lambda n: sessions[n], 2)
+    assert got.batch is got.alone is sessions[2] and got.note == "2"
+    assert threads.pick_threads(lambda n: sessions[n], "0").note == "default"
+
+
+def test_one_core_machine_has_one_session(monkeypatch):
+    monkeypatch.setattr(threads, "candidates", lambda: [1])
+    made = []
+    got = threads.pick_threads(lambda n: made.append(n) or _Timed({}), "auto")
+    assert made == [1] and got.batch is got.alone
