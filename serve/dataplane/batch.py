@@ -1,17 +1,17 @@
 """Adaptive batching: coalesce concurrent requests into one session run, with no fixed wait.
 
-One :class:`Batcher` per loaded model version. Requests enqueue their samples and await a
-future. A single worker task takes everything queued (up to ``max_batch_size`` samples) the
-moment the previous run finishes, runs ``infer`` in a dedicated thread (the event loop never
-blocks), and slices each request's rows back to its own future. At concurrency 1 a request is
-dispatched at once; under load, batches grow by themselves while the runtime is busy.
+One :class:`Batcher` per loaded model version. Requests enqueue their samples and await a future.
+A worker task takes everything queued (up to ``max_batch_size`` samples) the moment the previous
+run finishes — or, when a full batch is already waiting, hands it to the inference thread at
+once, so the thread never idles until the event loop comes round — and slices each request's
+rows back to its own future. Under load, batches grow by themselves while the runtime is busy.
 
-A run that has been measured to take less than ``inline_s`` (per power-of-two batch-size bucket)
-runs on the event loop itself: for a small model the hop to a thread and back costs more than the
-run. A request that arrives alone to an idle batcher runs at once in its own task (no queue).
+Runs measured to take less than ``inline_s`` (per power-of-two batch-size bucket) run on the
+event loop itself (the hop to a thread costs more); a request alone at an idle batcher runs at
+once in its own task (``result(alone=True)``), on the ``infer_alone`` session.
 
-Back-pressure: the queue is bounded in *samples*; a full queue raises :class:`Overloaded` (503). A
-request whose deadline passes while queued is dropped before it runs (:class:`DeadlineExceeded`,
+Back-pressure: the queue is bounded in *samples*; a full queue raises :class:`Overloaded` (503).
+A request whose deadline passes before its batch starts is dropped (:class:`DeadlineExceeded`,
 504); one already running is abandoned by its caller and its rows discarded.
 """
 
@@ -24,53 +24,21 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import numpy as np
 
+from serve.dataplane.batch_queue import DeadlineExceeded, Item, Overloaded, bucket
 from serve.dataplane.stats import BatchStats
-from serve.errors import AbstainError
 
 log = logging.getLogger(__name__)
 ALONE_FACTOR = 5
+PIPELINE = 2                            # batches handed to the thread at once (see _ready)
 
 # infer: x (n, *input_shape) → named arrays, each with leading axis n.
 InferFn = Callable[[np.ndarray], dict[str, np.ndarray]]
 # on_batch(tags, sizes, queue waits, run seconds, outputs): one call per session run; tags and
 # sizes name each request of the batch in row order (the record stage needs both).
 BatchHook = Callable[[list[str], list[int], list[float], float, dict[str, np.ndarray]], None]
-
-
-class Overloaded(AbstainError):
-    """The model's queue is full: retry after a moment (HTTP 503 + Retry-After)."""
-
-    status = 503
-    reason = "queue_full"
-    headers: dict[str, str] = {"Retry-After": "1"}
-
-
-class DeadlineExceeded(AbstainError):
-    """The request's deadline passed before its result was ready (HTTP 504)."""
-
-    status = 504
-    reason = "deadline"
-
-
-@dataclass
-class _Item:
-    x: np.ndarray                       # (n, *input_shape)
-    future: asyncio.Future
-    deadline: float                     # time.monotonic() seconds
-    tag: str = ""                       # the request id
-    enqueued: float = field(default_factory=time.perf_counter)
-    n: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.n = int(self.x.shape[0])
-
-
-def _bucket(n: int) -> int:
-    return (n - 1).bit_length()              # 1 → 0, 2 → 1, 3..4 → 2, 5..8 → 3, …
 
 
 class Batcher:
@@ -91,9 +59,9 @@ class Batcher:
         self.inline_s = inline_s
         self._cost: dict[int, float] = {}                 # batch-size bucket → EWMA run seconds
         self._rate = 0.0                                  # EWMA samples per second while busy
-        self._queue: deque[_Item] = deque()
+        self._queue: deque[Item] = deque()
         self._queued = 0                                  # samples waiting
-        self._busy = False                                # the worker is running a batch
+        self._running = 0                                 # batches taken and not finished
         self._wake = asyncio.Event()
         self._closing = False
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{name}")
@@ -127,7 +95,7 @@ class Batcher:
             err.headers = {"Retry-After": str(max(1, math.ceil(self.drain_s())))}
             raise err
         fut = asyncio.get_running_loop().create_future()
-        self._queue.append(_Item(x, fut, deadline, tag))
+        self._queue.append(Item(x, fut, deadline, tag))
         self._queued += n
         self.stats.requests += 1
         self._wake.set()
@@ -135,9 +103,9 @@ class Batcher:
             self.on_queue_depth(self._queued)
         return fut
 
-    def _take(self) -> list[_Item]:
+    def _take(self) -> list[Item]:
         """Pop queued items up to max_batch_size samples (at least one item); drop expired ones."""
-        items: list[_Item] = []
+        items: list[Item] = []
         total = 0
         now = time.monotonic()
         while self._queue:
@@ -145,12 +113,8 @@ class Batcher:
             if head.future.done() or head.deadline <= now:
                 self._queue.popleft()
                 self._queued -= head.n
-                if head.deadline <= now and not head.future.cancelled():
-                    self.stats.expired += 1   # also when result()'s timer already failed it
-                if not head.future.done():
-                    head.future.set_exception(DeadlineExceeded(
-                        f"deadline passed after {time.perf_counter() - head.enqueued:.3f}s in the "
-                        "queue; raise X-Deadline-Ms / ABSTAIN_REQUEST_TIMEOUT_S or add capacity"))
+                if head.deadline <= now:
+                    self._expire(head)
                 continue
             if items and total + head.n > self.max_batch_size:
                 break
@@ -170,10 +134,20 @@ class Batcher:
             out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         return out, time.perf_counter() - t0
 
+    def _ready(self) -> bool:
+        """Whether to take a batch now. While one runs in the thread, a second is taken only when
+        it is already full: the thread starts it the moment the first ends, without waiting for
+        the event loop to come round to this task (under load it has hundreds of callbacks to run
+        first, and the thread idled meanwhile); a partial batch waits, so it can still grow."""
+        if not self._queue:
+            return False
+        return self._running == 0 or (self._running < PIPELINE
+                                      and self._queued >= self.max_batch_size)
+
     async def _loop(self) -> None:
         while True:
-            if not self._queue:
-                if self._closing:
+            if not self._ready():
+                if self._closing and not self._queue and self._running == 0:
                     return
                 self._wake.clear()
                 await self._wake.wait()
@@ -183,46 +157,69 @@ class Batcher:
                 self.on_queue_depth(self._queued)
             if not items:
                 continue
-            self._busy = True
-            try:
-                await self._run_items(items)
-            finally:
-                self._busy = False
+            self._running += 1
+            if self._inline(sum(it.n for it in items)):
+                await self._run_items(items)            # on the loop: nothing to overlap with
+            else:
+                asyncio.get_running_loop().create_task(self._run_items(items))
 
-    async def _run_items(self, items: list[_Item]) -> None:
+    def _inline(self, n: int) -> bool:
+        cost = self._cost.get(bucket(n))
+        return cost is not None and cost < self.inline_s
+
+    async def _run_items(self, items: list[Item]) -> None:
         """One coalesced session run for ``items``; each future gets its own rows."""
         x = items[0].x if len(items) == 1 else np.concatenate([it.x for it in items])
         waits = [time.perf_counter() - it.enqueued for it in items]
-        cost = self._cost.get(_bucket(len(x)))
+        latest = max(it.deadline for it in items)
         try:
-            if cost is not None and cost < self.inline_s:
-                out, inference_s = self._run(x)
+            if self._inline(len(x)):
+                out, inference_s, started = self._run_by(x, latest)
             else:
-                loop = asyncio.get_running_loop()
-                out, inference_s = await loop.run_in_executor(self._executor, self._run, x)
+                out, inference_s, started = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._run_by, x, latest)
         except Exception as err:  # a runtime failure fails this batch, not the server
             log.exception("inference failed for model %s (batch of %d)", self.name, len(x))
             for it in items:
                 if not it.future.done():
                     it.future.set_exception(err)
             return
+        finally:
+            self._running -= 1
+            self._wake.set()
         offset = 0
-        for it in items:
-            if not it.future.done():
+        for it in items:              # a pipelined batch may have waited for the thread
+            if it.deadline <= started:
+                self._expire(it)
+            elif not it.future.done():
                 it.future.set_result({k: v[offset:offset + it.n] for k, v in out.items()})
             offset += it.n
-        self._record([it.tag for it in items], [it.n for it in items], waits, inference_s,
-                     {**out, "input": x})                   # the record stage may keep inputs
+        if out:
+            self._record([it.tag for it in items], [it.n for it in items], waits, inference_s,
+                         {**out, "input": x})               # the record stage may keep inputs
+
+    def _run_by(self, x: np.ndarray, deadline: float) -> tuple[dict, float, float]:
+        """:meth:`_run` unless ``deadline`` has passed: (outputs or {}, seconds, start time)."""
+        started = time.monotonic()
+        return (*self._run(x), started) if started < deadline else ({}, 0.0, started)
+
+    def _expire(self, it: Item) -> None:
+        if not it.future.cancelled():
+            self.stats.expired += 1       # also when result()'s timer already failed it
+        if not it.future.done():
+            it.future.set_exception(DeadlineExceeded(
+                f"deadline passed after {time.perf_counter() - it.enqueued:.3f}s in the queue; "
+                "raise X-Deadline-Ms / ABSTAIN_REQUEST_TIMEOUT_S or add capacity"))
 
     def _record(self, tags: list[str], sizes: list[int], waits: list[float], inference_s: float,
                 out: dict[str, np.ndarray]) -> None:
         """Bookkeeping after one session run: cost estimate, counters, the monitoring hook."""
         n = sum(sizes)
-        bucket = _bucket(n)
-        cost = self._cost.get(bucket)
+        b = bucket(n)
+        cost = self._cost.get(b)
         # Fast down, slow up: one run slowed by a busy machine must not send every later run
         # through the thread hop (whose own cost then keeps the estimate high).
-        self._cost[bucket] = inference_s if cost is None else min(inference_s,
+        self._cost[b] = inference_s if cost is None else min(inference_s,
                                                                   0.9 * cost + 0.1 * inference_s)
         rate = n / max(inference_s, 1e-9)
         self._rate = rate if self._rate == 0 else 0.9 * self._rate + 0.1 * rate
@@ -247,9 +244,9 @@ class Batcher:
     def _idle_and_cheap(self, x: np.ndarray) -> bool:
         """Nothing queued or running, and runs of this size cost less than a few thread hops
         (alone, the loop has nothing else to do meanwhile: ``ALONE_FACTOR`` × ``inline_s``)."""
-        if self._queue or self._busy or self._closing or len(x) > self.max_batch_size:
+        if self._queue or self._running or self._closing or len(x) > self.max_batch_size:
             return False
-        cost = self._cost.get(_bucket(len(x)))
+        cost = self._cost.get(bucket(len(x)))
         return cost is not None and cost < ALONE_FACTOR * self.inline_s
 
     def _run_inline(self, x: np.ndarray, tag: str) -> dict[str, np.ndarray]:

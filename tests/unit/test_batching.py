@@ -162,3 +162,26 @@ def test_a_request_alone_runs_inline_on_the_alone_session_and_batches_on_the_oth
     first, second, third, out = run(main())
     assert first == ([1], []) and second == ([1], [1]) and third == ([1, 1], [1])
     np.testing.assert_array_equal(out["double"], np.full((1, 2), 2.0))
+
+
+def test_a_full_batch_goes_to_the_thread_while_one_runs_a_partial_one_waits_to_grow():
+    async def main():
+        gate = threading.Event()
+        infer, calls = _infer_factory(gate=gate)
+        b = Batcher(infer, max_batch_size=2, max_queue_size=10)
+        first = b.submit(np.zeros((2, 1), np.float32), time.monotonic() + 5)
+        await asyncio.sleep(0.05)                    # running in the thread, blocked on the gate
+        part = b.submit(np.ones((1, 1), np.float32), time.monotonic() + 5)
+        await asyncio.sleep(0.05)
+        waiting = (b._running, b.queue_depth)        # partial: left in the queue to grow
+        full = b.submit(np.ones((1, 1), np.float32), time.monotonic() + 5)
+        await asyncio.sleep(0.05)
+        handed = (b._running, b.queue_depth)         # full: handed to the thread at once
+        gate.set()
+        outs = [await f for f in (first, part, full)]
+        await b.close()
+        return waiting, handed, list(calls), outs
+
+    waiting, handed, calls, outs = run(main())
+    assert waiting == (1, 1) and handed == (2, 0) and calls == [2, 2]
+    assert [o["double"].tolist() for o in outs] == [[[0.0], [0.0]], [[2.0]], [[2.0]]]

@@ -1,0 +1,46 @@
+"""The batcher's queue entries and its two refusals (503 queue full, 504 deadline)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from serve.errors import AbstainError
+
+
+class Overloaded(AbstainError):
+    """The model's queue is full: retry after a moment (HTTP 503 + Retry-After)."""
+
+    status = 503
+    reason = "queue_full"
+    headers: dict[str, str] = {"Retry-After": "1"}
+
+
+class DeadlineExceeded(AbstainError):
+    """The request's deadline passed before its result was ready (HTTP 504)."""
+
+    status = 504
+    reason = "deadline"
+
+
+@dataclass
+class Item:
+    """One request's samples waiting in (or taken from) a batcher's queue."""
+
+    x: np.ndarray                       # (n, *input_shape)
+    future: asyncio.Future
+    deadline: float                     # time.monotonic() seconds
+    tag: str = ""                       # the request id
+    enqueued: float = field(default_factory=time.perf_counter)
+    n: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.n = int(self.x.shape[0])
+
+
+def bucket(n: int) -> int:
+    """The power-of-two batch-size bucket of ``n`` samples (per-bucket cost estimates)."""
+    return (n - 1).bit_length()              # 1 → 0, 2 → 1, 3..4 → 2, 5..8 → 3, …
