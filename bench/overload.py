@@ -208,10 +208,17 @@ def checks(points: list[OverloadPoint], max_batch: int) -> list[tuple[str, str, 
             if m in pts:
                 r = pts[m].goodput / base.goodput
                 out.append((f"{size}-sample, {m}×: goodput vs 1×", f"{r:.2f}", r >= 0.90))
-        drain_ms = (base.queue + max_batch) / (base.goodput * size) * 1e3
-        worst = max(p.served_p99_ms for p in pts.values())
-        out.append((f"{size}-sample: served p99 (server side) ≤ drain time + one batch "
-                    f"({drain_ms:.1f} ms)", f"{worst:.1f} ms", worst <= drain_ms))
+        # Under overload the queue stays full, so a served request waits its drain time at the
+        # rate it drains at that load (1× is the reference: the queue is just full there).
+        over = [p for m, p in sorted(pts.items()) if m > 1 and p.goodput > 0]
+        if over:
+            limits = {p.multiple: (p.queue + max_batch) / (p.goodput * size) * 1e3 for p in over}
+            worst = max(over, key=lambda p: p.served_p99_ms / limits[p.multiple])
+            lim = limits[worst.multiple]
+            out.append((f"{size}-sample: served p99 (server side) ≤ the queue's drain time at "
+                        "that load + one batch (worst of " + "/".join(f"{p.multiple}×" for p in over)
+                        + ")", f"{worst.served_p99_ms:.1f} ms ≤ {lim:.1f} ms at {worst.multiple}×",
+                        worst.served_p99_ms <= lim))
         refused = [p.refused_p99_ms for p in pts.values() if p.refused_p99_ms is not None]
         if refused:
             out.append((f"{size}-sample: refused answered ≤ 5 ms p99", f"{max(refused):.2f} ms",

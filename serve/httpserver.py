@@ -13,7 +13,10 @@ or its body, so one slow or hostile client can hold memory and file descriptors 
   long (±50%) — a client that ignores ``Retry-After`` and fires again at once waits in its own
   socket buffer instead of spending the server's CPU on more refusals. The jitter matters: a flood
   refused in one burst would otherwise come back in one burst every hold, in lock-step (measured:
-  ~480 refusals in one event-loop turn, a 90 ms stall for every answer in flight);
+  ~480 refusals in one event-loop turn, a 90 ms stall for every answer in flight). Each further
+  503 in a row on a connection doubles its hold (up to 8×; any other answer resets it): the
+  exponential back-off such a client does not do itself. Refusing a 64-sample request still costs
+  reading its 50 KB body, and at 16× the queue a 1 s hold left 14% of the goodput to refusals;
 * ``respond``: the data plane's answers (status, a few trusted headers, a body of known length)
   go out in one ``transport.write`` instead of two ASGI messages — one system call and no
   per-header validation less per request, a sixth of the served time of a one-sample request.
@@ -37,6 +40,7 @@ from serve.dataplane.head import Arrivals
 
 log = logging.getLogger("serve.http")
 SWEEP_S = 0.25
+MAX_STRIKES = 3                       # the hold after a 503 doubles up to 8× for repeat offenders
 
 
 class HeadersTooLarge(Exception):
@@ -64,6 +68,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._phase = ""                 # "headers" | "body" | "" (idle or being answered)
         self._deadline = 0.0
         self._held = False
+        self._strikes = 0                # 503s in a row on this connection (see ``hold``)
 
     # ------------------------------------------------------------------ connection
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -172,6 +177,8 @@ class GuardedProtocol(HttpToolsProtocol):
             return False
         cycle.response_started = True
         cycle.waiting_for_100_continue = False
+        if status != 503:
+            self._strikes = 0
         parts = [STATUS_LINE[status]]
         for name, value in (*cycle.default_headers, *headers):
             parts += (name, b": ", value, b"\r\n")
@@ -187,17 +194,27 @@ class GuardedProtocol(HttpToolsProtocol):
         return True
 
     def hold(self, seconds: float) -> None:
-        """Do not read this connection for ``seconds`` (after a 503: see the module docstring)."""
+        """Do not read this connection for about ``seconds`` after a 503 (module docstring),
+        doubled for each further 503 in a row on it, up to ``MAX_STRIKES`` doublings."""
         if self._held or self.transport.is_closing():
             return
         self._held = True
         self.transport.pause_reading()
-        self.loop.call_later(seconds * random.uniform(0.5, 1.5), self._unhold)
+        self._unset_keepalive_if_required()     # a held connection is not idle: do not close it
+        factor = 2 ** min(self._strikes, MAX_STRIKES)
+        self._strikes += 1
+        self.loop.call_later(seconds * factor * random.uniform(0.5, 1.5), self._unhold)
 
     def _unhold(self) -> None:
         self._held = False
-        if not self.transport.is_closing() and not self.flow.read_paused:
+        if self.transport.is_closing():
+            return
+        if not self.flow.read_paused:
             self.transport.resume_reading()
+        if (self.cycle is None or self.cycle.response_complete) and \
+                self.timeout_keep_alive_task is None:   # idle again: uvicorn's keep-alive timer
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler)
 
 
 async def _sweep(loop: asyncio.AbstractEventLoop) -> None:
@@ -223,6 +240,7 @@ def configure(settings: Any) -> type[GuardedProtocol]:
 
 def uvicorn_options(settings: Any) -> dict[str, Any]:
     """uvicorn keyword arguments every abstain server uses (tests, ``abstain serve``, bench)."""
-    return {"http": configure(settings), "lifespan": "on", "timeout_keep_alive": 5,
+    return {"http": configure(settings), "lifespan": "on",
+            "timeout_keep_alive": settings.keep_alive_s,   # (not while held after a 503)
             "proxy_headers": False,                     # nothing here reads client addresses
             "h11_max_incomplete_event_size": settings.max_header_bytes}

@@ -36,6 +36,7 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("max_header_bytes", int, "request line + headers before 431 (default 64 KiB)"),
     ("header_timeout_s", float, "seconds to receive the headers before 408 (default 10)"),
     ("body_timeout_s", float, "seconds to receive a body before 408 (default 30)"),
+    ("keep_alive_s", float, "seconds an idle keep-alive connection stays open (default 5)"),
     ("max_image_pixels", int, "decoded image pixels per request before 413 (default 50M)"),
     ("max_image_pixels_per_s", int, "decoded image pixels per second before 503 (default 200M)"),
     ("shed_hold_s", float, "after a 503, seconds before that connection is read again (default 1 = the minimum Retry-After)"),

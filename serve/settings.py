@@ -44,6 +44,8 @@ class ServerSettings(BaseSettings):
     max_header_bytes: int = Field(64 * 1024, ge=1024, description="request line + headers (431)")
     header_timeout_s: float = Field(10.0, gt=0, description="time to receive the headers (408)")
     body_timeout_s: float = Field(30.0, gt=0, description="time to receive a body (408)")
+    keep_alive_s: float = Field(5.0, gt=0, le=3600,
+                                description="an idle keep-alive connection is closed after this")
     max_image_pixels: int = Field(50_000_000, ge=1, description="decoded pixels per request (413)")
     max_image_pixels_per_s: int = Field(200_000_000, ge=1, description="decoded pixels per second")
     shed_hold_s: float = Field(1.0, ge=0, le=60,

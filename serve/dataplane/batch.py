@@ -61,6 +61,7 @@ class Batcher:
         self._rate = 0.0                                  # EWMA samples per second while busy
         self._queue: deque[Item] = deque()
         self._queued = 0                                  # samples waiting
+        self._handed = 0                                  # … handed to the thread, not started
         self._running = 0                                 # batches taken and not finished
         self._wake = asyncio.Event()
         self._closing = False
@@ -69,15 +70,15 @@ class Batcher:
 
     @property
     def queue_depth(self) -> int:
-        return self._queued
+        return self._queued + self._handed
 
     def has_room(self, n: int) -> bool:
         """Whether ``n`` more samples fit (an empty queue always takes one request)."""
-        return self._queued == 0 or self._queued + n <= self.max_queue_size
+        return self.queue_depth == 0 or self.queue_depth + n <= self.max_queue_size
 
     def drain_s(self) -> float:
         """Seconds the queued samples need at the measured throughput (0 when unmeasured)."""
-        return self._queued / self._rate if self._rate > 0 else 0.0
+        return self.queue_depth / self._rate if self._rate > 0 else 0.0
 
     def submit(self, x: np.ndarray, deadline: float, tag: str = "") -> asyncio.Future:
         """Enqueue ``x (n, *shape)`` synchronously; the future resolves to its sliced outputs.
@@ -90,7 +91,7 @@ class Batcher:
             raise Overloaded(f"model {self.name} is being unloaded; retry")
         if not self.has_room(n):
             self.stats.rejected_full += 1
-            err = Overloaded(f"model {self.name} has {self._queued} samples queued (limit "
+            err = Overloaded(f"model {self.name} has {self.queue_depth} samples queued (limit "
                              f"{self.max_queue_size}); retry after a moment or add capacity")
             err.headers = {"Retry-After": str(max(1, math.ceil(self.drain_s())))}
             raise err
@@ -157,17 +158,24 @@ class Batcher:
                 self.on_queue_depth(self._queued)
             if not items:
                 continue
-            self._running += 1
-            if self._inline(sum(it.n for it in items)):
+            n = sum(it.n for it in items)
+            if self._inline(n):
+                self._running += 1
                 await self._run_items(items)            # on the loop: nothing to overlap with
-            else:
-                asyncio.get_running_loop().create_task(self._run_items(items))
+                continue
+            handed = n if self._running else 0          # waits for the thread: still queued
+            self._running += 1
+            self._handed += handed
+            asyncio.get_running_loop().create_task(self._run_items(items, handed))
+
+    def _started(self, handed: int) -> None:
+        self._handed -= handed
 
     def _inline(self, n: int) -> bool:
         cost = self._cost.get(bucket(n))
         return cost is not None and cost < self.inline_s
 
-    async def _run_items(self, items: list[Item]) -> None:
+    async def _run_items(self, items: list[Item], handed: int = 0) -> None:
         """One coalesced session run for ``items``; each future gets its own rows."""
         x = items[0].x if len(items) == 1 else np.concatenate([it.x for it in items])
         waits = [time.perf_counter() - it.enqueued for it in items]
@@ -176,8 +184,9 @@ class Batcher:
             if self._inline(len(x)):
                 out, inference_s, started = self._run_by(x, latest)
             else:
-                out, inference_s, started = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self._run_by, x, latest)
+                loop = asyncio.get_running_loop()
+                out, inference_s, started = await loop.run_in_executor(
+                    self._executor, self._run_by, x, latest, loop if handed else None)
         except Exception as err:  # a runtime failure fails this batch, not the server
             log.exception("inference failed for model %s (batch of %d)", self.name, len(x))
             for it in items:
@@ -198,9 +207,13 @@ class Batcher:
             self._record([it.tag for it in items], [it.n for it in items], waits, inference_s,
                          {**out, "input": x})               # the record stage may keep inputs
 
-    def _run_by(self, x: np.ndarray, deadline: float) -> tuple[dict, float, float]:
-        """:meth:`_run` unless ``deadline`` has passed: (outputs or {}, seconds, start time)."""
+    def _run_by(self, x: np.ndarray, deadline: float, loop: asyncio.AbstractEventLoop | None = None
+                ) -> tuple[dict, float, float]:
+        """:meth:`_run` unless ``deadline`` has passed: (outputs or {}, seconds, start time).
+        ``loop``: a handed batch, counted as queued (admission, drain time) until it starts."""
         started = time.monotonic()
+        if loop is not None:
+            loop.call_soon_threadsafe(self._started, len(x))
         return (*self._run(x), started) if started < deadline else ({}, 0.0, started)
 
     def _expire(self, it: Item) -> None:

@@ -295,3 +295,51 @@ def test_pipelined_requests_get_their_own_one_write_answers_in_order(repo):
         head, body = a.split(b"\r\n\r\n", 1)
         length = int(head.split(b"content-length: ")[1].split(b"\r\n")[0])
         assert len(body) == length and orjson.loads(body)
+
+
+def _answer(sock: socket.socket) -> tuple[int, float]:
+    """Read one whole HTTP response from a raw socket: (status, seconds it took)."""
+    t0, got = time.monotonic(), b""
+    while b"\r\n\r\n" not in got:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed; got {got[:200]!r}"
+        got += chunk
+    head, body = got.split(b"\r\n\r\n", 1)
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed mid-body"
+        body += chunk
+    return int(head.split(b" ", 2)[1]), time.monotonic() - t0
+
+
+def test_the_hold_after_a_503_doubles_in_a_row_survives_keep_alive_and_resets_on_success(repo):
+    """One request stalled mid-body keeps the only in-flight slot; a client firing again at once
+    on another connection gets 503s, each after a longer hold (0.5–1.5× of 0.3 s, then 2×, 4×),
+    although a hold outlasts the 0.2 s keep-alive; once served, its next request is not held."""
+    s = load_settings(model_repository=repo, poll_interval_s=0, warmup_batch_sizes=(1,),
+                      max_inflight=1, shed_hold_s=0.3, keep_alive_s=0.2)
+    good = orjson.dumps({"instances": V})
+    req = (b"POST /v1/models/clf/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+           b"\r\nContent-Length: " + str(len(good)).encode() + b"\r\n\r\n" + good)
+    with running_server(s) as (url, _):
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as stall, \
+                socket.create_connection(("127.0.0.1", port), timeout=10) as flood:
+            stall.sendall(req[:-5])                       # in flight until its last bytes come
+            time.sleep(0.2)
+            waits = []
+            for _ in range(4):
+                flood.sendall(req)
+                status, took = _answer(flood)
+                assert status == 503
+                waits.append(took)
+            stall.sendall(req[-5:])
+            assert _answer(stall)[0] == 200
+            flood.sendall(req)
+            status, after_hold = _answer(flood)           # held 4× (strike 3), then served
+            flood.sendall(req)
+            status2, served = _answer(flood)
+    assert waits[0] < 0.15                                # the first 503: at once
+    assert 0.15 <= waits[1] <= 0.6 and 0.3 <= waits[2] <= 1.2 and 0.6 <= waits[3] <= 2.4, waits
+    assert status == 200 and 1.2 <= after_hold <= 4.0 and status2 == 200 and served < 0.15

@@ -176,12 +176,12 @@ def test_a_full_batch_goes_to_the_thread_while_one_runs_a_partial_one_waits_to_g
         waiting = (b._running, b.queue_depth)        # partial: left in the queue to grow
         full = b.submit(np.ones((1, 1), np.float32), time.monotonic() + 5)
         await asyncio.sleep(0.05)
-        handed = (b._running, b.queue_depth)         # full: handed to the thread at once
-        gate.set()
+        handed = (b._running, b.queue_depth)         # full: handed to the thread at once, but
+        gate.set()                                   # counted as queued until it starts
         outs = [await f for f in (first, part, full)]
         await b.close()
-        return waiting, handed, list(calls), outs
+        return waiting, handed, list(calls), outs, b.queue_depth
 
-    waiting, handed, calls, outs = run(main())
-    assert waiting == (1, 1) and handed == (2, 0) and calls == [2, 2]
+    waiting, handed, calls, outs, depth = run(main())
+    assert waiting == (1, 1) and handed == (2, 2) and calls == [2, 2] and depth == 0
     assert [o["double"].tolist() for o in outs] == [[[0.0], [0.0]], [[2.0]], [[2.0]]]

@@ -59,6 +59,7 @@ TABLE = [
     ("serve", "--max-header-bytes", "10", "must be ≥ 1024"),
     ("serve", "--header-timeout-s", "0", "must be > 0"),
     ("serve", "--body-timeout-s", "0", "must be > 0"),
+    ("serve", "--keep-alive-s", "0", "must be > 0"),
     ("serve", "--max-image-pixels", "0", "must be ≥ 1"),
     ("serve", "--max-image-pixels-per-s", "0", "must be ≥ 1"),
     ("serve", "--shed-hold-s", "61", "must be ≤ 60"),
