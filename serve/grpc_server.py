@@ -145,7 +145,7 @@ class Servicer:
         assert batcher is not None
         size = request.ByteSize()
         head = Head(content_type="grpc", content_length=size)
-        reserved = self.admission.admit(head, batcher, "grpc")           # admit
+        ticket = self.admission.admit(head, batcher, "grpc")             # admit
         try:
             remaining = context.time_remaining()
             timeout = self.admission.request_timeout_s if remaining is None else min(remaining, 3600)
@@ -161,13 +161,14 @@ class Servicer:
             assert batcher is not None
             self.admission.learn(batcher, "grpc", size, len(req.x))
             alone = self.admission.inflight == 1
+            ticket.hand_over()
             out = await batcher.result(req.x, deadline, alone, rid)      # … to submit: batch,
             if any(name == "probabilities" for name, _ in req.outputs):  # run, decide, record
                 out = {**out, "probabilities": mv.rule.probabilities(out["logits"])}
             return P.encode_infer(out, mv.class_names, mv.name, str(mv.version), req.id or rid,
                                   req.outputs)                           # encode
         finally:
-            self.admission.release(reserved)
+            self.admission.release(ticket)
 
 
 def _guard(name: str, fn: Callable[[Any, Any], Awaitable[Any]], monitor: Any) -> Callable:

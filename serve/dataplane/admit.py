@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import secrets
 import time
+from dataclasses import dataclass
 
 from serve.dataplane.batch import Batcher, Overloaded
 from serve.dataplane.head import Head
@@ -69,6 +70,22 @@ def retry_after(batcher: Batcher) -> str:
     return str(max(1, math.ceil(batcher.drain_s())))
 
 
+@dataclass(slots=True)
+class Ticket:
+    """What an admitted request holds: body bytes, and queue samples reserved on a batcher."""
+
+    body_bytes: int
+    batcher: Batcher | None = None
+    samples: int = 0
+
+    def hand_over(self) -> None:
+        """Give the reserved samples back, right before the request's own samples are submitted
+        (no ``await`` in between, so no other request takes the room meanwhile) or when it ends."""
+        if self.samples and self.batcher is not None:
+            self.batcher.unreserve(self.samples)
+        self.samples = 0
+
+
 class Admission:
     """In-flight accounting and the admission checks of one server process.
 
@@ -91,9 +108,10 @@ class Admission:
         self.buffered = 0                   # body bytes reserved by admitted requests
         self._bytes_per_sample: dict[tuple[int, str], float] = {}
 
-    def admit(self, head: Head, batcher: Batcher, kind: str) -> int:
-        """Check a request (whose API key was checked) before its body is read; returns the body
-        bytes it reserved.
+    def admit(self, head: Head, batcher: Batcher, kind: str) -> Ticket:
+        """Check a request (whose API key was checked) before its body is read; returns what it
+        holds until :meth:`release`: body bytes, and queue room for the samples its
+        ``Content-Length`` promises (given to the batcher at submit: :meth:`Ticket.hand_over`).
 
         Raises:
             RequestError: 401, 413 or 503 (with ``Retry-After``), each saying what to do.
@@ -108,6 +126,7 @@ class Admission:
         if self.buffered + reserve > self.max_body_buffer and self.inflight:
             raise self._busy(batcher, f"{self.buffered} body bytes being read (limit "
                              f"{self.max_body_buffer}, --max-body-buffer-bytes)")
+        n = 0
         if length is not None:
             bps = self._bytes_per_sample.get((id(batcher), kind))
             n = max(1, int(length / (1.25 * bps))) if bps else 1
@@ -115,9 +134,10 @@ class Admission:
                 batcher.stats.rejected_full += 1
                 raise self._busy(batcher, f"model {batcher.name} has {batcher.queue_depth} "
                                  f"samples queued (limit {batcher.max_queue_size})")
+            batcher.reserve(n)
         self.inflight += 1
         self.buffered += reserve
-        return reserve
+        return Ticket(reserve, batcher, n)
 
     def learn(self, batcher: Batcher, kind: str, body_bytes: int, samples: int) -> None:
         """Remember the bytes per sample of a decoded request (the largest seen, so estimates
@@ -128,9 +148,10 @@ class Admission:
             if bps > self._bytes_per_sample.get(key, 0.0):
                 self._bytes_per_sample[key] = bps
 
-    def release(self, reserved: int) -> None:
+    def release(self, ticket: Ticket) -> None:
         self.inflight -= 1
-        self.buffered -= reserved
+        self.buffered -= ticket.body_bytes
+        ticket.hand_over()
 
     @staticmethod
     def _busy(batcher: Batcher, why: str) -> Overloaded:

@@ -90,7 +90,7 @@ class DataPlane:
         batcher = mv.batcher
         assert batcher is not None
         kind = route.protocol + head.content_type
-        reserved = self.admission.admit(head, batcher, kind)             # admit
+        ticket = self.admission.admit(head, batcher, kind)               # admit
         try:
             deadline = parse_deadline(head.deadline_ms, self.admission.request_timeout_s)
             body = await read_body(receive, self.admission.max_body_bytes)
@@ -107,10 +107,11 @@ class DataPlane:
             assert batcher is not None
             self.admission.learn(batcher, kind, len(body), len(req.x))
             alone = self.admission.inflight == 1 and Arrivals.waiting == 0
+            ticket.hand_over()                                          # its room, to its samples
             out = await batcher.result(req.x, deadline, alone, rid)     # … to submit: batch, run,
             return encode.success(route, mv, req, out, rid)             # decide, record; encode
         finally:
-            self.admission.release(reserved)
+            self.admission.release(ticket)
 
     def _error(self, err: AbstainError, model: str, version: str) -> encode.Response:
         status = int(getattr(err, "status", 422))

@@ -6,9 +6,8 @@ run finishes — or, when a full batch is already waiting, hands it to the infer
 once, so the thread never idles until the event loop comes round — and slices each request's
 rows back to its own future. Under load, batches grow by themselves while the runtime is busy.
 
-Runs measured to take less than ``inline_s`` (per power-of-two batch-size bucket) run on the
-event loop itself (the hop to a thread costs more); a request alone at an idle batcher runs at
-once in its own task (``result(alone=True)``), on the ``infer_alone`` session.
+Runs measured below ``inline_s`` (per batch-size bucket) run on the event loop (a thread hop costs
+more); a request alone at an idle batcher runs at once in its task, on ``infer_alone``.
 
 Back-pressure: the queue is bounded in *samples*; a full queue raises :class:`Overloaded` (503).
 A request whose deadline passes before its batch starts is dropped (:class:`DeadlineExceeded`,
@@ -52,9 +51,7 @@ class Batcher:
         self.infer_alone = infer_alone or infer           # a request that runs alone, inline
         self.max_batch_size = max_batch_size
         self.max_queue_size = max_queue_size
-        self.on_batch = on_batch
-        self.on_queue_depth = on_queue_depth
-        self.name = name
+        self.on_batch, self.on_queue_depth, self.name = on_batch, on_queue_depth, name
         self.stats = BatchStats()
         self.inline_s = inline_s
         self._cost: dict[int, float] = {}                 # batch-size bucket → EWMA run seconds
@@ -62,6 +59,7 @@ class Batcher:
         self._queue: deque[Item] = deque()
         self._queued = 0                                  # samples waiting
         self._handed = 0                                  # … handed to the thread, not started
+        self._reserved = 0                                # … admitted, body not yet decoded
         self._running = 0                                 # batches taken and not finished
         self._wake = asyncio.Event()
         self._closing = False
@@ -70,7 +68,14 @@ class Batcher:
 
     @property
     def queue_depth(self) -> int:
-        return self._queued + self._handed
+        return self._queued + self._handed + self._reserved
+
+    def reserve(self, n: int) -> None:
+        """Room for ``n`` samples of an admitted request still being read (dataplane/admit.py)."""
+        self._reserved += n
+
+    def unreserve(self, n: int) -> None:
+        self._reserved -= n
 
     def has_room(self, n: int) -> bool:
         """Whether ``n`` more samples fit (an empty queue always takes one request)."""
@@ -213,7 +218,7 @@ class Batcher:
         ``loop``: a handed batch, counted as queued (admission, drain time) until it starts."""
         started = time.monotonic()
         if loop is not None:
-            loop.call_soon_threadsafe(self._started, len(x))
+            loop.call_soon_threadsafe(self._started, len(x))       # (on the loop)
         return (*self._run(x), started) if started < deadline else ({}, 0.0, started)
 
     def _expire(self, it: Item) -> None:
@@ -274,13 +279,9 @@ class Batcher:
 
     async def result(self, x: np.ndarray, deadline: float, alone: bool = False,
                      tag: str = "") -> dict[str, np.ndarray]:
-        """Submit and wait, honouring the deadline even while the batch is running.
-
-        ``alone``: the caller knows no other request is in flight (the data plane's count). Then,
-        if the batcher is idle and runs of this size are cheap, the request runs at once in the
-        caller: at concurrency 1 there is nothing to coalesce with, and the queue, the worker's
-        wake-up and its event-loop turn would only add latency.
-        """
+        """Submit and wait, honouring the deadline even while the batch is running. ``alone``: no
+        other request is in flight (the caller's count); then an idle batcher runs a cheap request
+        at once in the caller — the queue and the worker's wake-up would only add latency."""
         if alone and self._idle_and_cheap(x):
             return self._run_inline(x, tag)
         fut = self.submit(x, deadline, tag)

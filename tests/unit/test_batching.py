@@ -185,3 +185,18 @@ def test_a_full_batch_goes_to_the_thread_while_one_runs_a_partial_one_waits_to_g
     waiting, handed, calls, outs, depth = run(main())
     assert waiting == (1, 1) and handed == (2, 2) and calls == [2, 2] and depth == 0
     assert [o["double"].tolist() for o in outs] == [[[0.0], [0.0]], [[2.0]], [[2.0]]]
+
+
+def test_reserved_room_counts_as_queued_until_handed_over():
+    async def main():
+        infer, _ = _infer_factory()
+        b = Batcher(infer, max_batch_size=4, max_queue_size=4)
+        b.reserve(3)                                   # an admitted request, body being read
+        full = (b.queue_depth, b.has_room(2), b.has_room(1))
+        b.unreserve(3)                                 # handed over to its own samples
+        out = await b.result(np.ones((3, 1), np.float32), time.monotonic() + 5)
+        await b.close()
+        return full, b.queue_depth, out
+
+    full, depth, out = run(main())
+    assert full == (3, False, True) and depth == 0 and out["double"].shape == (3, 1)
