@@ -22,7 +22,9 @@ def test_start_freezes_and_takes_over_full_collections_stop_gives_them_back():
 
 def test_tick_collects_when_idle_after_idle_s_and_under_load_only_after_max_s():
     busy = [True]
+    trims: list[int] = []
     c = Collector(busy=lambda: busy[0], idle_s=0.05, max_s=0.3)
+    c._trim = lambda: trims.append(1)                        # glibc's malloc_trim, counted
     c.start()
     try:
         garbage = []
@@ -39,6 +41,13 @@ def test_tick_collects_when_idle_after_idle_s_and_under_load_only_after_max_s():
         busy[0] = True
         time.sleep(0.35)
         c.tick()
-        assert c.collections == 2                             # max_s passed: even when busy
+        assert c.collections == 2 and trims == [1]            # max_s passed: even when busy
+        busy[0] = False                                       # (trimmed after idle ones only)
+        time.sleep(0.1)
+        c.tick()
+        assert c.collections == 3 and trims == [1, 1]         # requests ran since: idle one again
+        time.sleep(0.1)
+        c.tick()
+        assert c.collections == 3                             # idle, nothing ran since: no work
     finally:
         c.stop()
