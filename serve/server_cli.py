@@ -29,8 +29,8 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("max_body_bytes", int, "request body limit in bytes (default 16 MiB)"),
     ("request_timeout_s", float, "per-request deadline in seconds (default 30; header X-Deadline-Ms)"),
     ("poll_interval_s", float, "repository poll period for hot reload, 0 = off (default 10)"),
-    ("intra_op_threads", str, "onnxruntime threads per session: auto (measure 1 vs all cores at "
-     "warm-up, keep the faster; default), 0 = onnxruntime's default, or a number"),
+    ("intra_op_threads", str, "onnxruntime threads: auto (batches on 1 or all cores, measured at "
+     "warm-up; a request alone on all cores; default), 0 = onnxruntime's default, or a number"),
     ("max_inflight", int, "inference requests in flight before 503 (default 4096)"),
     ("max_body_buffer_bytes", int, "body bytes being read, all requests, before 503 (default 256 MiB)"),
     ("max_header_bytes", int, "request line + headers before 431 (default 64 KiB)"),
