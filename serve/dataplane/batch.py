@@ -49,11 +49,9 @@ class Batcher:
                  inline_s: float = 0.0002, infer_alone: InferFn | None = None) -> None:
         self.infer = infer
         self.infer_alone = infer_alone or infer           # a request that runs alone, inline
-        self.max_batch_size = max_batch_size
-        self.max_queue_size = max_queue_size
+        self.max_batch_size, self.max_queue_size = max_batch_size, max_queue_size
         self.on_batch, self.on_queue_depth, self.name = on_batch, on_queue_depth, name
-        self.stats = BatchStats()
-        self.inline_s = inline_s
+        self.stats, self.inline_s = BatchStats(), inline_s
         self._cost: dict[int, float] = {}                 # batch-size bucket → EWMA run seconds
         self._rate = 0.0                                  # EWMA samples per second while busy
         self._queue: deque[Item] = deque()
@@ -61,8 +59,7 @@ class Batcher:
         self._handed = 0                                  # … handed to the thread, not started
         self._reserved = 0                                # … admitted, body not yet decoded
         self._running = 0                                 # batches taken and not finished
-        self._wake = asyncio.Event()
-        self._closing = False
+        self._wake, self._closing = asyncio.Event(), False
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{name}")
         self._worker = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{name}")
 
@@ -164,34 +161,38 @@ class Batcher:
             if not items:
                 continue
             n = sum(it.n for it in items)
-            if self._inline(n):
-                self._running += 1
-                await self._run_items(items)            # on the loop: nothing to overlap with
-                continue
-            handed = n if self._running else 0          # waits for the thread: still queued
+            inline = self._inline(n)                    # decided once: _run_items follows it
+            handed = [0 if inline or not self._running else n]  # waits for the thread: queued
             self._running += 1
-            self._handed += handed
-            asyncio.get_running_loop().create_task(self._run_items(items, handed))
+            self._handed += handed[0]
+            run = self._run_items(items, inline, handed)
+            if inline:
+                await run                               # on the loop: nothing to overlap with
+            else:
+                asyncio.get_running_loop().create_task(run)
 
-    def _started(self, handed: int) -> None:
-        self._handed -= handed
+    def _started(self, handed: list[int]) -> None:
+        """A handed batch started (or ended): no longer counted as queued. Idempotent."""
+        self._handed -= handed[0]
+        handed[0] = 0
 
-    def _inline(self, n: int) -> bool:
+    def _inline(self, n: int, factor: float = 1.0) -> bool:
+        """Runs of ``n`` samples measured below ``factor`` × ``inline_s`` (worth no thread hop)."""
         cost = self._cost.get(bucket(n))
-        return cost is not None and cost < self.inline_s
+        return cost is not None and cost < factor * self.inline_s
 
-    async def _run_items(self, items: list[Item], handed: int = 0) -> None:
+    async def _run_items(self, items: list[Item], inline: bool, handed: list[int]) -> None:
         """One coalesced session run for ``items``; each future gets its own rows."""
         x = items[0].x if len(items) == 1 else np.concatenate([it.x for it in items])
         waits = [time.perf_counter() - it.enqueued for it in items]
         latest = max(it.deadline for it in items)
         try:
-            if self._inline(len(x)):
+            if inline:
                 out, inference_s, started = self._run_by(x, latest)
             else:
                 loop = asyncio.get_running_loop()
                 out, inference_s, started = await loop.run_in_executor(
-                    self._executor, self._run_by, x, latest, loop if handed else None)
+                    self._executor, self._run_by, x, latest, (loop, handed) if handed[0] else None)
         except Exception as err:  # a runtime failure fails this batch, not the server
             log.exception("inference failed for model %s (batch of %d)", self.name, len(x))
             for it in items:
@@ -199,6 +200,7 @@ class Batcher:
                     it.future.set_exception(err)
             return
         finally:
+            self._started(handed)
             self._running -= 1
             self._wake.set()
         offset = 0
@@ -212,13 +214,13 @@ class Batcher:
             self._record([it.tag for it in items], [it.n for it in items], waits, inference_s,
                          {**out, "input": x})               # the record stage may keep inputs
 
-    def _run_by(self, x: np.ndarray, deadline: float, loop: asyncio.AbstractEventLoop | None = None
+    def _run_by(self, x: np.ndarray, deadline: float, handed: tuple | None = None
                 ) -> tuple[dict, float, float]:
         """:meth:`_run` unless ``deadline`` has passed: (outputs or {}, seconds, start time).
-        ``loop``: a handed batch, counted as queued (admission, drain time) until it starts."""
+        ``handed``: (loop, count) of a batch counted as queued until it starts (admission)."""
         started = time.monotonic()
-        if loop is not None:
-            loop.call_soon_threadsafe(self._started, len(x))       # (on the loop)
+        if handed is not None:
+            handed[0].call_soon_threadsafe(self._started, handed[1])    # (on the loop)
         return (*self._run(x), started) if started < deadline else ({}, 0.0, started)
 
     def _expire(self, it: Item) -> None:
@@ -262,10 +264,8 @@ class Batcher:
     def _idle_and_cheap(self, x: np.ndarray) -> bool:
         """Nothing queued or running, and runs of this size cost less than a few thread hops
         (alone, the loop has nothing else to do meanwhile: ``ALONE_FACTOR`` × ``inline_s``)."""
-        if self._queue or self._running or self._closing or len(x) > self.max_batch_size:
-            return False
-        cost = self._cost.get(bucket(len(x)))
-        return cost is not None and cost < ALONE_FACTOR * self.inline_s
+        return not (self._queue or self._running or self._closing
+                    or len(x) > self.max_batch_size) and self._inline(len(x), ALONE_FACTOR)
 
     def _run_inline(self, x: np.ndarray, tag: str) -> dict[str, np.ndarray]:
         self.stats.requests += 1

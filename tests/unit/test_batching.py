@@ -200,3 +200,37 @@ def test_reserved_room_counts_as_queued_until_handed_over():
 
     full, depth, out = run(main())
     assert full == (3, False, True) and depth == 0 and out["double"].shape == (3, 1)
+
+
+def test_a_batch_taken_for_the_thread_runs_there_and_stops_counting_as_queued(monkeypatch):
+    """The inline-or-thread decision is made once, when the batch is taken: a cost estimate that
+    drops before the batch starts (another run finished fast) must not strand its handed count."""
+    async def main():
+        gate = threading.Event()
+
+        def infer(x: np.ndarray) -> dict[str, np.ndarray]:
+            if threading.current_thread() is not threading.main_thread():
+                gate.wait(5)
+            return {"double": x * 2}
+
+        b = Batcher(infer, max_batch_size=2, max_queue_size=10)
+        seen: list[int] = []
+
+        def inline(n: int, factor: float = 1.0) -> bool:   # cheap from the second look at n=2 on
+            seen.append(n)
+            return n == 2 and seen.count(2) > 1
+
+        monkeypatch.setattr(b, "_inline", inline)
+        first = b.submit(np.zeros((1, 1), np.float32), time.monotonic() + 5)
+        await asyncio.sleep(0.05)                    # in the thread, blocked on the gate
+        second = b.submit(np.ones((2, 1), np.float32), time.monotonic() + 5)
+        await asyncio.sleep(0.05)                    # full: handed to the thread, still queued
+        handed = b.queue_depth
+        gate.set()
+        await first
+        out = await second
+        await b.close()
+        return handed, b.queue_depth, out, seen.count(2)
+
+    handed, depth, out, looks = run(main())
+    assert handed == 2 and depth == 0 and looks == 1 and out["double"].tolist() == [[2.0], [2.0]]
