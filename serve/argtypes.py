@@ -25,45 +25,38 @@ def _number(text: str, kind: type) -> Any:
     return v
 
 
-def int_at_least(lo: int, example: int) -> Callable[[str], int]:
-    """A whole number ≥ ``lo``."""
-    def parse(text: str) -> int:
-        v = _number(text, int)
-        if v < lo:
-            raise argparse.ArgumentTypeError(f"{v} is below {lo}: pass a whole number ≥ {lo}, "
-                                             f"e.g. {example}")
+def _checked(kind: type, name: str, ok: Callable[[Any], bool],
+             why: Callable[[str, Any], str]) -> Callable[[str], Any]:
+    """A numeric argparse type: parsed as ``kind``, refused with ``why(text, value)`` unless ``ok``."""
+    def parse(text: str) -> Any:
+        v = _number(text, kind)
+        if not ok(v):
+            raise argparse.ArgumentTypeError(why(text, v))
         return v
-    parse.__name__ = f"integer ≥ {lo}"
+    parse.__name__ = name
     parse.numeric = True  # type: ignore[attr-defined]
     return parse
+
+
+def int_at_least(lo: int, example: int) -> Callable[[str], int]:
+    """A whole number ≥ ``lo``."""
+    return _checked(int, f"integer ≥ {lo}", lambda v: v >= lo, lambda _, v: (
+        f"{v} is below {lo}: pass a whole number ≥ {lo}, e.g. {example}"))
 
 
 def float_above(lo: float, example: float, inclusive: bool = False) -> Callable[[str], float]:
     """A finite number > ``lo`` (≥ with ``inclusive``)."""
-    def parse(text: str) -> float:
-        v = _number(text, float)
-        if v < lo or (v == lo and not inclusive):
-            rel = "≥" if inclusive else ">"
-            raise argparse.ArgumentTypeError(f"{text} is not {rel} {lo:g}: pass a number {rel} "
-                                             f"{lo:g}, e.g. {example:g}")
-        return v
-    parse.__name__ = "number"
-    parse.numeric = True  # type: ignore[attr-defined]
-    return parse
+    rel = "≥" if inclusive else ">"
+    return _checked(float, "number", lambda v: v > lo or (inclusive and v == lo), lambda t, _: (
+        f"{t} is not {rel} {lo:g}: pass a number {rel} {lo:g}, e.g. {example:g}"))
 
 
 def fraction(example: float, closed_right: bool = False) -> Callable[[str], float]:
     """A number in (0, 1), or (0, 1] with ``closed_right``."""
-    def parse(text: str) -> float:
-        v = _number(text, float)
-        if not (0.0 < v < 1.0 or (closed_right and v == 1.0)):
-            rng = "(0, 1]" if closed_right else "(0, 1)"
-            raise argparse.ArgumentTypeError(f"{text} is not in {rng}: pass a fraction such as "
-                                             f"{example:g} (not a percentage)")
-        return v
-    parse.__name__ = "fraction"
-    parse.numeric = True  # type: ignore[attr-defined]
-    return parse
+    rng = "(0, 1]" if closed_right else "(0, 1)"
+    return _checked(float, "fraction", lambda v: 0.0 < v < 1.0 or (closed_right and v == 1.0),
+                    lambda t, _: f"{t} is not in {rng}: pass a fraction such as {example:g} "
+                                 "(not a percentage)")
 
 
 POSITIVE_INT = int_at_least(1, 10)
