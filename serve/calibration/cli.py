@@ -233,6 +233,19 @@ def calibrate_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_model_inputs(p: argparse.ArgumentParser, what: str, split: str) -> None:
+    """The arguments calibrate and evaluate share: the model, its data or logits, how to run it."""
+    p.add_argument("model", help="model directory (models/NAME/VERSION) or its model.onnx")
+    p.add_argument("--data", help=f"{what} data spec, e.g. mnist1d:{split} "
+                   f"(default: the model's data_spec metadata + ':{split}')")
+    p.add_argument("--logits", help="precomputed .npz with 'logits' (n, K) and 'labels' (n,) "
+                   "instead of running the model (default: run it on --data)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu",
+                   help="onnxruntime device for the model run")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=1024,
+                   help="samples per onnxruntime run")
+
+
 def register_calibrate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("calibrate", help="choose the score and certify a rejection threshold",
                        description="Split calibration data into tuning and certification parts, "
@@ -240,11 +253,7 @@ def register_calibrate(sub: argparse._SubParsersAction) -> None:
                        "P(selective risk ≤ target) ≥ 1 − δ, and write calibration.json + plots "
                        "beside the model. An existing calibration.json is kept as "
                        "calibration.json.bak.")
-    p.add_argument("model", help="model directory (models/NAME/VERSION) or its model.onnx")
-    p.add_argument("--data", help="calibration data spec, e.g. mnist1d:calibration "
-                   "(default: the model's data_spec metadata + ':calibration')")
-    p.add_argument("--logits", help="precomputed .npz with 'logits' (n, K) and 'labels' (n,) "
-                   "instead of running the model (default: run it on --data)")
+    add_model_inputs(p, "calibration", "calibration")
     p.add_argument("--target-risk", type=fraction(0.02), default=0.02,
                    help="r*: maximal selective risk")
     p.add_argument("--delta", type=fraction(0.05), default=0.05,
@@ -270,8 +279,4 @@ def register_calibrate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--from-feedback", metavar="STORE", default=None,
                    help="re-certify the threshold on labelled AUDITED samples of a decision store "
                    "(a --state-dir or postgresql:// URL); keeps the score, r* and δ (default: off)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu",
-                   help="onnxruntime device for the model run")
-    p.add_argument("--batch-size", type=POSITIVE_INT, default=1024,
-                   help="samples per onnxruntime run")
     p.set_defaults(handler=calibrate_main)

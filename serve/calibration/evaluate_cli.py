@@ -13,13 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from serve.argtypes import POSITIVE_INT, fraction
+from serve.argtypes import fraction
 from serve.calibration.artifact import Calibration, load_calibration
 from serve.calibration.cli import (
     DataRoleError,
     _console,
     _logits_and_labels,
     _model_path,
+    add_model_inputs,
     check_evaluation_role,
     log,
 )
@@ -117,16 +118,8 @@ def register_evaluate(sub: argparse._SubParsersAction) -> None:
                        "selective risk with a Clopper–Pearson interval, whether it is under the "
                        "target, AURC/E-AURC/AUGRC/AUROC and ECE. Refuses the calibration split "
                        "and a whole built-in dataset; warns on train/tune.")
-    p.add_argument("model", help="model directory (models/NAME/VERSION) or its model.onnx")
-    p.add_argument("--data", help="labelled test data spec, e.g. mnist1d:test "
-                   "(default: the model's data_spec metadata + ':test')")
-    p.add_argument("--logits", help="precomputed .npz with 'logits' (n, K) and 'labels' (n,) "
-                   "instead of running the model (default: run it on --data)")
+    add_model_inputs(p, "labelled test", "test")
     p.add_argument("--json", action="store_true", help="print a JSON report instead of a table")
     p.add_argument("--confidence", type=fraction(0.95), default=0.95,
                    help="confidence of the two-sided Clopper–Pearson interval")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu",
-                   help="onnxruntime device for the model run")
-    p.add_argument("--batch-size", type=POSITIVE_INT, default=1024,
-                   help="samples per onnxruntime run")
     p.set_defaults(handler=evaluate_main)
