@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from server_support import free_port
+from server_support import free_port, wait_until_ready
 
 
 def _pg_bin(name: str) -> str | None:
@@ -88,7 +88,6 @@ LS_TOKEN = "abstain0test0token0000000000000000000000"
 def label_studio() -> Iterator[str]:
     """A real Label Studio (from the project's .venv-labelstudio) on loopback; yields its URL."""
     import subprocess as sp
-    import time
 
     import httpx
     from server_support import ROOT
@@ -108,21 +107,9 @@ def label_studio() -> Iterator[str]:
                     stdout=log, stderr=sp.STDOUT, env=env, cwd=data, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"Label Studio exited {proc.returncode}: "
-                                   f"{(data / 'ls.log').read_text()[-2000:]}")
-            try:
-                r = httpx.get(url + "/api/projects", headers={"Authorization": f"Token {LS_TOKEN}"},
-                              timeout=5)
-                if r.status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("Label Studio did not start within 240 s")
-            time.sleep(1)
+        wait_until_ready(proc, lambda: httpx.get(url + "/api/projects", timeout=5, headers={
+            "Authorization": f"Token {LS_TOKEN}"}), 240, "Label Studio",
+            lambda: (data / "ls.log").read_text()[-2000:], 1.0)
         yield url
     finally:
         with contextlib.suppress(ProcessLookupError):

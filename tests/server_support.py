@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -124,6 +124,24 @@ def make_repository(root: Path) -> Path:
     return root
 
 
+def wait_until_ready(proc: subprocess.Popen, probe: Callable[[], httpx.Response],
+                     timeout_s: float, what: str, output: Callable[[], str],
+                     every_s: float) -> None:
+    """Poll ``probe`` until it answers 200; fail with ``output()`` if ``proc`` exits first."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited {proc.returncode}: {output()}")
+        try:
+            if probe().status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not become ready within {timeout_s:g} s")
+        time.sleep(every_s)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -170,18 +188,8 @@ def server_process(repo: Path, *args: str, env: dict[str, str] | None = None,
     url = f"http://127.0.0.1:{port}"
     try:
         if ready:
-            deadline = time.monotonic() + 90
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"server exited {proc.returncode}: {proc.stdout.read()}")
-                try:
-                    if httpx.get(url + "/v2/health/ready", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("server did not become ready")
-                time.sleep(0.1)
+            wait_until_ready(proc, lambda: httpx.get(url + "/v2/health/ready", timeout=1),
+                             90, "server", lambda: proc.stdout.read(), 0.1)
         yield url, proc
     finally:
         if proc.poll() is None:
