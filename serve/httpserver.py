@@ -106,7 +106,7 @@ class GuardedProtocol(HttpToolsProtocol):
     # ------------------------------------------------------------------ parser callbacks
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self.scope["extensions"] = {HOLD_KEY: self.hold}
+        self.scope["extensions"] = {HOLD_KEY: self.hold, RESPOND_KEY: self.respond}
         self._head_bytes = 0
         if self._phase != "headers":
             self._arm("headers", self.header_timeout_s)
@@ -122,7 +122,6 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
         Arrivals.waiting += 1
-        self.scope["extensions"][RESPOND_KEY] = self.respond     # a bound method: no new cycle
         if self.parser.should_upgrade():
             self._phase = ""
         else:

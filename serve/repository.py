@@ -120,11 +120,12 @@ def load_version(d: Path, name: str, version: int, device: Device = "auto",
                     else "accepts (almost) everything")
     rule = DecisionRule(cal)
     alone = sessions.alone if sessions.alone is not model else None
-    for m in (model, alone) if alone is not None else (model,):
+    served = (model, alone) if alone is not None else (model,)
+    for m in served:
         m.warmup(tuple(warmup))
-        # One decision on warm-up logits proves the score works for this model's K.
-        rule(m.run(np.zeros((1, *m.input_shape), m.input_dtype)))
-        probe.check(d, m, rule, on_probe_mismatch)           # the certified logits, here?
+    # One decision on warm-up logits proves the score works for this model's K.
+    rule(model.run(np.zeros((1, *model.input_shape), model.input_dtype)))
+    probe.check(d, served, rule, on_probe_mismatch)          # the certified logits, here?
     return ModelVersion(name, version, d, model, cal, rule, sig, threads=sessions.note,
                         alone=alone)
 

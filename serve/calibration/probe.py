@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,21 +85,26 @@ def compare(rule, stored: np.ndarray, now: np.ndarray) -> ProbeReport:
     return ProbeReport(len(stored), int(np.sum(before != after)), diff)
 
 
-def check(model_dir: Path, model, rule, on_mismatch: str = "refuse") -> ProbeReport | None:
-    """Run the probe on ``model``; None when the calibration has no probe (older artifacts)."""
+def check(model_dir: Path, models: Sequence, rule, on_mismatch: str = "refuse") -> list[ProbeReport]:
+    """Run the probe (read once) on each session of ``models``; [] when the calibration has no
+    probe (older artifacts)."""
     cal = rule.calibration
     if not cal.probe_sha256:
         log.info("%s: no probe batch in its calibration (made before probes); the logits of "
                  "this provider are not compared with calibration's", model_dir)
-        return None
+        return []
     x, stored = load_probe(model_dir, cal.probe_sha256)
-    report = compare(rule, stored, model.logits(x))
-    if report.ok:
-        return report
-    where = (f"{model_dir}: calibrated on {cal.provider or 'an unrecorded provider'} "
-             f"({cal.precision or '?'}), served on {model.provider}: {report.describe()}")
-    if on_mismatch == "warn":
-        log.warning("CERTIFICATE MAY NOT HOLD: %s; serving anyway (--on-probe-mismatch warn)", where)
-        return report
-    raise ProbeMismatch(f"{where}. Re-calibrate on this provider (abstain calibrate --device ...), "
-                        "or pass --on-probe-mismatch warn to serve anyway")
+    reports = []
+    for model in models:
+        report = compare(rule, stored, model.logits(x))
+        reports.append(report)
+        if report.ok:
+            continue
+        where = (f"{model_dir}: calibrated on {cal.provider or 'an unrecorded provider'} "
+                 f"({cal.precision or '?'}), served on {model.provider}: {report.describe()}")
+        if on_mismatch != "warn":
+            raise ProbeMismatch(f"{where}. Re-calibrate on this provider (abstain calibrate "
+                                "--device ...), or pass --on-probe-mismatch warn to serve anyway")
+        log.warning("CERTIFICATE MAY NOT HOLD: %s; serving anyway (--on-probe-mismatch warn)",
+                    where)
+    return reports
