@@ -59,6 +59,7 @@ class OverloadPoint:
     probes: int
     rss_before_mib: float
     rss_after_mib: float | None = None
+    probe_nice: int = 0                # the prober thread's nice value (−10 where allowed)
 
 
 def _labels(text: str) -> dict[str, str]:
@@ -112,6 +113,7 @@ class Prober(threading.Thread):
         super().__init__(daemon=True)
         self.port, self.request, self.period, self.settle_s = port, request, period, settle_s
         self.results: list[tuple[int, float]] = []
+        self.nice = 0                                  # raised in run() where allowed
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -122,7 +124,7 @@ class Prober(threading.Thread):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PROBER_NICE)
             self.nice = PROBER_NICE
         except OSError:
-            self.nice = 0
+            pass
         self.stop.wait(self.settle_s)
         while not self.stop.is_set():
             try:
@@ -190,7 +192,7 @@ def run_overload(repo: Path, info, cfg, work: Path, console) -> list[OverloadPoi
                     r.p50_ms, r.p99_ms, max(0, r.errors - round(served_not_200)),
                     float(np.percentile(refused, 50)) if refused else None,
                     float(np.percentile(refused, 99)) if refused else None,
-                    len(prober.results), rss0))
+                    len(prober.results), rss0, probe_nice=prober.nice))
             time.sleep(5)
             points[-1].rss_after_mib = rss_mib(proc.pid)
     return points
@@ -235,7 +237,9 @@ def checks(points: list[OverloadPoint], max_batch: int) -> list[tuple[str, str, 
 def render(points: list[OverloadPoint], max_batch: int) -> list[str]:
     if not points:
         return []
+    nices = sorted({p.probe_nice for p in points})
     lines = ["## Overload (issue 16)", "", __doc__.split("\n\n", 1)[1].strip(), "",
+             f"Prober thread nice value in this run: {', '.join(map(str, nices))}.", "",
              "| samples/request | queue | offered | connections | goodput (200/s) | 503/s | "
              "other/s | served p50 / p99 ms (server) | all p50 / p99 ms (wrk) | refused p50 / p99 "
              "ms (probes) | socket errors |", "|---|---|---|---|---|---|---|---|---|---|---|"]
