@@ -56,7 +56,7 @@ class Batcher:
         self._rate = 0.0                                  # EWMA samples per second while busy
         self._queue: deque[Item] = deque()
         self._queued = 0                                  # samples waiting
-        self._handed = 0                                  # … handed to the thread, not started
+        self._handed: list[list[int]] = []                # … handed to the thread, not started
         self._reserved = 0                                # … admitted, body not yet decoded
         self._running = 0                                 # batches taken and not finished
         self._wake, self._closing = asyncio.Event(), False
@@ -65,7 +65,7 @@ class Batcher:
 
     @property
     def queue_depth(self) -> int:
-        return self._queued + self._handed + self._reserved
+        return self._queued + sum(h[0] for h in self._handed) + self._reserved
 
     def reserve(self, n: int) -> None:
         """Room for ``n`` samples of an admitted request still being read (dataplane/admit.py)."""
@@ -164,7 +164,8 @@ class Batcher:
             inline = self._inline(n)                    # decided once: _run_items follows it
             handed = [0 if inline or not self._running else n]  # waits for the thread: queued
             self._running += 1
-            self._handed += handed[0]
+            if handed[0]:
+                self._handed.append(handed)
             run = self._run_items(items, inline, handed)
             if inline:
                 await run                               # on the loop: nothing to overlap with
@@ -172,9 +173,9 @@ class Batcher:
                 asyncio.get_running_loop().create_task(run)
 
     def _started(self, handed: list[int]) -> None:
-        """A handed batch started (or ended): no longer counted as queued. Idempotent."""
-        self._handed -= handed[0]
+        """A handed batch ended: forget its count (the thread zeroed it when it started)."""
         handed[0] = 0
+        self._handed = [h for h in self._handed if h is not handed]
 
     def _inline(self, n: int, factor: float = 1.0) -> bool:
         """Runs of ``n`` samples measured below ``factor`` × ``inline_s`` (worth no thread hop)."""
@@ -192,7 +193,7 @@ class Batcher:
             else:
                 loop = asyncio.get_running_loop()
                 out, inference_s, started = await loop.run_in_executor(
-                    self._executor, self._run_by, x, latest, (loop, handed) if handed[0] else None)
+                    self._executor, self._run_by, x, latest, handed)
         except Exception as err:  # a runtime failure fails this batch, not the server
             log.exception("inference failed for model %s (batch of %d)", self.name, len(x))
             for it in items:
@@ -214,13 +215,15 @@ class Batcher:
             self._record([it.tag for it in items], [it.n for it in items], waits, inference_s,
                          {**out, "input": x})               # the record stage may keep inputs
 
-    def _run_by(self, x: np.ndarray, deadline: float, handed: tuple | None = None
+    def _run_by(self, x: np.ndarray, deadline: float, handed: list[int] | None = None
                 ) -> tuple[dict, float, float]:
         """:meth:`_run` unless ``deadline`` has passed: (outputs or {}, seconds, start time).
-        ``handed``: (loop, count) of a batch counted as queued until it starts (admission)."""
+        ``handed``: the count of a batch that admission counts as queued until it starts; the
+        thread zeroes it (one store, atomic under the GIL) rather than wake the event loop for
+        it — every wake-up of the loop's thread can take the core this thread runs on."""
         started = time.monotonic()
         if handed is not None:
-            handed[0].call_soon_threadsafe(self._started, handed[1])    # (on the loop)
+            handed[0] = 0
         return (*self._run(x), started) if started < deadline else ({}, 0.0, started)
 
     def _expire(self, it: Item) -> None:
