@@ -25,6 +25,8 @@ _FLAGS: list[tuple[str, type, str]] = [
                "CUDA provider)"),
     ("max_batch_size", int, "samples per coalesced session run (default 64)"),
     ("max_queue_size", int, "samples queued per model before 503 (default 2048)"),
+    ("overload_queue_ms", float, "under sustained overload keep only this many ms of work queued, "
+     "e.g. 5 (default 0 = the whole queue)"),
     ("max_instances", int, "samples per request before 413 (default 1024)"),
     ("max_body_bytes", int, "request body limit in bytes (default 16 MiB)"),
     ("request_timeout_s", float, "per-request deadline in seconds (default 30; header X-Deadline-Ms)"),

@@ -36,6 +36,10 @@ class ServerSettings(BaseSettings):
         "auto", description="onnxruntime threads per session: auto, 0 (default) or a number")
     max_batch_size: int = Field(64, ge=1, le=65536, description="samples per coalesced session run")
     max_queue_size: int = Field(2048, ge=1, description="samples waiting per model before 503")
+    overload_queue_ms: float = Field(
+        0.0, ge=0, le=60_000, description="under sustained overload (queue full and refusing for "
+        "0.1 s) keep only this much work queued, so served requests do not wait out a full queue; "
+        "0 = always the whole queue (default)")
     max_instances: int = Field(1024, ge=1, description="instances in one request before 413")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="request body limit (413)")
     max_inflight: int = Field(4096, ge=1, description="inference requests in flight before 503")

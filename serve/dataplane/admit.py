@@ -131,9 +131,7 @@ class Admission:
             bps = self._bytes_per_sample.get((id(batcher), kind))
             n = max(1, int(length / (1.25 * bps))) if bps else 1
             if not batcher.has_room(n):
-                batcher.stats.rejected_full += 1
-                raise self._busy(batcher, f"model {batcher.name} has {batcher.queue_depth} "
-                                 f"samples queued (limit {batcher.max_queue_size})")
+                raise self._busy(batcher, batcher.refused())
             batcher.reserve(n)
         self.inflight += 1
         self.buffered += reserve

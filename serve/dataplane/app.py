@@ -138,6 +138,7 @@ def batcher_factory(settings: Any, record_hook: Any, monitor: Monitor):
         return Batcher(mv.infer, settings.max_batch_size, settings.max_queue_size,
                        record_hook(mv), lambda depth: monitor.queue_depth(name, ver, depth),
                        name=f"{name}/{ver}", inline_s=settings.inline_run_s,
-                       infer_alone=mv.infer_alone)
+                       infer_alone=mv.infer_alone,
+                       overload_target_s=settings.overload_queue_ms / 1000)
 
     return make

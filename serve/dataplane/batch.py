@@ -9,7 +9,8 @@ rows back to its own future. Under load, batches grow by themselves while the ru
 Runs measured below ``inline_s`` (per batch-size bucket) run on the event loop (a thread hop costs
 more); a request alone at an idle batcher runs at once in its task, on ``infer_alone``.
 
-Back-pressure: the queue is bounded in *samples*; a full queue raises :class:`Overloaded` (503).
+Back-pressure: the queue is bounded in *samples* (lower under sustained overload:
+dataplane/queue_limit.py); a full queue raises :class:`Overloaded` (503).
 A request whose deadline passes before its batch starts is dropped (:class:`DeadlineExceeded`,
 504); one already running is abandoned by its caller and its rows discarded.
 """
@@ -27,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from serve.dataplane.batch_queue import DeadlineExceeded, Item, Overloaded, bucket
+from serve.dataplane.queue_limit import QueueLimit
 from serve.dataplane.stats import BatchStats
 
 log = logging.getLogger(__name__)
@@ -46,12 +48,15 @@ class Batcher:
     def __init__(self, infer: InferFn, max_batch_size: int, max_queue_size: int,
                  on_batch: BatchHook | None = None,
                  on_queue_depth: Callable[[int], None] | None = None, name: str = "",
-                 inline_s: float = 0.0002, infer_alone: InferFn | None = None) -> None:
+                 inline_s: float = 0.0002, infer_alone: InferFn | None = None,
+                 overload_target_s: float = 0.0) -> None:
         self.infer = infer
         self.infer_alone = infer_alone or infer           # a request that runs alone, inline
         self.max_batch_size, self.max_queue_size = max_batch_size, max_queue_size
         self.on_batch, self.on_queue_depth, self.name = on_batch, on_queue_depth, name
         self.stats, self.inline_s = BatchStats(), inline_s
+        self.limit = QueueLimit(max_queue_size, PIPELINE * max_batch_size, overload_target_s,
+                                name=name)
         self._cost: dict[int, float] = {}                 # batch-size bucket → EWMA run seconds
         self._rate = 0.0                                  # EWMA samples per second while busy
         self._queue: deque[Item] = deque()
@@ -76,7 +81,16 @@ class Batcher:
 
     def has_room(self, n: int) -> bool:
         """Whether ``n`` more samples fit (an empty queue always takes one request)."""
-        return self.queue_depth == 0 or self.queue_depth + n <= self.max_queue_size
+        depth = self.queue_depth
+        return depth == 0 or depth + n <= self.limit(depth)
+
+    def refused(self) -> str:
+        """Count a refusal for want of room; returns what the queue holds, for the message."""
+        self.stats.rejected_full += 1
+        self.limit.refused()
+        low = " (lowered under sustained overload)" if self.limit.overloaded else ""
+        return (f"model {self.name} has {self.queue_depth} samples queued (limit "
+                f"{self.limit(self.queue_depth)}{low})")
 
     def drain_s(self) -> float:
         """Seconds the queued samples need at the measured throughput (0 when unmeasured)."""
@@ -92,9 +106,7 @@ class Batcher:
         if self._closing and self._worker.done():
             raise Overloaded(f"model {self.name} is being unloaded; retry")
         if not self.has_room(n):
-            self.stats.rejected_full += 1
-            err = Overloaded(f"model {self.name} has {self.queue_depth} samples queued (limit "
-                             f"{self.max_queue_size}); retry after a moment or add capacity")
+            err = Overloaded(f"{self.refused()}; retry after a moment or add capacity")
             err.headers = {"Retry-After": str(max(1, math.ceil(self.drain_s())))}
             raise err
         fut = asyncio.get_running_loop().create_future()
@@ -246,6 +258,7 @@ class Batcher:
                                                                   0.9 * cost + 0.1 * inference_s)
         rate = n / max(inference_s, 1e-9)
         self._rate = rate if self._rate == 0 else 0.9 * self._rate + 0.1 * rate
+        self.limit.rate(self._rate)
         self.stats.runs += 1
         self.stats.samples += n
         self.stats.sizes[n] += 1

@@ -48,6 +48,7 @@ TABLE = [
     ("serve", "--workers", "0", "must be ≥ 1"),
     ("serve", "--max-batch-size", "0", "must be ≥ 1"),
     ("serve", "--max-queue-size", "0", "must be ≥ 1"),
+    ("serve", "--overload-queue-ms", "-1", "must be ≥ 0"),
     ("serve", "--max-instances", "0", "must be ≥ 1"),
     ("serve", "--max-body-bytes", "10", "must be ≥ 1024"),
     ("serve", "--request-timeout-s", "0", "must be > 0"),
