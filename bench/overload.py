@@ -158,7 +158,8 @@ class Prober(threading.Thread):
 
 
 class Window(threading.Thread):
-    """Two scrapes of the metrics, ``SETTLE_S`` after the start and ``TAIL_S`` before the end."""
+    """Two scrapes of the metrics, ``SETTLE_S`` after the start and ``TAIL_S`` before the end
+    (then it stops the prober: both measure the same steady part)."""
 
     def __init__(self, base: str, duration_s: float, at_end: threading.Event) -> None:
         super().__init__(daemon=True)
@@ -166,8 +167,8 @@ class Window(threading.Thread):
         self.scrapes: list[tuple[float, dict[str, float], dict[float, float]]] = []
 
     def run(self) -> None:
-        t0 = time.monotonic()
-        for at in (SETTLE_S, self.duration_s - TAIL_S):
+        t0, d = time.monotonic(), self.duration_s          # (short smoke runs: a quarter each)
+        for at in (min(SETTLE_S, d / 4), d - min(TAIL_S, d / 4)):
             time.sleep(max(0.0, t0 + at - time.monotonic()))
             self.scrapes.append((time.monotonic(), *_scrape(self.base)))
         self.at_end.set()
@@ -204,7 +205,7 @@ def run_overload(repo: Path, info, cfg, work: Path, console) -> list[OverloadPoi
                 console.print(f"overload: {size}-sample requests {' '.join(flags)}, {mult}× "
                               f"(c={c})")
                 codes0, _ = _scrape(base)
-                prober = Prober(port, request, settle_s=SETTLE_S)
+                prober = Prober(port, request, settle_s=min(SETTLE_S, cfg.overload_duration_s / 4))
                 window = Window(base, cfg.overload_duration_s, prober.stop)
                 prober.start()
                 window.start()

@@ -82,7 +82,8 @@ class Batcher:
     def has_room(self, n: int) -> bool:
         """Whether ``n`` more samples fit (an empty queue always takes one request)."""
         depth = self.queue_depth
-        return depth == 0 or depth + n <= self.limit(depth)
+        limit = self.limit(depth)                 # (always: it also notes the queue ran low)
+        return depth == 0 or depth + n <= limit
 
     def refused(self) -> str:
         """Count a refusal for want of room; returns what the queue holds, for the message."""

@@ -88,6 +88,9 @@ def test_batcher_refuses_beyond_the_lowered_limit_and_says_so():
         b.limit.rate(1000.0)
         b.submit(np.ones((4, 1), np.float32), time.monotonic() + 10)
         assert not b.has_room(8)               # 4 + 8 > the lowered 8 (the whole 64 would take it)
+        await asyncio.sleep(0.05)
+        b.limit._refused_at -= 2.0             # no refusal for 2 s: an empty queue's check restores
+        assert b.queue_depth == 0 and b.has_room(4) and not b.limit.overloaded
         await b.close()
 
     asyncio.run(main())
