@@ -91,7 +91,7 @@ class Batcher:
         self.limit.refused()
         low = " (lowered under sustained overload)" if self.limit.overloaded else ""
         return (f"model {self.name} has {self.queue_depth} samples queued (limit "
-                f"{self.limit(self.queue_depth)}{low})")
+                f"{self.limit.current}{low})")
 
     def drain_s(self) -> float:
         """Seconds the queued samples need at the measured throughput (0 when unmeasured)."""

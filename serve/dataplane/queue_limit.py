@@ -53,6 +53,11 @@ class QueueLimit:
         """The runtime's measured throughput: sets the overload limit to ``target_s`` of work."""
         self.low = min(self.size, max(self.min_samples, int(samples_per_s * self.target_s)))
 
+    @property
+    def current(self) -> int:
+        """The limit as it stands (no bookkeeping: for messages)."""
+        return self.low if self.overloaded else self.size
+
     def __call__(self, depth: int) -> int:
         """The limit for a queue now holding ``depth`` samples."""
         now = self.clock()
@@ -62,7 +67,7 @@ class QueueLimit:
             self.overloaded = False
             log.info("model %s: no request refused for %.1f s; queue limit back to %d samples",
                      self.name, self.quiet_s, self.size)
-        return self.low if self.overloaded else self.size
+        return self.current
 
     def refused(self) -> None:
         """A request was refused for want of room: enter overload if the queue has stood full."""
