@@ -157,18 +157,24 @@ class Prober(threading.Thread):
             self.stop.wait(self.period)
 
 
+def steady(duration_s: float) -> tuple[float, float]:
+    """The steady part of a run, (start, end) in seconds from its start (short smoke runs: a
+    quarter cut off at each side)."""
+    return min(SETTLE_S, duration_s / 4), duration_s - min(TAIL_S, duration_s / 4)
+
+
 class Window(threading.Thread):
     """Two scrapes of the metrics, ``SETTLE_S`` after the start and ``TAIL_S`` before the end
     (then it stops the prober: both measure the same steady part)."""
 
     def __init__(self, base: str, duration_s: float, at_end: threading.Event) -> None:
         super().__init__(daemon=True)
-        self.base, self.duration_s, self.at_end = base, duration_s, at_end
+        self.base, self.at_end, self.span = base, at_end, steady(duration_s)
         self.scrapes: list[tuple[float, dict[str, float], dict[float, float]]] = []
 
     def run(self) -> None:
-        t0, d = time.monotonic(), self.duration_s          # (short smoke runs: a quarter each)
-        for at in (min(SETTLE_S, d / 4), d - min(TAIL_S, d / 4)):
+        t0 = time.monotonic()
+        for at in self.span:
             time.sleep(max(0.0, t0 + at - time.monotonic()))
             self.scrapes.append((time.monotonic(), *_scrape(self.base)))
         self.at_end.set()
@@ -205,7 +211,7 @@ def run_overload(repo: Path, info, cfg, work: Path, console) -> list[OverloadPoi
                 console.print(f"overload: {size}-sample requests {' '.join(flags)}, {mult}× "
                               f"(c={c})")
                 codes0, _ = _scrape(base)
-                prober = Prober(port, request, settle_s=min(SETTLE_S, cfg.overload_duration_s / 4))
+                prober = Prober(port, request, settle_s=steady(cfg.overload_duration_s)[0])
                 window = Window(base, cfg.overload_duration_s, prober.stop)
                 prober.start()
                 window.start()
