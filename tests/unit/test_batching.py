@@ -29,6 +29,17 @@ def run(coro):
     return asyncio.run(coro)
 
 
+async def _held(max_queue_size: int):
+    """A batcher (batches of 2) whose first batch of 2 runs in the thread, held on a gate:
+    (gate, the calls' batch sizes, batcher, the first batch's future)."""
+    gate = threading.Event()
+    infer, calls = _infer_factory(gate=gate)
+    b = Batcher(infer, max_batch_size=2, max_queue_size=max_queue_size)
+    first = b.submit(np.zeros((2, 1), np.float32), time.monotonic() + 5)
+    await asyncio.sleep(0.05)                   # the worker took it and blocks on the gate
+    return gate, calls, b, first
+
+
 def test_single_request_is_dispatched_at_once_and_sliced_back():
     async def main():
         infer, calls = _infer_factory()
@@ -67,11 +78,7 @@ def test_concurrent_requests_coalesce_without_crossing():
 
 def test_full_queue_raises_overloaded_and_deadline_expires_in_queue():
     async def main():
-        gate = threading.Event()
-        infer, _ = _infer_factory(gate=gate)
-        b = Batcher(infer, max_batch_size=2, max_queue_size=4)
-        first = b.submit(np.zeros((2, 1), np.float32), time.monotonic() + 5)
-        await asyncio.sleep(0.05)               # the worker took it and blocks on the gate
+        gate, _, b, first = await _held(max_queue_size=4)
         short = b.submit(np.zeros((2, 1), np.float32), time.monotonic() + 0.01)
         keep = b.submit(np.zeros((2, 1), np.float32), time.monotonic() + 5)
         with pytest.raises(Overloaded, match="queued"):
@@ -166,11 +173,7 @@ def test_a_request_alone_runs_inline_on_the_alone_session_and_batches_on_the_oth
 
 def test_a_full_batch_goes_to_the_thread_while_one_runs_a_partial_one_waits_to_grow():
     async def main():
-        gate = threading.Event()
-        infer, calls = _infer_factory(gate=gate)
-        b = Batcher(infer, max_batch_size=2, max_queue_size=10)
-        first = b.submit(np.zeros((2, 1), np.float32), time.monotonic() + 5)
-        await asyncio.sleep(0.05)                    # running in the thread, blocked on the gate
+        gate, calls, b, first = await _held(max_queue_size=10)
         part = b.submit(np.ones((1, 1), np.float32), time.monotonic() + 5)
         await asyncio.sleep(0.05)
         waiting = (b._running, b.queue_depth)        # partial: left in the queue to grow
