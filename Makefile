@@ -92,8 +92,8 @@ lint: $(VENV)/.test
 # The gRPC messages (KServe v2): the .proto compiled to a descriptor set, committed;
 # tests/unit/test_grpc_proto.py checks that this command reproduces it byte for byte.
 proto: $(VENV)/.test
-	$(BIN)/python -m grpc_tools.protoc -I serve/protocol/proto \
-	  --descriptor_set_out=serve/protocol/proto/grpc_predict_v2.desc grpc_predict_v2.proto
+	$(BIN)/python -m grpc_tools.protoc -I serve/server/protocol/proto \
+	  --descriptor_set_out=serve/server/protocol/proto/grpc_predict_v2.desc grpc_predict_v2.proto
 
 clean:
 	rm -rf $(VENV) $(LS_VENV) .pytest_cache .hypothesis

@@ -1,4 +1,4 @@
-"""Time serve.metrics on 10 million samples on one core (issue 2: curve + summary < 10 s).
+"""Time serve.selective_metrics on 10 million samples on one core (issue 2: curve + summary < 10 s).
 
 Usage: .venv/bin/python bench/bench_metrics.py [--n 10000000] [--repeats 3] [--seed 0]
 
@@ -28,7 +28,7 @@ from rich.console import Console  # noqa: E402
 from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from serve import metrics  # noqa: E402
+from serve import selective_metrics as metrics  # noqa: E402
 
 
 def pin_to_one_core() -> str:
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     inputs = make_inputs(args.n, args.seed)
 
-    table = Table(title=escape("serve.metrics on one core: wall seconds best / median [best CPU seconds]"))
+    table = Table(title=escape("serve.selective_metrics on one core: wall seconds best / median [best CPU seconds]"))
     for col in ("input", "curve points", "curve", "summary", "curve + summary",
                 "ece", "AURC", "AUROC"):
         table.add_column(col, justify="right")

@@ -18,7 +18,7 @@ import os
 import numpy as np
 import orjson
 
-from serve.runtime import OnnxModel
+from serve.server.runtime import OnnxModel
 
 _MODELS = {name: OnnxModel(path, device=os.environ.get("BENCH_DEVICE", "auto"),  # type: ignore[arg-type]
                            intra_op_threads=int(os.environ.get("BENCH_INTRA_OP_THREADS", "0")))

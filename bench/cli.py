@@ -11,7 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from serve.argtypes import POSITIVE_INT, float_above
+from serve.cli.argtypes import POSITIVE_INT, float_above
 from serve.errors import AbstainError
 
 
@@ -107,7 +107,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.notes is not None and not args.notes.is_file():
         raise AbstainError(f"--notes {args.notes}: no such file")
     if args.device == "cuda":
-        from serve.runtime import providers_for
+        from serve.server.runtime import providers_for
 
         providers_for("cuda")                    # refuses with the fix when CUDA is missing
     from bench import report

@@ -70,7 +70,7 @@ def verify_provider() -> str:
     from serve.calibration import probe
     from serve.calibration.artifact import load_calibration
     from serve.decision import DecisionRule
-    from serve.runtime import OnnxModel
+    from serve.server.runtime import OnnxModel
 
     gpu, cpu = OnnxModel(MODEL / "model.onnx", device="cuda"), OnnxModel(MODEL / "model.onnx", "cpu")
     if gpu.provider != "CUDAExecutionProvider":

@@ -37,7 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from serve.protocol import grpc_v2 as P  # noqa: E402
+from serve.server.protocol import grpc_v2 as P  # noqa: E402
 
 METHOD = f"/{P.SERVICE}/"
 HEADER = ("| endpoint | model | c | req/s | p50 ms | p99 ms | errors | client |\n"
@@ -155,7 +155,7 @@ def _free_port() -> int:
 def start_server(repo: str, extra: list[str]) -> tuple[subprocess.Popen, str]:
     port, gport = _free_port(), _free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, "-m", "serve.cli", "serve", repo, "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "serve.cli.main", "serve", repo, "--port", str(port),
                              "--grpc-port", str(gport), "--log-level", "warning", *extra],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return proc, f"127.0.0.1:{gport}"

@@ -3,7 +3,7 @@
 For each model (the shipped default, and a compute-heavy ResNet-18 built by
 :mod:`bench.heavy_model`), on the same machine:
 
-1. runtime ceiling: :class:`serve.runtime.OnnxModel` in this process, batch sizes 1…256, at the
+1. runtime ceiling: :class:`serve.server.runtime.OnnxModel` in this process, batch sizes 1…256, at the
    best of the intra-op thread settings;
 2. HTTP ceiling: :mod:`bench.ceiling_app` (bare ASGI) under uvicorn, v2 JSON, one worker, once
    per intra-op thread setting (1, all cores): the ceiling is the best of them;
@@ -34,7 +34,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from bench import servers
 from bench.wrk import LoadResult, find_wrk, run_wrk, write_script
 from serve.errors import AbstainError
-from serve.runtime import OnnxModel
+from serve.server.runtime import OnnxModel
 
 Endpoint = Literal["v1", "v2-json", "v2-binary"]
 ENDPOINTS: tuple[Endpoint, ...] = ("v1", "v2-json", "v2-binary")

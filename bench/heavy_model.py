@@ -27,8 +27,8 @@ def build(out: Path, seed: int = 0) -> Path:
 
     from serve import __version__
     from serve.calibration.artifact import new_calibration, save_calibration
-    from serve.runtime import OnnxModel
     from serve.scores import create_score
+    from serve.server.runtime import OnnxModel
     from training.export import export_model
     from training.models import create_model
 

@@ -187,7 +187,7 @@ def _body(info, size: int) -> bytes:
 
 
 def run_overload(repo: Path, info, cfg, work: Path, console) -> list[OverloadPoint]:
-    from serve.runtime import OnnxModel
+    from serve.server.runtime import OnnxModel
 
     input_name = OnnxModel(info.path / "model.onnx", device="cpu").input_name
     points: list[OverloadPoint] = []

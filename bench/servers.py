@@ -39,7 +39,7 @@ def http(url: str, body: bytes | None = None, headers: dict[str, str] | None = N
 
 def _child_env(extra: dict[str, str]) -> dict[str, str]:
     # Settings travel as flags: stray ABSTAIN_* variables (an API key…) must not change the run;
-    # ABSTAIN_TENSORRT is the one switch the GPU check sets on purpose (serve/runtime.py reads it
+    # ABSTAIN_TENSORRT is the one switch the GPU check sets on purpose (serve/server/runtime.py reads it
     # in the server processes).
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("ABSTAIN_") or k == "ABSTAIN_TENSORRT"}
@@ -81,7 +81,7 @@ def abstain_process(repo: Path, port: int, device: str, intra_op_threads: str | 
                     max_batch_size: int, log: Path, workers: int = 1,
                     extra: list[str] | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
     """``abstain serve`` with no repository polling; yields (base URL, process)."""
-    cmd = [sys.executable, "-m", "serve.cli", "serve", str(repo), "--host", "127.0.0.1",
+    cmd = [sys.executable, "-m", "serve.cli.main", "serve", str(repo), "--host", "127.0.0.1",
            "--port", str(port), "--workers", str(workers), "--poll-interval-s", "0",
            "--log-level", "warning", "--device", device, "--intra-op-threads",
            str(intra_op_threads), "--max-batch-size", str(max_batch_size), "--follow-symlinks",

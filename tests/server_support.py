@@ -26,8 +26,8 @@ import uvicorn
 from onnx import TensorProto, helper, numpy_helper
 
 from serve.calibration.artifact import new_calibration, save_calibration
-from serve.runtime import sha256_file
-from serve.settings import ServerSettings
+from serve.server.runtime import sha256_file
+from serve.server.settings import ServerSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 Kind = Literal["vector", "image", "slow"]
@@ -151,11 +151,11 @@ def free_port() -> int:
 @contextlib.contextmanager
 def running_server(settings: ServerSettings) -> Iterator[tuple[str, object]]:
     """Real uvicorn in a thread on a free loopback port; yields (base URL, app)."""
-    from serve.app import create_app
+    from serve.server.app import create_app
 
     port = free_port()
     settings = settings.model_copy(update={"port": port, "host": "127.0.0.1"})
-    from serve.httpserver import uvicorn_options
+    from serve.server.http_protocol import uvicorn_options
 
     app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",

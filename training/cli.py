@@ -12,7 +12,7 @@ import importlib
 import importlib.util
 from types import ModuleType
 
-from serve.argtypes import NONNEGATIVE_INT, POSITIVE_INT, float_above, int_at_least
+from serve.cli.argtypes import NONNEGATIVE_INT, POSITIVE_INT, float_above, int_at_least
 from serve.errors import AbstainError, MissingExtraError
 
 _TRAIN_MODULES = {"torch", "onnx", "onnxscript", "mnist1d", "sklearn", "tqdm"}

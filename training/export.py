@@ -3,7 +3,7 @@
 The graph takes raw inputs (standardisation is inside), has one input ``input`` of shape
 ``(batch, *input_shape)`` float32 and one output ``logits (batch, K)``, and carries the contract-2
 metadata. Before anything lands in the target directory, onnxruntime (through
-:class:`serve.runtime.OnnxModel`, the same loader the server uses) runs the file on the test split;
+:class:`serve.server.runtime.OnnxModel`, the same loader the server uses) runs the file on the test split;
 it is moved into place only if max |Δlogits| ≤ ``atol`` and every argmax matches PyTorch.
 """
 
@@ -29,7 +29,7 @@ from serve import __version__
 from serve.data import load_dataset
 from serve.errors import AbstainError
 from serve.files import atomic_path, keep_backup
-from serve.runtime import OnnxModel
+from serve.server.runtime import OnnxModel
 from training.models import create_model
 
 FILENAME = "model.onnx"
@@ -53,7 +53,7 @@ class Parity:
 def _quiet() -> Iterator[None]:
     """Silence the exporter: its prints, warnings and loggers (torch.onnx is chatty)."""
     names = ("torch.onnx", "torch._dynamo", "torch.export", "torch._export", "onnxscript",
-             "onnx_ir", "serve.runtime")
+             "onnx_ir", "serve.server.runtime")
     loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     try:
@@ -194,7 +194,7 @@ def main(args: argparse.Namespace) -> int:
     path, parity, acc = export_run(args.run, args.to, args.atol)
     from rich.table import Table
 
-    from serve.console import make_console
+    from serve.cli.console import make_console
 
     t = Table(title=f"abstain export → {path}")
     for col in ("size", "test samples", "max |Δlogits|", "argmax mismatches", "test acc (onnx)"):

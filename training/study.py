@@ -1,7 +1,7 @@
 """`abstain study`: train CE / LS / MaxSup over seeds, evaluate through ONNX, write the report.
 
 Each (loss, seed) run is trained with training.trainer, exported with training.export (parity
-checked), and evaluated through serve.runtime.OnnxModel — the deployed code path. The run
+checked), and evaluated through serve.server.runtime.OnnxModel — the deployed code path. The run
 directory keeps what the report is computed from::
 
     OUT/runs/<loss>-s<seed>/
@@ -33,7 +33,7 @@ import torch
 
 from serve.data import Dataset, load_dataset
 from serve.files import atomic_write_text
-from serve.runtime import OnnxModel
+from serve.server.runtime import OnnxModel
 from training import study_report
 from training.export import export_run, load_run
 from training.study_analysis import StudyError

@@ -3,7 +3,7 @@
 Every number in a study report comes from here, and here reads only what the study wrote:
 ``runs/<tag>/logits.npz`` (ONNX logits and labels of the tune and test splits) and
 ``runs/<tag>/features.npz`` (penultimate features and the classifier matrix). Scores come from
-serve.scores, metrics from serve.metrics and the ``auto`` choice from serve.calibration.choose:
+serve.scores, metrics from serve.selective_metrics and the ``auto`` choice from serve.calibration.choose:
 the code the server and `abstain calibrate` run.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from serve import metrics
+from serve import selective_metrics as metrics
 from serve.errors import AbstainError
 from serve.scores import create_score
 from training.collapse import collapse

@@ -17,7 +17,7 @@ import argparse
 
 import numpy as np
 
-from serve import metrics
+from serve import selective_metrics as metrics
 from training.study_analysis import bootstrap_indices
 from training.study_evidence import ALPHA, compare
 

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from serve import metrics  # noqa: E402
+from serve import selective_metrics as metrics  # noqa: E402
 from serve.files import atomic_path  # noqa: E402
 from serve.scores import create_score  # noqa: E402
 from training.study_analysis import P_GRID  # noqa: E402

@@ -125,8 +125,8 @@ def render(results: dict[str, Any]) -> str:
         f"batch {r['batch_size']}, lr {r['lr']}. {r.get('note', '')}",
         f"- Losses: {', '.join(f'`{x}`' for x in meta['losses'])}",
         "- Evaluation path: each run is exported to ONNX and its logits come from "
-        "`serve.runtime.OnnxModel` (onnxruntime, as deployed); scores from `serve.scores`, metrics "
-        "from `serve.metrics`; `auto` = `serve.calibration.choose.choose_score(..., 'auto')` on the "
+        "`serve.server.runtime.OnnxModel` (onnxruntime, as deployed); scores from `serve.scores`, metrics "
+        "from `serve.selective_metrics`; `auto` = `serve.calibration.choose.choose_score(..., 'auto')` on the "
         "**tune** split (MSP unless a centred pnorm:p, p = 0…10, has a strictly lower AURC), "
         "evaluated on the disjoint **test** split (when it keeps MSP, it is MSP at the "
         "tune-fitted temperature, whose ranking differs from plain `msp` at T = 1); "

@@ -238,7 +238,7 @@ def _progress(it: range, rank: int, total: int, initial: int):
 def _summary(cfg: TrainConfig, rec: dict[str, Any], seconds: float) -> None:
     from rich.table import Table
 
-    from serve.console import make_console
+    from serve.cli.console import make_console
 
     t = Table(title=f"abstain train → {cfg.out}")
     for col in ("data", "model", "loss", "α", "epochs", "train acc", "tune acc", "time"):

@@ -19,7 +19,7 @@ What is certified is "selective risk ≤ r* with probability ≥ 1 − δ". ``ri
 Clopper–Pearson bound computed *after* the threshold was selected on the same data: it is
 post-selection and indicative only (in simulation the true risk exceeds it more often than δ).
 
-Every function works on the tie-grouped risk–coverage curve of serve.metrics, so tied scores
+Every function works on the tie-grouped risk–coverage curve of serve.selective_metrics, so tied scores
 are accepted or rejected together, and costs O(n log n).
 """
 
@@ -34,7 +34,7 @@ from scipy import stats
 
 from serve.calibration.plan import LttPlan, run_plan
 from serve.errors import AbstainError
-from serve.metrics import RiskCoverageCurve, risk_coverage_curve
+from serve.selective_metrics import RiskCoverageCurve, risk_coverage_curve
 
 CertMethod = Literal["ltt", "sgr", "coverage"]
 MIN_FLOOR = 30

@@ -7,7 +7,7 @@ of challengers (Bonferroni), SE from a paired Poisson bootstrap (the same resamp
 every score). On pure noise some challenger is "strictly lower" in most draws (38 of 40 in the
 unit test); this rule switches with probability about α (2 of 40). With K = 2 the p ≥ 1 norms
 are constant, so only MSP and ``pnorm:0`` are considered. Scores come from serve.scores and AURCs
-from serve.metrics: the functions the server and `abstain evaluate` use.
+from serve.selective_metrics: the functions the server and `abstain evaluate` use.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from serve import metrics
+from serve import selective_metrics as metrics
 from serve.errors import AbstainError
 from serve.scores import Score, create_score, logsumexp
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from serve.metrics import risk_coverage_curve
+from serve.selective_metrics import risk_coverage_curve
 
 GRID_POINTS = 1000
 START_FRACTION = 0.95      # start where P(pass) ≥ 0.95·best and P(fail) ≤ min(2·best, best + 0.05)

@@ -9,7 +9,7 @@ import numpy as np
 
 from serve.calibration.pipeline import CalibrationRun
 from serve.files import atomic_path
-from serve.metrics import ECE_BINS, ece, risk_coverage_curve
+from serve.selective_metrics import ECE_BINS, ece, risk_coverage_curve
 
 
 def _figure():

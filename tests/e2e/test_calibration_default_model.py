@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from serve.calibration.artifact import load_calibration
-from serve.cli import main
-from serve.runtime import sha256_file
+from serve.cli.main import main
+from serve.server.runtime import sha256_file
 
 
 def test_default_model_calibration_holds_on_test(repo_root, capsys) -> None:

@@ -15,7 +15,7 @@ import uvicorn
 from fastapi import FastAPI
 from server_support import free_port
 
-from serve.docs_ui import STATIC, install_docs
+from serve.server.docs_ui import STATIC, install_docs
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ SECRET = "hook-secret"
 
 
 def _sync(ls: str, state: Path, *extra: str) -> str:
-    r = subprocess.run([sys.executable, "-m", "serve.loop.review_cli", "review", "sync",
+    r = subprocess.run([sys.executable, "-m", "serve.cli.review", "review", "sync",
                         "--label-studio", ls, "--token", LS_TOKEN, "--project", "abstain-e2e",
                         "--model", "clf", "--store", str(state), *extra],
                        capture_output=True, text=True, timeout=120, cwd=ROOT)

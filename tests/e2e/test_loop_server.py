@@ -18,7 +18,7 @@ import pytest
 from loop_support import fresh_database, postgres_cluster
 from server_support import make_version, server_process
 
-from serve.loop.store import Store
+from serve.feedback.store import Store
 
 KEY = {"Authorization": "Bearer k"}
 CLASSES = ["ant", "bee", "cat", "dog"]
@@ -194,7 +194,7 @@ def test_recalibration_from_feedback_is_hot_reloaded_as_a_new_epoch(tmp_path: Pa
                                json={"request_id": rid, "index": s["index"], "label": s["label"]})
                 assert r.status_code == 201
         (before,) = httpx.get(f"{url}/v1/monitor/risk", headers=KEY).json()["epochs"]
-        res = subprocess.run([sys.executable, "-m", "serve.cli", "calibrate", str(vdir),
+        res = subprocess.run([sys.executable, "-m", "serve.cli.main", "calibrate", str(vdir),
                               "--from-feedback", str(state)], capture_output=True, text=True,
                              timeout=120)
         assert res.returncode == 0, res.stderr

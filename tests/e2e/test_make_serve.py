@@ -27,7 +27,7 @@ def _venv(tmp: Path) -> Path:
     venv = tmp / "venv"
     (venv / "bin").mkdir(parents=True)
     (venv / "bin" / "python").symlink_to(sys.executable)
-    (venv / "bin" / "abstain").write_text(f'#!/bin/sh\nexec {sys.executable} -m serve.cli "$@"\n')
+    (venv / "bin" / "abstain").write_text(f'#!/bin/sh\nexec {sys.executable} -m serve.cli.main "$@"\n')
     (venv / "bin" / "abstain").chmod(0o755)
     (venv / ".serve").touch()                         # newer than pyproject.toml: no pip run
     return venv

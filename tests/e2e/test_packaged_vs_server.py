@@ -11,10 +11,10 @@ import orjson
 import pytest
 from server_support import build_onnx, running_server, write_calibration
 
-from serve.package_cli import package
-from serve.runtime import OnnxModel
+from serve.cli.package import package
 from serve.scores import create_score
-from serve.settings import load_settings
+from serve.server.runtime import OnnxModel
+from serve.server.settings import load_settings
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.timeout(180)

@@ -14,8 +14,8 @@ from server_support import IMAGE_CLASSES, VECTOR_CLASSES, make_repository, runni
 
 from serve.calibration.artifact import load_calibration
 from serve.decision import DecisionRule
-from serve.runtime import OnnxModel
-from serve.settings import load_settings
+from serve.server.runtime import OnnxModel
+from serve.server.settings import load_settings
 
 
 @pytest.fixture(scope="module")

@@ -25,9 +25,9 @@ from server_support import (
 )
 
 from serve.calibration.artifact import CalibrationError, load_calibration
-from serve.repository import load_version
-from serve.runtime import sha256_file
-from serve.settings import load_settings
+from serve.server.repository import load_version
+from serve.server.runtime import sha256_file
+from serve.server.settings import load_settings
 
 V = {"instances": [[0.5] * 8]}
 ADMIN = {"authorization": "Bearer adm"}
@@ -62,7 +62,7 @@ def test_a_malformed_calibration_refuses_its_version_only(tmp_path, caplog, key,
         _mutate(bad, key, value)
     s = load_settings(model_repository=tmp_path, poll_interval_s=0, warmup_batch_sizes=(1,),
                       admin_key="adm")
-    caplog.set_level(logging.ERROR, logger="serve.repository")
+    caplog.set_level(logging.ERROR, logger="serve.server.repository")
     with running_server(s) as (url, _), httpx.Client(base_url=url) as c:
         assert c.post("/v1/models/clf/predict", json=V).json()["model_version"] == "1"
         assert c.post("/v1/models/other/predict", json=V).status_code == 200
@@ -171,7 +171,7 @@ def test_symlinks_out_of_the_repository_are_refused_unless_allowed(tmp_path):
 
 def test_a_threshold_outside_the_certified_scores_is_warned_about(tmp_path, caplog):
     vdir = make_version(tmp_path, "clf", 1, threshold=1e300)
-    caplog.set_level(logging.WARNING, logger="serve.repository")
+    caplog.set_level(logging.WARNING, logger="serve.server.repository")
     mv = load_version(vdir, "clf", 1, "cpu", 1)
     assert mv.calibration.threshold == 1e300
     assert any("outside the certification scores' range" in r.getMessage() and

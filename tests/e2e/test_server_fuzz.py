@@ -13,7 +13,7 @@ from schemathesis.specs.openapi.checks import (
 )
 from server_support import make_repository, running_server
 
-from serve.settings import load_settings
+from serve.server.settings import load_settings
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]

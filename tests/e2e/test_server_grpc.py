@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from server_support import VECTOR_CLASSES, make_repository, running_server
 
-from serve.settings import load_settings
+from serve.server.settings import load_settings
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
 aioclient = pytest.importorskip("tritonclient.grpc.aio")

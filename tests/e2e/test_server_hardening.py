@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from server_support import make_repository, running_server, server_process
 
-from serve.settings import load_settings
+from serve.server.settings import load_settings
 
 V = [[0.5] * 8]
 
@@ -271,7 +271,7 @@ def test_every_answer_carries_the_request_id(repo):
 
 
 def test_pipelined_requests_get_their_own_one_write_answers_in_order(repo):
-    """Answers go out in one write bound to their own request (serve/httpserver.py ``respond``):
+    """Answers go out in one write bound to their own request (serve/server/http_protocol.py ``respond``):
     three pipelined requests on one connection — 200, 400, 200 — come back whole, in order,
     each with its own id; a header value the server would echo unsafely is not echoed."""
     s = load_settings(model_repository=repo, poll_interval_s=0, warmup_batch_sizes=(1,))

@@ -10,7 +10,7 @@ import orjson
 import pytest
 from server_support import make_repository, running_server
 
-from serve.settings import load_settings
+from serve.server.settings import load_settings
 
 
 @pytest.fixture(scope="module")

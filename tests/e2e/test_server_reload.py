@@ -11,7 +11,7 @@ import httpx
 import pytest
 from server_support import build_onnx, make_version, running_server, write_calibration
 
-from serve.settings import load_settings
+from serve.server.settings import load_settings
 
 AUTH = {"Authorization": "Bearer s3cret-admin"}
 X = {"instances": [[0.5] * 8]}
@@ -39,7 +39,7 @@ def test_reload_new_version_then_refuse_broken_ones(repo, caplog):
         v3 = repo / "clf" / "3"
         build_onnx(v3 / "model.onnx", seed=3)
         write_calibration(v3, sha="ab" * 32)
-        caplog.set_level(logging.ERROR, "serve.repository")
+        caplog.set_level(logging.ERROR, "serve.server.repository")
         r = c.post("/v1/admin/reload", headers=AUTH).json()
         assert "clf/3" in r["failed"] and "made for a model with sha256 abababab" in r["failed"]["clf/3"]
         assert any("refused clf/3" in m for m in caplog.messages)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from server_support import make_repository, running_server
 
-from serve.settings import load_settings
+from serve.server.settings import load_settings
 
 httpclient = pytest.importorskip("tritonclient.http")
 

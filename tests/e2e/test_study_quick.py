@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from serve import metrics
+from serve import selective_metrics as metrics
 from serve.calibration.choose import choose_score
 from serve.scores import create_score
 from training.collapse import collapse
@@ -26,7 +26,7 @@ FIGURES = ("risk_coverage.png", "risk_coverage_msp.png", "xia_fig5.png", "pnorm_
 
 
 def _cli(*args: str, timeout: int = 280) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "serve.cli", "study", *args],
+    return subprocess.run([sys.executable, "-m", "serve.cli.main", "study", *args],
                           capture_output=True, text=True, timeout=timeout)
 
 

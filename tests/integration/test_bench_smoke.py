@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from server_support import make_version
 
-from serve.runtime import OnnxModel, providers_for
+from serve.server.runtime import OnnxModel, providers_for
 
 ROOT = Path(__file__).resolve().parents[2]
 needs_wrk = pytest.mark.skipif(shutil.which("wrk") is None,

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from serve.calibration.artifact import load_calibration
-from serve.cli import main
-from serve.runtime import sha256_file
+from serve.cli.main import main
+from serve.server.runtime import sha256_file
 
 D, K = 8, 4
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -97,8 +97,8 @@ def test_calibrate_then_evaluate(setup, capsys) -> None:
     assert rep["data"]["n"] == m["n"] == 4000
     # Recompute coverage and risk independently from the model's own logits.
     x, y = np.load(setup["test"])["x"], np.load(setup["test"])["y"]
-    from serve.runtime import OnnxModel
     from serve.scores import create_score
+    from serve.server.runtime import OnnxModel
     z = OnnxModel(md / "model.onnx").logits(x)
     s = create_score(cal.score, cal.temperature)(z)
     acc = s >= cal.threshold
@@ -127,7 +127,7 @@ def test_default_data_from_metadata_and_sgr(setup) -> None:
 def test_logits_file_and_target_coverage(setup, tmp_path) -> None:
     md = setup["model_dir"]
     x, y = np.load(setup["cal"])["x"], np.load(setup["cal"])["y"]
-    from serve.runtime import OnnxModel
+    from serve.server.runtime import OnnxModel
     z = OnnxModel(md / "model.onnx").logits(x)
     np.savez(tmp_path / "logits.npz", logits=z.astype(np.float32), labels=y)
     assert _calibrate(md, "--logits", str(tmp_path / "logits.npz"), "--target-risk", "0.05",

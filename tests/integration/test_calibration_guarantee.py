@@ -19,8 +19,8 @@ import pytest
 from scipy import stats
 
 from serve.calibration.pipeline import CalibrationSettings, calibrate_arrays
-from serve.metrics import risk_coverage_curve
 from serve.scores import Score
+from serve.selective_metrics import risk_coverage_curve
 
 K, C, A, B = 4, 6.0, 0.5, 1.0
 N_CAL = 3000

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from server_support import make_version
 
-from serve.runtime import OnnxModel
+from serve.server.runtime import OnnxModel
 
 onnxruntime = pytest.importorskip("onnxruntime")
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(

@@ -28,7 +28,7 @@ import pytest
 
 from serve.calibration.artifact import load_calibration
 from serve.decision import DecisionRule
-from serve.decision_graph import SNAPS, decision_head
+from serve.packaging.decision_graph import SNAPS, decision_head
 from tests.conftest import ROOT
 from tests.decision_cases import SPECS, K, cases
 
@@ -126,7 +126,7 @@ def test_the_graph_snaps_exactly_when_serve_scores_does():
     raw = float(np.float32(1.2345678e-3)) * (1 + 2.0 ** -50)
     served = create_score("maxlogit")(np.array([[0.0, raw]]))[0]
     assert (served != raw) == SNAPS, "serve.scores changed its last step: mirror it in " \
-        "serve/decision_graph.py (_snap)"
+        "serve/packaging/decision_graph.py (_snap)"
 
 
 def test_the_snap_step_is_serve_scores_own_bit_for_bit():
@@ -134,7 +134,7 @@ def test_the_snap_step_is_serve_scores_own_bit_for_bit():
         pytest.skip("serve.scores has no snap_scores (test_the_graph_snaps_exactly_when_…)")
     from onnx import TensorProto, helper
 
-    from serve.decision_graph import _Graph, _snap
+    from serve.packaging.decision_graph import _Graph, _snap
     from serve.scores import SNAP_GUARD, snap_scores
 
     g = _Graph(20)
@@ -187,7 +187,7 @@ def test_row_sums_are_numpys_bit_for_bit(k):
     """The unrolled pairwise sum equals np.sum(axis=1) exactly, whatever the row length."""
     from onnx import TensorProto, helper
 
-    from serve.decision_graph import _Graph
+    from serve.packaging.decision_graph import _Graph
 
     g = _Graph(20)
     g.op("Identity", g.row_sum("x", k), out="s")

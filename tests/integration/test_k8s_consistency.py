@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 from k8s_manifests import ROOT, base_docs, find, load_docs, manifest_files, server_container
 
-from serve.app import create_app
-from serve.cli import build_parser
-from serve.monitoring import Monitor
-from serve.settings import load_settings
+from serve.cli.main import build_parser
+from serve.monitoring.monitor import Monitor
+from serve.server.app import create_app
+from serve.server.settings import load_settings
 
 DOCKERFILE = ROOT / "Dockerfile"
 ABSTAIN = str(Path(sys.executable).parent / "abstain")
@@ -67,7 +67,7 @@ def _write_model(model_dir: Path) -> None:
     from onnx import TensorProto, helper, numpy_helper
 
     from serve.calibration.artifact import new_calibration, save_calibration
-    from serve.runtime import sha256_file
+    from serve.server.runtime import sha256_file
 
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.normal(size=(4, 3)).astype(np.float32), "w")

@@ -8,7 +8,7 @@ import shlex
 import pytest
 from k8s_manifests import ROOT
 
-from serve.cli import build_parser
+from serve.cli.main import build_parser
 
 DOCS = (ROOT / "README.md", ROOT / "docs" / "scaling.md")
 
@@ -44,7 +44,7 @@ def test_torchrun_commands_parse() -> None:
     assert len(commands) >= 4           # single- and multi-node, in README and docs/scaling.md
     for argv in commands:
         opts = run.get_args_parser().parse_args(argv[1:])
-        assert opts.module and opts.training_script == "serve.cli", argv
+        assert opts.module and opts.training_script == "serve.cli.main", argv
         train = build_parser().parse_args(opts.training_script_args)
         assert train.command == "train" and train.device == "cuda"
         nodes = int(str(opts.nnodes).split(":")[-1])

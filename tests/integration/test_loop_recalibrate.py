@@ -12,13 +12,13 @@ from prometheus_client import CollectorRegistry
 from server_support import ROOT, make_version
 
 from serve.calibration.artifact import load_calibration
-from serve.loop.gauges import LoopMetrics
-from serve.loop.recorder import Recorder
-from serve.loop.store import Store
+from serve.feedback.gauges import LoopMetrics
+from serve.feedback.recorder import Recorder
+from serve.feedback.store import Store
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "serve.cli", "calibrate", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "serve.cli.main", "calibrate", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
 
 

@@ -15,10 +15,10 @@ from fastapi.testclient import TestClient
 from loop_support import fresh_database, postgres_cluster, submit_batch
 from prometheus_client import CollectorRegistry, generate_latest
 
-from serve.loop.api import create_router
-from serve.loop.gauges import LoopMetrics
-from serve.loop.recorder import Recorder
-from serve.loop.store import Store, StoreError
+from serve.feedback.api import create_router
+from serve.feedback.gauges import LoopMetrics
+from serve.feedback.recorder import Recorder
+from serve.feedback.store import Store, StoreError
 
 
 @pytest.fixture(scope="module")

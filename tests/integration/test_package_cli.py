@@ -20,7 +20,7 @@ from tritonclient.grpc import model_config_pb2
 
 from serve.calibration.artifact import load_calibration, save_calibration
 from serve.decision import DecisionRule
-from serve.runtime import OnnxModel, sha256_file
+from serve.server.runtime import OnnxModel, sha256_file
 from tests.conftest import ROOT
 
 MODEL_DIR = ROOT / "models" / "mnist1d-maxsup" / "1"
@@ -32,7 +32,7 @@ BLOCK = textwrap.dedent("""
             if name.split('.')[0] in {'torch', 'torchvision', 'onnxscript', 'training'}:
                 raise ModuleNotFoundError(f"No module named '{name}'", name=name)
     sys.meta_path.insert(0, _Block())
-    from serve.cli import main
+    from serve.cli.main import main
     sys.exit(main(sys.argv[1:]))
 """)
 
@@ -166,8 +166,8 @@ def test_without_onnx_it_says_which_extra_to_install(tmp_path):
 
 
 def test_the_check_on_the_way_out_catches_a_graph_that_decides_otherwise():
-    from serve.decision_graph import attach_decision, decision_head
-    from serve.package_cli import PackageError, check_decisions
+    from serve.cli.package import PackageError, check_decisions
+    from serve.packaging.decision_graph import attach_decision, decision_head
 
     # pnorm:1 is built from exactly rounded operations only, so the check demands equal scores
     cal = dataclasses.replace(load_calibration(MODEL_DIR), score="pnorm:1", threshold=0.3)

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 from serve.calibration.artifact import new_calibration, save_calibration
-from serve.runtime import OnnxModel
 from serve.scores import create_score
+from serve.server.runtime import OnnxModel
 
 D, K = 8, 3
 QS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -101,8 +101,8 @@ def stack(tmp_path: Path):
         pytest.skip("the prometheus binary is not installed: run `make sysdeps`")
     import uvicorn
 
-    from serve.app import create_app
-    from serve.settings import ServerSettings
+    from serve.server.app import create_app
+    from serve.server.settings import ServerSettings
 
     coverage = build_model(tmp_path / "models" / "lin" / "1")
     port, prom_port = free_port(), free_port()

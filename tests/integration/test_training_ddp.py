@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from serve.cli import main
+from serve.cli.main import main
 
 TRAIN = ["--data", "mnist1d?n=2000", "--model", "mlp", "--loss", "maxsup", "--alpha", "0.1:0.2",
          "--epochs", "2", "--batch-size", "64", "--seed", "3", "--device", "cpu"]
@@ -36,7 +36,7 @@ def test_ddp_two_processes_match_single_process(run_dir: Path, tmp_path: Path) -
     assert torchrun, "torchrun ships with torch"
     out = tmp_path / "ddp"
     env = {**os.environ, "ABSTAIN_CACHE_DIR": "off", "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "serve.cli",
+    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "serve.cli.main",
                         "train", *TRAIN, "--out", str(out)],
                        capture_output=True, text=True, timeout=240, env=env)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from serve.cli import main
+from serve.cli.main import main
 from serve.data import load_dataset
-from serve.runtime import OnnxModel
+from serve.server.runtime import OnnxModel
 from training.export import ExportError, export_model, load_run, torch_logits
 
 DATA = "mnist1d?n=2000"

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from serve.dataplane.admit import Admission
-from serve.dataplane.batch import Batcher, Overloaded
-from serve.dataplane.head import Head
+from serve.server.dataplane.admit import Admission
+from serve.server.dataplane.batch import Batcher, Overloaded
+from serve.server.dataplane.head import Head
 
 
 def test_admitted_requests_hold_queue_room_so_later_ones_are_refused_from_headers():

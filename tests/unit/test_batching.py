@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from serve.dataplane.batch import Batcher, DeadlineExceeded, Overloaded
+from serve.server.dataplane.batch import Batcher, DeadlineExceeded, Overloaded
 
 
 def _infer_factory(delay: float = 0.0, gate: threading.Event | None = None):

@@ -20,7 +20,7 @@ from serve.calibration.certify import (
     min_accepted,
     zero_error_minimum,
 )
-from serve.metrics import risk_coverage_curve
+from serve.selective_metrics import risk_coverage_curve
 
 
 def test_zero_error_minimum_matches_methods_reference() -> None:

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from serve.cli import build_parser, main
+from serve.cli.main import build_parser, main
 
 MODEL = "models/mnist1d-maxsup/1"
 # Positional / required arguments that let argparse reach the flag under test.

@@ -1,11 +1,11 @@
-"""serve/collector.py: full collections on the server's schedule, the process's GC given back."""
+"""serve/server/garbage.py: full collections on the server's schedule, the process's GC given back."""
 
 from __future__ import annotations
 
 import gc
 import time
 
-from serve.collector import NEVER, Collector
+from serve.server.garbage import NEVER, Collector
 
 
 def test_start_freezes_and_takes_over_full_collections_stop_gives_them_back():

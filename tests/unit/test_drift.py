@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import binomtest
 
-from serve.drift import DriftConfigError, DriftDetector, two_sided_p_values
+from serve.monitoring.drift import DriftConfigError, DriftDetector, two_sided_p_values
 
 
 @pytest.mark.parametrize(("n", "p"), [(1000, 0.8), (1000, 0.5), (60, 0.93), (200, 0.0),

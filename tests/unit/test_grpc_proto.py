@@ -12,8 +12,8 @@ import numpy as np
 import orjson
 import pytest
 
-from serve.protocol import RequestError, v2
-from serve.protocol import grpc_v2 as P
+from serve.server.protocol import RequestError, v2
+from serve.server.protocol import grpc_v2 as P
 
 ROOT = Path(__file__).resolve().parents[2]
 SHAPE, DT = (8,), np.dtype(np.float32)
@@ -153,8 +153,8 @@ def test_encode_raw_and_typed_hold_the_same_values():
 
 def test_http_statuses_map_to_grpc_codes():
     grpc = pytest.importorskip("grpc")
-    from serve.dataplane.batch import DeadlineExceeded, Overloaded
-    from serve.grpc_server import NotReady, status_code
+    from serve.server.dataplane.batch import DeadlineExceeded, Overloaded
+    from serve.server.grpc_service import NotReady, status_code
 
     C = grpc.StatusCode
     for status, code in [(400, C.INVALID_ARGUMENT), (415, C.INVALID_ARGUMENT),

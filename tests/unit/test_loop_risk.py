@@ -11,8 +11,8 @@ import pytest
 from scipy import stats
 
 from serve.calibration.certify import certify
-from serve.loop.audit import Auditor
-from serve.loop.risk import confidence_sequence, excludes, fixed_interval, live_risk
+from serve.feedback.audit import Auditor
+from serve.feedback.risk import confidence_sequence, excludes, fixed_interval, live_risk
 
 DELTA = 0.05
 

@@ -1,7 +1,7 @@
-"""serve.metrics: hand-worked cases, O(n²) brute-force references, and hypothesis properties.
+"""serve.selective_metrics: hand-worked cases, O(n²) brute-force references, and hypothesis properties.
 
 The references below are written from METHODS.md §3 directly (per-sample prefix sets, pairwise
-AUROC, per-bin ECE), sharing no code with serve.metrics, so an agreement to 1e-12 means both
+AUROC, per-bin ECE), sharing no code with serve.selective_metrics, so an agreement to 1e-12 means both
 implement the same definition.
 """
 
@@ -16,7 +16,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from serve import metrics as M
+from serve import selective_metrics as M
 from serve.errors import AbstainError
 
 TOL = 1e-12

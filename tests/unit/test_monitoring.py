@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from serve.calibration.artifact import Calibration, new_calibration
-from serve.monitoring import Monitor, score_buckets
+from serve.monitoring.monitor import Monitor, score_buckets
 
 CLASSES = ["zero", "one", "two", "three"]
 

@@ -14,9 +14,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from serve.calibration.artifact import new_calibration
-from serve.loop.gauges import LoopMetrics
-from serve.loop.risk import live_risk
-from serve.monitoring import Monitor
+from serve.feedback.gauges import LoopMetrics
+from serve.feedback.risk import live_risk
+from serve.monitoring.monitor import Monitor
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "deploy/prometheus/alerts.yml"
@@ -39,7 +39,7 @@ def exported_sample_names() -> set[str]:
     mon.queue_depth("m", "1", 1)
     mon.batch("m", "1", 2, [0.001, 0.002], 0.001)
     mon.decisions("m", "1", np.array([0, 1]), ["a", "b"], np.array([0.2, 0.8]), np.array([True, False]))
-    loop = LoopMetrics(mon.registry)                     # the feedback loop's series (serve/loop)
+    loop = LoopMetrics(mon.registry)                     # the feedback loop's series (serve/feedback)
     loop.set_risk(live_risk("m", "1", "ab" * 32, 0.05, 1, 100, 2, 0.05))
     loop.dropped.inc()
     names = set()
@@ -157,7 +157,7 @@ def test_rules_and_dashboard_reference_only_exported_metrics() -> None:
     used_dash = {m for e in exprs for m in METRIC.findall(e)}
     used_alerts = set(METRIC.findall(ALERTS.read_text()))
     unknown = (used_dash | used_alerts) - exported
-    assert not unknown, f"not exported by serve.monitoring: {sorted(unknown)}"
+    assert not unknown, f"not exported by serve.monitoring.monitor: {sorted(unknown)}"
     # the panels the issue asks for
     for needed in ("abstain_predictions_total", "abstain_certified_coverage", "abstain_drift_p_value",
                    "abstain_drift_detected", "abstain_request_duration_seconds_bucket",

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 WORKER = textwrap.dedent("""
     import sys, numpy as np
     from serve.calibration.artifact import new_calibration
-    from serve.monitoring import Monitor, setup_multiprocess
+    from serve.monitoring.monitor import Monitor, setup_multiprocess
     n_acc, n_def, inflight, close, setup = (int(a) for a in sys.argv[1:6])
     if setup:   # what the parent of the workers does before starting them
         setup_multiprocess(sys.argv[6])

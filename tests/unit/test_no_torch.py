@@ -32,7 +32,7 @@ def test_serve_imports_and_scores_without_torch() -> None:
         for m in pkgutil.walk_packages(serve.__path__, 'serve.'):
             importlib.import_module(m.name)
         from serve.scores import create_score
-        from serve.metrics import aurc
+        from serve.selective_metrics import aurc
         s = create_score('pnorm:2')(np.array([[3.0, 0.0, 0.0], [1.0, 0.9, 0.8]]))
         assert s[0] > s[1], s
         assert 0.0 <= aurc(s, np.array([0, 1])) <= 1.0
@@ -46,7 +46,7 @@ def test_serve_imports_and_scores_without_torch() -> None:
 def test_training_command_without_torch_says_how_to_install() -> None:
     r = _run("""
         import sys
-        from serve.cli import main
+        from serve.cli.main import main
         sys.exit(main(['train', '--data', 'mnist1d', '--out', 'runs/never']))
     """)
     assert r.returncode == 2, (r.stdout, r.stderr)
@@ -56,7 +56,7 @@ def test_training_command_without_torch_says_how_to_install() -> None:
 
 def test_help_lists_only_commands_this_install_can_run() -> None:
     r = _run("""
-        from serve.cli import main
+        from serve.cli.main import main
         main(['--help'])
     """)
     commands = r.stdout.split("positional arguments:")[1].split("options:")[0]
@@ -73,7 +73,7 @@ def test_a_dataset_without_the_data_extra_names_the_data_extra() -> None:
     r = _run(f"""
         import os, sys, tempfile
         os.environ["ABSTAIN_CACHE_DIR"] = tempfile.mkdtemp()      # cold cache
-        from serve.cli import main
+        from serve.cli.main import main
         sys.exit(main(['evaluate', {str(model)!r}]))
     """, TORCH | {"mnist1d", "sklearn"})
     assert r.returncode == 2, (r.stdout, r.stderr)

@@ -12,8 +12,8 @@ from server_support import make_version
 from serve.calibration import probe
 from serve.calibration.artifact import load_calibration, save_calibration
 from serve.decision import DecisionRule
-from serve.repository import load_version
-from serve.runtime import OnnxModel
+from serve.server.repository import load_version
+from serve.server.runtime import OnnxModel
 
 
 def _calibrate_with_probe(vdir, perturb_row: int | None):
@@ -76,7 +76,7 @@ def test_a_tampered_probe_file_is_refused(tmp_path):
 
 
 def test_calibrate_cli_writes_a_probe_the_loader_accepts(tmp_path, caplog):
-    from serve.cli import main
+    from serve.cli.main import main
 
     vdir = make_version(tmp_path / "repo", "clf", 1, seed=5)
     model = OnnxModel(vdir / "model.onnx", device="cpu")

@@ -6,7 +6,7 @@ import numpy as np
 import orjson
 import pytest
 
-from serve.protocol import RequestError, check_batch, loads_json, v1, v2
+from serve.server.protocol import RequestError, check_batch, loads_json, v1, v2
 
 F32 = np.dtype(np.float32)
 

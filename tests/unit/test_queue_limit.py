@@ -1,4 +1,4 @@
-"""The queue limit under sustained overload (serve/dataplane/queue_limit.py) and in the batcher."""
+"""The queue limit under sustained overload (serve/server/dataplane/queue_limit.py) and in the batcher."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from serve.dataplane.batch import Batcher, Overloaded
-from serve.dataplane.queue_limit import QueueLimit
+from serve.server.dataplane.batch import Batcher, Overloaded
+from serve.server.dataplane.queue_limit import QueueLimit
 
 
 class Clock:

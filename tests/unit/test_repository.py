@@ -7,8 +7,8 @@ import asyncio
 import pytest
 from server_support import make_version, write_calibration
 
-from serve.monitoring import Monitor
-from serve.repository import ModelNotFound, ModelRepository, scan, valid_name
+from serve.monitoring.monitor import Monitor
+from serve.server.repository import ModelNotFound, ModelRepository, scan, valid_name
 
 
 @pytest.mark.parametrize(("name", "ok"), [("clf", True), ("mnist1d-maxsup", True), ("a.b_c", True),

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from serve import threads
+from serve.server import threads
 
 
 class _Timed:

@@ -1,0 +1,12 @@
+"""The command lines: ``abstain X`` is ``serve/cli/X.py`` (its ``register_X`` adds the subcommand).
+
+``main`` is the console script; every subcommand arrives through the entry-point group
+``abstain.commands`` (``pyproject.toml``), so ``serve`` never names ``training``. ``argtypes``
+(validated numeric flags), ``console`` (rich output) and ``examples`` (the start-up banner's
+requests) serve the commands. The only package of ``serve`` that parses arguments.
+
+May import: everything in ``serve``. Never ``training``, ``bench`` or torch.
+"""
+
+__all__ = ["argtypes", "calibrate", "console", "evaluate", "examples", "main", "package",
+           "review", "serve"]

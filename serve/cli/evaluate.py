@@ -1,0 +1,125 @@
+"""``abstain evaluate``: the deployed score and threshold measured on test data.
+
+Shares the data plumbing (logits from ``--data`` or ``--logits``, data-role checks) with
+``abstain calibrate`` in :mod:`serve.cli.calibrate`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from typing import Any
+
+import numpy as np
+
+from serve.calibration.artifact import Calibration, load_calibration
+from serve.cli.argtypes import fraction
+from serve.cli.calibrate import (
+    DataRoleError,
+    _console,
+    _logits_and_labels,
+    _model_path,
+    add_model_inputs,
+    check_evaluation_role,
+    log,
+)
+
+
+def _nan_to_none(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _nan_to_none(x) for k, x in v.items()}
+    return v
+
+
+def evaluate_arrays(cal: Calibration, logits: np.ndarray, labels: np.ndarray,
+                    confidence: float = 0.95) -> dict[str, Any]:
+    """Every deployment metric of a calibration's rule on labelled logits."""
+    from serve import selective_metrics as metrics
+    from serve.calibration.certify import clopper_pearson_interval, clopper_pearson_upper
+    from serve.decision import DecisionRule
+
+    y = np.asarray(labels, dtype=np.int64)
+    d = DecisionRule(cal)(logits, probabilities=True)
+    errors = d.label != y                                   # (n,) bool
+    accepted = ~d.reject
+    n, n_acc = len(y), int(accepted.sum())
+    k = int(errors[accepted].sum())
+    risk = k / n_acc if n_acc else float("nan")
+    lo, hi = clopper_pearson_interval(k, n_acc, confidence)
+    summ = metrics.summary(d.score, errors)
+    return _nan_to_none({
+        "n": n, "accuracy": float(1.0 - errors.mean()), "coverage": n_acc / n,
+        "n_accepted": n_acc, "n_errors_accepted": k, "selective_risk": risk,
+        "risk_ci": [lo, hi], "confidence": confidence,
+        "risk_upper_bound": float(clopper_pearson_upper(k, n_acc, cal.delta)) if n_acc else float("nan"),
+        "target_risk": cal.target_risk, "under_target": bool(n_acc and risk <= cal.target_risk),
+        "aurc": summ["aurc"], "e_aurc": summ["e_aurc"], "augrc": summ["augrc"],
+        "auroc": summ["auroc"],
+        "ece": metrics.ece(d.probabilities.max(axis=1), errors),  # temperature-scaled MSP
+    })
+
+
+def evaluate_main(args: argparse.Namespace) -> int:
+
+    model_path = _model_path(args.model)
+    z, y, info, sha = _logits_and_labels(args, model_path, check_evaluation_role)
+    cal = load_calibration(model_path.parent, sha)
+    if info["fingerprint"] == cal.data_fingerprint and info["split"] == cal.data.get("split"):
+        raise DataRoleError(f"refusing to evaluate on {info['spec']} ({info['split']}): it is the "
+                            "data this model was calibrated on. Evaluate on held-out test data")
+    if info["split"] in ("train", "tune"):
+        log.warning("evaluating on the '%s' split: the model has seen it, numbers are optimistic",
+                    info["split"])
+    res = evaluate_arrays(cal, z, y, args.confidence)
+    report = {"model": str(model_path), "model_sha256": sha,
+              "data": {k: info[k] for k in ("spec", "split", "fingerprint", "n")},
+              "calibration": {"score": cal.score, "temperature": cal.temperature,
+                              "threshold": cal.threshold, "method": cal.method,
+                              "target_risk": cal.target_risk, "delta": cal.delta,
+                              "certified_coverage": cal.coverage}, "metrics": res}
+    if args.json:
+        print(json.dumps(report, indent=2, allow_nan=False))
+        return 0
+    from rich.table import Table
+
+    c = report["calibration"]
+    _console().print(f"[bold]{model_path.parent}[/bold] on {info['spec']}:{info['split']} "
+                     f"(n = {res['n']}): score {c['score']}, threshold {c['threshold']}, "
+                     f"T = {c['temperature']:.4f}, method {c['method']}")
+    t = Table()
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+
+    def f(v: Any, fmt: str = ".4f") -> str:
+        return "n/a" if v is None else format(v, fmt)
+
+    rows = [("accuracy (all)", f(res["accuracy"])), ("coverage", f(res["coverage"])),
+            ("accepted / errors", f"{res['n_accepted']} / {res['n_errors_accepted']}"),
+            ("selective risk", f(res["selective_risk"])),
+            (f"{res['confidence']:.0%} Clopper–Pearson CI", f"[{res['risk_ci'][0]:.4f}, "
+                                                             f"{res['risk_ci'][1]:.4f}]"),
+            (f"target risk (δ = {cal.delta:g})", f"{cal.target_risk:g}"),
+            ("realised risk ≤ target", "yes" if res["under_target"] else "NO"),
+            ("AURC", f(res["aurc"])), ("E-AURC", f(res["e_aurc"])), ("AUGRC", f(res["augrc"])),
+            ("AUROC", f(res["auroc"])), ("ECE (temperature-scaled MSP)", f(res["ece"]))]
+    for k, v in rows:
+        t.add_row(k, v)
+    _console().print(t)
+    return 0
+
+
+def register_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="measure the deployed score and threshold on test data",
+                       description="Apply the model's calibration.json (score, temperature, "
+                       "threshold) to labelled held-out data and report accuracy, coverage, the "
+                       "selective risk with a Clopper–Pearson interval, whether it is under the "
+                       "target, AURC/E-AURC/AUGRC/AUROC and ECE. Refuses the calibration split "
+                       "and a whole built-in dataset; warns on train/tune.")
+    add_model_inputs(p, "labelled test", "test")
+    p.add_argument("--json", action="store_true", help="print a JSON report instead of a table")
+    p.add_argument("--confidence", type=fraction(0.95), default=0.95,
+                   help="confidence of the two-sided Clopper–Pearson interval")
+    p.set_defaults(handler=evaluate_main)

@@ -1,0 +1,212 @@
+"""``abstain serve [MODEL_REPOSITORY]``: validate settings, pre-flight the models, run uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import os
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from serve.errors import AbstainError
+from serve.server.settings import (
+    ENV_PREFIX,
+    ServerSettings,
+    SettingsError,
+    load_settings,
+    read_key_file,
+)
+
+log = logging.getLogger("abstain.serve")
+
+DEFAULT_MODEL = "mnist1d-maxsup"
+_FLAGS: list[tuple[str, type, str]] = [
+    ("host", str, "interface to bind, 0.0.0.0 for all (default 127.0.0.1)"),
+    ("port", int, "TCP port (default 8000)"),
+    ("workers", int, "uvicorn worker processes (default 1)"),
+    ("device", str, "auto | cpu | cuda (default auto; cuda refuses to start without an active "
+               "CUDA provider)"),
+    ("max_batch_size", int, "samples per coalesced session run (default 64)"),
+    ("max_queue_size", int, "samples queued per model before 503 (default 2048)"),
+    ("overload_queue_ms", float, "under sustained overload keep only this many ms of work queued, "
+     "e.g. 5 (default 0 = the whole queue)"),
+    ("max_instances", int, "samples per request before 413 (default 1024)"),
+    ("max_body_bytes", int, "request body limit in bytes (default 16 MiB)"),
+    ("request_timeout_s", float, "per-request deadline in seconds (default 30; header X-Deadline-Ms)"),
+    ("poll_interval_s", float, "repository poll period for hot reload, 0 = off (default 10)"),
+    ("intra_op_threads", str, "onnxruntime threads: auto (batches on 1 or all cores, measured at "
+     "warm-up; a request alone on all cores; default), 0 = onnxruntime's default, or a number"),
+    ("max_inflight", int, "inference requests in flight before 503 (default 4096)"),
+    ("max_body_buffer_bytes", int, "body bytes being read, all requests, before 503 (default 256 MiB)"),
+    ("max_header_bytes", int, "request line + headers before 431 (default 64 KiB)"),
+    ("header_timeout_s", float, "seconds to receive the headers before 408 (default 10)"),
+    ("body_timeout_s", float, "seconds to receive a body before 408 (default 30)"),
+    ("keep_alive_s", float, "seconds an idle keep-alive connection stays open (default 5)"),
+    ("max_image_pixels", int, "decoded image pixels per request before 413 (default 50M)"),
+    ("max_image_pixels_per_s", int, "decoded image pixels per second before 503 (default 200M)"),
+    ("shed_hold_s", float, "after a 503, seconds before that connection is read again (default 1 = the minimum Retry-After)"),
+    ("on_probe_mismatch", str, "refuse | warn: a version whose probe batch gives other logits or "
+     "decisions than calibration saw (another provider or precision) is refused (default)"),
+    ("metrics_port", int, "serve /metrics on this port only (default: beside the API)"),
+    ("grpc_port", int, "also serve the KServe v2 gRPC protocol on this port (default: off)"),
+    ("api_key", str, "DISCOURAGED (visible in ps): use --api-key-file or ABSTAIN_API_KEY "
+     "(default: none)"),
+    ("admin_key", str, "DISCOURAGED (visible in ps): use --admin-key-file or ABSTAIN_ADMIN_KEY "
+     "(default: none, /v1/admin off)"),
+    ("log_level", str, "debug | info | warning | error (default info)"),
+    ("drift_window", int, "decisions in the deferral-rate drift window (default 1000)"),
+    ("drift_alpha", float, "flag drift when the binomial p-value is below this (default 0.001)"),
+    # the feedback loop (serve/feedback): recording is on with a state dir or a database URL
+    ("state_dir", str, "record every decision in SQLite under this folder (review queue, live risk; default: off)"),
+    ("database_url", str, "postgresql://… decision store shared by several replicas (default: off)"),
+    ("audit_rate", float, "probability a sample is drawn for audit (default 0.01)"),
+    ("store_inputs", str, "true: keep decoded inputs for reviewers (default false)"),
+    ("live_delta", float, "level of the anytime-valid live-risk bound (default 0.05)"),
+    ("review_ttl_s", float, "review items expire after this many seconds (default 7 days)"),
+    ("reviewer_key", str, "Bearer key for the review API, besides the api/admin keys (default: none)"),
+    ("review_webhook_secret", str, "enable POST /v1/review/labelstudio with this shared secret (default: off)"),
+]
+
+
+_KEY_FILES = [("api_key", "for inference and metadata"), ("admin_key", "enabling /v1/admin/*"),
+              ("metrics_key", "for /metrics")]
+
+
+def register_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve every model in a repository over HTTP (v1 + KServe v2)",
+                       description="Serve models/<name>/<version>/{model.onnx,calibration.json}. "
+                       f"Every flag can also be set as {ENV_PREFIX}<FLAG> (flags win).")
+    p.add_argument("model_repository", nargs="?", default=None,
+                   help="model repository folder (default: models, or $ABSTAIN_MODEL_REPOSITORY)")
+    for name, typ, help_ in _FLAGS:
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None,
+                       help=f"{help_}  [env {ENV_PREFIX}{name.upper()}]")
+    p.add_argument("--follow-symlinks", dest="follow_symlinks", action="store_true", default=None,
+                   help="serve version directories that resolve outside the repository (off: "
+                   f"they are skipped with a warning)  [env {ENV_PREFIX}FOLLOW_SYMLINKS]")
+    for name, what in _KEY_FILES:
+        p.add_argument(f"--{name.replace('_', '-')}-file", dest=f"{name}_file", default=None,
+                       metavar="PATH", help=f"read the Bearer key {what} from PATH (first line; default: none)  "
+                       f"[env {ENV_PREFIX}{name.upper()}]")
+    p.set_defaults(handler=_serve)
+
+
+def _check_port(host: str, port: int, flag: str = "--port") -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as err:
+            why = "is already in use" if err.errno == errno.EADDRINUSE else f"cannot be bound ({err})"
+            raise SettingsError(f"{host}:{port} {why}: pass another {flag} or stop the other "
+                                "server") from None
+
+
+def preflight(settings: ServerSettings) -> list[Any]:
+    """Load every version once to refuse a bad start with a one-line reason.
+
+    The single-worker server adopts these loaded versions (see ``create_app(preloaded=...)``);
+    worker processes (``--workers N``) load their own.
+    """
+    from serve.server.repository import load_version, scan
+    from serve.server.runtime import providers_for
+
+    if settings.device == "cuda":
+        providers_for("cuda")                     # raises with the fix when CUDA is not installed
+    found = scan(settings.model_repository, settings.follow_symlinks)
+    if not found:
+        raise SettingsError(
+            f"no model in {str(settings.model_repository)!r}: expected "
+            "<name>/<version>/{model.onnx,calibration.json} (version a positive integer). Train "
+            "and export one (`abstain train`, `abstain export`, `abstain calibrate`)")
+    loaded, failed = [], {}
+    for (name, version), d in found.items():
+        try:
+            loaded.append(load_version(d, name, version, settings.device,
+                                       settings.intra_op_threads, (1,), settings.on_probe_mismatch))
+        except Exception as err:                   # any failure refuses that version only
+            failed[f"{name}/{version}"] = str(err) if isinstance(err, AbstainError) else \
+                f"{type(err).__name__}: {err}"
+    if not loaded:
+        raise SettingsError("no servable model: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
+    return loaded
+
+
+def curl_example(settings: ServerSettings, loaded: list[Any]) -> str:
+    """A v1 command that works against this server for the default (or first) model."""
+    from serve.cli.examples import curl_lines, pick_model
+
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    return curl_lines(f"http://{host}:{settings.port}", pick_model(loaded), bool(settings.api_key))[0]
+
+
+def _serve(args: argparse.Namespace) -> int:
+    overrides = {name: getattr(args, name) for name, _, _ in _FLAGS}
+    overrides["follow_symlinks"] = args.follow_symlinks
+    if args.model_repository is not None:
+        overrides["model_repository"] = Path(args.model_repository)
+    for name, _ in _KEY_FILES:
+        flag = f"--{name.replace('_', '-')}"
+        path = getattr(args, f"{name}_file")
+        if path is not None:
+            if overrides.get(name) is not None:
+                raise SettingsError(f"{flag} and {flag}-file both given: keep {flag}-file")
+            overrides[name] = read_key_file(path, f"{flag}-file")
+        elif overrides.get(name) is not None:
+            log.warning("%s on the command line is visible to every user of this machine (ps, "
+                        "shell history): prefer %s-file or %s%s", flag, flag, ENV_PREFIX, name.upper())
+    settings = load_settings(**overrides)
+    _check_port(settings.host, settings.port)
+    if settings.grpc_port is not None:
+        try:
+            import grpc  # noqa: F401
+        except ImportError:
+            raise SettingsError("--grpc-port needs grpcio: pip install 'abstain[cpu]' (or [gpu]), "
+                                "or leave --grpc-port unset") from None
+        if settings.grpc_port and settings.workers == 1:  # workers share it (SO_REUSEPORT)
+            _check_port(settings.host, settings.grpc_port, "--grpc-port")
+    loaded = preflight(settings)
+
+    from rich.table import Table
+
+    from serve.cli.console import make_console
+    from serve.cli.examples import banner_lines
+
+    table = Table(title=f"abstain serve {settings.model_repository}")
+    for col in ("model", "version", "provider", "threads", "score", "threshold", "target risk",
+                "coverage"):
+        table.add_column(col)
+    for mv in loaded:
+        c = mv.calibration
+        table.add_row(mv.name, str(mv.version), mv.model.provider, mv.threads, c.score,
+                      "defer all" if c.threshold is None else f"{c.threshold:.4g}",
+                      f"{c.target_risk:g}", f"{c.coverage:.3f}")
+    console = make_console(stderr=True)
+    console.print(table)
+    for line in banner_lines(settings.host, settings.port, loaded, bool(settings.api_key)):
+        console.print(line, soft_wrap=True, highlight=False, markup=False)
+
+    import uvicorn
+
+    from serve.server.http_protocol import uvicorn_options
+
+    common = {"host": settings.host, "port": settings.port, "log_level": settings.log_level,
+              "timeout_graceful_shutdown": max(30, int(settings.request_timeout_s) + 5),
+              "access_log": False, **uvicorn_options(settings)}
+    if settings.workers > 1:
+        os.environ.update(settings.env())
+        from serve.monitoring.monitor import MULTIPROC_ENV, setup_multiprocess
+
+        # Workers share metric files here; /metrics on any worker aggregates all of them.
+        setup_multiprocess(os.environ.get(MULTIPROC_ENV) or tempfile.mkdtemp(prefix="abstain-metrics-"))
+        uvicorn.run("serve.server.app:create_app_from_env", factory=True, workers=settings.workers,
+                    **common)
+        return 0
+    from serve.server.app import create_app
+
+    uvicorn.run(create_app(settings, preloaded=loaded), **common)   # no second load
+    return 0

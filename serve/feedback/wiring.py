@@ -1,0 +1,78 @@
+"""One object the server holds for the feedback loop: store, recorder and review router.
+
+Server integration (serve/server/app.py, the whole of it)::
+
+    loop = create_loop(settings, registry=monitor.registry, multiprocess=monitor.multiprocess)
+    Record(monitor, [loop.sink] if loop else None)   # the record stage, once per batch
+    if loop: control.include_router(loop.router)     # the control plane
+    # lifespan: loop.start() at startup, await asyncio.to_thread(loop.close) at shutdown
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter
+
+from serve.feedback.api import create_router
+from serve.feedback.gauges import LoopMetrics
+from serve.feedback.recorder import Recorder
+from serve.feedback.store import Store
+
+
+@dataclass
+class Loop:
+    store: Store
+    recorder: Recorder
+    router: APIRouter
+    _sha: dict[int, tuple[Any, str]] = field(default_factory=dict)
+
+    def sink(self, mv: Any, tags: list[str], sizes: list[int], out: dict[str, np.ndarray]) -> None:
+        """The record stage's sink: one call per batch, no per-sample work, never raises.
+
+        The audit flags are drawn here from their own generator, before anything in ``out`` is
+        read, so they are independent of score and decision. ``out["input"]``, when the batcher
+        passes it, is the batch's decoded input (kept with ``--store-inputs``).
+        """
+        rec = self.recorder
+        audit = rec.audit(int(sum(sizes)))
+        cal = mv.calibration
+        hit = self._sha.get(id(cal))
+        if hit is None or hit[0] is not cal:            # the hash is a JSON dump: once per version
+            hit = self._sha[id(cal)] = (cal, cal.sha256)
+        rec.submit(mv.name, str(mv.version), hit[1], tags, None, out["label"], out["score"],
+                   out["reject"], audit, None, out.get("input"), class_names=mv.class_names,
+                   target_risk=cal.target_risk, sizes=sizes, logits=out.get("logits"),
+                   temperature=cal.temperature)
+
+    def start(self) -> None:
+        self.recorder.start()
+
+    def close(self, timeout: float = 10.0) -> None:
+        self.recorder.close(timeout)
+
+
+def create_loop(settings: Any, registry: Any = None, multiprocess: bool = False,
+                **recorder_kw: Any) -> Loop | None:
+    """The loop for ``ServerSettings``; ``None`` when neither a state dir nor a database URL is set.
+
+    Raises:
+        StoreError: the store cannot be opened (a clear one-line message).
+    """
+    location = settings.database_url_value or settings.state_dir
+    if location is None:
+        return None
+    store = Store(location)
+    recorder = Recorder(store, audit_rate=settings.audit_rate, store_inputs=settings.store_inputs,
+                        review_ttl_s=settings.review_ttl_s, live_delta=settings.live_delta,
+                        metrics=LoopMetrics(registry, multiprocess), **recorder_kw)
+    router = create_router(store, api_key=settings.api_key_value, admin_key=settings.admin_key_value,
+                           reviewer_key=settings.reviewer_key_value, live_delta=settings.live_delta)
+    secret = settings.review_webhook_secret
+    if secret is not None and secret.get_secret_value():
+        from serve.feedback.labelstudio import webhook_router
+
+        router.include_router(webhook_router(store, secret.get_secret_value()))
+    return Loop(store, recorder, router)

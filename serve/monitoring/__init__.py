@@ -1,0 +1,10 @@
+"""Monitoring: the Prometheus series of the server and the label-free deferral-drift test.
+
+``monitor`` (:class:`~serve.monitoring.monitor.Monitor`: what the request path reports),
+``tally`` (applies what the hot path queued, once per flush), ``prometheus`` (multiprocess
+set-up, vectorised histogram updates), ``drift`` (the deferral-rate test).
+
+May import: ``serve.calibration`` and the maths at the bottom of ``serve``.
+"""
+
+__all__ = ["drift", "monitor", "prometheus", "tally"]

@@ -1,0 +1,270 @@
+"""The model repository ``<root>/<name>/<version>/{model.onnx, calibration.json}`` and hot reload.
+
+Each servable version is a :class:`ModelVersion`: its onnxruntime session, verified calibration,
+decision rule and batcher. The live set is an immutable mapping swapped in one assignment, so a
+request that already holds a version finishes on it while new requests see the new set. A version
+that fails to load (bad model, missing/malformed calibration, wrong model hash) is refused with a
+logged error and, on reload, whatever served before keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+from serve.calibration import probe
+from serve.calibration.artifact import FILENAME as CALIBRATION_FILE
+from serve.calibration.artifact import Calibration, load_calibration
+from serve.decision import DecisionRule
+from serve.errors import AbstainError
+from serve.monitoring.monitor import Monitor
+from serve.server.dataplane.batch import Batcher
+from serve.server.protocol import short
+from serve.server.repository_files import (  # noqa: F401  (re-exported)
+    MODEL_FILE,
+    NAME_RE,
+    VERSION_RE,
+    _signature,
+    scan,
+    valid_name,
+)
+from serve.server.runtime import Device, OnnxModel, read_model_bytes
+from serve.server.threads import pick_threads
+
+log = logging.getLogger(__name__)
+
+
+
+class ModelNotFound(AbstainError):
+    status = 404
+    reason = "unknown_model"
+
+
+@dataclass
+class ModelVersion:
+    """One loaded, warmed, servable version."""
+
+    name: str
+    version: int
+    path: Path
+    model: OnnxModel
+    calibration: Calibration
+    rule: DecisionRule
+    signature: tuple
+    loaded_at: float = field(default_factory=time.time)
+    batcher: Batcher | None = None
+    threads: str = "default"                       # intra-op threads, as the start-up table shows
+    alone: OnnxModel | None = None                 # the session for a request alone (threads.py)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.model.class_names
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        p = self.model.metadata.get("preprocessing")
+        return p if isinstance(p, dict) else {"kind": "none"}
+
+    def infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """One session run plus the decision for the whole batch (vectorised), in the worker thread."""
+        return self._decide(self.model.run(x))                 # (n, K) float32 logits
+
+    def infer_alone(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """:meth:`infer` for a request that runs alone, on the event loop (serve/server/threads.py)."""
+        return self._decide((self.alone or self.model).run(x))
+
+    def _decide(self, logits: np.ndarray) -> dict[str, np.ndarray]:
+        d = self.rule(logits)
+        return {"logits": logits, "label": d.label, "score": d.score, "reject": d.reject}
+
+    def summary(self) -> dict[str, Any]:
+        c, m = self.calibration, self.model
+        cal = {k: getattr(c, k) for k in ("score", "threshold", "target_risk", "delta", "method",
+                                          "risk", "risk_upper_bound", "temperature", "defer_all")}
+        cal.update(certified_coverage=c.coverage, sha256=c.sha256, certified=(
+            f"selective risk ≤ {c.target_risk:g} with probability ≥ {1 - c.delta:g}; "
+            "risk_upper_bound is a post-selection CP bound (indicative only)"))
+        return {"name": self.name, "version": str(self.version), "provider": m.provider,
+                "threads": self.threads, "providers": m.providers, "model_sha256": m.sha256,
+                "calibration": cal}
+
+
+def load_version(d: Path, name: str, version: int, device: Device = "auto",
+                 intra_op_threads: int | str = 0, warmup: tuple[int, ...] = (1,),
+                 on_probe_mismatch: str = "refuse") -> ModelVersion:
+    """Load, verify and warm up one version directory (blocking; call from a thread).
+
+    Raises:
+        AbstainError: the model or its calibration cannot be served, with the reason.
+    """
+    sig = _signature(d)
+    data = read_model_bytes(d / MODEL_FILE)                   # once: every session is built from it
+    sessions = pick_threads(
+        lambda n: OnnxModel(d / MODEL_FILE, device=device, intra_op_threads=n, model_bytes=data),
+        intra_op_threads, tuple(sorted({1, max(warmup)})))
+    model = sessions.batch
+    cal = load_calibration(d / CALIBRATION_FILE, model.sha256)
+    qs = cal.score_quantiles
+    if cal.threshold is not None and qs and not (min(qs) <= cal.threshold <= max(qs)):
+        log.warning("%s/%s: threshold %.6g lies outside the certification scores' range "
+                    "[%.6g, %.6g]: it %s", name, version, cal.threshold, min(qs), max(qs),
+                    "defers (almost) everything" if cal.threshold > max(qs)
+                    else "accepts (almost) everything")
+    rule = DecisionRule(cal)
+    alone = sessions.alone if sessions.alone is not model else None
+    served = (model, alone) if alone is not None else (model,)
+    for m in served:
+        m.warmup(tuple(warmup))
+    # One decision on warm-up logits proves the score works for this model's K.
+    rule(model.run(np.zeros((1, *model.input_shape), model.input_dtype)))
+    probe.check(d, served, rule, on_probe_mismatch)          # the certified logits, here?
+    return ModelVersion(name, version, d, model, cal, rule, sig, threads=sessions.note,
+                        alone=alone)
+
+
+@dataclass
+class ReloadReport:
+    loaded: list[str] = field(default_factory=list)
+    unloaded: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    serving: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"loaded": self.loaded, "unloaded": self.unloaded, "failed": self.failed,
+                "serving": self.serving}
+
+
+class ModelRepository:
+    """All servable versions under ``root``; reload swaps the live set atomically."""
+
+    def __init__(self, root: Path, monitor: Monitor, device: Device = "auto",
+                 intra_op_threads: int | str = 0, warmup: tuple[int, ...] = (1, 8, 64),
+                 batcher_factory: Callable[[ModelVersion], Batcher] | None = None,
+                 preloaded: list[ModelVersion] | None = None,
+                 follow_symlinks: bool = False, on_probe_mismatch: str = "refuse") -> None:
+        self.root = Path(root)
+        self.on_probe_mismatch = on_probe_mismatch
+        self.follow_symlinks = follow_symlinks
+        self.monitor = monitor
+        self.device: Device = device
+        self.intra_op_threads = intra_op_threads
+        self.warmup = warmup
+        self.batcher_factory = batcher_factory
+        # Versions `abstain serve` already loaded to validate the start: the first reload adopts
+        # them (warming them up) instead of loading every model a second time.
+        self._preloaded = {(mv.name, mv.version): mv for mv in preloaded or ()}
+        self._live: Mapping[str, Mapping[int, ModelVersion]] = MappingProxyType({})
+        self._failed: dict[tuple[str, int], tuple] = {}   # signature that failed, to log once
+        self._lock = asyncio.Lock()
+        self._retiring: set[asyncio.Task] = set()
+        self.ready = False
+
+    @property
+    def models(self) -> Mapping[str, Mapping[int, ModelVersion]]:
+        return self._live
+
+    def versions(self) -> list[ModelVersion]:
+        return [mv for vs in self._live.values() for mv in vs.values()]
+
+    def get(self, name: str, version: str | int | None = None) -> ModelVersion:
+        """The requested version, or the highest one; a 404 error naming what exists."""
+        vs = self._live.get(name)
+        if not vs:
+            known = ", ".join(sorted(self._live)) or "none"
+            raise ModelNotFound(f"no model named {short(name)}; serving: {known}")
+        if version is None or version == "":
+            return vs[max(vs)]
+        v = str(version)
+        if not VERSION_RE.match(v) or int(v) not in vs:
+            raise ModelNotFound(f"model {short(name)} has no version {short(v, 16)}; versions: "
+                                f"{', '.join(str(k) for k in sorted(vs))} (positive integers)")
+        return vs[int(v)]
+
+    async def reload(self) -> ReloadReport:
+        """Scan the repository; load new or changed versions, drop removed ones, keep the rest."""
+        async with self._lock:
+            report = ReloadReport()
+            found = await asyncio.to_thread(scan, self.root, self.follow_symlinks)
+            current = {(mv.name, mv.version): mv for mv in self.versions()}
+            new: dict[tuple[str, int], ModelVersion] = {}
+            for key, d in found.items():
+                label = f"{key[0]}/{key[1]}"
+                sig = await asyncio.to_thread(_signature, d)
+                old = current.get(key)
+                if old is not None and old.signature == sig:
+                    new[key] = old
+                    continue
+                if self._failed.get(key) == sig:      # already refused; keep what serves
+                    if old is not None:
+                        new[key] = old
+                    report.failed[label] = "unchanged since it was refused"
+                    continue
+                pre = self._preloaded.pop(key, None)
+                mv = None
+                try:
+                    if pre is not None and pre.signature == sig and pre.batcher is None:
+                        await asyncio.to_thread(pre.model.warmup, tuple(self.warmup))
+                        mv = pre
+                    else:
+                        mv = await asyncio.to_thread(load_version, d, key[0], key[1], self.device,
+                                                     self.intra_op_threads, self.warmup,
+                                                     self.on_probe_mismatch)
+                    if self.batcher_factory is not None and mv.batcher is None:
+                        mv.batcher = self.batcher_factory(mv)
+                    # Everything the live set needs is set up before the swap, so the swap
+                    # below cannot half-load a version.
+                    self.monitor.model_loaded(key[0], str(key[1]), mv.model.provider,
+                                              mv.calibration, mv.model.sha256)
+                except Exception as err:            # any failure refuses this version only
+                    self._failed[key] = sig
+                    keep = " (the previously loaded files keep serving)" if old else ""
+                    why = str(err) if isinstance(err, AbstainError) else \
+                        f"{type(err).__name__}: {err} (unexpected; please report it)"
+                    log.error("refused %s%s: %s", label, keep, why)
+                    report.failed[label] = why
+                    if mv is not None and mv.batcher is not None:
+                        self._retire(mv)
+                    if old is not None:
+                        new[key] = old
+                    continue
+                self._failed.pop(key, None)
+                new[key] = mv
+                report.loaded.append(label)
+                log.info("serving %s on %s (score %s, threshold %s, certified coverage %.3f)",
+                         label, mv.model.provider, mv.calibration.score, mv.calibration.threshold,
+                         mv.calibration.coverage)
+            live: dict[str, dict[int, ModelVersion]] = {}
+            for (name, version), mv in sorted(new.items()):
+                live.setdefault(name, {})[version] = mv
+            retired = [mv for key, mv in current.items() if new.get(key) is not mv]
+            self._live = MappingProxyType({k: MappingProxyType(v) for k, v in live.items()})
+            for mv in retired:
+                if (mv.name, mv.version) not in new:
+                    report.unloaded.append(f"{mv.name}/{mv.version}")
+                    self.monitor.model_unloaded(mv.name, str(mv.version))
+                    log.info("unloaded %s/%s", mv.name, mv.version)
+                if mv.batcher is not None:   # in-flight requests finish on the old version
+                    self._retire(mv)
+            report.serving = [f"{mv.name}/{mv.version}" for mv in self.versions()]
+            return report
+
+    def _retire(self, mv: ModelVersion) -> None:
+        assert mv.batcher is not None
+        task = asyncio.get_running_loop().create_task(mv.batcher.close())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def close(self) -> None:
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
+        for mv in self.versions():
+            if mv.batcher is not None:
+                await mv.batcher.close()

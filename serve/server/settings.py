@@ -1,0 +1,182 @@
+"""Server settings: flags and ``ABSTAIN_*`` environment variables, validated with fix-it messages.
+
+Precedence: command-line flag > environment variable > default. :func:`load_settings` turns
+pydantic's validation errors into one :class:`SettingsError` line that names the flag, the
+variable and the fix, so ``abstain serve`` exits 2 instead of printing a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from serve.errors import AbstainError
+
+ENV_PREFIX = "ABSTAIN_"
+
+
+class SettingsError(AbstainError):
+    """A server setting that is out of range or points at nothing."""
+
+
+class ServerSettings(BaseSettings):
+    """Everything ``abstain serve`` can be told. Field ``x`` ↔ flag ``--x`` ↔ env ``ABSTAIN_X``."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", protected_namespaces=())
+
+    model_repository: Path = Field(Path("models"), description="models/<name>/<version>/ root")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    intra_op_threads: int | Literal["auto"] = Field(
+        "auto", description="onnxruntime threads per session: auto, 0 (default) or a number")
+    max_batch_size: int = Field(64, ge=1, le=65536, description="samples per coalesced session run")
+    max_queue_size: int = Field(2048, ge=1, description="samples waiting per model before 503")
+    overload_queue_ms: float = Field(
+        0.0, ge=0, le=60_000, description="under sustained overload (queue full and refusing for "
+        "0.1 s) keep only this much work queued, so served requests do not wait out a full queue; "
+        "0 = always the whole queue (default)")
+    max_instances: int = Field(1024, ge=1, description="instances in one request before 413")
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="request body limit (413)")
+    max_inflight: int = Field(4096, ge=1, description="inference requests in flight before 503")
+    max_body_buffer_bytes: int = Field(256 * 1024 * 1024, ge=1024,
+                                       description="body bytes being read, all requests, before 503")
+    max_header_bytes: int = Field(64 * 1024, ge=1024, description="request line + headers (431)")
+    header_timeout_s: float = Field(10.0, gt=0, description="time to receive the headers (408)")
+    body_timeout_s: float = Field(30.0, gt=0, description="time to receive a body (408)")
+    keep_alive_s: float = Field(5.0, gt=0, le=3600,
+                                description="an idle keep-alive connection is closed after this")
+    max_image_pixels: int = Field(50_000_000, ge=1, description="decoded pixels per request (413)")
+    max_image_pixels_per_s: int = Field(200_000_000, ge=1, description="decoded pixels per second")
+    shed_hold_s: float = Field(1.0, ge=0, le=60,
+                               description="after a 503, seconds (±50% jitter) before the connection is read again")
+    request_timeout_s: float = Field(30.0, gt=0, description="per-request deadline (504)")
+    inline_run_s: float = Field(0.0002, ge=0, le=0.1,
+                                description="session runs measured faster than this run on the "
+                                "event loop instead of the inference thread")
+    poll_interval_s: float = Field(10.0, ge=0, description="repository poll period; 0 = off")
+    on_probe_mismatch: Literal["refuse", "warn"] = Field(
+        "refuse", description="a version whose probe logits differ from calibration's")
+    follow_symlinks: bool = Field(False, description="serve version directories that resolve "
+                                  "outside the repository")
+    warmup_batch_sizes: tuple[int, ...] = (1, 8, 64)
+    api_key: SecretStr | None = Field(None, description="Bearer key for inference endpoints")
+    admin_key: SecretStr | None = Field(None, description="Bearer key for /v1/admin/*; off if unset")
+    metrics_key: SecretStr | None = Field(None, description="Bearer key for /metrics; open if unset")
+    metrics_port: int | None = Field(None, ge=1, le=65535, description="serve /metrics on this port only")
+    grpc_port: int | None = Field(None, ge=0, le=65535,
+                                  description="serve the v2 gRPC protocol on this port; off if unset")
+    drift_window: int = Field(1000, ge=10)
+    drift_alpha: float = Field(0.001, gt=0, lt=1)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # The feedback loop (serve/feedback): recording is on when state_dir or database_url is set.
+    state_dir: Path | None = Field(None, description="decision store folder (SQLite, WAL)")
+    database_url: SecretStr | None = Field(None, description="postgresql://… shared decision store")
+    audit_rate: float = Field(0.01, ge=0, le=1, description="probability a sample is audited")
+    store_inputs: bool = Field(False, description="keep decoded inputs for reviewers")
+    live_delta: float = Field(0.05, gt=0, lt=1, description="level of the live-risk bound")
+    review_ttl_s: float = Field(7 * 86400.0, gt=0, description="review items expire after this")
+    reviewer_key: SecretStr | None = Field(None, description="Bearer key for the review API")
+    review_webhook_secret: SecretStr | None = Field(None, description="Label Studio webhook secret")
+
+    @property
+    def api_key_value(self) -> str | None:
+        return self.api_key.get_secret_value() if self.api_key else None
+
+    @property
+    def admin_key_value(self) -> str | None:
+        return self.admin_key.get_secret_value() if self.admin_key else None
+
+    @property
+    def database_url_value(self) -> str | None:
+        return self.database_url.get_secret_value() if self.database_url else None
+
+    @property
+    def reviewer_key_value(self) -> str | None:
+        return self.reviewer_key.get_secret_value() if self.reviewer_key else None
+
+    @property
+    def metrics_key_value(self) -> str | None:
+        return self.metrics_key.get_secret_value() if self.metrics_key else None
+
+    def env(self) -> dict[str, str]:
+        """These settings as ``ABSTAIN_*`` variables (how uvicorn worker processes receive them)."""
+        out: dict[str, str] = {}
+        for name in type(self).model_fields:
+            v = getattr(self, name)
+            if v is None:
+                continue
+            if isinstance(v, SecretStr):
+                v = v.get_secret_value()
+            elif isinstance(v, tuple):
+                v = "[" + ",".join(str(i) for i in v) + "]"
+            out[ENV_PREFIX + name.upper()] = str(v)
+        return out
+
+
+def _describe(err: dict[str, Any]) -> str:
+    name = str(err["loc"][0]) if err.get("loc") else "?"
+    flag, env = "--" + name.replace("_", "-"), ENV_PREFIX + name.upper()
+    ctx = err.get("ctx") or {}
+    bound = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in ctx.items()
+                      if k in ("ge", "gt", "le", "lt")).replace("ge ", "≥ ").replace(
+        "gt ", "> ").replace("le ", "≤ ").replace("lt ", "< ")
+    want = f" (must be {bound})" if bound else ""
+    return (f"{flag} / {env} = {err.get('input')!r} is invalid: {err.get('msg', 'bad value')}{want}. "
+            f"Fix the flag or unset {env}")
+
+
+def read_key_file(path: str, flag: str) -> str:
+    """A key from a file (first line, stripped), so it never appears in ``ps`` or shell history."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise SettingsError(f"{flag} {path!r}: cannot read the key ({err.__class__.__name__}); "
+                            "pass a readable file holding the key on its first line") from None
+    key = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if not key:
+        raise SettingsError(f"{flag} {path!r} is empty: write the key on its first line")
+    return key
+
+
+def load_settings(check_paths: bool = True, **overrides: Any) -> ServerSettings:
+    """Settings from the environment, with ``overrides`` (flags given explicitly) on top.
+
+    Raises:
+        SettingsError: a value out of range, an unknown choice, or a missing repository.
+    """
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        s = ServerSettings(**overrides)
+    except ValidationError as err:
+        raise SettingsError("; ".join(_describe(e) for e in err.errors())) from None
+    if check_paths:
+        repo = s.model_repository
+        if not repo.is_dir():
+            raise SettingsError(
+                f"model repository {str(repo)!r} is not a directory. Pass the folder that holds "
+                "<name>/<version>/{model.onnx,calibration.json} (e.g. `abstain serve models`) "
+                f"or set {ENV_PREFIX}MODEL_REPOSITORY")
+    for name in ("api_key", "admin_key", "metrics_key"):
+        key = getattr(s, name)
+        if key is not None and not key.get_secret_value().strip():
+            flag = name.replace("_", "-")
+            raise SettingsError(f"{ENV_PREFIX}{name.upper()} / --{flag}-file is empty: set a key "
+                                "or unset it")
+    if s.metrics_port is not None and s.metrics_port == s.port:
+        raise SettingsError(f"--metrics-port {s.metrics_port} is the serving port: pick another "
+                            "port or leave it unset to serve /metrics beside the API")
+    if s.grpc_port and s.grpc_port in (s.port, s.metrics_port):
+        raise SettingsError(f"--grpc-port {s.grpc_port} is already the HTTP or metrics port: pick "
+                            "another port for gRPC")
+    if isinstance(s.intra_op_threads, int) and s.intra_op_threads < 0:
+        raise SettingsError(f"--intra-op-threads / {ENV_PREFIX}INTRA_OP_THREADS = "
+                            f"{s.intra_op_threads} is invalid: use auto, 0 (onnxruntime's default) "
+                            "or a positive number of threads")
+    if any(b < 1 for b in s.warmup_batch_sizes):
+        raise SettingsError(f"{ENV_PREFIX}WARMUP_BATCH_SIZES must be positive integers, e.g. [1,8,64]")
+    return s
