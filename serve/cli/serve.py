@@ -20,7 +20,7 @@ from serve.server.settings import (
     read_key_file,
 )
 
-log = logging.getLogger("abstain.serve")
+log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "mnist1d-maxsup"
 _FLAGS: list[tuple[str, type, str]] = [

@@ -30,7 +30,7 @@ from serve.feedback.gauges import LoopMetrics
 from serve.feedback.risk import live_risk
 from serve.feedback.store import Store
 
-log = logging.getLogger("abstain.loop")
+log = logging.getLogger(__name__)
 TOPK = 3
 
 

@@ -2,7 +2,9 @@
 
 Server integration (serve/server/app.py, the whole of it)::
 
-    loop = create_loop(settings, registry=monitor.registry, multiprocess=monitor.multiprocess)
+    loop = create_feedback(settings.feedback, api_key=..., admin_key=..., reviewer_key=...,
+                       webhook_secret=..., registry=monitor.registry,
+                       multiprocess=monitor.multiprocess)
     Record(monitor, [loop.sink] if loop else None)   # the record stage, once per batch
     if loop: control.include_router(loop.router)     # the control plane
     # lifespan: loop.start() at startup, await asyncio.to_thread(loop.close) at shutdown
@@ -19,11 +21,14 @@ from fastapi import APIRouter
 from serve.feedback.api import create_router
 from serve.feedback.gauges import LoopMetrics
 from serve.feedback.recorder import Recorder
+from serve.feedback.settings import FeedbackSettings
 from serve.feedback.store import Store
 
 
 @dataclass
-class Loop:
+class Feedback:
+    """What the server holds of the feedback loop: the store, its recorder, the review router."""
+
     store: Store
     recorder: Recorder
     router: APIRouter
@@ -54,25 +59,29 @@ class Loop:
         self.recorder.close(timeout)
 
 
-def create_loop(settings: Any, registry: Any = None, multiprocess: bool = False,
-                **recorder_kw: Any) -> Loop | None:
-    """The loop for ``ServerSettings``; ``None`` when neither a state dir nor a database URL is set.
+def create_feedback(feedback: FeedbackSettings, *, api_key: str | None = None,
+                admin_key: str | None = None, reviewer_key: str | None = None,
+                webhook_secret: str | None = None, registry: Any = None,
+                multiprocess: bool = False, **recorder_kw: Any) -> Feedback | None:
+    """The loop of ``feedback``; ``None`` when it names no store (no state dir, no database URL).
+
+    The keys are the server's: who may read the review queue and send labels
+    (``serve/feedback/api.py``), and the Label Studio webhook's secret (its router is added only
+    when one is set).
 
     Raises:
         StoreError: the store cannot be opened (a clear one-line message).
     """
-    location = settings.database_url_value or settings.state_dir
-    if location is None:
+    if feedback.location is None:
         return None
-    store = Store(location)
-    recorder = Recorder(store, audit_rate=settings.audit_rate, store_inputs=settings.store_inputs,
-                        review_ttl_s=settings.review_ttl_s, live_delta=settings.live_delta,
+    store = Store(feedback.location)
+    recorder = Recorder(store, audit_rate=feedback.audit_rate, store_inputs=feedback.store_inputs,
+                        review_ttl_s=feedback.review_ttl_s, live_delta=feedback.live_delta,
                         metrics=LoopMetrics(registry, multiprocess), **recorder_kw)
-    router = create_router(store, api_key=settings.api_key_value, admin_key=settings.admin_key_value,
-                           reviewer_key=settings.reviewer_key_value, live_delta=settings.live_delta)
-    secret = settings.review_webhook_secret
-    if secret is not None and secret.get_secret_value():
+    router = create_router(store, api_key=api_key, admin_key=admin_key, reviewer_key=reviewer_key,
+                           live_delta=feedback.live_delta)
+    if webhook_secret:
         from serve.feedback.labelstudio import webhook_router
 
-        router.include_router(webhook_router(store, secret.get_secret_value()))
-    return Loop(store, recorder, router)
+        router.include_router(webhook_router(store, webhook_secret))
+    return Feedback(store, recorder, router)

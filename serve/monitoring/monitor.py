@@ -55,7 +55,7 @@ from serve.monitoring.prometheus import (  # noqa: F401  (re-exported)
 )
 from serve.monitoring.tally import BATCH_BUCKETS, LATENCY_BUCKETS, Tally
 
-log = logging.getLogger("abstain.monitoring")
+log = logging.getLogger(__name__)
 disable_created_metrics()   # no `*_created` series: they double the exposition and nothing here reads them
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4

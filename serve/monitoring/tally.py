@@ -17,7 +17,7 @@ import numpy as np
 
 from serve.monitoring.prometheus import observe_many
 
-log = logging.getLogger("abstain.monitoring")
+log = logging.getLogger(__name__)
 # At most 1.5× apart from 2 ms to 1 s and 5 ms apart from 20 to 40 ms, where a full default queue
 # drains: a quantile interpolated inside a bucket is then close enough to compare with a queue's
 # drain time (the overload benchmark does).

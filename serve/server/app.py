@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
-from serve.feedback.wiring import create_loop
+from serve.feedback.wiring import create_feedback
 from serve.monitoring.monitor import FLUSH_S, Monitor
 from serve.server.control import create_control
 from serve.server.dataplane import head
@@ -29,7 +29,7 @@ from serve.server.http_protocol import configure as configure_http
 from serve.server.repository import ModelRepository, ModelVersion
 from serve.server.settings import ServerSettings, load_settings
 
-log = logging.getLogger("serve.server.app")
+log = logging.getLogger(__name__)
 
 
 class App:
@@ -37,27 +37,33 @@ class App:
 
     def __init__(self, settings: ServerSettings, monitor: Monitor,
                  preloaded: list[ModelVersion] | None) -> None:
-        self.loop = create_loop(settings, monitor.registry, monitor.multiprocess)   # serve/feedback
-        self.record = Record(monitor, [self.loop.sink] if self.loop else None)
-        self.repo = ModelRepository(settings.model_repository, monitor, settings.device,
-                                    settings.intra_op_threads, settings.warmup_batch_sizes,
-                                    batcher_factory(settings, self.record.hook, monitor), preloaded,
-                                    settings.follow_symlinks, settings.on_probe_mismatch)
-        self.admission = Admission(settings.api_key_value, settings.max_body_bytes,
-                                   settings.max_inflight, settings.max_body_buffer_bytes,
-                                   settings.request_timeout_s)
-        self.decoder = Decoder(settings.max_instances, settings.max_image_pixels,
-                               settings.max_image_pixels_per_s)
+        keys, limits = settings.keys, settings.limits
+        self.feedback = create_feedback(settings.feedback, api_key=keys.api, admin_key=keys.admin,
+                                    reviewer_key=keys.reviewer,
+                                    webhook_secret=keys.review_webhook_secret,
+                                    registry=monitor.registry, multiprocess=monitor.multiprocess)
+        self.record = Record(monitor, [self.feedback.sink] if self.feedback else None)
+        self.repo = ModelRepository(settings.models, monitor=monitor, preloaded=preloaded,
+                                    batcher_factory=batcher_factory(settings, self.record.hook,
+                                                                    monitor))
+        self.admission = Admission(api_key=keys.api, max_body_bytes=limits.max_body_bytes,
+                                   max_inflight=limits.max_inflight,
+                                   max_body_buffer=limits.max_body_buffer_bytes,
+                                   request_timeout_s=limits.request_timeout_s)
+        self.decoder = Decoder(max_instances=limits.max_instances,
+                               max_image_pixels=limits.max_image_pixels,
+                               max_pixels_per_s=limits.max_image_pixels_per_s)
         self.dataplane = DataPlane(self.repo, self.admission, self.decoder, monitor,
                                    settings.shed_hold_s)
         self.settings, self.monitor = settings, monitor
         self.collector = Collector(busy=lambda: self.admission.inflight > 0)
         self.grpc_port: int | None = None                  # bound in the lifespan (--grpc-port)
         self.control = create_control(settings, self.repo, monitor, self._lifespan)
-        if self.loop:
-            self.control.include_router(self.loop.router)
+        if self.feedback:
+            self.control.include_router(self.feedback.router)
         self.state = SimpleNamespace(settings=settings, monitor=monitor, repository=self.repo,
-                                     record=self.record, admission=self.admission, loop=self.loop)
+                                     record=self.record, admission=self.admission,
+                                     feedback=self.feedback)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
@@ -84,15 +90,15 @@ class App:
         # later (poll or admin reload) makes the server ready without a restart.
         repo.ready = True
         self.collector.start()                              # full GC off the request path
-        if self.loop:
-            self.loop.start()
+        if self.feedback:
+            self.feedback.start()
         tasks = [asyncio.create_task(self._flush())]
         if settings.poll_interval_s > 0:
             tasks.append(asyncio.create_task(self._poll()))
         if settings.metrics_port:
             from serve.server.metrics_port import serve_metrics
             tasks.append(asyncio.create_task(serve_metrics(
-                settings.host, settings.metrics_port, self.monitor, settings.metrics_key_value)))
+                settings.host, settings.metrics_port, self.monitor, settings.keys.metrics)))
         grpc_server = None
         if settings.grpc_port is not None:                  # gRPC v2 on this same event loop
             from serve.server.grpc_service import start_grpc
@@ -106,8 +112,8 @@ class App:
             for t in tasks:
                 t.cancel()
             await repo.close()
-            if self.loop:                                   # flush the decision records
-                await asyncio.to_thread(self.loop.close)
+            if self.feedback:                                   # flush the decision records
+                await asyncio.to_thread(self.feedback.close)
             self.decoder.close()
             self.monitor.close()
             self.collector.stop()
@@ -140,7 +146,8 @@ def create_app(settings: ServerSettings | None = None, monitor: Monitor | None =
     """
     settings = settings or load_settings()
     configure_http(settings)
-    monitor = monitor or Monitor(settings.drift_window, settings.drift_alpha)
+    monitor = monitor or Monitor(drift_window=settings.drift_window,
+                                 drift_alpha=settings.drift_alpha)
     return App(settings, monitor, preloaded)
 
 

@@ -12,7 +12,7 @@ import logging
 from serve.monitoring.monitor import Monitor
 from serve.server.dataplane.admit import key_ok
 
-log = logging.getLogger("serve.selective_metrics")
+log = logging.getLogger(__name__)
 
 
 def _answer(status: str, ctype: str, body: bytes, extra: str = "") -> bytes:

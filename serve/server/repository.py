@@ -37,6 +37,7 @@ from serve.server.repository_files import (  # noqa: F401  (re-exported)
     valid_name,
 )
 from serve.server.runtime import Device, OnnxModel, read_model_bytes
+from serve.server.settings import ModelSource
 from serve.server.threads import pick_threads
 
 log = logging.getLogger(__name__)
@@ -145,18 +146,16 @@ class ReloadReport:
 class ModelRepository:
     """All servable versions under ``root``; reload swaps the live set atomically."""
 
-    def __init__(self, root: Path, monitor: Monitor, device: Device = "auto",
-                 intra_op_threads: int | str = 0, warmup: tuple[int, ...] = (1, 8, 64),
+    def __init__(self, source: ModelSource, *, monitor: Monitor,
                  batcher_factory: Callable[[ModelVersion], Batcher] | None = None,
-                 preloaded: list[ModelVersion] | None = None,
-                 follow_symlinks: bool = False, on_probe_mismatch: str = "refuse") -> None:
-        self.root = Path(root)
-        self.on_probe_mismatch = on_probe_mismatch
-        self.follow_symlinks = follow_symlinks
+                 preloaded: list[ModelVersion] | None = None) -> None:
+        self.root = Path(source.root)
+        self.on_probe_mismatch = source.on_probe_mismatch
+        self.follow_symlinks = source.follow_symlinks
         self.monitor = monitor
-        self.device: Device = device
-        self.intra_op_threads = intra_op_threads
-        self.warmup = warmup
+        self.device: Device = source.device
+        self.intra_op_threads = source.intra_op_threads
+        self.warmup = source.warmup_batch_sizes
         self.batcher_factory = batcher_factory
         # Versions `abstain serve` already loaded to validate the start: the first reload adopts
         # them (warming them up) instead of loading every model a second time.

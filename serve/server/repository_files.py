@@ -11,7 +11,7 @@ from pathlib import Path
 from serve.calibration import probe
 from serve.calibration.artifact import FILENAME as CALIBRATION_FILE
 
-log = logging.getLogger("serve.server.repository")
+log = logging.getLogger(__name__)
 MODEL_FILE = "model.onnx"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 VERSION_RE = re.compile(r"^[1-9][0-9]{0,8}$")

@@ -3,10 +3,17 @@
 Precedence: command-line flag > environment variable > default. :func:`load_settings` turns
 pydantic's validation errors into one :class:`SettingsError` line that names the flag, the
 variable and the fix, so ``abstain serve`` exits 2 instead of printing a traceback.
+
+:class:`ServerSettings` is the flat surface users see (one field per flag and variable, so
+``--max-body-bytes`` ↔ ``ABSTAIN_MAX_BODY_BYTES``). Components never receive it whole: each gets
+its typed, frozen section by keyword — :class:`ModelSource` (the repository), :class:`Limits`
+(what a request and the process may spend), :class:`Batching`, :class:`Keys` (security) and
+:class:`~serve.feedback.settings.FeedbackSettings` (the review loop).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,12 +21,69 @@ from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from serve.errors import AbstainError
+from serve.feedback.settings import FeedbackSettings
 
 ENV_PREFIX = "ABSTAIN_"
 
 
 class SettingsError(AbstainError):
     """A server setting that is out of range or points at nothing."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSource:
+    """Where the repository finds its versions and how it loads them."""
+
+    root: Path
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    intra_op_threads: int | str = 0
+    warmup_batch_sizes: tuple[int, ...] = (1, 8, 64)
+    follow_symlinks: bool = False
+    on_probe_mismatch: Literal["refuse", "warn"] = "refuse"
+    poll_interval_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one request, and the process as a whole, may spend before it is refused."""
+
+    max_instances: int = 1024
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_inflight: int = 4096
+    max_body_buffer_bytes: int = 256 * 1024 * 1024
+    max_header_bytes: int = 64 * 1024
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    keep_alive_s: float = 5.0
+    max_image_pixels: int = 50_000_000
+    max_image_pixels_per_s: int = 200_000_000
+    request_timeout_s: float = 30.0
+    shed_hold_s: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Batching:
+    """The adaptive batcher of each loaded version."""
+
+    max_batch_size: int = 64
+    max_queue_size: int = 2048
+    overload_queue_ms: float = 0.0
+    inline_run_s: float = 0.0002
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Bearer keys, one per role (``None``: that part is open or off, as each flag says)."""
+
+    api: str | None = None
+    admin: str | None = None
+    metrics: str | None = None
+    reviewer: str | None = None
+    review_webhook_secret: str | None = None
+
+    def __repr__(self) -> str:           # never print a key
+        return "Keys(" + ", ".join(f"{k}={'set' if getattr(self, k) else None}"
+                                   for k in self.__slots__) + ")"
 
 
 class ServerSettings(BaseSettings):
@@ -84,6 +148,31 @@ class ServerSettings(BaseSettings):
     review_webhook_secret: SecretStr | None = Field(None, description="Label Studio webhook secret")
 
     @property
+    def models(self) -> ModelSource:
+        return ModelSource(self.model_repository, self.device, self.intra_op_threads,
+                           self.warmup_batch_sizes, self.follow_symlinks, self.on_probe_mismatch,
+                           self.poll_interval_s)
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(**{f: getattr(self, f) for f in Limits.__slots__})
+
+    @property
+    def batching(self) -> Batching:
+        return Batching(**{f: getattr(self, f) for f in Batching.__slots__})
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.api_key_value, self.admin_key_value, self.metrics_key_value,
+                    self.reviewer_key_value, _secret(self.review_webhook_secret))
+
+    @property
+    def feedback(self) -> FeedbackSettings:
+        return FeedbackSettings(location=self.database_url_value or self.state_dir,
+                                audit_rate=self.audit_rate, store_inputs=self.store_inputs,
+                                live_delta=self.live_delta, review_ttl_s=self.review_ttl_s)
+
+    @property
     def api_key_value(self) -> str | None:
         return self.api_key.get_secret_value() if self.api_key else None
 
@@ -116,6 +205,10 @@ class ServerSettings(BaseSettings):
                 v = "[" + ",".join(str(i) for i in v) + "]"
             out[ENV_PREFIX + name.upper()] = str(v)
         return out
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() or None if value is not None else None
 
 
 def _describe(err: dict[str, Any]) -> str:

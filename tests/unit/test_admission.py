@@ -14,7 +14,8 @@ from serve.server.dataplane.head import Head
 def test_admitted_requests_hold_queue_room_so_later_ones_are_refused_from_headers():
     async def main():
         b = Batcher(lambda x: {"y": x}, max_batch_size=8, max_queue_size=8)
-        a = Admission(None, 1 << 20, 100, 1 << 30, 30.0)
+        a = Admission(api_key=None, max_body_bytes=1 << 20, max_inflight=100, max_body_buffer=1 << 30,
+                      request_timeout_s=30.0)
         a.learn(b, "v2", 1000, 4)                     # 250 bytes per sample seen so far
         head = Head(content_length=1250)              # ≈ 1250 / (1.25 · 250) = 4 samples
         first = a.admit(head, b, "v2")
@@ -35,7 +36,8 @@ def test_admitted_requests_hold_queue_room_so_later_ones_are_refused_from_header
 def test_a_request_without_content_length_reserves_no_samples():
     async def main():
         b = Batcher(lambda x: {"y": x}, max_batch_size=8, max_queue_size=8)
-        a = Admission(None, 1 << 20, 100, 1 << 30, 30.0)
+        a = Admission(api_key=None, max_body_bytes=1 << 20, max_inflight=100, max_body_buffer=1 << 30,
+                      request_timeout_s=30.0)
         t = a.admit(Head(content_length=None), b, "v2")
         depth = b.queue_depth
         a.release(t)

@@ -182,7 +182,7 @@ def test_shifted_inputs_raise_the_drift_flag_and_log_once(mon: Monitor, caplog) 
     assert value(s, "abstain_drift_detected", **mv) == 0
     assert value(s, "abstain_drift_p_value", **mv) > 0.001
     assert value(s, "abstain_window_samples", **mv) == 200
-    with caplog.at_level(logging.INFO, logger="abstain.monitoring"):
+    with caplog.at_level(logging.INFO, logger="serve.monitoring"):
         for _ in range(10):                # noise inputs: most are deferred
             feed(0.2)
         s = samples(mon)

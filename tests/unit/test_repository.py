@@ -9,6 +9,7 @@ from server_support import make_version, write_calibration
 
 from serve.monitoring.monitor import Monitor
 from serve.server.repository import ModelNotFound, ModelRepository, scan, valid_name
+from serve.server.settings import ModelSource
 
 
 @pytest.mark.parametrize(("name", "ok"), [("clf", True), ("mnist1d-maxsup", True), ("a.b_c", True),
@@ -32,7 +33,8 @@ def test_load_get_and_refuse(tmp_path):
     (tmp_path / "clf" / "7").mkdir()                                   # no files at all
 
     async def main():
-        repo = ModelRepository(tmp_path, Monitor(), device="cpu", warmup=(1,))
+        repo = ModelRepository(ModelSource(tmp_path, device="cpu", warmup_batch_sizes=(1,)),
+                               monitor=Monitor())
         report = await repo.reload()
         again = await repo.reload()
         return repo, report, again
