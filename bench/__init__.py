@@ -1,1 +1,1 @@
-"""Benchmarks: ``abstain bench`` (harness.py) and the stand-alone timing scripts beside it."""
+"""Benchmarks: ``python -m bench`` (harness.py) and the stand-alone timing scripts beside it."""

@@ -44,7 +44,7 @@ HEAVY_NAME = "resnet18-heavy"
 
 @dataclass
 class BenchConfig:
-    """What ``abstain bench`` measures; the CLI fills it from flags."""
+    """What ``python -m bench`` measures; the CLI fills it from flags."""
 
     out: Path = Path("docs/benchmarks.md")
     plot: Path | None = None                      # default: ``out`` with .png

@@ -5,7 +5,7 @@ Usage: .venv/bin/python -m bench.heavy_model OUT_DIR   (needs the train extra: t
 It exists only for throughput: the weights are random (seed 0) and its ``calibration.json`` is
 synthetic (MSP, threshold at the median score of random inputs, quantiles of those scores), made
 through :mod:`serve.calibration.artifact` so the server loads it like any other version. Runs in
-its own process so that ``abstain bench`` itself never imports torch.
+its own process so that ``python -m bench`` itself never imports torch.
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ def find_wrk() -> str:
         if path:
             return path
     raise WrkMissing("wrk (the HTTP load generator) is not installed: run `make sysdeps` or "
-                     "`sudo apt-get install wrk`, then re-run abstain bench")
+                     "`sudo apt-get install wrk`, then re-run python -m bench")
 
 
 def write_script(path: Path, body: bytes, headers: dict[str, str]) -> Path:

@@ -6,7 +6,7 @@ Binomial(N, ĉ). A two-sided exact binomial test of the sliding window against �
 either direction: more deferrals (new, unfamiliar inputs) or fewer (overconfidence on shifted
 inputs, which is where the risk guarantee silently breaks).
 
-Caveats (also in the README): ĉ is itself an estimate from n_cert samples, so a very long run at
+Caveats (also in docs/monitoring.md): ĉ is itself an estimate from n_cert samples, so a very long run at
 a tiny α will eventually flag a true rate that differs from ĉ by its sampling error; live traffic is
 often autocorrelated (bursts from one client), which makes the binomial variance too small and the
 test anti-conservative; and repeating the test every k samples is multiple testing over time, so the
