@@ -1,4 +1,4 @@
-"""`abstain bench` end to end with tiny durations: real wrk, real servers, real report files.
+"""`python -m bench` end to end with tiny durations: real wrk, real servers, real report files.
 
 No timing is asserted: only that every stage ran, the report has its structure, and no request
 failed.
