@@ -38,7 +38,7 @@ def evaluate_arrays(cal: Calibration, logits: np.ndarray, labels: np.ndarray,
                     confidence: float = 0.95) -> dict[str, Any]:
     """Every deployment metric of a calibration's rule on labelled logits."""
     from serve import selective_metrics as metrics
-    from serve.calibration.certify import clopper_pearson_interval, clopper_pearson_upper
+    from serve.calibration.binomial import clopper_pearson_interval, clopper_pearson_upper
     from serve.decision import DecisionRule
 
     y = np.asarray(labels, dtype=np.int64)
