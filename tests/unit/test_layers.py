@@ -60,7 +60,8 @@ def _cycles(graph: grimp.ImportGraph) -> list[list[str]]:
 def _describe(graph: grimp.ImportGraph, component: list[str]) -> str:
     """One cycle through the component's first module, each import with its line."""
     first = component[0]
-    back = min((m for m in component if graph.direct_import_exists(importer=m, imported=first)),
+    back = min((m for m in component[1:]
+                if graph.direct_import_exists(importer=m, imported=first)),
                key=lambda m: len(graph.find_shortest_chain(first, m) or component))
     chain = [*graph.find_shortest_chain(first, back), first]
     steps = []
