@@ -70,6 +70,7 @@ serve: $(VENV)/.serve
 
 test: $(VENV)/.test sysdeps npmdeps $(LS_VENV)/bin/label-studio
 	$(BIN)/ruff check serve training tests bench
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -n 2 --dist loadfile -p no:cacheprovider tests
 
 # The benchmark (a development script): make bench ARGS='--overload --grpc'
@@ -86,8 +87,10 @@ gpu-check: sysdeps
 	.venv-gpu/bin/pip install --quiet 'onnxruntime-gpu[cuda,cudnn]'
 	.venv-gpu/bin/python bench/gpu_check.py
 
+# ruff, then the house plan: the import contracts in pyproject.toml ([tool.importlinter]).
 lint: $(VENV)/.test
 	$(BIN)/ruff check serve training tests bench
+	$(BIN)/lint-imports
 
 # The gRPC messages (KServe v2): the .proto compiled to a descriptor set, committed;
 # tests/unit/test_grpc_proto.py checks that this command reproduces it byte for byte.
@@ -96,4 +99,4 @@ proto: $(VENV)/.test
 	  --descriptor_set_out=serve/server/protocol/proto/grpc_predict_v2.desc grpc_predict_v2.proto
 
 clean:
-	rm -rf $(VENV) $(LS_VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(LS_VENV) .pytest_cache .hypothesis .import_linter_cache .grimp_cache

@@ -30,12 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from serve.calibration.certify import (
-    certify_ltt,
-    certify_planned,
-    certify_sgr,
-    clopper_pearson_upper,
-)
+from serve.calibration.binomial import clopper_pearson_upper
+from serve.calibration.certify import certify_ltt, certify_planned, certify_sgr
 from serve.calibration.plan import plan_ltt
 from serve.calibration.split import stratified_split
 

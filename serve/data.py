@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -32,7 +32,6 @@ from serve.files import atomic_path
 from serve.loaders import LOADERS, OPTIONS, DataError, Loaded, int_option
 
 log = logging.getLogger(__name__)
-SplitName = Literal["train", "tune", "calibration", "test"]
 SPLITS: tuple[str, ...] = ("train", "tune", "calibration", "test")
 FRACTIONS: tuple[float, ...] = (0.60, 0.10, 0.15, 0.15)
 

@@ -1,16 +1,17 @@
 """Logits → decisions for a batch, vectorised: the one place the deployed rule is applied.
 
-`abstain evaluate` and the server both call :func:`decide`, with the score function and threshold
-that `abstain calibrate` certified, so what is evaluated is exactly what is served.
+`abstain evaluate`, `abstain package` and the server all apply a :class:`DecisionRule`, with the
+score function and threshold that `abstain calibrate` certified, so what is evaluated is exactly
+what is served. The rule needs only a :class:`RuleSpec` (a calibration artifact,
+:class:`serve.calibration.artifact.Calibration`, is one), so this module sits below calibration.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from serve.calibration.artifact import Calibration
 from serve.scores import Score, as_logits, softmax
 
 
@@ -30,11 +31,23 @@ class Decisions(NamedTuple):
     probabilities: np.ndarray | None = None
 
 
+class RuleSpec(Protocol):
+    """What a decision rule needs from a calibration: its score, temperature and threshold."""
+
+    @property
+    def threshold(self) -> float | None: ...    # None: nothing certified, defer everything
+
+    @property
+    def temperature(self) -> float: ...
+
+    def score_fn(self) -> Score: ...
+
+
 class DecisionRule:
     """A calibration's score, temperature and threshold, prepared once and applied per batch."""
 
-    def __init__(self, calibration: Calibration) -> None:
-        self.calibration = calibration
+    def __init__(self, calibration: RuleSpec) -> None:
+        self.calibration = calibration              # as given: the probe check reads the rest
         self.score: Score = calibration.score_fn()
         self.threshold = calibration.threshold
         self.temperature = calibration.temperature
@@ -51,8 +64,3 @@ class DecisionRule:
         """The temperature-calibrated softmax ``(n, K)`` float64, row by row (so the rows of a
         batch get exactly what they would get alone); computed only for requests that ask."""
         return softmax(as_logits(logits) / self.temperature)
-
-
-def decide(logits: np.ndarray, calibration: Calibration, probabilities: bool = False) -> Decisions:
-    """Apply a calibration's rule to a batch of logits ``(n, K)``."""
-    return DecisionRule(calibration)(logits, probabilities)

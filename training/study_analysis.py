@@ -152,14 +152,3 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         out[loss] = entry
     return out
 
-
-def per_seed(runs: list[dict[str, Any]], loss: str, key: tuple[str, ...]) -> dict[int, float]:
-    """``{seed: value}`` for one loss, where ``key`` walks into a run dict."""
-    out = {}
-    for r in runs:
-        if r["loss"] == loss:
-            v: Any = r
-            for k in key:
-                v = v[k]
-            out[int(r["seed"])] = float(v)
-    return out

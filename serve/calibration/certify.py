@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from scipy import stats
 
+from serve.calibration.binomial import binomial_p_values, clopper_pearson_upper
 from serve.calibration.plan import LttPlan, run_plan
 from serve.errors import AbstainError
 from serve.selective_metrics import RiskCoverageCurve, risk_coverage_curve
@@ -82,7 +82,8 @@ class Certificate:
         return self.threshold is not None
 
 
-def _check(target_risk: float, delta: float) -> None:
+def check_risk_and_delta(target_risk: float, delta: float) -> None:
+    """Refuse r* or δ outside (0, 1) with the flag's name (every method checks first)."""
     if not (isinstance(target_risk, (int, float)) and 0.0 < target_risk < 1.0):
         raise CertifyError(f"--target-risk must be strictly between 0 and 1; got {target_risk!r}")
     if not (isinstance(delta, (int, float)) and 0.0 < delta < 1.0):
@@ -91,40 +92,13 @@ def _check(target_risk: float, delta: float) -> None:
 
 def zero_error_minimum(target_risk: float, delta: float) -> int:
     """Accepted samples needed to certify SR ≤ r* at level δ with zero errors: ⌈log δ / log(1−r*)⌉."""
-    _check(target_risk, delta)
+    check_risk_and_delta(target_risk, delta)
     return math.ceil(math.log(delta) / math.log1p(-target_risk) - 1e-12)
 
 
 def min_accepted(target_risk: float, delta: float) -> int:
     """LTT's floor on the accepted count where the fixed sequence starts: max(30, zero-error minimum)."""
     return max(MIN_FLOOR, zero_error_minimum(target_risk, delta))
-
-
-def binomial_p_values(n_errors: np.ndarray, n_accepted: np.ndarray, target_risk: float) -> np.ndarray:
-    """P(Binomial(n, r*) ≤ k): the exact p-value of H: SR > r* given k errors in n accepted."""
-    return stats.binom.cdf(np.asarray(n_errors), np.asarray(n_accepted), target_risk)
-
-
-def clopper_pearson_upper(n_errors: np.ndarray | int, n_accepted: np.ndarray | int,
-                          alpha: float) -> np.ndarray:
-    """Exact one-sided (1 − α) upper bound sup{b : BinomCDF(k; n, b) ≥ α}; 1 when k = n."""
-    k = np.asarray(n_errors, dtype=np.float64)
-    n = np.asarray(n_accepted, dtype=np.float64)
-    full = k >= n
-    with np.errstate(invalid="ignore", divide="ignore"):
-        b = stats.beta.ppf(1.0 - alpha, k + 1.0, np.where(full, 1.0, n - k))
-    return np.where(full, 1.0, b)
-
-
-def clopper_pearson_interval(n_errors: int, n_accepted: int, confidence: float = 0.95
-                             ) -> tuple[float, float]:
-    """Exact two-sided Clopper–Pearson interval for a binomial proportion."""
-    if n_accepted <= 0:
-        return 0.0, 1.0
-    a = (1.0 - confidence) / 2.0
-    lo = 0.0 if n_errors == 0 else float(stats.beta.ppf(a, n_errors, n_accepted - n_errors + 1))
-    hi = 1.0 if n_errors >= n_accepted else float(stats.beta.ppf(1 - a, n_errors + 1, n_accepted - n_errors))
-    return lo, hi
 
 
 def samples_needed(curve: RiskCoverageCurve, target_risk: float, delta: float) -> int | None:
@@ -185,7 +159,7 @@ def _floor_why(n: int, target_risk: float, delta: float) -> str:
 def certify_planned(scores: np.ndarray, errors: np.ndarray, plan: LttPlan, target_risk: float,
                     delta: float, curve: RiskCoverageCurve | None = None) -> Certificate:
     """LTT on a plan fixed by the tuning split (serve.calibration.plan); the default procedure."""
-    _check(target_risk, delta)
+    check_risk_and_delta(target_risk, delta)
     c = curve or risk_coverage_curve(scores, errors)
     procedure = "planned fixed sequence (grid, start and direction from the tuning split)"
     start = plan.describe()
@@ -214,7 +188,7 @@ def certify_ltt(scores: np.ndarray, errors: np.ndarray, target_risk: float, delt
     ``risk_upper_bound`` is the (1 − δ) Clopper–Pearson bound at the deployed threshold (≤ r* by
     duality with the binomial test), computed after selection: indicative, not the guarantee.
     """
-    _check(target_risk, delta)
+    check_risk_and_delta(target_risk, delta)
     c = curve or risk_coverage_curve(scores, errors)
     floor = min_accepted(target_risk, delta)
     start = int(np.searchsorted(c.n_accepted, floor))     # first point accepting ≥ floor samples
@@ -242,7 +216,7 @@ def certify_ltt(scores: np.ndarray, errors: np.ndarray, target_risk: float, delt
 def certify_sgr(scores: np.ndarray, errors: np.ndarray, target_risk: float, delta: float,
                 curve: RiskCoverageCurve | None = None) -> Certificate:
     """Selection with guaranteed risk: ⌈log₂ m⌉ binary-search steps, CP bounds at δ/⌈log₂ m⌉."""
-    _check(target_risk, delta)
+    check_risk_and_delta(target_risk, delta)
     c = curve or risk_coverage_curve(scores, errors)
     steps = max(1, math.ceil(math.log2(c.n)))
     level = delta / steps
@@ -270,7 +244,7 @@ def certify_sgr(scores: np.ndarray, errors: np.ndarray, target_risk: float, delt
 def certify_coverage(scores: np.ndarray, errors: np.ndarray, target_coverage: float, delta: float,
                      target_risk: float, curve: RiskCoverageCurve | None = None) -> Certificate:
     """The strictest threshold with coverage ≥ ``target_coverage`` and its (1 − δ) CP risk bound."""
-    _check(target_risk, delta)
+    check_risk_and_delta(target_risk, delta)
     if not (isinstance(target_coverage, (int, float)) and 0.0 < target_coverage <= 1.0):
         raise CertifyError(f"--target-coverage must be in (0, 1]; got {target_coverage!r}")
     c = curve or risk_coverage_curve(scores, errors)

@@ -61,9 +61,9 @@ class CalibrationSettings:
 
     def validate(self) -> CalibrationSettings:
         """Check every parameter before any work is done; raises with a fix-it message."""
-        from serve.calibration.certify import CertifyError, _check
+        from serve.calibration.certify import CertifyError, check_risk_and_delta
 
-        _check(self.target_risk, self.delta)
+        check_risk_and_delta(self.target_risk, self.delta)
         if self.method not in ("ltt", "sgr"):
             raise CertifyError(f"unknown --method {self.method!r}; valid: ltt, sgr")
         if self.target_coverage is not None and not 0.0 < self.target_coverage <= 1.0:

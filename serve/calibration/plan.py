@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from serve.calibration.binomial import binomial_p_values
 from serve.selective_metrics import risk_coverage_curve
 
 GRID_POINTS = 1000
@@ -159,8 +160,6 @@ def run_plan(plan: LttPlan, scores: np.ndarray, errors: np.ndarray, target_risk:
         (g, n_acc, n_err, certified): the most permissive certified grid index (−1 if none), the
         certification counts at every grid point, and how many thresholds each start certified.
     """
-    from serve.calibration.certify import binomial_p_values
-
     n_acc, n_err = counts_at(scores, errors, plan.thresholds)
     p = binomial_p_values(n_err, n_acc, target_risk)
     best, certified = -1, []

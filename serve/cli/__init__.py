@@ -2,11 +2,12 @@
 
 ``main`` is the console script; every subcommand arrives through the entry-point group
 ``abstain.commands`` (``pyproject.toml``), so ``serve`` never names ``training``. ``argtypes``
-(validated numeric flags), ``console`` (rich output) and ``examples`` (the start-up banner's
-requests) serve the commands. The only package of ``serve`` that parses arguments.
+(validated numeric flags), ``console`` (rich output), ``examples`` (the start-up banner's
+requests) and ``model_inputs`` (the model, data and data roles of calibrate and evaluate) serve
+the commands. The only package of ``serve`` that parses arguments.
 
 May import: everything in ``serve``. Never ``training``, ``bench`` or torch.
 """
 
-__all__ = ["argtypes", "calibrate", "console", "evaluate", "examples", "main", "package",
-           "review", "serve"]
+__all__ = ["argtypes", "calibrate", "console", "evaluate", "examples", "main", "model_inputs",
+           "package", "review", "serve"]

@@ -18,3 +18,8 @@ def make_console(stderr: bool = False, **kwargs) -> Console:
     if not probe.is_terminal and "width" not in kwargs:
         kwargs["width"] = UNBOUNDED
     return Console(stderr=stderr, **kwargs)
+
+
+def report_console() -> Console:
+    """The console `calibrate` and `evaluate` print their reports on: no automatic highlighting."""
+    return make_console(highlight=False)

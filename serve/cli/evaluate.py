@@ -1,13 +1,14 @@
 """``abstain evaluate``: the deployed score and threshold measured on test data.
 
 Shares the data plumbing (logits from ``--data`` or ``--logits``, data-role checks) with
-``abstain calibrate`` in :mod:`serve.cli.calibrate`.
+``abstain calibrate``: :mod:`serve.cli.model_inputs`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 from typing import Any
 
@@ -15,15 +16,15 @@ import numpy as np
 
 from serve.calibration.artifact import Calibration, load_calibration
 from serve.cli.argtypes import fraction
-from serve.cli.calibrate import (
+from serve.cli.model_inputs import (
     DataRoleError,
-    _console,
-    _logits_and_labels,
-    _model_path,
     add_model_inputs,
     check_evaluation_role,
-    log,
+    logits_and_labels,
+    model_file,
 )
+
+log = logging.getLogger(__name__)
 
 
 def _nan_to_none(v: Any) -> Any:
@@ -38,7 +39,7 @@ def evaluate_arrays(cal: Calibration, logits: np.ndarray, labels: np.ndarray,
                     confidence: float = 0.95) -> dict[str, Any]:
     """Every deployment metric of a calibration's rule on labelled logits."""
     from serve import selective_metrics as metrics
-    from serve.calibration.certify import clopper_pearson_interval, clopper_pearson_upper
+    from serve.calibration.binomial import clopper_pearson_interval, clopper_pearson_upper
     from serve.decision import DecisionRule
 
     y = np.asarray(labels, dtype=np.int64)
@@ -64,8 +65,8 @@ def evaluate_arrays(cal: Calibration, logits: np.ndarray, labels: np.ndarray,
 
 def evaluate_main(args: argparse.Namespace) -> int:
 
-    model_path = _model_path(args.model)
-    z, y, info, sha = _logits_and_labels(args, model_path, check_evaluation_role)
+    model_path = model_file(args.model)
+    z, y, info, sha = logits_and_labels(args, model_path, check_evaluation_role)
     cal = load_calibration(model_path.parent, sha)
     if info["fingerprint"] == cal.data_fingerprint and info["split"] == cal.data.get("split"):
         raise DataRoleError(f"refusing to evaluate on {info['spec']} ({info['split']}): it is the "
@@ -85,8 +86,10 @@ def evaluate_main(args: argparse.Namespace) -> int:
         return 0
     from rich.table import Table
 
+    from serve.cli.console import report_console
+
     c = report["calibration"]
-    _console().print(f"[bold]{model_path.parent}[/bold] on {info['spec']}:{info['split']} "
+    report_console().print(f"[bold]{model_path.parent}[/bold] on {info['spec']}:{info['split']} "
                      f"(n = {res['n']}): score {c['score']}, threshold {c['threshold']}, "
                      f"T = {c['temperature']:.4f}, method {c['method']}")
     t = Table()
@@ -107,7 +110,7 @@ def evaluate_main(args: argparse.Namespace) -> int:
             ("AUROC", f(res["auroc"])), ("ECE (temperature-scaled MSP)", f(res["ece"]))]
     for k, v in rows:
         t.add_row(k, v)
-    _console().print(t)
+    report_console().print(t)
     return 0
 
 

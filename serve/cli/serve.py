@@ -136,14 +136,6 @@ def preflight(settings: ServerSettings) -> list[Any]:
     return loaded
 
 
-def curl_example(settings: ServerSettings, loaded: list[Any]) -> str:
-    """A v1 command that works against this server for the default (or first) model."""
-    from serve.cli.examples import curl_lines, pick_model
-
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    return curl_lines(f"http://{host}:{settings.port}", pick_model(loaded), bool(settings.api_key))[0]
-
-
 def _serve(args: argparse.Namespace) -> int:
     overrides = {name: getattr(args, name) for name, _, _ in _FLAGS}
     overrides["follow_symlinks"] = args.follow_symlinks

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -26,7 +26,6 @@ from serve.calibration.artifact import Calibration, load_calibration
 from serve.decision import DecisionRule
 from serve.errors import AbstainError
 from serve.monitoring.monitor import Monitor
-from serve.server.dataplane.batch import Batcher
 from serve.server.protocol import short
 from serve.server.repository_files import (  # noqa: F401  (re-exported)
     MODEL_FILE,
@@ -42,6 +41,16 @@ from serve.server.threads import pick_threads
 
 log = logging.getLogger(__name__)
 
+
+class Batcher(Protocol):
+    """A version's batcher as the repository sees it: something to close when the version leaves.
+
+    The server's ``batcher_factory`` fills the slot with the data plane's
+    :class:`serve.server.dataplane.batch.Batcher`, which the data plane uses in full; the
+    repository does not import the data plane (which imports the repository).
+    """
+
+    async def close(self) -> None: ...
 
 
 class ModelNotFound(AbstainError):

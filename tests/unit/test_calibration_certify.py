@@ -8,15 +8,17 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from serve.calibration.binomial import (
+    binomial_p_values,
+    clopper_pearson_interval,
+    clopper_pearson_upper,
+)
 from serve.calibration.certify import (
     CertifyError,
-    binomial_p_values,
     certify,
     certify_coverage,
     certify_ltt,
     certify_sgr,
-    clopper_pearson_interval,
-    clopper_pearson_upper,
     min_accepted,
     zero_error_minimum,
 )

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from serve.calibration.certify import certify_ltt, certify_planned, clopper_pearson_upper
+from serve.calibration.binomial import clopper_pearson_upper
+from serve.calibration.certify import certify_ltt, certify_planned
 from serve.calibration.pipeline import CalibrationSettings, calibrate_arrays
 from serve.calibration.plan import counts_at, critical_errors, plan_ltt, predicted_pass
 
