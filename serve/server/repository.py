@@ -31,9 +31,9 @@ from serve.server.repository_files import (  # noqa: F401  (re-exported)
     MODEL_FILE,
     NAME_RE,
     VERSION_RE,
-    _signature,
     scan,
     valid_name,
+    version_signature,
 )
 from serve.server.runtime import Device, OnnxModel, read_model_bytes
 from serve.server.settings import ModelSource
@@ -115,7 +115,7 @@ def load_version(d: Path, name: str, version: int, device: Device = "auto",
     Raises:
         AbstainError: the model or its calibration cannot be served, with the reason.
     """
-    sig = _signature(d)
+    sig = version_signature(d)
     data = read_model_bytes(d / MODEL_FILE)                   # once: every session is built from it
     sessions = pick_threads(
         lambda n: OnnxModel(d / MODEL_FILE, device=device, intra_op_threads=n, model_bytes=data),
@@ -205,7 +205,7 @@ class ModelRepository:
             new: dict[tuple[str, int], ModelVersion] = {}
             for key, d in found.items():
                 label = f"{key[0]}/{key[1]}"
-                sig = await asyncio.to_thread(_signature, d)
+                sig = await asyncio.to_thread(version_signature, d)
                 old = current.get(key)
                 if old is not None and old.signature == sig:
                     new[key] = old

@@ -21,7 +21,7 @@ def valid_name(name: str) -> bool:
     return bool(NAME_RE.match(name)) and ".." not in name
 
 
-def _signature(d: Path) -> tuple:
+def version_signature(d: Path) -> tuple:
     """What identifies a version's files on disk; a change means "load it again"."""
     return tuple(_stat(d / f) for f in (MODEL_FILE, CALIBRATION_FILE, probe.FILENAME))
 
