@@ -14,29 +14,17 @@ import asyncio
 import io
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
 import numpy as np
 from PIL import Image
 
 from serve.server.dataplane.head import Head, Route
-from serve.server.protocol import RequestError, check_batch, parse_uint, v1, v2
+from serve.server.protocol import Decoded, RequestError, check_batch, parse_uint, v1, v2
 from serve.server.protocol.images import FORMATS, decode_image, image_spec
 from serve.server.repository import ModelVersion
 
 IMAGE_TYPES = ("image/png", "image/jpeg")
-FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
-
-
-@dataclass(slots=True)
-class Decoded:
-    """What the later stages need: the batch and how to answer."""
-
-    x: np.ndarray                                   # (n, *input_shape)
-    id: str | None = None
-    top_k: int = 0                                  # v1: probabilities of the top k classes
-    outputs: list[tuple[str, bool]] = field(default_factory=list)   # v2: (name, binary?)
 
 
 class PixelBudget:

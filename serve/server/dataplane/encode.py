@@ -12,9 +12,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from serve.server.dataplane.decode import Decoded
 from serve.server.dataplane.head import Route
-from serve.server.protocol import v1, v2
+from serve.server.protocol import Decoded, v1, v2
 from serve.server.repository import ModelVersion
 
 JSON = b"application/json"
