@@ -15,10 +15,7 @@ record    the batcher's hook (metrics, drift, sinks) + the request counters, end
 encode    ``grpc_v2.encode_infer``; errors → a gRPC status with the HTTP error's message
 ========  ===================================================================================
 
-Status codes: 400/415/422 → INVALID_ARGUMENT, 401 → UNAUTHENTICATED, 404 → NOT_FOUND,
-413 and 503 (over a limit, queue full) → RESOURCE_EXHAUSTED with ``retry-after`` in the trailing
-metadata, 504 → DEADLINE_EXCEEDED, not ready / model being unloaded → UNAVAILABLE,
-a bug → INTERNAL (logged with the request id).
+Status codes, messages and trailing metadata: ``serve/server/error_answers.py``, as for HTTP.
 """
 
 from __future__ import annotations
@@ -34,8 +31,9 @@ import grpc
 from serve import __version__
 from serve.errors import AbstainError
 from serve.server.control import metadata
-from serve.server.dataplane.admit import check_key
+from serve.server.dataplane.admit import NotReady, check_key
 from serve.server.dataplane.head import MAX_ID_CHARS, Head, new_request_id
+from serve.server.error_answers import grpc_status, grpc_trailer, record
 from serve.server.protocol import RequestError
 from serve.server.protocol import grpc_v2 as P
 
@@ -44,23 +42,6 @@ EXTENSIONS = ["binary_tensor_data", "statistics", "model_repository"]
 # Messages up to this much over --max-body-bytes reach admission and get its 413 message;
 # larger ones are refused by grpc itself (RESOURCE_EXHAUSTED, grpc's wording).
 SIZE_SLACK = 64 * 1024
-CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 415: grpc.StatusCode.INVALID_ARGUMENT,
-         422: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
-         404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-         503: grpc.StatusCode.RESOURCE_EXHAUSTED, 504: grpc.StatusCode.DEADLINE_EXCEEDED}
-
-
-class NotReady(AbstainError):
-    status = 503
-    reason = "not_ready"
-
-
-def status_code(err: AbstainError) -> grpc.StatusCode:
-    """The gRPC status of an error the HTTP data plane would answer with ``err.status``."""
-    status = int(getattr(err, "status", 422))
-    if isinstance(err, NotReady) or (status == 503 and "being unloaded" in str(err)):
-        return grpc.StatusCode.UNAVAILABLE
-    return CODES.get(status, grpc.StatusCode.INTERNAL)
 
 
 def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
@@ -116,15 +97,10 @@ class Servicer:
             status = 200
             return resp
         except AbstainError as err:
-            status = int(getattr(err, "status", 422))
-            self.monitor.error(getattr(err, "reason", type(err).__name__), model, version)
-            if status in (503, 504):
-                self.monitor.shed(model, version, status)
-            trailer = [("x-request-id", rid)]
-            trailer += [(k.lower(), str(v)) for k, v in (getattr(err, "headers", None) or {}).items()
-                        if k.lower() == "retry-after"]
-            context.set_trailing_metadata(tuple(trailer))
-            code, msg = status_code(err), str(err)
+            status = err.status
+            record(self.monitor, err, model, version)
+            context.set_trailing_metadata(grpc_trailer(err, rid))
+            code, msg = grpc_status(err), str(err)
         except asyncio.CancelledError:
             status = 499                  # the client cancelled or its deadline passed
             raise
@@ -180,8 +156,8 @@ def _guard(name: str, fn: Callable[[Any, Any], Awaitable[Any]], monitor: Any) ->
         try:
             return await fn(request, context)
         except AbstainError as err:
-            status = int(getattr(err, "status", 422))
-            code, msg = status_code(err), str(err)
+            status = err.status
+            code, msg = grpc_status(err), str(err)
         finally:
             monitor.request_finished(endpoint, "gRPC", status, time.perf_counter() - t0)
         await context.abort(code, msg)

@@ -18,6 +18,7 @@ from serve.server.dataplane.batch import Batcher
 from serve.server.dataplane.body import ClientGone, read_body
 from serve.server.dataplane.decode import Decoder
 from serve.server.dataplane.head import Arrivals, Head, Route, new_request_id
+from serve.server.error_answers import http_answer, record
 from serve.server.repository import ModelRepository, ModelVersion
 
 log = logging.getLogger("serve.server.dataplane")
@@ -117,12 +118,9 @@ class DataPlane:
             self.admission.release(ticket)
 
     def _error(self, err: AbstainError, model: str, version: str) -> encode.Response:
-        status = int(getattr(err, "status", 422))
-        self.monitor.error(getattr(err, "reason", type(err).__name__), model, version)
-        headers = dict(getattr(err, "headers", None) or {})
-        if status in (503, 504):
-            self.monitor.shed(model, version, status)
-        return encode.error(str(err), status, headers)
+        record(self.monitor, err, model, version)
+        status, body, headers = http_answer(err)
+        return encode.Response(status, body, encode.JSON, headers)
 
 
 def _same_inputs(a: ModelVersion, b: ModelVersion) -> bool:
