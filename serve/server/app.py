@@ -25,7 +25,6 @@ from serve.server.dataplane.app import DataPlane, batcher_factory
 from serve.server.dataplane.decode import Decoder
 from serve.server.dataplane.record import Record
 from serve.server.garbage import Collector
-from serve.server.http_protocol import configure as configure_http
 from serve.server.repository import ModelRepository, ModelVersion
 from serve.server.settings import ServerSettings, load_settings
 
@@ -48,8 +47,9 @@ class App:
                                    settings.request_timeout_s)
         self.decoder = Decoder(settings.max_instances, settings.max_image_pixels,
                                settings.max_image_pixels_per_s)
+        self.arrivals = head.Arrivals()     # counted by serve/server/http_protocol.py
         self.dataplane = DataPlane(self.repo, self.admission, self.decoder, monitor,
-                                   settings.shed_hold_s)
+                                   settings.shed_hold_s, self.arrivals)
         self.settings, self.monitor = settings, monitor
         self.collector = Collector(busy=lambda: self.admission.inflight > 0)
         self.grpc_port: int | None = None                  # bound in the lifespan (--grpc-port)
@@ -61,8 +61,9 @@ class App:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            if head.Arrivals.waiting > 0:
-                head.Arrivals.waiting -= 1
+            arrivals = self.arrivals
+            if arrivals.waiting > 0:
+                arrivals.waiting -= 1
             route = head.match(scope["path"])
             if route is not None:
                 return await self.dataplane(scope, receive, send, route)
@@ -139,7 +140,6 @@ def create_app(settings: ServerSettings | None = None, monitor: Monitor | None =
     repository scan adopts instead of loading them again, if their files did not change.
     """
     settings = settings or load_settings()
-    configure_http(settings)
     monitor = monitor or Monitor(settings.drift_window, settings.drift_alpha)
     return App(settings, monitor, preloaded)
 

@@ -43,12 +43,16 @@ class DataPlane:
         monitor: request metrics.
         shed_hold_s: after a 503, how long the connection is not read again (the same client
             ignoring ``Retry-After`` cannot spend the capacity the 503 protected).
+        arrivals: requests read but not started (the HTTP protocol counts them); a request is
+            run at once only when it is alone.
     """
 
     def __init__(self, repo: ModelRepository, admission: Admission, decoder: Decoder,
-                 monitor: Monitor, shed_hold_s: float = 0.0) -> None:
+                 monitor: Monitor, shed_hold_s: float = 0.0,
+                 arrivals: Arrivals | None = None) -> None:
         self.repo, self.admission, self.decoder, self.monitor = repo, admission, decoder, monitor
         self.shed_hold_s = shed_hold_s
+        self.arrivals = arrivals if arrivals is not None else Arrivals()
 
     async def __call__(self, scope: dict, receive: Any, send: Any, route: Route) -> None:
         t0 = time.perf_counter()
@@ -110,7 +114,7 @@ class DataPlane:
             batcher = mv.batcher
             assert batcher is not None
             self.admission.learn(batcher, kind, len(body), len(req.x))
-            alone = self.admission.inflight == 1 and Arrivals.waiting == 0
+            alone = self.admission.inflight == 1 and self.arrivals.waiting == 0
             ticket.hand_over()                                          # its room, to its samples
             out = await batcher.result(req.x, deadline, alone, rid)     # … to submit: batch, run,
             return encode.success(route, mv, req, out, rid)             # decide, record; encode
