@@ -1,7 +1,7 @@
 """The server: the data plane (inference) beside the control plane (everything else).
 
 ``create_app(settings)`` builds one ASGI app. It sends each inference request
-(``POST /v{1,2}/models/.../{predict,infer}``) to :class:`serve.server.dataplane.app.DataPlane` and
+(``POST /v{1,2}/models/.../{predict,infer}``) to :class:`serve.server.dataplane.infer.DataPlane` and
 everything else — health, metadata, admin, metrics, docs, and the lifespan — to the FastAPI
 control plane (``serve/server/control.py``). ``create_app_from_env`` is what uvicorn worker processes
 import (settings travel as ``ABSTAIN_*`` variables).
@@ -18,11 +18,12 @@ from typing import Any
 
 from serve.feedback.wiring import create_loop
 from serve.monitoring.monitor import FLUSH_S, Monitor
+from serve.server import rest
 from serve.server.control import create_control
 from serve.server.dataplane import head
 from serve.server.dataplane.admit import Admission
-from serve.server.dataplane.app import DataPlane, batcher_factory
 from serve.server.dataplane.decode import Decoder
+from serve.server.dataplane.infer import DataPlane, batcher_factory
 from serve.server.dataplane.record import Record
 from serve.server.garbage import Collector
 from serve.server.repository import ModelRepository, ModelVersion
@@ -66,7 +67,7 @@ class App:
                 arrivals.waiting -= 1
             route = head.match(scope["path"])
             if route is not None:
-                return await self.dataplane(scope, receive, send, route)
+                return await rest.serve(self.dataplane, scope, receive, send, route)
         await self.control(scope, receive, send)
 
     def openapi(self) -> dict[str, Any]:

@@ -30,6 +30,17 @@ GRPC_CODES = {400: "INVALID_ARGUMENT", 415: "INVALID_ARGUMENT", 422: "INVALID_AR
 SHED = (503, 504)
 
 
+class InternalError(AbstainError):
+    """A bug in abstain, logged with the request id; the client gets only the id."""
+
+    status = 500
+    reason = "internal"
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__("internal server error (a bug; it has been logged with request id "
+                         f"{request_id})")
+
+
 def record(monitor: Monitor, err: AbstainError, model: str = "", version: str = "") -> None:
     """Count a failed request (and a shed one: 503 or 504)."""
     monitor.error(err.reason, model, version)

@@ -9,7 +9,7 @@ or its body, so one slow or hostile client can hold memory and file descriptors 
   headers, ``header_timeout_s`` → 408 and close;
 * a body timeout: from the end of the headers to the end of the body, ``body_timeout_s`` →
   408 and close (a request the server already answered is simply closed);
-* ``hold``: the data plane asks for it after a 503, and the connection is then not read for that
+* ``hold``: the data plane's HTTP transport (``serve/server/rest.py``) asks for it after a 503, and the connection is then not read for that
   long (±50%) — a client that ignores ``Retry-After`` and fires again at once waits in its own
   socket buffer instead of spending the server's CPU on more refusals. The jitter matters: a flood
   refused in one burst would otherwise come back in one burst every hold, in lock-step (measured:
@@ -40,8 +40,8 @@ from typing import Any
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from serve.server.dataplane.app import HOLD_KEY, RESPOND_KEY
 from serve.server.dataplane.head import Arrivals
+from serve.server.rest import HOLD_KEY, RESPOND_KEY
 
 log = logging.getLogger(__name__)
 SWEEP_S = 0.25

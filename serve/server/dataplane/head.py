@@ -42,7 +42,8 @@ class Arrivals:
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """One inference endpoint: ``protocol`` v1 (predict) or v2 (infer), the model and version."""
+    """One inference endpoint: ``protocol`` v1 (predict), v2 (infer) or grpc (``ModelInfer``),
+    the model and version."""
 
     protocol: str
     model: str
@@ -59,6 +60,8 @@ _ENDPOINTS = {
     ("v1", True): "/v1/models/{model_name}/versions/{model_version}/predict",
     ("v2", False): "/v2/models/{model_name}/infer",
     ("v2", True): "/v2/models/{model_name}/versions/{model_version}/infer",
+    ("grpc", False): "grpc:ModelInfer",
+    ("grpc", True): "grpc:ModelInfer",
 }
 
 
