@@ -2,8 +2,9 @@
 
 ``app`` builds the server from ``settings``; ``dataplane/`` is the request path both transports
 share (``DataPlane.infer``), ``rest`` and ``grpc_service`` only convert to and from it;
-``error_answers`` answers an error in either (and counts it); ``control`` serves health,
-metadata, admin, ``/metrics`` and docs; ``repository`` loads ``models/<name>/<version>`` (``runtime``: the onnxruntime session,
+``error_answers`` answers an error in either (and counts it), ``shed_hold`` holds back a client
+that retries at once after a 503; ``control`` serves health, metadata, admin, ``/metrics`` and
+docs; ``repository`` loads ``models/<name>/<version>`` (``runtime``: the onnxruntime session,
 ``threads``: its thread plan); ``http_protocol`` is uvicorn's HTTP protocol with limits and
 timeouts; ``garbage`` keeps the cyclic GC off the request path.
 
@@ -13,4 +14,4 @@ and the maths at the bottom of ``serve``. Never ``serve.cli``, ``training``, ``b
 
 __all__ = ["app", "control", "dataplane", "docs_ui", "error_answers", "garbage", "grpc_service",
            "http_protocol", "metrics_port", "protocol", "repository", "repository_files", "rest",
-           "runtime", "settings", "threads"]
+           "runtime", "settings", "shed_hold", "threads"]

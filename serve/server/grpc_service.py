@@ -10,10 +10,15 @@ counts it under the endpoint label ``grpc:ModelInfer``. The servicer only conver
 ``protocol/grpc_v2.py`` decodes the message to the ``Decoded`` HTTP v2 produces and encodes the
 outputs; an error becomes a gRPC status with the HTTP error's message
 (``serve/server/error_answers.py``: codes, ``retry-after`` / ``x-request-id`` trailing metadata).
+
+The shed hold (``serve/server/shed_hold.py``): a peer answered 503 (RESOURCE_EXHAUSTED, or
+UNAVAILABLE while not ready) has its next calls wait out the hold before admission — as an
+HTTP client's connection is not read — within each call's own deadline.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -32,6 +37,7 @@ from serve.server.error_answers import grpc_status, grpc_trailer
 from serve.server.protocol import Decoded, RequestError
 from serve.server.protocol import grpc_v2 as P
 from serve.server.repository import ModelVersion
+from serve.server.shed_hold import PeerHolds
 
 log = logging.getLogger(__name__)
 EXTENSIONS = ["binary_tensor_data", "statistics", "model_repository"]
@@ -89,6 +95,7 @@ class Servicer:
     def __init__(self, app: Any) -> None:
         self.plane = app.dataplane
         self.repo, self.admission, self.monitor = app.repo, app.admission, app.monitor
+        self.holds = PeerHolds(self.plane.shed_hold_s)
 
     # ------------------------------------------------------------------ health and metadata
     def _ready(self) -> bool:
@@ -116,12 +123,29 @@ class Servicer:
 
     # ------------------------------------------------------------------ inference
     async def ModelInfer(self, request: Any, context: Any) -> Any:
+        holds, arrived = self.holds, time.monotonic()
+        if holds:                                   # any peer held (or remembered)?
+            await self._wait_hold(context.peer(), arrived, context)
         call = GrpcCall(request, context)
         answer = await self.plane.infer(call)
         if not isinstance(answer, AbstainError):
+            if holds:
+                holds.served(context.peer(), time.monotonic())
             return answer
+        if answer.status == 503:
+            holds.shed(context.peer(), arrived, time.monotonic())
+        elif holds:
+            holds.served(context.peer(), time.monotonic())
         context.set_trailing_metadata(grpc_trailer(answer, call.rid))
         await context.abort(grpc_status(answer), str(answer))
+
+    async def _wait_hold(self, peer: str, now: float, context: Any) -> None:
+        """Wait out ``peer``'s hold, or as much of it as the call's deadline leaves (the data
+        plane then answers DEADLINE_EXCEEDED)."""
+        wait = self.holds.wait_s(peer, now)
+        if wait > 0:
+            remaining = context.time_remaining()
+            await asyncio.sleep(wait if remaining is None else max(min(wait, remaining), 0.0))
 
 
 def _guard(name: str, fn: Callable[[Any, Any], Awaitable[Any]], monitor: Any) -> Callable:

@@ -9,14 +9,11 @@ or its body, so one slow or hostile client can hold memory and file descriptors 
   headers, ``header_timeout_s`` → 408 and close;
 * a body timeout: from the end of the headers to the end of the body, ``body_timeout_s`` →
   408 and close (a request the server already answered is simply closed);
-* ``hold``: the data plane's HTTP transport (``serve/server/rest.py``) asks for it after a 503, and the connection is then not read for that
-  long (±50%) — a client that ignores ``Retry-After`` and fires again at once waits in its own
-  socket buffer instead of spending the server's CPU on more refusals. The jitter matters: a flood
-  refused in one burst would otherwise come back in one burst every hold, in lock-step (measured:
-  ~480 refusals in one event-loop turn, a 90 ms stall for every answer in flight). Each further
-  503 in a row on a connection doubles its hold (up to 8×; any other answer resets it): the
-  exponential back-off such a client does not do itself. Refusing a 64-sample request still costs
-  reading its 50 KB body, and at 16× the queue a 1 s hold left 14% of the goodput to refusals;
+* ``hold``: the data plane's HTTP transport (``serve/server/rest.py``) asks for it after a 503,
+  and the connection is then not read for the hold (``serve/server/shed_hold.py``: jitter, and
+  doubling for repeated 503s on the connection) — a client that ignores ``Retry-After`` and fires
+  again at once waits in its own socket buffer instead of spending the server's CPU on more
+  refusals;
 * ``respond``: the data plane's answers (status, a few trusted headers, a body of known length)
   go out in one ``transport.write`` instead of two ASGI messages — one system call and no
   per-header validation less per request, a sixth of the served time of a one-sample request;
@@ -33,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import weakref
 from typing import Any
 
@@ -42,10 +38,10 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from serve.server.dataplane.head import Arrivals
 from serve.server.rest import HOLD_KEY, RESPOND_KEY
+from serve.server.shed_hold import hold_s
 
 log = logging.getLogger(__name__)
 SWEEP_S = 0.25
-MAX_STRIKES = 3                       # the hold after a 503 doubles up to 8× for repeat offenders
 
 
 class HeadersTooLarge(Exception):
@@ -237,16 +233,15 @@ class GuardedProtocol(HttpToolsProtocol):
         return True
 
     def hold(self, seconds: float) -> None:
-        """Do not read this connection for about ``seconds`` after a 503 (module docstring),
-        doubled for each further 503 in a row on it, up to ``MAX_STRIKES`` doublings."""
+        """Do not read this connection for about ``seconds`` after a 503, doubled for each
+        further 503 in a row on it (``shed_hold.hold_s``)."""
         if self._held or self.transport.is_closing():
             return
         self._held = True
         self.transport.pause_reading()
         self._unset_keepalive_if_required()     # a held connection is not idle: do not close it
-        factor = 2 ** min(self._strikes, MAX_STRIKES)
+        self.loop.call_later(hold_s(seconds, self._strikes), self._unhold)
         self._strikes += 1
-        self.loop.call_later(seconds * factor * random.uniform(0.5, 1.5), self._unhold)
 
     def _unhold(self) -> None:
         self._held = False

@@ -3,7 +3,7 @@
 :func:`serve` turns an ASGI request into an :class:`HttpCall`, runs it through
 :meth:`serve.server.dataplane.infer.DataPlane.infer` and writes the answer — in one write through
 ``serve/server/http_protocol.py``'s ``respond`` extension when it can, else as two ASGI
-messages. After a 503 it asks the same protocol to hold the connection.
+messages. After a 503 it asks the same protocol to hold the connection (``shed_hold.py``).
 """
 
 from __future__ import annotations

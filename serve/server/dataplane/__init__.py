@@ -20,6 +20,7 @@ encode    ``dataplane/encode.py``     outputs → v1 / v2 response bytes (gRPC: 
 ``dataplane/infer.py`` (:meth:`DataPlane.infer`) runs the stages for one request and counts it.
 Two transports only convert to and from it: ``serve/server/rest.py`` (HTTP v1 / v2, the one
 route of every inference endpoint) and ``serve/server/grpc_service.py`` (KServe v2 gRPC). An
-error is answered the same way by both (``serve/server/error_answers.py``).
-``serve/server/control.py`` serves everything else (health, metadata, admin, metrics, docs).
+error is answered the same way by both (``serve/server/error_answers.py``), and so is a client
+that retries at once after a 503 (``serve/server/shed_hold.py``). ``serve/server/control.py``
+serves everything else (health, metadata, admin, metrics, docs).
 """

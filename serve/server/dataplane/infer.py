@@ -68,8 +68,8 @@ class DataPlane:
         admission: the admission stage (in-flight accounting, limits, auth).
         decoder: the decode stage.
         monitor: request metrics.
-        shed_hold_s: after a 503, how long the client is not served again (each transport
-            applies it).
+        shed_hold_s: after a 503, how long the client is not served again
+            (``serve/server/shed_hold.py``; each transport applies it).
         arrivals: requests read but not started (HTTP counts them); a request is run at once
             only when it is alone.
     """
