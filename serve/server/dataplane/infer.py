@@ -82,10 +82,12 @@ class DataPlane:
         self.arrivals = arrivals if arrivals is not None else Arrivals()
 
     async def infer(self, call: Call) -> Any:
-        """Serve ``call`` and count it.
+        """Serve ``call`` and count it (its latency ends with its answer encoded: the write is
+        the transport's).
 
         Returns ``call.encode(...)``, or ``call.error(...)`` for a failed request (a bug
-        included: logged, answered 500), or None when the client left before its body arrived.
+        included: logged, answered 500), or None when the client left before its body arrived
+        (counted 499, as is a call cancelled meanwhile).
         """
         t0 = time.perf_counter()
         route, head = call.route, call.head
