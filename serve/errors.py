@@ -1,14 +1,37 @@
 """User-facing errors: each says what is wrong and how to fix it.
 
 The CLI turns an :class:`AbstainError` into one line on stderr and a non-zero exit; the server
-turns it into a 4xx JSON body. Anything else escaping is a bug.
+turns it into an answer with the error's own ``status``, ``reason`` and ``headers``
+(``serve/server/error_answers.py``: HTTP, gRPC and the metrics alike). Anything else escaping
+is a bug.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+
+class _ClassName:
+    """``reason`` unless a class or instance sets one: the name of the error's own class."""
+
+    def __get__(self, obj: Any, cls: type) -> str:
+        return cls.__name__
+
 
 class AbstainError(Exception):
-    """A problem with the user's input, files or configuration (never a bug in abstain)."""
+    """A problem with the user's input, files or configuration (never a bug in abstain).
+
+    Attributes:
+        status: the HTTP status the server answers with (422 unless a subclass says otherwise).
+        reason: a short machine name for the metrics (``queue_full``, ``bad_shape`` …).
+        headers: extra response headers (``Retry-After`` …); read-only unless set per instance.
+    """
+
+    status: int = 422
+    reason: str = _ClassName()  # type: ignore[assignment]
+    headers: Mapping[str, str] = MappingProxyType({})
 
 
 class MissingExtraError(AbstainError):

@@ -2,15 +2,16 @@
 
 ``app`` builds the server from ``settings``; ``dataplane/`` is the request path both transports
 share (``DataPlane.infer``), ``rest`` and ``grpc_service`` only convert to and from it;
-``control`` serves health, metadata, admin, ``/metrics`` and docs; ``repository`` loads
-``models/<name>/<version>`` (``runtime``: the onnxruntime session, ``threads``: its thread plan);
-``http_protocol`` is uvicorn's HTTP protocol with limits and timeouts; ``garbage`` keeps the
-cyclic GC off the request path.
+``error_answers`` answers an error in either (and counts it), ``shed_hold`` holds back a client
+that retries at once after a 503; ``control`` serves health, metadata, admin, ``/metrics`` and
+docs; ``repository`` loads ``models/<name>/<version>`` (``runtime``: the onnxruntime session,
+``threads``: its thread plan); ``http_protocol`` is uvicorn's HTTP protocol with limits and
+timeouts; ``garbage`` keeps the cyclic GC off the request path.
 
 May import: ``serve.feedback``, ``serve.packaging``, ``serve.monitoring``, ``serve.calibration``
 and the maths at the bottom of ``serve``. Never ``serve.cli``, ``training``, ``bench`` or torch.
 """
 
-__all__ = ["app", "control", "dataplane", "docs_ui", "garbage", "grpc_service", "http_protocol",
-           "metrics_port", "protocol", "repository", "repository_files", "rest", "runtime",
-           "settings", "threads"]
+__all__ = ["app", "control", "dataplane", "docs_ui", "error_answers", "garbage", "grpc_service",
+           "http_protocol", "metrics_port", "protocol", "repository", "repository_files", "rest",
+           "runtime", "settings", "shed_hold", "threads"]

@@ -1,7 +1,7 @@
 """The server: the data plane (inference) beside the control plane (everything else).
 
 ``create_app(settings)`` builds one ASGI app. It sends each inference request
-(``POST /v{1,2}/models/.../{predict,infer}``) to :class:`serve.server.dataplane.app.DataPlane` and
+(``POST /v{1,2}/models/.../{predict,infer}``) to :class:`serve.server.dataplane.infer.DataPlane` and
 everything else — health, metadata, admin, metrics, docs, and the lifespan — to the FastAPI
 control plane (``serve/server/control.py``). ``create_app_from_env`` is what uvicorn worker processes
 import (settings travel as ``ABSTAIN_*`` variables).
@@ -18,14 +18,14 @@ from typing import Any
 
 from serve.feedback.wiring import create_feedback
 from serve.monitoring.monitor import FLUSH_S, Monitor
+from serve.server import rest
 from serve.server.control import create_control
 from serve.server.dataplane import head
 from serve.server.dataplane.admit import Admission
-from serve.server.dataplane.app import DataPlane, batcher_factory
 from serve.server.dataplane.decode import Decoder
+from serve.server.dataplane.infer import DataPlane, batcher_factory
 from serve.server.dataplane.record import Record
 from serve.server.garbage import Collector
-from serve.server.http_protocol import configure as configure_http
 from serve.server.repository import ModelRepository, ModelVersion
 from serve.server.settings import ServerSettings, load_settings
 
@@ -53,8 +53,9 @@ class App:
         self.decoder = Decoder(max_instances=limits.max_instances,
                                max_image_pixels=limits.max_image_pixels,
                                max_pixels_per_s=limits.max_image_pixels_per_s)
+        self.arrivals = head.Arrivals()     # counted by serve/server/http_protocol.py
         self.dataplane = DataPlane(self.repo, self.admission, self.decoder, monitor,
-                                   settings.shed_hold_s)
+                                   settings.shed_hold_s, self.arrivals)
         self.settings, self.monitor = settings, monitor
         self.collector = Collector(busy=lambda: self.admission.inflight > 0)
         self.grpc_port: int | None = None                  # bound in the lifespan (--grpc-port)
@@ -67,11 +68,12 @@ class App:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            if head.Arrivals.waiting > 0:
-                head.Arrivals.waiting -= 1
+            arrivals = self.arrivals
+            if arrivals.waiting > 0:
+                arrivals.waiting -= 1
             route = head.match(scope["path"])
             if route is not None:
-                return await self.dataplane(scope, receive, send, route)
+                return await rest.serve(self.dataplane, scope, receive, send, route)
         await self.control(scope, receive, send)
 
     def openapi(self) -> dict[str, Any]:
@@ -145,7 +147,6 @@ def create_app(settings: ServerSettings | None = None, monitor: Monitor | None =
     repository scan adopts instead of loading them again, if their files did not change.
     """
     settings = settings or load_settings()
-    configure_http(settings)
     monitor = monitor or Monitor(drift_window=settings.drift_window,
                                  drift_alpha=settings.drift_alpha)
     return App(settings, monitor, preloaded)

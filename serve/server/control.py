@@ -22,6 +22,7 @@ from serve.errors import AbstainError
 from serve.monitoring.monitor import Monitor
 from serve.server.dataplane.admit import check_key, key_ok
 from serve.server.docs_ui import install_docs
+from serve.server.error_answers import http_answer, record
 from serve.server.protocol import RequestError, v2
 from serve.server.protocol import schemas as S
 from serve.server.repository import ModelRepository, ModelVersion, valid_name
@@ -58,10 +59,10 @@ def create_control(settings: ServerSettings, repo: ModelRepository, monitor: Mon
 
     @app.exception_handler(AbstainError)
     async def abstain_error(request: Request, err: AbstainError) -> Response:
-        status = int(getattr(err, "status", 422))
-        monitor.error(getattr(err, "reason", type(err).__name__),
-                      getattr(request.state, "model", ""), getattr(request.state, "version", ""))
-        return error_json(str(err), status, dict(getattr(err, "headers", None) or {}))
+        record(monitor, err, getattr(request.state, "model", ""),
+               getattr(request.state, "version", ""))
+        status, body, headers = http_answer(err)
+        return Response(body, status, headers, JSON)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, err: RequestValidationError) -> Response:
@@ -201,7 +202,7 @@ def _ref(name: str) -> dict[str, str]:
 
 
 def inference_paths() -> dict[str, Any]:
-    """OpenAPI path items of the data plane's endpoints (served by serve/server/dataplane/app.py)."""
+    """OpenAPI path items of the data plane's endpoints (served by serve/server/rest.py)."""
     errors = {str(c): {"description": "error", "content": {JSON: {"schema": _ref("ErrorBody")}}}
               for c in (400, 401, 404, 413, 415, 422, 503, 504)}
     params = [{"name": "model_name", "in": "path", "required": True, "schema": {"type": "string"}}]

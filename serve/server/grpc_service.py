@@ -1,24 +1,19 @@
 """The v2 gRPC endpoint (``--grpc-port``): KServe's ``inference.GRPCInferenceService``.
 
 An ``grpc.aio`` server on uvicorn's own event loop, started and stopped in the app's lifespan
-(``serve/server/app.py``). ``ModelInfer`` takes the data plane's stages, the same objects HTTP uses:
+(``serve/server/app.py``). ``ModelInfer`` is the data plane's gRPC transport, as
+``serve/server/rest.py`` is its HTTP one: a :class:`GrpcCall` — the message, its metadata
+(``authorization``, ``x-request-id``) and its deadline — goes through
+:meth:`serve.server.dataplane.infer.DataPlane.infer`, which runs the same stages on the same
+objects as for HTTP (admission's counters and limits, the model's batcher, the record hook), and
+counts it under the endpoint label ``grpc:ModelInfer``. The servicer only converts:
+``protocol/grpc_v2.py`` decodes the message to the ``Decoded`` HTTP v2 produces and encodes the
+outputs; an error becomes a gRPC status with the HTTP error's message
+(``serve/server/error_answers.py``: codes, ``retry-after`` / ``x-request-id`` trailing metadata).
 
-========  ===================================================================================
-auth      metadata ``authorization: Bearer <key>`` (``admit.check_key``), before any lookup
-admit     ``Admission.admit``: message size, in-flight caps, queue room (the same counters as
-          HTTP, so both protocols share the limits); the deadline is the gRPC deadline
-decode    ``serve/server/protocol/grpc_v2.py``: the message → the ``Decoded`` HTTP v2 produces
-batch     ``mv.batcher.result(...)``: the same batcher, hence the same coalesced runs
-decide    in the batch run (``ModelVersion.infer``), as for HTTP
-record    the batcher's hook (metrics, drift, sinks) + the request counters, endpoint label
-          ``grpc:<Method>``
-encode    ``grpc_v2.encode_infer``; errors → a gRPC status with the HTTP error's message
-========  ===================================================================================
-
-Status codes: 400/415/422 → INVALID_ARGUMENT, 401 → UNAUTHENTICATED, 404 → NOT_FOUND,
-413 and 503 (over a limit, queue full) → RESOURCE_EXHAUSTED with ``retry-after`` in the trailing
-metadata, 504 → DEADLINE_EXCEEDED, not ready / model being unloaded → UNAVAILABLE,
-a bug → INTERNAL (logged with the request id).
+The shed hold (``serve/server/shed_hold.py``): a peer answered 503 (RESOURCE_EXHAUSTED, or
+UNAVAILABLE while not ready) has its next calls wait out the hold before admission — as an
+HTTP client's connection is not read — within each call's own deadline.
 """
 
 from __future__ import annotations
@@ -30,49 +25,77 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+import numpy as np
 
 from serve import __version__
 from serve.errors import AbstainError
 from serve.server.control import metadata
 from serve.server.dataplane.admit import check_key
-from serve.server.dataplane.head import MAX_ID_CHARS, Head, new_request_id
-from serve.server.protocol import RequestError
+from serve.server.dataplane.decode import Decoder
+from serve.server.dataplane.head import MAX_ID_CHARS, Head, Route, new_request_id
+from serve.server.error_answers import grpc_status, grpc_trailer
+from serve.server.protocol import Decoded, RequestError
 from serve.server.protocol import grpc_v2 as P
+from serve.server.repository import ModelVersion
+from serve.server.shed_hold import PeerHolds
 
-log = logging.getLogger("serve.grpc")
+log = logging.getLogger(__name__)
 EXTENSIONS = ["binary_tensor_data", "statistics", "model_repository"]
 # Messages up to this much over --max-body-bytes reach admission and get its 413 message;
 # larger ones are refused by grpc itself (RESOURCE_EXHAUSTED, grpc's wording).
 SIZE_SLACK = 64 * 1024
-CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 415: grpc.StatusCode.INVALID_ARGUMENT,
-         422: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
-         404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-         503: grpc.StatusCode.RESOURCE_EXHAUSTED, 504: grpc.StatusCode.DEADLINE_EXCEEDED}
-
-
-class NotReady(AbstainError):
-    status = 503
-    reason = "not_ready"
-
-
-def status_code(err: AbstainError) -> grpc.StatusCode:
-    """The gRPC status of an error the HTTP data plane would answer with ``err.status``."""
-    status = int(getattr(err, "status", 422))
-    if isinstance(err, NotReady) or (status == 503 and "being unloaded" in str(err)):
-        return grpc.StatusCode.UNAVAILABLE
-    return CODES.get(status, grpc.StatusCode.INTERNAL)
 
 
 def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
     return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
 
 
+class GrpcCall:
+    """One ``ModelInfer`` call (a :class:`serve.server.dataplane.infer.Call`)."""
+
+    __slots__ = ("route", "head", "rid", "message", "context")
+    method = "gRPC"
+    only_when_ready = True                  # UNAVAILABLE while starting: clients wait on it
+
+    def __init__(self, message: Any, context: Any) -> None:
+        md = _metadata(context)
+        self.route = Route("grpc", message.model_name, message.model_version or None)
+        self.head = Head(content_length=message.ByteSize(),
+                         authorization=md.get("authorization", ""))
+        self.rid = (message.id or md.get("x-request-id", ""))[:MAX_ID_CHARS] or new_request_id()
+        self.message, self.context = message, context
+
+    def deadline(self, default_s: float) -> float:
+        remaining = self.context.time_remaining()
+        timeout = default_s if remaining is None else min(remaining, 3600)
+        if timeout <= 0:
+            raise RequestError("the gRPC deadline had passed before the request was read; "
+                               "give the call a longer timeout", 504, "deadline")
+        return time.monotonic() + timeout
+
+    async def read(self, limit: int) -> Any:
+        return self.message                 # grpc read it (and refused it over its own cap)
+
+    def decode(self, decoder: Decoder, body: Any, mv: ModelVersion) -> Decoded:
+        m = mv.model
+        return P.parse_infer(body, m.input_name, m.input_shape, m.input_dtype,
+                             decoder.max_instances)[0]
+
+    def encode(self, mv: ModelVersion, req: Decoded, out: dict[str, np.ndarray]) -> Any:
+        return P.encode_infer(out, mv.class_names, mv.name, str(mv.version), req.id or self.rid,
+                              req.outputs)
+
+    def error(self, err: AbstainError) -> AbstainError:
+        return err                          # ModelInfer aborts the call with it
+
+
 class Servicer:
-    """The six RPCs over one :class:`serve.server.app.App` (its repository, admission, monitor)."""
+    """The six RPCs over one :class:`serve.server.app.App` (its data plane and repository)."""
 
     def __init__(self, app: Any) -> None:
+        self.plane = app.dataplane
         self.repo, self.admission, self.monitor = app.repo, app.admission, app.monitor
-        self.max_instances = app.settings.max_instances
+        self.holds = PeerHolds(self.plane.shed_hold_s)
 
     # ------------------------------------------------------------------ health and metadata
     def _ready(self) -> bool:
@@ -100,75 +123,29 @@ class Servicer:
 
     # ------------------------------------------------------------------ inference
     async def ModelInfer(self, request: Any, context: Any) -> Any:
-        md = _metadata(context)
-        rid = (request.id or md.get("x-request-id", ""))[:MAX_ID_CHARS] or new_request_id()
-        model = version = ""
-        self.monitor.request_started()
-        t0, status = time.perf_counter(), 500
-        try:
-            check_key(md.get("authorization", ""), self.admission.api_key)  # before any lookup
-            if not self.repo.ready:
-                raise NotReady("the server is starting or stopping: retry, or wait for "
-                               "ServerReady")
-            mv = self.repo.get(request.model_name, request.model_version or None)
-            model, version = mv.name, str(mv.version)
-            resp = await self._infer(request, md, context, rid)
-            status = 200
-            return resp
-        except AbstainError as err:
-            status = int(getattr(err, "status", 422))
-            self.monitor.error(getattr(err, "reason", type(err).__name__), model, version)
-            if status in (503, 504):
-                self.monitor.shed(model, version, status)
-            trailer = [("x-request-id", rid)]
-            trailer += [(k.lower(), str(v)) for k, v in (getattr(err, "headers", None) or {}).items()
-                        if k.lower() == "retry-after"]
-            context.set_trailing_metadata(tuple(trailer))
-            code, msg = status_code(err), str(err)
-        except asyncio.CancelledError:
-            status = 499                  # the client cancelled or its deadline passed
-            raise
-        except Exception as err:
-            log.exception("internal error (a bug in abstain) on gRPC request %s: %s", rid, err)
-            self.monitor.error("internal", model, version)
-            code, msg = grpc.StatusCode.INTERNAL, ("internal server error (a bug; it has been "
-                                                   f"logged with request id {rid})")
-        finally:
-            self.monitor.request_finished("grpc:ModelInfer", "gRPC", status,
-                                          time.perf_counter() - t0, model, version, inference=True)
-        await context.abort(code, msg)
+        holds, arrived = self.holds, time.monotonic()
+        if holds:                                   # any peer held (or remembered)?
+            await self._wait_hold(context.peer(), arrived, context)
+        call = GrpcCall(request, context)
+        answer = await self.plane.infer(call)
+        if not isinstance(answer, AbstainError):
+            if holds:
+                holds.served(context.peer(), time.monotonic())
+            return answer
+        if answer.status == 503:
+            holds.shed(context.peer(), arrived, time.monotonic())
+        elif holds:
+            holds.served(context.peer(), time.monotonic())
+        context.set_trailing_metadata(grpc_trailer(answer, call.rid))
+        await context.abort(grpc_status(answer), str(answer))
 
-    async def _infer(self, request: Any, md: dict[str, str], context: Any, rid: str) -> Any:
-        name, ver = request.model_name, request.model_version or None
-        mv = self.repo.get(name, ver)
-        batcher = mv.batcher
-        assert batcher is not None
-        size = request.ByteSize()
-        head = Head(content_type="grpc", content_length=size)
-        ticket = self.admission.admit(head, batcher, "grpc")             # admit
-        try:
+    async def _wait_hold(self, peer: str, now: float, context: Any) -> None:
+        """Wait out ``peer``'s hold, or as much of it as the call's deadline leaves (the data
+        plane then answers DEADLINE_EXCEEDED)."""
+        wait = self.holds.wait_s(peer, now)
+        if wait > 0:
             remaining = context.time_remaining()
-            timeout = self.admission.request_timeout_s if remaining is None else min(remaining, 3600)
-            if timeout <= 0:
-                raise RequestError("the gRPC deadline had passed before the request was read; "
-                                   "give the call a longer timeout", 504, "deadline")
-            deadline = time.monotonic() + timeout
-            mv = self.repo.get(name, ver)                                # no await from here …
-            m = mv.model
-            req, _ = P.parse_infer(request, m.input_name, m.input_shape, m.input_dtype,
-                                   self.max_instances)                   # decode
-            batcher = mv.batcher
-            assert batcher is not None
-            self.admission.learn(batcher, "grpc", size, len(req.x))
-            alone = self.admission.inflight == 1
-            ticket.hand_over()
-            out = await batcher.result(req.x, deadline, alone, rid)      # … to submit: batch,
-            if any(name == "probabilities" for name, _ in req.outputs):  # run, decide, record
-                out = {**out, "probabilities": mv.rule.probabilities(out["logits"])}
-            return P.encode_infer(out, mv.class_names, mv.name, str(mv.version), req.id or rid,
-                                  req.outputs)                           # encode
-        finally:
-            self.admission.release(ticket)
+            await asyncio.sleep(wait if remaining is None else max(min(wait, remaining), 0.0))
 
 
 def _guard(name: str, fn: Callable[[Any, Any], Awaitable[Any]], monitor: Any) -> Callable:
@@ -180,8 +157,8 @@ def _guard(name: str, fn: Callable[[Any, Any], Awaitable[Any]], monitor: Any) ->
         try:
             return await fn(request, context)
         except AbstainError as err:
-            status = int(getattr(err, "status", 422))
-            code, msg = status_code(err), str(err)
+            status = err.status
+            code, msg = grpc_status(err), str(err)
         finally:
             monitor.request_finished(endpoint, "gRPC", status, time.perf_counter() - t0)
         await context.abort(code, msg)

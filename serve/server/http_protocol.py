@@ -9,38 +9,39 @@ or its body, so one slow or hostile client can hold memory and file descriptors 
   headers, ``header_timeout_s`` → 408 and close;
 * a body timeout: from the end of the headers to the end of the body, ``body_timeout_s`` →
   408 and close (a request the server already answered is simply closed);
-* ``hold``: the data plane asks for it after a 503, and the connection is then not read for that
-  long (±50%) — a client that ignores ``Retry-After`` and fires again at once waits in its own
-  socket buffer instead of spending the server's CPU on more refusals. The jitter matters: a flood
-  refused in one burst would otherwise come back in one burst every hold, in lock-step (measured:
-  ~480 refusals in one event-loop turn, a 90 ms stall for every answer in flight). Each further
-  503 in a row on a connection doubles its hold (up to 8×; any other answer resets it): the
-  exponential back-off such a client does not do itself. Refusing a 64-sample request still costs
-  reading its 50 KB body, and at 16× the queue a 1 s hold left 14% of the goodput to refusals;
+* ``hold``: the data plane's HTTP transport (``serve/server/rest.py``) asks for it after a 503,
+  and the connection is then not read for the hold (``serve/server/shed_hold.py``: jitter, and
+  doubling for repeated 503s on the connection) — a client that ignores ``Retry-After`` and fires
+  again at once waits in its own socket buffer instead of spending the server's CPU on more
+  refusals;
 * ``respond``: the data plane's answers (status, a few trusted headers, a body of known length)
   go out in one ``transport.write`` instead of two ASGI messages — one system call and no
-  per-header validation less per request, a sixth of the served time of a one-sample request.
+  per-header validation less per request, a sixth of the served time of a one-sample request;
+* arrivals: each request whose headers are complete is counted in its app's
+  :class:`serve.server.dataplane.head.Arrivals` (the app uncounts it as its task starts).
 
-Timeouts are checked by one sweeper per event loop (every ``SWEEP_S``), not one timer per request.
+The limits belong to a :class:`GuardedHttp` — uvicorn's ``http`` option, which makes one
+protocol per connection — not to the class, so servers in one process keep their own; it
+pickles by value into uvicorn's worker processes. Timeouts are checked by one sweeper per
+``GuardedHttp`` and event loop (every ``SWEEP_S``), not one timer per request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import weakref
-from typing import Any, ClassVar
+from typing import Any
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from serve.server.dataplane.app import HOLD_KEY, RESPOND_KEY
 from serve.server.dataplane.head import Arrivals
+from serve.server.rest import HOLD_KEY, RESPOND_KEY
+from serve.server.shed_hold import hold_s
 
-log = logging.getLogger("serve.http")
+log = logging.getLogger(__name__)
 SWEEP_S = 0.25
-MAX_STRIKES = 3                       # the hold after a 503 doubles up to 8× for repeat offenders
 
 
 class HeadersTooLarge(Exception):
@@ -53,17 +54,57 @@ def _response(status: int, reason: str, message: str) -> bytes:
             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
 
 
+class GuardedHttp:
+    """uvicorn's ``http`` option: one :class:`GuardedProtocol` per connection, with these limits.
+
+    Args:
+        max_header_bytes: request line + headers over this → 431 and close.
+        header_timeout_s: headers not complete this long after the first byte → 408 and close.
+        body_timeout_s: body not complete this long after the headers → 408 and close.
+    """
+
+    def __init__(self, max_header_bytes: int = 64 * 1024, header_timeout_s: float = 10.0,
+                 body_timeout_s: float = 30.0) -> None:
+        self.max_header_bytes = max_header_bytes
+        self.header_timeout_s = header_timeout_s
+        self.body_timeout_s = body_timeout_s
+        self.live: weakref.WeakSet[GuardedProtocol] = weakref.WeakSet()
+        self._sweepers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def __reduce__(self) -> tuple:
+        return GuardedHttp, (self.max_header_bytes, self.header_timeout_s, self.body_timeout_s)
+
+    def __call__(self, **kwargs: Any) -> GuardedProtocol:
+        return GuardedProtocol(self, **kwargs)
+
+    def track(self, conn: GuardedProtocol) -> None:
+        """Have ``conn``'s timeouts checked (by this loop's sweeper, started on first use)."""
+        self.live.add(conn)
+        if conn.loop not in self._sweepers:
+            self._sweepers[conn.loop] = conn.loop.create_task(self._sweep(conn.loop))
+
+    async def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            now = loop.time()
+            for conn in list(self.live):
+                if conn.loop is loop:
+                    try:
+                        conn.expire(now)
+                    except Exception:
+                        log.exception("connection sweep failed (ignored)")
+
+
 class GuardedProtocol(HttpToolsProtocol):
-    """httptools protocol with header/body limits and timeouts (set by :func:`configure`)."""
+    """httptools protocol with header/body limits and timeouts (made by a :class:`GuardedHttp`)."""
 
-    max_header_bytes: ClassVar[int] = 64 * 1024
-    header_timeout_s: ClassVar[float] = 10.0
-    body_timeout_s: ClassVar[float] = 30.0
-    _live: ClassVar[weakref.WeakSet] = weakref.WeakSet()
-    _sweepers: ClassVar[weakref.WeakKeyDictionary] = weakref.WeakKeyDictionary()
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, limits: GuardedHttp, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.limits = limits
+        self.max_header_bytes = limits.max_header_bytes
+        self.header_timeout_s = limits.header_timeout_s
+        self.body_timeout_s = limits.body_timeout_s
+        self.arrivals = _arrivals(self.app)
         self._head_bytes = 0
         self._phase = ""                 # "headers" | "body" | "" (idle or being answered)
         self._deadline = 0.0
@@ -74,12 +115,10 @@ class GuardedProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm("headers", self.header_timeout_s)
-        GuardedProtocol._live.add(self)
-        if self.loop not in GuardedProtocol._sweepers:
-            GuardedProtocol._sweepers[self.loop] = self.loop.create_task(_sweep(self.loop))
+        self.limits.track(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        GuardedProtocol._live.discard(self)
+        self.limits.live.discard(self)
         self._phase = ""
         super().connection_lost(exc)
 
@@ -121,7 +160,8 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
-        Arrivals.waiting += 1
+        if self.arrivals is not None:
+            self.arrivals.waiting += 1
         if self.parser.should_upgrade():
             self._phase = ""
         else:
@@ -193,16 +233,15 @@ class GuardedProtocol(HttpToolsProtocol):
         return True
 
     def hold(self, seconds: float) -> None:
-        """Do not read this connection for about ``seconds`` after a 503 (module docstring),
-        doubled for each further 503 in a row on it, up to ``MAX_STRIKES`` doublings."""
+        """Do not read this connection for about ``seconds`` after a 503, doubled for each
+        further 503 in a row on it (``shed_hold.hold_s``)."""
         if self._held or self.transport.is_closing():
             return
         self._held = True
         self.transport.pause_reading()
         self._unset_keepalive_if_required()     # a held connection is not idle: do not close it
-        factor = 2 ** min(self._strikes, MAX_STRIKES)
+        self.loop.call_later(hold_s(seconds, self._strikes), self._unhold)
         self._strikes += 1
-        self.loop.call_later(seconds * factor * random.uniform(0.5, 1.5), self._unhold)
 
     def _unhold(self) -> None:
         self._held = False
@@ -216,25 +255,20 @@ class GuardedProtocol(HttpToolsProtocol):
                 self.timeout_keep_alive, self.timeout_keep_alive_handler)
 
 
-async def _sweep(loop: asyncio.AbstractEventLoop) -> None:
-    while True:
-        await asyncio.sleep(SWEEP_S)
-        now = loop.time()
-        for conn in list(GuardedProtocol._live):
-            if conn.loop is loop:
-                try:
-                    conn.expire(now)
-                except Exception:
-                    log.exception("connection sweep failed (ignored)")
+def _arrivals(app: Any) -> Arrivals | None:
+    """The arrivals counter of the app uvicorn serves (under any middleware it wrapped it in)."""
+    for _ in range(8):
+        arrivals = getattr(app, "arrivals", None)
+        if isinstance(arrivals, Arrivals):
+            return arrivals
+        app = getattr(app, "app", None)
+    return None
 
 
-def configure(settings: Any) -> type[GuardedProtocol]:
-    """Set the limits of :class:`GuardedProtocol` from ``settings`` (the app factory does this in
-    every worker process, so the class itself can be handed to uvicorn by reference)."""
-    GuardedProtocol.max_header_bytes = settings.max_header_bytes
-    GuardedProtocol.header_timeout_s = settings.header_timeout_s
-    GuardedProtocol.body_timeout_s = settings.body_timeout_s
-    return GuardedProtocol
+def configure(settings: Any) -> GuardedHttp:
+    """The protocol factory with the limits of ``settings``."""
+    return GuardedHttp(settings.max_header_bytes, settings.header_timeout_s,
+                       settings.body_timeout_s)
 
 
 def uvicorn_options(settings: Any) -> dict[str, Any]:

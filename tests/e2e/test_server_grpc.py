@@ -298,3 +298,61 @@ def test_load_generator_reports_one_row_per_point(server, capsys, monkeypatch):
     for r in rows:
         assert r[1] == "clf" and float(r[3].replace(",", "")) > 0 and r[6] == "0", r
         assert 0 < float(r[4]) <= float(r[5])
+
+
+def test_an_immediate_retry_after_resource_exhausted_is_held_as_an_http_one_is(server):
+    """After a 503 (RESOURCE_EXHAUSTED) the same gRPC connection's next call waits out the shed
+    hold (0.5–1.5× of 0.3 s, then 2×, 4×) before admission, as the same HTTP connection's next
+    request does; another connection is not held, and once served the strikes start over."""
+    repo = server[1].settings.model_repository
+    s = load_settings(model_repository=repo, poll_interval_s=0, warmup_batch_sizes=(1,),
+                      api_key=KEY, grpc_port=0, shed_hold_s=0.3)
+    x = _batch(10, 2)
+    req = service_pb2.ModelInferRequest(model_name="clf")
+    req.inputs.add(name="input", datatype="FP32", shape=[2, 8])
+    req.raw_input_contents.append(x.tobytes())
+    md = tuple(AUTH.items())
+
+    def grpc_call(stub) -> tuple[grpc.StatusCode, float, float]:
+        """(code, seconds it took, when it ended)."""
+        t0 = time.monotonic()
+        try:
+            stub.ModelInfer(req, metadata=md, timeout=10)
+            code = grpc.StatusCode.OK
+        except grpc.RpcError as err:
+            code = err.code()
+        return code, time.monotonic() - t0, time.monotonic()
+
+    def http_call(c) -> tuple[int, float]:
+        t0 = time.monotonic()
+        status = c.post("/v2/models/clf/infer", content=x.tobytes(), headers={
+            "inference-header-content-length": "0"}).status_code
+        return status, time.monotonic() - t0
+
+    with running_server(s) as (url, app), \
+            grpc.insecure_channel(f"127.0.0.1:{app.grpc_port}") as held_channel, \
+            grpc.insecure_channel(f"127.0.0.1:{app.grpc_port}",   # its own connection
+                                  [("grpc.use_local_subchannel_pool", 1)]) as other_channel, \
+            httpx.Client(base_url=url, timeout=10, headers=AUTH) as http:
+        held = service_pb2_grpc.GRPCInferenceServiceStub(held_channel)
+        other = service_pb2_grpc.GRPCInferenceServiceStub(other_channel)
+        assert grpc_call(held)[0] == grpc_call(other)[0] == grpc.StatusCode.OK   # connected
+        app.admission.max_inflight = 0                  # every request is over the in-flight cap
+        try:
+            http_refused = [http_call(http) for _ in range(2)]
+            refused = [grpc_call(held)]
+            other_first = grpc_call(other)              # while the first connection is held
+            refused += [grpc_call(held) for _ in range(2)]
+        finally:
+            app.admission.max_inflight = 4096
+        served_after_hold = grpc_call(held)            # held 4× (third strike), then served
+        served_at_once = grpc_call(held)
+    assert [st for st, _ in http_refused] == [503, 503]
+    assert http_refused[0][1] < 0.15 and 0.15 <= http_refused[1][1] <= 0.6, http_refused
+    assert [c for c, _, _ in refused] == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 3
+    assert other_first[0] == grpc.StatusCode.RESOURCE_EXHAUSTED and other_first[1] < 0.15
+    ends = [end for _, _, end in [*refused, served_after_hold]]
+    holds = [b - a for a, b in zip(ends, ends[1:], strict=False)]   # refusal → next answer
+    assert refused[0][1] < 0.15 and 0.15 <= holds[0] <= 0.6 and 0.3 <= holds[1] <= 1.2, holds
+    assert served_after_hold[0] == grpc.StatusCode.OK and 0.6 <= holds[2] <= 2.4, holds
+    assert served_at_once[0] == grpc.StatusCode.OK and served_at_once[1] < 0.15

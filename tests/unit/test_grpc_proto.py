@@ -153,8 +153,9 @@ def test_encode_raw_and_typed_hold_the_same_values():
 
 def test_http_statuses_map_to_grpc_codes():
     grpc = pytest.importorskip("grpc")
+    from serve.server.dataplane.admit import NotReady
     from serve.server.dataplane.batch import DeadlineExceeded, Overloaded
-    from serve.server.grpc_service import NotReady, status_code
+    from serve.server.error_answers import grpc_status as status_code
 
     C = grpc.StatusCode
     for status, code in [(400, C.INVALID_ARGUMENT), (415, C.INVALID_ARGUMENT),

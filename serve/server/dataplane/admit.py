@@ -20,6 +20,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
+from serve.errors import AbstainError
 from serve.server.dataplane.batch import Batcher, Overloaded
 from serve.server.dataplane.head import Head
 from serve.server.protocol import RequestError
@@ -42,6 +43,13 @@ def key_ok(authorization: str, key: str | None) -> bool:
 def check_key(authorization: str, key: str | None, what: str = "api key") -> None:
     if not key_ok(authorization, key):
         raise Unauthorized(what)
+
+
+class NotReady(AbstainError):
+    """The server is starting or stopping (gRPC answers it UNAVAILABLE: clients wait on it)."""
+
+    status = 503
+    reason = "not_ready"
 
 
 class BodyTooLarge(RequestError):

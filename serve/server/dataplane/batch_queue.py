@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import numpy as np
 
@@ -16,7 +18,7 @@ class Overloaded(AbstainError):
 
     status = 503
     reason = "queue_full"
-    headers: dict[str, str] = {"Retry-After": "1"}
+    headers: Mapping[str, str] = MappingProxyType({"Retry-After": "1"})
 
 
 class DeadlineExceeded(AbstainError):

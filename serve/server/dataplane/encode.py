@@ -1,8 +1,8 @@
-"""Encode: batch outputs → v1 / v2 response bytes, and any error → a JSON error body.
+"""Encode: batch outputs → v1 / v2 HTTP response bytes (an error's body: ``error_answers.py``).
 
-A response carries ``Content-Length`` and ``X-Request-Id`` (every answer of the data plane, 200 or
-not); it goes out in one write through serve/server/http_protocol.py's ``respond`` extension, or as two
-ASGI messages under any other server.
+A response carries ``Content-Length`` and ``X-Request-Id`` (every answer of the data plane, 200
+or not); it goes out in one write through serve/server/http_protocol.py's ``respond``
+extension, or as two ASGI messages under any other server (``serve/server/rest.py``).
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from serve.server.dataplane.decode import Decoded
 from serve.server.dataplane.head import Route
-from serve.server.protocol import v1, v2
+from serve.server.protocol import Decoded, v1, v2
 from serve.server.repository import ModelVersion
 
 JSON = b"application/json"
@@ -51,10 +50,8 @@ def error(message: str, status: int, headers: dict[str, str] | None = None) -> R
 
 def success(route: Route, mv: ModelVersion, req: Decoded, out: dict[str, np.ndarray],
             request_id: str) -> Response:
-    """The 200 answer in the route's protocol."""
+    """The 200 answer in the route's protocol (``out`` holds the probabilities it asks for)."""
     version = str(mv.version)
-    if req.top_k or any(name == "probabilities" for name, _ in req.outputs):
-        out = {**out, "probabilities": mv.rule.probabilities(out["logits"])}
     if route.protocol == "v1":
         body = orjson.dumps({"id": req.id or request_id, "model_name": mv.name,
                              "model_version": version,

@@ -23,21 +23,27 @@ def new_request_id() -> str:
 
 
 class Arrivals:
-    """Requests whose headers are parsed (serve/server/http_protocol.py counts them) but whose ASGI task has
-    not started yet (serve/server/app.py uncounts them).
+    """Requests whose headers are parsed but whose ASGI task has not started yet.
 
     uvicorn creates one task per request; a burst read in one event-loop turn becomes a row of
     tasks that run one after another in the next. The data plane reads ``waiting`` to tell a
     request that is really alone (run it at once) from the first of a burst (queue it, so the
-    burst is batched), without giving up an event-loop turn to find out.
+    burst is batched), without giving up an event-loop turn to find out. One per app
+    (``serve/server/app.py``): its HTTP protocol counts them (``serve/server/http_protocol.py``),
+    the app uncounts each as its task starts, and the data plane reads the count for every
+    transport (a gRPC request is not alone either while HTTP ones wait).
     """
 
-    waiting = 0
+    __slots__ = ("waiting",)
+
+    def __init__(self) -> None:
+        self.waiting = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """One inference endpoint: ``protocol`` v1 (predict) or v2 (infer), the model and version."""
+    """One inference endpoint: ``protocol`` v1 (predict), v2 (infer) or grpc (``ModelInfer``),
+    the model and version."""
 
     protocol: str
     model: str
@@ -54,6 +60,8 @@ _ENDPOINTS = {
     ("v1", True): "/v1/models/{model_name}/versions/{model_version}/predict",
     ("v2", False): "/v2/models/{model_name}/infer",
     ("v2", True): "/v2/models/{model_name}/versions/{model_version}/infer",
+    ("grpc", False): "grpc:ModelInfer",
+    ("grpc", True): "grpc:ModelInfer",
 }
 
 

@@ -2,12 +2,14 @@
 
 Tensor payloads go straight from orjson / raw bytes into numpy (pydantic models in
 :mod:`serve.server.protocol.schemas` only document the shapes in OpenAPI). Every problem with a request
-raises a :class:`RequestError` carrying its HTTP status and a message saying how to fix it.
+raises a :class:`RequestError` carrying its HTTP status and a message saying how to fix it; every
+request decodes to a :class:`Decoded`, whichever the wire format (HTTP v1, v2 or gRPC).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
@@ -24,6 +26,20 @@ class RequestError(AbstainError):
         self.status = status
         self.reason = reason
         self.headers = headers or {}
+
+
+@dataclass(slots=True)
+class Decoded:
+    """A decoded request: the batch, and how to answer it."""
+
+    x: np.ndarray                                   # (n, *input_shape)
+    id: str | None = None
+    top_k: int = 0                                  # v1: probabilities of the top k classes
+    outputs: list[tuple[str, bool]] = field(default_factory=list)   # v2: (name, binary?)
+
+    @property
+    def wants_probabilities(self) -> bool:
+        return bool(self.top_k) or any(name == "probabilities" for name, _ in self.outputs)
 
 
 def loads_json(body: bytes, what: str = "request body") -> object:

@@ -23,8 +23,7 @@ from typing import Any
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from serve.server.dataplane.decode import Decoded
-from serve.server.protocol import RequestError, check_batch
+from serve.server.protocol import Decoded, RequestError, check_batch
 from serve.server.protocol.v2 import (
     DEFAULT_OUTPUTS,
     DTYPES,
