@@ -27,9 +27,12 @@ class AbstainError(Exception):
         status: the HTTP status the server answers with (422 unless a subclass says otherwise).
         reason: a short machine name for the metrics (``queue_full``, ``bad_shape`` …).
         headers: extra response headers (``Retry-After`` …); read-only unless set per instance.
+        unavailable: a 503 that is not load (starting, stopping, a model being unloaded): gRPC
+            answers it UNAVAILABLE, so clients wait for the server instead of backing off.
     """
 
     status: int = 422
+    unavailable: bool = False
     reason: str = _ClassName()  # type: ignore[assignment]
     headers: Mapping[str, str] = MappingProxyType({})
 

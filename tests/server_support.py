@@ -159,7 +159,7 @@ def running_server(settings: ServerSettings) -> Iterator[tuple[str, object]]:
 
     app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           access_log=False, **uvicorn_options(settings)))
+                                           access_log=False, **uvicorn_options(settings.limits)))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

@@ -188,7 +188,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     common = {"host": settings.host, "port": settings.port, "log_level": settings.log_level,
               "timeout_graceful_shutdown": max(30, int(settings.request_timeout_s) + 5),
-              "access_log": False, **uvicorn_options(settings)}
+              "access_log": False, **uvicorn_options(settings.limits)}
     if settings.workers > 1:
         os.environ.update(settings.env())
         from serve.monitoring.monitor import MULTIPROC_ENV, setup_multiprocess

@@ -44,8 +44,8 @@ class App:
                                     registry=monitor.registry, multiprocess=monitor.multiprocess)
         self.record = Record(monitor, [self.feedback.sink] if self.feedback else None)
         self.repo = ModelRepository(settings.models, monitor=monitor, preloaded=preloaded,
-                                    batcher_factory=batcher_factory(settings, self.record.hook,
-                                                                    monitor))
+                                    batcher_factory=batcher_factory(settings.batching,
+                                                                    self.record.hook, monitor))
         self.admission = Admission(api_key=keys.api, max_body_bytes=limits.max_body_bytes,
                                    max_inflight=limits.max_inflight,
                                    max_body_buffer=limits.max_body_buffer_bytes,
@@ -55,11 +55,12 @@ class App:
                                max_pixels_per_s=limits.max_image_pixels_per_s)
         self.arrivals = head.Arrivals()     # counted by serve/server/http_protocol.py
         self.dataplane = DataPlane(self.repo, self.admission, self.decoder, monitor,
-                                   settings.shed_hold_s, self.arrivals)
+                                   shed_hold_s=limits.shed_hold_s, arrivals=self.arrivals)
         self.settings, self.monitor = settings, monitor
         self.collector = Collector(busy=lambda: self.admission.inflight > 0)
         self.grpc_port: int | None = None                  # bound in the lifespan (--grpc-port)
-        self.control = create_control(settings, self.repo, monitor, self._lifespan)
+        self.control = create_control(keys=keys, metrics_port=settings.metrics_port,
+                                      repo=self.repo, monitor=monitor, lifespan=self._lifespan)
         if self.feedback:
             self.control.include_router(self.feedback.router)
         self.state = SimpleNamespace(settings=settings, monitor=monitor, repository=self.repo,
@@ -104,7 +105,8 @@ class App:
         grpc_server = None
         if settings.grpc_port is not None:                  # gRPC v2 on this same event loop
             from serve.server.grpc_service import start_grpc
-            grpc_server, self.grpc_port = await start_grpc(self, settings.host, settings.grpc_port)
+            grpc_server, self.grpc_port = await start_grpc(
+                self.dataplane, settings.host, settings.grpc_port, settings.max_body_bytes)
         try:
             yield
         finally:

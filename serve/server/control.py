@@ -26,7 +26,7 @@ from serve.server.error_answers import http_answer, record
 from serve.server.protocol import RequestError, v2
 from serve.server.protocol import schemas as S
 from serve.server.repository import ModelRepository, ModelVersion, valid_name
-from serve.server.settings import ServerSettings
+from serve.server.settings import Keys
 
 JSON = "application/json"
 _E = {c: {"model": S.ErrorBody} for c in (400, 401, 404, 413, 415, 422, 503, 504)}
@@ -41,13 +41,14 @@ def error_json(msg: str, status: int, headers: dict[str, str] | None = None) -> 
     return json_response({"error": msg}, status, headers)
 
 
-def create_control(settings: ServerSettings, repo: ModelRepository, monitor: Monitor,
-                   lifespan: Any) -> FastAPI:
+def create_control(*, keys: Keys, metrics_port: int | None, repo: ModelRepository,
+                   monitor: Monitor, lifespan: Any) -> FastAPI:
+    """The FastAPI app of everything but inference; ``keys`` guard health details, admin and
+    ``/metrics`` (served on ``metrics_port`` instead when one is set)."""
     app = FastAPI(title="abstain", version=__version__, lifespan=lifespan, docs_url=None,
                   redoc_url=None, description="Selective prediction: every prediction is accepted "
                   "or deferred against a certified threshold.")
-    api_key, admin_key = settings.api_key_value, settings.admin_key_value
-    metrics_key = settings.metrics_key_value
+    api_key, admin_key, metrics_key = keys.api, keys.admin, keys.metrics
 
     def lookup(request: Request, name: str, version: str | None) -> ModelVersion:
         if not valid_name(name):
@@ -106,8 +107,8 @@ def create_control(settings: ServerSettings, repo: ModelRepository, monitor: Mon
 
     @app.get("/metrics", tags=["monitoring"], response_class=Response)
     async def metrics(request: Request) -> Response:
-        if settings.metrics_port:
-            return error_json(f"metrics are served on port {settings.metrics_port} "
+        if metrics_port:
+            return error_json(f"metrics are served on port {metrics_port} "
                               "(--metrics-port)", 404)
         check_key(request.headers.get("authorization", ""), metrics_key, "metrics key")
         body, ctype = monitor.render()

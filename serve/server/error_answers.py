@@ -19,7 +19,6 @@ import orjson
 
 from serve.errors import AbstainError
 from serve.monitoring.monitor import Monitor
-from serve.server.dataplane.admit import NotReady
 
 if TYPE_CHECKING:
     import grpc
@@ -57,7 +56,7 @@ def grpc_status(err: AbstainError) -> grpc.StatusCode:
     """The gRPC status code of the answer (its details are ``str(err)``, as in HTTP's body)."""
     import grpc  # an extra (cpu / gpu): only gRPC calls get here
 
-    if err.status == 503 and (isinstance(err, NotReady) or "being unloaded" in str(err)):
+    if err.status == 503 and err.unavailable:
         return grpc.StatusCode.UNAVAILABLE
     return getattr(grpc.StatusCode, GRPC_CODES.get(err.status, "INTERNAL"))
 

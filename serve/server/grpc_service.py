@@ -33,6 +33,7 @@ from serve.server.control import metadata
 from serve.server.dataplane.admit import check_key
 from serve.server.dataplane.decode import Decoder
 from serve.server.dataplane.head import MAX_ID_CHARS, Head, Route, new_request_id
+from serve.server.dataplane.infer import DataPlane
 from serve.server.error_answers import grpc_status, grpc_trailer
 from serve.server.protocol import Decoded, RequestError
 from serve.server.protocol import grpc_v2 as P
@@ -90,11 +91,11 @@ class GrpcCall:
 
 
 class Servicer:
-    """The six RPCs over one :class:`serve.server.app.App` (its data plane and repository)."""
+    """The six RPCs over the data plane (and its repository, admission and monitor)."""
 
-    def __init__(self, app: Any) -> None:
-        self.plane = app.dataplane
-        self.repo, self.admission, self.monitor = app.repo, app.admission, app.monitor
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+        self.repo, self.admission, self.monitor = plane.repo, plane.admission, plane.monitor
         self.holds = PeerHolds(self.plane.shed_hold_s)
 
     # ------------------------------------------------------------------ health and metadata
@@ -178,16 +179,17 @@ def handlers(servicer: Servicer) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(P.SERVICE, table)
 
 
-async def start_grpc(app: Any, host: str, port: int) -> tuple[grpc.aio.Server, int]:
+async def start_grpc(plane: DataPlane, host: str, port: int,
+                     max_body_bytes: int) -> tuple[grpc.aio.Server, int]:
     """Start the gRPC server on the running loop; returns it and the bound port.
 
     Raises:
         RuntimeError: the port cannot be bound (in use, or a bad host).
     """
-    limit = app.settings.max_body_bytes + SIZE_SLACK
+    limit = max_body_bytes + SIZE_SLACK
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
                                       ("grpc.max_send_message_length", -1)])
-    server.add_generic_rpc_handlers((handlers(Servicer(app)),))
+    server.add_generic_rpc_handlers((handlers(Servicer(plane)),))
     bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
     if bound == 0:
         raise RuntimeError(f"cannot bind the gRPC port {host}:{port}: pass another --grpc-port "

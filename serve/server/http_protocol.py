@@ -38,6 +38,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from serve.server.dataplane.head import Arrivals
 from serve.server.rest import HOLD_KEY, RESPOND_KEY
+from serve.server.settings import Limits
 from serve.server.shed_hold import hold_s
 
 log = logging.getLogger(__name__)
@@ -265,15 +266,14 @@ def _arrivals(app: Any) -> Arrivals | None:
     return None
 
 
-def configure(settings: Any) -> GuardedHttp:
-    """The protocol factory with the limits of ``settings``."""
-    return GuardedHttp(settings.max_header_bytes, settings.header_timeout_s,
-                       settings.body_timeout_s)
+def configure(limits: Limits) -> GuardedHttp:
+    """The protocol factory with the header and body limits of ``limits``."""
+    return GuardedHttp(limits.max_header_bytes, limits.header_timeout_s, limits.body_timeout_s)
 
 
-def uvicorn_options(settings: Any) -> dict[str, Any]:
+def uvicorn_options(limits: Limits) -> dict[str, Any]:
     """uvicorn keyword arguments every abstain server uses (tests, ``abstain serve``, bench)."""
-    return {"http": configure(settings), "lifespan": "on",
-            "timeout_keep_alive": settings.keep_alive_s,   # (not while held after a 503)
+    return {"http": configure(limits), "lifespan": "on",
+            "timeout_keep_alive": limits.keep_alive_s,  # (not while held after a 503)
             "proxy_headers": False,                     # nothing here reads client addresses
-            "h11_max_incomplete_event_size": settings.max_header_bytes}
+            "h11_max_incomplete_event_size": limits.max_header_bytes}

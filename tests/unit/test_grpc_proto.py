@@ -155,6 +155,7 @@ def test_http_statuses_map_to_grpc_codes():
     grpc = pytest.importorskip("grpc")
     from serve.server.dataplane.admit import NotReady
     from serve.server.dataplane.batch import DeadlineExceeded, Overloaded
+    from serve.server.dataplane.batch_queue import Unloading
     from serve.server.error_answers import grpc_status as status_code
 
     C = grpc.StatusCode
@@ -164,7 +165,7 @@ def test_http_statuses_map_to_grpc_codes():
                          (504, C.DEADLINE_EXCEEDED), (500, C.INTERNAL)]:
         assert status_code(RequestError("x", status)) == code, status
     assert status_code(Overloaded("model m/1 has 9 samples queued")) == C.RESOURCE_EXHAUSTED
-    assert status_code(Overloaded("model m/1 is being unloaded; retry")) == C.UNAVAILABLE
+    assert status_code(Unloading("model m/1 is being unloaded; retry")) == C.UNAVAILABLE
     assert status_code(NotReady("starting")) == C.UNAVAILABLE
     assert status_code(DeadlineExceeded("late")) == C.DEADLINE_EXCEEDED
 

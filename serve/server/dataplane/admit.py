@@ -50,6 +50,7 @@ class NotReady(AbstainError):
 
     status = 503
     reason = "not_ready"
+    unavailable = True
 
 
 class BodyTooLarge(RequestError):

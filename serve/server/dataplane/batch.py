@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from serve.server.dataplane.batch_queue import DeadlineExceeded, Item, Overloaded, bucket
+from serve.server.dataplane.batch_queue import DeadlineExceeded, Item, Overloaded, Unloading, bucket
 from serve.server.dataplane.queue_limit import QueueLimit
 from serve.server.dataplane.stats import BatchStats
 
@@ -105,7 +105,7 @@ class Batcher:
         """
         n = int(x.shape[0])
         if self._closing and self._worker.done():
-            raise Overloaded(f"model {self.name} is being unloaded; retry")
+            raise Unloading(f"model {self.name} is being unloaded; retry")
         if not self.has_room(n):
             err = Overloaded(f"{self.refused()}; retry after a moment or add capacity")
             err.headers = {"Retry-After": str(max(1, math.ceil(self.drain_s())))}

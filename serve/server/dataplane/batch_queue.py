@@ -21,6 +21,12 @@ class Overloaded(AbstainError):
     headers: Mapping[str, str] = MappingProxyType({"Retry-After": "1"})
 
 
+class Unloading(Overloaded):
+    """The model version is being unloaded (a reload replaced it): retry, the next one serves."""
+
+    unavailable = True
+
+
 class DeadlineExceeded(AbstainError):
     """The request's deadline passed before its result was ready (HTTP 504)."""
 

@@ -31,6 +31,7 @@ from serve.server.dataplane.head import Arrivals, Head, Route
 from serve.server.error_answers import InternalError, record
 from serve.server.protocol import Decoded
 from serve.server.repository import ModelRepository, ModelVersion
+from serve.server.settings import Batching
 
 log = logging.getLogger(__name__)
 
@@ -157,15 +158,15 @@ def _same_inputs(a: ModelVersion, b: ModelVersion) -> bool:
                       b.model.input_shape and a.model.input_dtype == b.model.input_dtype)
 
 
-def batcher_factory(settings: Any, record_hook: Any, monitor: Monitor):
+def batcher_factory(batching: Batching, record_hook: Any, monitor: Monitor):
     """The repository's factory: one batcher per loaded version, its record hook attached."""
 
     def make(mv: ModelVersion) -> Batcher:
         name, ver = mv.name, str(mv.version)
-        return Batcher(mv.infer, settings.max_batch_size, settings.max_queue_size,
+        return Batcher(mv.infer, batching.max_batch_size, batching.max_queue_size,
                        record_hook(mv), lambda depth: monitor.queue_depth(name, ver, depth),
-                       name=f"{name}/{ver}", inline_s=settings.inline_run_s,
+                       name=f"{name}/{ver}", inline_s=batching.inline_run_s,
                        infer_alone=mv.infer_alone,
-                       overload_target_s=settings.overload_queue_ms / 1000)
+                       overload_target_s=batching.overload_queue_ms / 1000)
 
     return make
