@@ -23,4 +23,11 @@ route of every inference endpoint) and ``serve/server/grpc_service.py`` (KServe 
 error is answered the same way by both (``serve/server/error_answers.py``), and so is a client
 that retries at once after a 503 (``serve/server/shed_hold.py``). ``serve/server/control.py``
 serves everything else (health, metadata, admin, metrics, docs).
+
+May import: the rest of ``serve.server`` below the transports (``protocol``, ``repository``,
+``runtime``, ``settings``, ``error_answers``), ``serve.monitoring`` and the maths; never a
+transport (``rest``, ``grpc_service``, ``http_protocol``) or ``control``.
 """
+
+__all__ = ["admit", "batch", "batch_queue", "body", "decode", "encode", "head", "infer",
+           "queue_limit", "record", "stats"]

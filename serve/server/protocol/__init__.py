@@ -4,6 +4,9 @@ Tensor payloads go straight from orjson / raw bytes into numpy (pydantic models 
 :mod:`serve.server.protocol.schemas` only document the shapes in OpenAPI). Every problem with a request
 raises a :class:`RequestError` carrying its HTTP status and a message saying how to fix it; every
 request decodes to a :class:`Decoded`, whichever the wire format (HTTP v1, v2 or gRPC).
+
+May import: ``serve.errors`` and numpy/orjson/protobuf; never the data plane above it (a
+``lint-imports`` contract).
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ import numpy as np
 import orjson
 
 from serve.errors import AbstainError
+
+__all__ = ["Decoded", "RequestError", "check_batch", "loads_json", "parse_uint", "short",
+           "to_float_array"]
 
 
 class RequestError(AbstainError):
