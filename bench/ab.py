@@ -21,15 +21,13 @@ import contextlib
 import json
 import math
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from bench.harness import ModelInfo, request_bodies
-from bench.servers import _child_env, free_port, http
+from bench.servers import child_env, free_port, http, run_server
 from bench.wrk import LoadResult, run_wrk, write_script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,37 +46,17 @@ def side_server(spec: str, repo: Path, log: Path, threads: str) -> Iterator[str]
     cmd = [python, "-m", module, "serve", str(repo.resolve()), "--host", "127.0.0.1",
            "--port", str(port), "--poll-interval-s", "0", "--log-level", "warning",
            "--intra-op-threads", threads, "--max-batch-size", "64"]
-    env = {**_child_env({}), "PYTHONPATH": checkout}
+    env = {**child_env({}), "PYTHONPATH": checkout}
     base = f"http://127.0.0.1:{port}"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=checkout, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 180
-        while not _ready(base):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"{checkout}: the server did not start: "
-                                 f"{log.read_text(errors='replace')[-600:]}")
-            time.sleep(0.2)
+    with run_server(cmd, env, base + "/readyz", log, f"abstain serve ({checkout})",
+                  cwd=Path(checkout)):
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _threads(base: str) -> str:
     status, body = http(base + "/v1/models")
     models = json.loads(body).get("models", []) if status == 200 else []
     return ", ".join(f"{m['name']}: {m.get('threads', '?')}" for m in models) or "unknown"
-
-
-def _ready(base: str) -> bool:
-    with contextlib.suppress(OSError):
-        return http(base + "/readyz", timeout=2.0)[0] == 200
-    return False
 
 
 def main(argv: list[str] | None = None) -> int:

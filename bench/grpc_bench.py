@@ -18,7 +18,7 @@ def grpc_rows(repo: Path, model: str, cfg, work: Path) -> list[str]:
            "--duration", str(cfg.duration_s), "--no-header", "--",
            "--intra-op-threads", str(cfg.intra_op_threads), "--max-batch-size",
            str(cfg.max_batch_size), "--device", cfg.device, "--follow-symlinks"]
-    proc = subprocess.run(cmd, cwd=servers.ROOT, env=servers._child_env({}), capture_output=True,
+    proc = subprocess.run(cmd, cwd=servers.ROOT, env=servers.child_env({}), capture_output=True,
                           text=True, timeout=8 * cfg.duration_s + 300)
     rows = [ln for ln in proc.stdout.splitlines() if ln.startswith("| gRPC")]
     (work / "grpc.log").write_text(proc.stdout + proc.stderr)

@@ -207,7 +207,7 @@ def _build_heavy(path: Path) -> None:
     import sys
 
     proc = subprocess.run([sys.executable, "-m", "bench.heavy_model", str(path)], cwd=servers.ROOT,
-                          env=servers._child_env({}), capture_output=True, text=True)
+                          env=servers.child_env({}), capture_output=True, text=True)
     if proc.returncode != 0:
         raise AbstainError("building the heavy model failed (it needs the 'train' extra: torch): "
                            f"{(proc.stderr or proc.stdout).strip()[-400:]}")

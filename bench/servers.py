@@ -37,7 +37,7 @@ def http(url: str, body: bytes | None = None, headers: dict[str, str] | None = N
         return err.code, err.read()
 
 
-def _child_env(extra: dict[str, str]) -> dict[str, str]:
+def child_env(extra: dict[str, str]) -> dict[str, str]:
     # Settings travel as flags: stray ABSTAIN_* variables (an API key…) must not change the run;
     # ABSTAIN_TENSORRT is the one switch the GPU check sets on purpose (serve/server/runtime.py reads it
     # in the server processes).
@@ -49,11 +49,12 @@ def _child_env(extra: dict[str, str]) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def _process(cmd: list[str], env: dict[str, str], ready_url: str, log: Path,
+def run_server(cmd: list[str], env: dict[str, str], ready_url: str, log: Path,
              what: str, timeout_s: float = 180.0,
-             ok: Callable[[int], bool] = lambda status: status == 200) -> Iterator[None]:
+             ok: Callable[[int], bool] = lambda status: status == 200,
+             cwd: Path = ROOT) -> Iterator[None]:
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + timeout_s
         while True:
@@ -87,7 +88,7 @@ def abstain_process(repo: Path, port: int, device: str, intra_op_threads: str | 
            str(intra_op_threads), "--max-batch-size", str(max_batch_size), "--follow-symlinks",
            *(extra or [])]
     base = f"http://127.0.0.1:{port}"
-    with _process(cmd, _child_env({}), base + "/readyz", log, "abstain serve") as proc:
+    with run_server(cmd, child_env({}), base + "/readyz", log, "abstain serve") as proc:
         yield base, proc
 
 
@@ -108,9 +109,9 @@ def ceiling_server(models: dict[str, Path], port: int, device: str, intra_op_thr
     cmd = [sys.executable, "-m", "uvicorn", "bench.ceiling_app:app", "--host", "127.0.0.1",
            "--port", str(port), "--loop", "uvloop", "--http", "httptools", "--workers", "1",
            "--log-level", "warning", "--no-access-log", "--lifespan", "on"]
-    env = _child_env({"BENCH_MODELS": json.dumps({k: str(v) for k, v in models.items()}),
+    env = child_env({"BENCH_MODELS": json.dumps({k: str(v) for k, v in models.items()}),
                       "BENCH_DEVICE": device, "BENCH_INTRA_OP_THREADS": str(intra_op_threads)})
     base = f"http://127.0.0.1:{port}"
     # The bare app has no health route: any HTTP answer (404 for GET /) means it is up.
-    with _process(cmd, env, base + "/", log, "the ceiling app", ok=lambda status: True):
+    with run_server(cmd, env, base + "/", log, "the ceiling app", ok=lambda status: True):
         yield base

@@ -129,9 +129,9 @@ def test_gpu_check_says_in_one_line_that_there_is_no_cuda(tmp_path: Path) -> Non
 
 
 def test_bench_servers_drop_stray_abstain_settings_but_keep_tensorrt(monkeypatch) -> None:
-    from bench.servers import _child_env
+    from bench.servers import child_env
 
     monkeypatch.setenv("ABSTAIN_API_KEY", "secret")
     monkeypatch.setenv("ABSTAIN_TENSORRT", "1")
-    env = _child_env({})
+    env = child_env({})
     assert "ABSTAIN_API_KEY" not in env and env["ABSTAIN_TENSORRT"] == "1"
