@@ -37,14 +37,30 @@ class AbstainError(Exception):
     headers: Mapping[str, str] = MappingProxyType({})
 
 
+# PyTorch's CPU wheel index. Plain PyPI resolves torch on Linux x86_64 to the multi-GB CUDA build,
+# so the `train` extra is installed after the CPU build of torch (the Makefile's TORCH_INDEX).
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+
+
+def install_command(extra: str) -> str:
+    """The shell line that installs ``extra``; for ``train`` the CPU build of torch comes first."""
+    line = f"pip install 'abstain[{extra}]'"
+    if extra == "train":
+        return f"pip install torch --index-url {TORCH_CPU_INDEX}, then {line}"
+    return line
+
+
 class MissingExtraError(AbstainError):
     """An optional dependency group is not installed."""
 
     def __init__(self, extra: str, module: str | None = None) -> None:
         what = f"the '{module}' module" if module else "a dependency"
+        note = (" after the same torch line; plain PyPI resolves torch on Linux x86_64 to the "
+                "multi-GB CUDA build" if extra == "train" else "")
         super().__init__(
             f"{what} is missing: this command needs the '{extra}' extra. "
-            f"Install it with: pip install 'abstain[{extra}]'  (from a checkout: pip install -e '.[{extra}]')"
+            f"Install it with: {install_command(extra)}  "
+            f"(from a checkout: pip install -e '.[{extra}]'{note})"
         )
         self.extra = extra
         self.module = module

@@ -20,7 +20,7 @@ from importlib.metadata import entry_points
 
 from serve import __version__
 from serve.cli.argtypes import Parser
-from serve.errors import AbstainError, MissingExtraError
+from serve.errors import AbstainError, MissingExtraError, install_command
 
 GROUP = "abstain.commands"
 # Which extra provides the modules a command may import; used when registration itself fails.
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _short(err: AbstainError) -> str:
     if isinstance(err, MissingExtraError):
-        return f"pip install 'abstain[{err.extra}]'"
+        return install_command(err.extra)
     return str(err).split(":")[0]
 
 

@@ -83,7 +83,8 @@ def test_help_offers_only_runnable_commands_and_refusals_name_the_need(venv, tmp
     assert listed == {"calibrate", "evaluate", "serve"}, r.stdout
     r = _abstain(venv, "train", "--out", str(tmp_path / "run"), cwd=tmp_path)
     assert r.returncode == 2 and "needs the 'train' extra" in r.stderr, r.stderr
-    assert "pip install 'abstain[train]'" in r.stderr and not (tmp_path / "run").exists()
+    assert "pip install torch --index-url https://download.pytorch.org/whl/cpu, then pip install " \
+        "'abstain[train]'" in r.stderr and not (tmp_path / "run").exists()
     r = _abstain(venv, "bench", cwd=tmp_path)      # a development script now: python -m bench
     assert r.returncode == 2 and "invalid choice: 'bench'" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr

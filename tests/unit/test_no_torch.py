@@ -50,7 +50,8 @@ def test_training_command_without_torch_says_how_to_install() -> None:
         sys.exit(main(['train', '--data', 'mnist1d', '--out', 'runs/never']))
     """)
     assert r.returncode == 2, (r.stdout, r.stderr)
-    assert "pip install 'abstain[train]'" in r.stderr
+    assert ("pip install torch --index-url https://download.pytorch.org/whl/cpu, then "
+            "pip install 'abstain[train]'") in r.stderr      # the CPU build first, not PyPI's CUDA one
     assert "Traceback" not in r.stderr
 
 
@@ -64,7 +65,8 @@ def test_help_lists_only_commands_this_install_can_run() -> None:
         assert f"    {name} " in commands, r.stdout
     for name in ("train", "export", "study"):
         assert f"    {name} " not in commands, r.stdout
-    assert "Not available in this install: export (pip install 'abstain[train]')" in " ".join(
+    assert ("Not available in this install: export (pip install torch --index-url "
+            "https://download.pytorch.org/whl/cpu, then pip install 'abstain[train]')") in " ".join(
         r.stdout.split())
 
 
