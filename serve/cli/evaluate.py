@@ -35,6 +35,33 @@ def _nan_to_none(v: Any) -> Any:
     return v
 
 
+# What the test estimate says about the certificate, by where its interval lies against the target.
+VERDICTS = {
+    "below": "below the target (the whole interval is under it)",
+    "within": "within the test estimate's interval (consistent with the guarantee)",
+    "above": "above the target: the whole interval exceeds it (the certificate's 1 − δ event may "
+             "have failed, or the test data differ from the calibration data)",
+    "none": "n/a (nothing accepted)",
+}
+
+
+def risk_verdict(n_accepted: int, ci: tuple[float, float] | list[float], target: float) -> str:
+    """``below``, ``within`` or ``above``: the Clopper–Pearson interval against the target risk.
+
+    A point estimate a little over the target is what a correct certificate gives on a finite test
+    set now and then; only an interval wholly above the target contradicts it. ``none`` when
+    nothing was accepted (no risk to estimate).
+    """
+    if not n_accepted:
+        return "none"
+    lo, hi = ci
+    if hi <= target:
+        return "below"
+    if lo > target:
+        return "above"
+    return "within"
+
+
 def evaluate_arrays(cal: Calibration, logits: np.ndarray, labels: np.ndarray,
                     confidence: float = 0.95) -> dict[str, Any]:
     """Every deployment metric of a calibration's rule on labelled logits."""
@@ -57,6 +84,7 @@ def evaluate_arrays(cal: Calibration, logits: np.ndarray, labels: np.ndarray,
         "risk_ci": [lo, hi], "confidence": confidence,
         "risk_upper_bound": float(clopper_pearson_upper(k, n_acc, cal.delta)) if n_acc else float("nan"),
         "target_risk": cal.target_risk, "under_target": bool(n_acc and risk <= cal.target_risk),
+        "verdict": risk_verdict(n_acc, (lo, hi), cal.target_risk),
         "aurc": summ["aurc"], "e_aurc": summ["e_aurc"], "augrc": summ["augrc"],
         "auroc": summ["auroc"],
         "ece": metrics.ece(d.probabilities.max(axis=1), errors),  # temperature-scaled MSP
@@ -105,7 +133,7 @@ def evaluate_main(args: argparse.Namespace) -> int:
             (f"{res['confidence']:.0%} Clopper–Pearson CI", f"[{res['risk_ci'][0]:.4f}, "
                                                              f"{res['risk_ci'][1]:.4f}]"),
             (f"target risk (δ = {cal.delta:g})", f"{cal.target_risk:g}"),
-            ("realised risk ≤ target", "yes" if res["under_target"] else "NO"),
+            ("realised risk vs target", VERDICTS[res["verdict"]]),
             ("AURC", f(res["aurc"])), ("E-AURC", f(res["e_aurc"])), ("AUGRC", f(res["augrc"])),
             ("AUROC", f(res["auroc"])), ("ECE (temperature-scaled MSP)", f(res["ece"]))]
     for k, v in rows:
@@ -118,8 +146,8 @@ def register_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="measure the deployed score and threshold on test data",
                        description="Apply the model's calibration.json (score, temperature, "
                        "threshold) to labelled held-out data and report accuracy, coverage, the "
-                       "selective risk with a Clopper–Pearson interval, whether it is under the "
-                       "target, AURC/E-AURC/AUGRC/AUROC and ECE. Refuses the calibration split "
+                       "selective risk with a Clopper–Pearson interval, whether that interval lies "
+                       "below, around or above the target, AURC/E-AURC/AUGRC/AUROC and ECE. Refuses the calibration split "
                        "and a whole built-in dataset; warns on train/tune.")
     add_model_inputs(p, "labelled test", "test")
     p.add_argument("--json", action="store_true", help="print a JSON report instead of a table")

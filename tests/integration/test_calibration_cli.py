@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from serve.calibration.artifact import load_calibration
+from serve.cli.evaluate import risk_verdict
 from serve.cli.main import main
 from serve.server.runtime import sha256_file
 
@@ -110,8 +111,47 @@ def test_calibrate_then_evaluate(setup, capsys) -> None:
     assert m["selective_risk"] < 0.05 and m["under_target"] is True
     assert 0 < m["e_aurc"] < m["aurc"] < 1 and 0 < m["augrc"] < m["aurc"]
     assert 0.5 < m["auroc"] <= 1 and 0 <= m["ece"] < 0.1
+    assert m["verdict"] == risk_verdict(m["n_accepted"], m["risk_ci"], 0.05)
     assert main(["evaluate", str(md), "--data", f"npz:{setup['test']}"]) == 0
-    assert "Clopper" in capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())
+    assert "Clopper" in out and "realised risk vs target" in out and "≤ target" not in out
+
+
+@pytest.mark.parametrize(("errors", "verdict", "words"), [
+    (10, "below", "below the target"),                                   # CI ≈ [0.002, 0.006]
+    (32, "within", "consistent with the guarantee"),                     # 0.0107, CI ∋ 0.01
+    (60, "above", "the whole interval exceeds it"),                      # CI ≈ [0.015, 0.026]
+])
+def test_evaluate_says_where_the_interval_lies_not_a_bare_yes_no(
+        setup, capsys, monkeypatch, errors, verdict, words) -> None:
+    # The case: 0.0107 against 0.01 with CI [0.0066, 0.0165] printed a bare "NO".
+    from serve.calibration.binomial import clopper_pearson_interval
+    from serve.cli import evaluate
+
+    ci = clopper_pearson_interval(errors, 3000)
+    assert risk_verdict(3000, ci, 0.01) == verdict
+    md = setup["model_dir"]
+    assert _calibrate(md, "--data", f"npz:{setup['cal']}", "--target-risk", "0.05") == 0
+    real = evaluate.evaluate_arrays
+
+    def rigged(cal, z, y, confidence=0.95):
+        res = real(cal, z, y, confidence)
+        return {**res, "n_accepted": 3000, "n_errors_accepted": errors,
+                "selective_risk": errors / 3000, "risk_ci": list(ci),
+                "under_target": errors / 3000 <= 0.01, "verdict": verdict}
+
+    monkeypatch.setattr(evaluate, "evaluate_arrays", rigged)
+    capsys.readouterr()
+    assert main(["evaluate", str(md), "--data", f"npz:{setup['test']}"]) == 0
+    out = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    assert words in out and "NO" not in out.split(), out
+
+
+def test_risk_verdict_edges() -> None:
+    assert risk_verdict(0, (0.0, 1.0), 0.01) == "none"
+    assert risk_verdict(100, (0.0, 0.01), 0.01) == "below"         # upper bound on the target
+    assert risk_verdict(100, (0.01, 0.02), 0.01) == "within"       # lower bound on the target
+    assert risk_verdict(100, (0.0101, 0.02), 0.01) == "above"
 
 
 def test_default_data_from_metadata_and_sgr(setup) -> None:
@@ -167,6 +207,7 @@ def test_allow_defer_all_writes_a_loud_null_threshold(setup, capsys) -> None:
     assert main(["evaluate", str(md), "--data", f"npz:{setup['test']}", "--json"]) == 0
     m = json.loads(capsys.readouterr().out)["metrics"]
     assert m["coverage"] == 0.0 and m["selective_risk"] is None and m["under_target"] is False
+    assert m["verdict"] == "none"
 
 
 def test_mismatched_model_and_malformed_json_are_refused(setup, capsys) -> None:
