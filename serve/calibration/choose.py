@@ -2,8 +2,8 @@
 
 Cattelan & Silva's rule with a burden of proof: MSP (at the fitted temperature) is the
 incumbent; a centred ``pnorm:p`` from the grid p = 0…10 replaces it only if its tuning AURC is
-lower *significantly*: z = ΔAURC / SE > Φ⁻¹(1 − α/m) with α = ``SWITCH_ALPHA`` and m the number
-of challengers (Bonferroni), SE from a paired Poisson bootstrap (the same resampled weights for
+lower *significantly*: with the AURC gain = AURC(MSP) − AURC(challenger) (> 0 is better),
+z = gain / SE > Φ⁻¹(1 − α/m) with α = ``SWITCH_ALPHA`` and m the number of challengers (Bonferroni), SE from a paired Poisson bootstrap (the same resampled weights for
 every score). On pure noise some challenger is "strictly lower" in most draws (38 of 40 in the
 unit test); this rule switches with probability about α (2 of 40). With K = 2 the p ≥ 1 norms
 are constant, so only MSP and ``pnorm:0`` are considered. Scores come from serve.scores and AURCs
@@ -114,7 +114,7 @@ class Candidate:
     auroc: float
     coverage: np.ndarray = field(repr=False)     # (≤ CURVE_POINTS,)
     risk: np.ndarray = field(repr=False)         # (≤ CURVE_POINTS,)
-    delta_aurc: float = 0.0                      # AURC(MSP) − AURC(this): > 0 is better than MSP
+    delta_aurc: float = 0.0                      # AURC gain, AURC(MSP) − AURC(this): > 0 is better
     z: float = 0.0                               # delta_aurc / its paired-bootstrap SE
 
 
@@ -201,12 +201,12 @@ def _switch_on_evidence(candidates: list[Candidate], score_sets: list[np.ndarray
         z = d / s if s > 0 else (math.inf if d > 0 else 0.0)
         out.append(replace(c, delta_aurc=d, z=z))
     eligible = [c for c in out[1:] if c.z > crit]
-    rule = (f"paired bootstrap ({BOOT_RESAMPLES} resamples): switch only if z = ΔAURC/SE > "
+    rule = (f"paired bootstrap ({BOOT_RESAMPLES} resamples): switch only if z = AURC gain/SE > "
             f"{crit:.2f} (one-sided {SWITCH_ALPHA:g}, Bonferroni over {m})")
     if not eligible:
         best = max(out[1:], key=lambda c: c.delta_aurc)
         return "msp", (f"MSP kept: no significant improvement; best challenger {best.spec} "
-                       f"ΔAURC {best.delta_aurc:+.5f}, z = {best.z:.2f}; {rule}"), out
+                       f"AURC gain {best.delta_aurc:+.5f}, z = {best.z:.2f}; {rule}"), out
     best = min(eligible, key=lambda c: c.aurc)
     return best.spec, (f"{best.spec} replaces MSP: AURC {best.aurc:.5f} < {msp.aurc:.5f}, "
                        f"z = {best.z:.2f}; {rule}"), out

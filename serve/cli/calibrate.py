@@ -21,6 +21,9 @@ from serve.cli.model_inputs import (
 )
 from serve.files import keep_backup
 
+# The sign of the gain column: positive is an improvement on the incumbent, as the name says.
+GAIN_MEANING = "AURC(MSP) − AURC(score), lower AURC is better: > 0 improves on MSP, < 0 is worse"
+
 
 def _print_calibration(run, cal: Calibration, out: Path) -> None:
     from rich.table import Table
@@ -30,8 +33,9 @@ def _print_calibration(run, cal: Calibration, out: Path) -> None:
     con = report_console()
     if run.n_tune:
         t = Table(title=f"score candidates on the tuning split (n = {run.n_tune}, "
-                        f"error rate {run.choice.error_rate:.4f}, T = {run.choice.temperature:.4f})")
-        for col in ("score", "AURC", "ΔAURC vs MSP", "z", "E-AURC", "AUROC", ""):
+                        f"error rate {run.choice.error_rate:.4f}, T = {run.choice.temperature:.4f})",
+                  caption=f"AURC gain = {GAIN_MEANING}")
+        for col in ("score", "AURC", "AURC gain vs MSP", "z", "E-AURC", "AUROC", ""):
             t.add_column(col, justify="right" if col not in ("score", "") else "left")
         for i, c in enumerate(run.choice.candidates):
             mark = "◀ chosen" if c.spec == run.choice.spec else ""

@@ -286,7 +286,8 @@ def test_default_reports_procedure_start_and_score_evidence(setup, capsys, monke
     assert _calibrate(md, "--data", f"npz:{setup['cal']}", "--target-risk", "0.05",
                       "--delta", "0.1") == 0
     out = capsys.readouterr().out
-    for text in ("ΔAURC vs MSP", "planned fixed sequence", "tuning coverage",
+    assert "> 0 improves on MSP, < 0 is worse" in " ".join(out.split())   # the caption wraps
+    for text in ("AURC gain vs MSP", "planned fixed sequence", "tuning coverage",
                  "post-selection CP bound (indicative)", "certified: selective risk ≤ 0.05 with "
                  "probability ≥ 0.9", "paired bootstrap"):
         assert text in out, text
@@ -295,6 +296,16 @@ def test_default_reports_procedure_start_and_score_evidence(setup, capsys, monke
     assert set(sp["score_evidence"]) == {f"pnorm:{p}" for p in range(11)}
     assert "post-selection" in sp["risk_upper_bound_kind"]
     assert sp["certified_statement"] == "selective risk ≤ 0.05 with probability ≥ 0.9"
+    # The gain column's sign reads as its name: > 0 where the score's AURC is below MSP's.
+    assert "ΔAURC" not in out
+    rows = {cells[0]: cells for line in out.splitlines()
+            if len(cells := [c.strip() for c in line.split("│")[1:-1]]) == 7}
+    assert len(rows) == 12, out                                          # MSP and 11 challengers
+    msp_aurc = float(rows["msp"][1])
+    for spec, (_, aurc, gain, *_rest) in rows.items():
+        if spec != "msp":
+            assert float(gain) == pytest.approx(msp_aurc - float(aurc), abs=2e-5), spec
+            assert (float(gain) > 0) == (float(aurc) < msp_aurc) or float(gain) == 0, spec
 
 
 def test_too_small_for_the_target_names_the_floor_and_the_estimate(setup, capsys) -> None:
