@@ -3,7 +3,9 @@
 A version directory may hold ``example.json`` — ``{"source": "...", "instances": [...]}``, real
 inputs, e.g. test samples — and the banner's v1 and v2 ``curl`` lines send those, so a
 newcomer's first response is a real prediction, not the answer to an all-zeros vector. Without
-the file the example is all zeros of the model's input shape (image models: an upload).
+the file the example is all zeros of the model's input shape (image models: an upload). The
+default model (or the first) always gets example lines; every other loaded model gets them when
+its highest version has ``example.json``.
 
 ``python -m serve.cli.examples VERSION_DIR --data SPEC:test`` (needs the ``data`` extra) writes
 ``example.json`` from the first two test samples, rounded to 2 decimals.
@@ -78,18 +80,35 @@ def curl_lines(base_url: str, mv: Any, api_key: bool = False) -> list[str]:
             f"{shlex.quote(_dumps(v2_body))}"]
 
 
+def banner_models(loaded: list[Any]) -> list[Any]:
+    """The versions the banner shows: :func:`pick_model`'s first (with or without an example),
+    then the highest version of every other model whose version directory has ``example.json``."""
+    first = pick_model(loaded)
+    out = [first]
+    for name in sorted({mv.name for mv in loaded} - {first.name}):
+        mv = max((m for m in loaded if m.name == name), key=lambda m: m.version)
+        if (Path(mv.path) / EXAMPLE_FILE).is_file():
+            out.append(mv)
+    return out
+
+
 def banner_lines(host: str, port: int, loaded: list[Any], api_key: bool = False) -> list[str]:
-    """What `abstain serve` prints under its table: what to try, and what the answer means."""
-    mv = pick_model(loaded)
+    """What `abstain serve` prints under its table: what to try, and what the answer means.
+
+    One block per model of :func:`banner_models`: its source line, its ``try:`` lines and what
+    its score means (models differ in score and threshold).
+    """
     host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    _, source = example_instances(mv)
-    cal = mv.calibration
-    thr = "none (defer all)" if cal.threshold is None else f"{cal.threshold:.4g}"
-    lines = [f"example requests for {mv.name}/{mv.version} ({source}):"]
-    lines += [f"try: {c}" for c in curl_lines(f"http://{host}:{port}", mv, api_key)]
-    what = ("the top class's temperature-scaled softmax probability" if cal.score == "msp"
-            else "not a probability")
-    lines.append(SCORE_LINE.format(score=cal.score, what=what, threshold=thr))
+    lines: list[str] = []
+    for mv in banner_models(loaded):
+        _, source = example_instances(mv)
+        cal = mv.calibration
+        thr = "none (defer all)" if cal.threshold is None else f"{cal.threshold:.4g}"
+        lines.append(f"example requests for {mv.name}/{mv.version} ({source}):")
+        lines += [f"try: {c}" for c in curl_lines(f"http://{host}:{port}", mv, api_key)]
+        what = ("the top class's temperature-scaled softmax probability" if cal.score == "msp"
+                else "not a probability")
+        lines.append(SCORE_LINE.format(score=cal.score, what=what, threshold=thr))
     return lines
 
 

@@ -136,6 +136,46 @@ def preflight(settings: ServerSettings) -> list[Any]:
     return loaded
 
 
+def _store_location(settings: ServerSettings) -> str:
+    """Where decisions go, without a database password."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    url = settings.database_url_value
+    if url is None:
+        return f"SQLite under {settings.state_dir}"
+    parts = urlsplit(url)
+    if parts.password is not None:
+        host = parts.hostname or ""
+        host = f"[{host}]" if ":" in host else host
+        netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+        parts = parts._replace(netloc=netloc)
+    return urlunsplit(parts)
+
+
+def loop_lines(settings: ServerSettings) -> list[str]:
+    """Start-up lines saying whether the feedback loop records, audits and serves the review API."""
+    if settings.state_dir is None and settings.database_url is None:
+        why = "(no --state-dir or --database-url)"
+        return [f"decision store: off {why}: decisions are not recorded",
+                f"audits: off {why}",
+                f"review API: off {why}: no /v1/review/queue, /v1/feedback, /v1/monitor/risk"]
+    keys = [name for name, value in (("API", settings.api_key), ("admin", settings.admin_key),
+                                     ("reviewer", settings.reviewer_key)) if value is not None]
+    who = (f"with the {' or '.join(keys)} key as Bearer" if keys else
+           "open to anyone who can reach the server (no API, admin or reviewer key set)")
+    webhook = ("on" if settings.review_webhook_secret is not None
+               else "off (no --review-webhook-secret)")
+    rate = settings.audit_rate
+    audits = ("off (--audit-rate 0)" if rate == 0 else
+              f"{rate * 100:g}% of samples (uniform, independent of the decision) queued for review "
+              f"(--audit-rate {rate:g})")
+    return [f"decision store: {_store_location(settings)} (every decision recorded"
+            f"{', inputs kept for review items' if settings.store_inputs else ''})",
+            f"audits: {audits}",
+            f"review API: on at /v1/review/queue, /v1/feedback, /v1/requests/ID, /v1/monitor/risk, "
+            f"{who}; Label Studio webhook {webhook}"]
+
+
 def _serve(args: argparse.Namespace) -> int:
     overrides = {name: getattr(args, name) for name, _, _ in _FLAGS}
     overrides["follow_symlinks"] = args.follow_symlinks
@@ -179,7 +219,7 @@ def _serve(args: argparse.Namespace) -> int:
                       f"{c.target_risk:g}", f"{c.coverage:.3f}")
     console = make_console(stderr=True)
     console.print(table)
-    for line in banner_lines(settings.host, settings.port, loaded, bool(settings.api_key)):
+    for line in [*loop_lines(settings), *banner_lines(settings.host, settings.port, loaded, bool(settings.api_key))]:
         console.print(line, soft_wrap=True, highlight=False, markup=False)
 
     import uvicorn

@@ -65,14 +65,42 @@ def test_curl_example_works_and_auth_is_enforced(repo):
             assert r.status_code == 401 and "Bearer" in r.json()["error"], path
             assert r.headers["www-authenticate"] == "Bearer"
         assert httpx.get(url + "/v2/health/ready").status_code == 200    # health stays open
-        line = ""
+        line, seen = "", []
         while "try: curl" not in line:
             line = proc.stdout.readline()
             assert line, "the server printed no curl example"
+            seen.append(line)
+        assert any(ln.startswith("decision store: off") for ln in seen), seen   # no loop: says so
+        assert any(ln.startswith("review API: off") for ln in seen), seen
         cmd = line.split("try: ", 1)[1].strip().replace("$ABSTAIN_API_KEY", "k3y")
         assert url + "/v1/models/clf/predict" in cmd
         r = subprocess.run(shlex.split(cmd), capture_output=True, text=True, timeout=30)
         assert '"predictions":[{"label":' in r.stdout, r.stdout + r.stderr
+
+
+def test_start_up_names_the_loop_and_gives_every_example_model_a_curl_line(tmp_path):
+    make_version(tmp_path / "models", "clf", 1, seed=1)
+    vdir = make_version(tmp_path / "models", "other", 1, seed=5)
+    (vdir / "example.json").write_text('{"source": "a row", "instances": [[0.5, 0, 0, 0, 0, 0, 0, 1]]}')
+    args = ("--state-dir", str(tmp_path / "state"), "--audit-rate", "0.1",
+            "--poll-interval-s", "0")
+    with server_process(tmp_path / "models", *args, env={"ABSTAIN_REVIEWER_KEY": "rev"}) as (url, proc):
+        lines: list[str] = []
+        while sum(ln.startswith("score: ") for ln in lines) < 2:
+            line = proc.stdout.readline()
+            assert line, "the server stopped printing: " + "".join(lines)
+            lines.append(line.rstrip("\n"))
+        assert f"decision store: SQLite under {tmp_path / 'state'} (every decision recorded)" in lines
+        assert any(ln.startswith("audits: 10% of samples") for ln in lines), lines
+        review = next(ln for ln in lines if ln.startswith("review API: "))
+        assert review.startswith("review API: on") and "with the reviewer key as Bearer" in review
+        assert "example requests for other/1 (a row):" in lines
+        cmd = next(ln for ln in lines if ln.startswith("try: curl") and "/v1/models/other/" in ln)
+        r = subprocess.run(shlex.split(cmd.split("try: ", 1)[1]), capture_output=True, text=True,
+                           timeout=30)
+        assert '"predictions":[{"label":' in r.stdout, r.stdout + r.stderr
+        queue = httpx.get(url + "/v1/review/queue", headers={"Authorization": "Bearer rev"})
+        assert queue.status_code == 200                         # what the line said is on, is on
 
 
 def test_sigterm_drains_in_flight_requests(repo):
