@@ -67,7 +67,8 @@ PLAN: dict[str, str] = {
     "docker run --gpus all -p 8000:8000 -p 8001:8001 abstain --device cuda":
         "needs Docker and a GPU; the image's entry point with these arguments is parsed below",
     # ## Scaling out
-    "kubectl create namespace abstain": "needs a Kubernetes cluster",
+    "kubectl create namespace abstain": "needs a Kubernetes cluster",   # the section's paths and
+    # torchrun lines are also checked by tests/integration/test_k8s_docs.py
     "kubectl -n abstain create secret generic abstain-api-keys \\\n"
     "  --from-literal=api-key=$(openssl rand -hex 24) --from-literal=admin-key=$(openssl rand -hex 24)":
         "needs a Kubernetes cluster",
