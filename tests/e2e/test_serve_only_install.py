@@ -1,51 +1,32 @@
 """A serving install (`pip install 'abstain[cpu,data]'`, no torch) calibrates and evaluates the
 shipped model from an empty data cache, and its CLI offers only what it can run.
 
-A real virtual environment is created from a copy of the package (as the Dockerfile does) with
-the real pip; pip's wheel cache makes this take ~40 s on the 2-core CI machine.
+The venv is the run's shared fresh serving install (tests/fresh_venv.py: a copy of the package,
+the real pip, ~40 s).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from fresh_venv import clean_env, serve_only_venv
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "VIRTUAL_ENV") and not k.startswith("ABSTAIN_")}
-    return env | extra
-
-
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("serve-only")
-    src = tmp / "src"
-    src.mkdir()
-    for f in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / f, src / f)
-    for pkg in ("serve", "training"):
-        shutil.copytree(ROOT / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    venv = tmp / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    r = subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", f"{src}[cpu,data]"],
-                       capture_output=True, text=True, timeout=800, env=_env(), cwd=tmp)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return venv
+    return serve_only_venv(tmp_path_factory)
 
 
 def _abstain(venv: Path, *args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(venv / "bin" / "abstain"), *args], capture_output=True, text=True,
-                          timeout=300, cwd=cwd, env=_env(**env))
+                          timeout=300, cwd=cwd, env=clean_env(**env))
 
 
 def test_calibrate_and_evaluate_from_an_empty_cache_without_torch(venv, tmp_path) -> None:
@@ -71,7 +52,7 @@ def test_calibrate_and_evaluate_from_an_empty_cache_without_torch(venv, tmp_path
     code = ("from serve.data import load_split; x, y, _ = load_split('digits:test'); "
             "print(x.shape[1:], len(y))")
     r = subprocess.run([str(py), "-c", code], capture_output=True, text=True, timeout=120,
-                       cwd=tmp_path, env=_env(ABSTAIN_CACHE_DIR=str(cache)))
+                       cwd=tmp_path, env=clean_env(ABSTAIN_CACHE_DIR=str(cache)))
     assert r.returncode == 0 and r.stdout.split() == ["(1,", "8,", "8)", "269"], r.stdout + r.stderr
 
 
