@@ -194,7 +194,9 @@ def test_the_path_step_and_help(project: Path) -> None:
     # review)"
     assert _listed(activated) == {"calibrate", "evaluate", "serve"}, activated
     epilog = " ".join(activated.split("Not available in this install:")[1].split())
-    named = dict(re.findall(r"(\w+) \(pip install 'abstain\[(\w+)\]'\)", epilog))
+    # "train (pip install torch --index-url …/cpu, then pip install 'abstain[train]')"
+    named = dict(re.findall(r"(\w+) \((?:pip install torch --index-url \S+, then )?"
+                            r"pip install 'abstain\[(\w+)\]'\)", epilog))
     assert named == {"train": "train", "export": "train", "study": "train",
                      "package": "package", "review": "review"}, epilog
     # the README's list of subcommands is this program's: the runnable ones and the named ones
