@@ -140,8 +140,8 @@ def _store_location(settings: ServerSettings) -> str:
     """Where decisions go, without a database password."""
     from urllib.parse import urlsplit, urlunsplit
 
-    url = settings.database_url_value
-    if url is None:
+    url = settings.feedback.location
+    if not isinstance(url, str):
         return f"SQLite under {settings.state_dir}"
     parts = urlsplit(url)
     if parts.password is not None:

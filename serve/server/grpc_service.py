@@ -129,14 +129,13 @@ class Servicer:
             await self._wait_hold(context.peer(), arrived, context)
         call = GrpcCall(request, context)
         answer = await self.plane.infer(call)
-        if not isinstance(answer, AbstainError):
-            if holds:
-                holds.served(context.peer(), time.monotonic())
-            return answer
-        if answer.status == 503:
+        failed = isinstance(answer, AbstainError)
+        if failed and answer.status == 503:
             holds.shed(context.peer(), arrived, time.monotonic())
         elif holds:
             holds.served(context.peer(), time.monotonic())
+        if not failed:
+            return answer
         context.set_trailing_metadata(grpc_trailer(answer, call.rid))
         await context.abort(grpc_status(answer), str(answer))
 

@@ -163,34 +163,14 @@ class ServerSettings(BaseSettings):
 
     @property
     def keys(self) -> Keys:
-        return Keys(self.api_key_value, self.admin_key_value, self.metrics_key_value,
-                    self.reviewer_key_value, _secret(self.review_webhook_secret))
+        return Keys(_secret(self.api_key), _secret(self.admin_key), _secret(self.metrics_key),
+                    _secret(self.reviewer_key), _secret(self.review_webhook_secret))
 
     @property
     def feedback(self) -> FeedbackSettings:
-        return FeedbackSettings(location=self.database_url_value or self.state_dir,
+        return FeedbackSettings(location=_secret(self.database_url) or self.state_dir,
                                 audit_rate=self.audit_rate, store_inputs=self.store_inputs,
                                 live_delta=self.live_delta, review_ttl_s=self.review_ttl_s)
-
-    @property
-    def api_key_value(self) -> str | None:
-        return self.api_key.get_secret_value() if self.api_key else None
-
-    @property
-    def admin_key_value(self) -> str | None:
-        return self.admin_key.get_secret_value() if self.admin_key else None
-
-    @property
-    def database_url_value(self) -> str | None:
-        return self.database_url.get_secret_value() if self.database_url else None
-
-    @property
-    def reviewer_key_value(self) -> str | None:
-        return self.reviewer_key.get_secret_value() if self.reviewer_key else None
-
-    @property
-    def metrics_key_value(self) -> str | None:
-        return self.metrics_key.get_secret_value() if self.metrics_key else None
 
     def env(self) -> dict[str, str]:
         """These settings as ``ABSTAIN_*`` variables (how uvicorn worker processes receive them)."""
