@@ -66,6 +66,8 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("store_inputs", str, "true: keep decoded inputs for reviewers (default false)"),
     ("live_delta", float, "level of the anytime-valid live-risk bound (default 0.05)"),
     ("review_ttl_s", float, "review items expire after this many seconds (default 7 days)"),
+    ("retention_days", float, "delete records older than this many days unless audited or labelled "
+     "for a calibration still served, or pending review (default: keep all)"),
     ("reviewer_key", str, "Bearer key for the review API, besides the api/admin keys (default: none)"),
     ("review_webhook_secret", str, "enable POST /v1/review/labelstudio with this shared secret (default: off)"),
 ]

@@ -30,16 +30,32 @@ from serve.calibration.certify import Certificate, certify
 from serve.errors import AbstainError
 from serve.feedback.store import Store
 
+# The largest |score| the server can produce (serve/scores.py): a bounded score stays within
+# ~745 (log_msp); the others are (differences of) float32 logits over the temperature.
+BOUNDED_MAX, LOGIT_MAX = 746.0, 2 * float(np.finfo(np.float32).max)
 QUANTILES = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 
-def audited_errors(store: Store, model: str, version: str, epochs: set[str]
+def audited_errors(store: Store, model: str, version: str, epochs: set[str],
+                   max_score: float = float("inf")
                    ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]], int]:
-    """(scores, errors, rows, deferred-only labels ignored) of labelled audited samples."""
+    """(scores, errors, rows, deferred-only labels ignored) of labelled audited samples.
+
+    Raises:
+        AbstainError: a score is not finite or beyond ``max_score`` (no served score is; such a
+            row would certify an absurd threshold such as 1e308).
+    """
     rows = [r for r in store.audited_labelled(model, version) if r["calibration_sha256"] in epochs]
     labelled_deferred = store.count("reject = 1 AND audit = 0 AND review = 'labelled' AND model = ? "
                                     "AND version = ?", (model, version))
     scores = np.array([r["score"] for r in rows], dtype=np.float64)
+    bad = ~np.isfinite(scores) | (np.abs(scores) > max_score)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise AbstainError(f"{int(bad.sum())} of {len(rows)} labelled audited samples in the store "
+                           f"have an impossible score (e.g. {scores[i]!r} for request "
+                           f"{rows[i]['request_id']!r}); the store was written by something "
+                           "other than this server, or is corrupt: remove those rows and retry")
     errors = np.array([r["human_label"] != r["label"] for r in rows], dtype=bool)
     return scores, errors, rows, labelled_deferred
 
@@ -50,9 +66,10 @@ def recalibrate(model_dir: Path, location: str, method: str = "ltt",
     old = load_calibration(model_dir)
     model, version = model_dir.parent.name, model_dir.name
     lineage = [*old.data.get("lineage", []), old.sha256]
-    store = Store(location)
+    store = Store(location, create=False)
     try:
-        scores, errors, rows, ignored = audited_errors(store, model, version, set(lineage))
+        limit = BOUNDED_MAX if old.score_fn().bounded else LOGIT_MAX / min(old.temperature, 1.0)
+        scores, errors, rows, ignored = audited_errors(store, model, version, set(lineage), limit)
     finally:
         store.close()
     if len(rows) == 0:

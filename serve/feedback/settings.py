@@ -16,6 +16,8 @@ class FeedbackSettings:
         store_inputs: keep decoded inputs for reviewers.
         live_delta: level of the live-risk confidence sequence.
         review_ttl_s: review items expire after this.
+        retention_days: delete rows older than this that nothing needs (``Store.sweep``);
+            ``None`` keeps every row.
     """
 
     location: str | Path | None = None
@@ -23,3 +25,4 @@ class FeedbackSettings:
     store_inputs: bool = False
     live_delta: float = 0.05
     review_ttl_s: float = 7 * 86400.0
+    retention_days: float | None = None

@@ -32,10 +32,10 @@ from serve.errors import AbstainError
 from serve.server.control import metadata
 from serve.server.dataplane.admit import check_key
 from serve.server.dataplane.decode import Decoder
-from serve.server.dataplane.head import MAX_ID_CHARS, Head, Route, new_request_id
+from serve.server.dataplane.head import Head, Route, new_request_id
 from serve.server.dataplane.infer import DataPlane
 from serve.server.error_answers import grpc_status, grpc_trailer
-from serve.server.protocol import Decoded, RequestError
+from serve.server.protocol import Decoded, RequestError, clean_id
 from serve.server.protocol import grpc_v2 as P
 from serve.server.repository import ModelVersion
 from serve.server.shed_hold import PeerHolds
@@ -62,8 +62,9 @@ class GrpcCall:
         md = _metadata(context)
         self.route = Route("grpc", message.model_name, message.model_version or None)
         self.head = Head(content_length=message.ByteSize(),
-                         authorization=md.get("authorization", ""))
-        self.rid = (message.id or md.get("x-request-id", ""))[:MAX_ID_CHARS] or new_request_id()
+                         authorization=md.get("authorization", ""),
+                         request_id=clean_id(md.get("x-request-id")) or "")
+        self.rid = new_request_id()
         self.message, self.context = message, context
 
     def deadline(self, default_s: float) -> float:
@@ -83,8 +84,8 @@ class GrpcCall:
                              decoder.max_instances)[0]
 
     def encode(self, mv: ModelVersion, req: Decoded, out: dict[str, np.ndarray]) -> Any:
-        return P.encode_infer(out, mv.class_names, mv.name, str(mv.version), req.id or self.rid,
-                              req.outputs)
+        return P.encode_infer(out, mv.class_names, mv.name, str(mv.version),
+                              req.id or self.head.request_id or self.rid, req.outputs)
 
     def error(self, err: AbstainError) -> AbstainError:
         return err                          # ModelInfer aborts the call with it
@@ -135,6 +136,7 @@ class Servicer:
         elif holds:
             holds.served(context.peer(), time.monotonic())
         if not failed:
+            context.set_trailing_metadata((("x-request-id", call.rid),))
             return answer
         context.set_trailing_metadata(grpc_trailer(answer, call.rid))
         await context.abort(grpc_status(answer), str(answer))

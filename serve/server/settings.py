@@ -144,6 +144,8 @@ class ServerSettings(BaseSettings):
     store_inputs: bool = Field(False, description="keep decoded inputs for reviewers")
     live_delta: float = Field(0.05, gt=0, lt=1, description="level of the live-risk bound")
     review_ttl_s: float = Field(7 * 86400.0, gt=0, description="review items expire after this")
+    retention_days: float | None = Field(None, gt=0, description="delete records older than this "
+                                         "that no review or current calibration needs; keep all if unset")
     reviewer_key: SecretStr | None = Field(None, description="Bearer key for the review API")
     review_webhook_secret: SecretStr | None = Field(None, description="Label Studio webhook secret")
 
@@ -170,7 +172,8 @@ class ServerSettings(BaseSettings):
     def feedback(self) -> FeedbackSettings:
         return FeedbackSettings(location=_secret(self.database_url) or self.state_dir,
                                 audit_rate=self.audit_rate, store_inputs=self.store_inputs,
-                                live_delta=self.live_delta, review_ttl_s=self.review_ttl_s)
+                                live_delta=self.live_delta, review_ttl_s=self.review_ttl_s,
+                                retention_days=self.retention_days)
 
     def env(self) -> dict[str, str]:
         """These settings as ``ABSTAIN_*`` variables (how uvicorn worker processes receive them)."""
