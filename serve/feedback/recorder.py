@@ -106,7 +106,7 @@ class Recorder:
         self._epochs: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._outage_log, self._reject_log = _Every(log_every_s), _Every(log_every_s)
         self._failures = 0
-        self._next_sweep = 0.0
+        self._next_sweep = time.monotonic() + self.sweep_every_s
         self.written = 0
         self.dropped = 0
         self.swept = 0
@@ -225,8 +225,7 @@ class Recorder:
                 self._items.clear()
             rows = self._retry
             for item in items:
-                self._register(item)
-                rows += to_rows(item, self.review_ttl_s)
+                rows += self._rows(item)
             self._retry = []
             if not self._write(rows):
                 self._retry = rows
@@ -244,6 +243,19 @@ class Recorder:
             if time.monotonic() >= next_maintenance:
                 next_maintenance = time.monotonic() + self.maintenance_s
                 self.maintain()
+
+    def _rows(self, item: Batch) -> list[tuple]:
+        try:
+            self._register(item)
+            return to_rows(item, self.review_ttl_s)
+        except Exception as err:  # noqa: BLE001 - one bad batch must not stop the thread
+            n = int(sum(item.sizes)) if item.sizes is not None else len(item.request_ids)
+            self._settle(n)
+            self._drop(n, "rejected")
+            if self._reject_log.due():
+                log.warning("a batch of %d decision records could not be converted (%s); it is "
+                            "dropped and counted", n, _first_line(err))
+            return []
 
     def _write(self, rows: list[tuple]) -> bool:
         """Write ``rows`` chunk by chunk; False on an outage (``rows`` then holds the unwritten)."""
@@ -329,11 +341,17 @@ class Recorder:
                 self.metrics.set_risk(live_risk(model, version, sha, info.get("target_risk"), k, n,
                                                 pending, self.live_delta))
             if self.retention_s is not None and time.monotonic() >= self._next_sweep:
-                self._next_sweep = time.monotonic() + min(max(self.retention_s / 10,
-                                                              self.maintenance_s), 3600.0)
+                self._next_sweep = time.monotonic() + self.sweep_every_s
                 self.sweep()
         except Exception as err:  # noqa: BLE001
             log.warning("decision store maintenance failed: %s", _first_line(err))
+
+    @property
+    def sweep_every_s(self) -> float:
+        """A tenth of the retention, within [maintenance_s, 1 hour]."""
+        if self.retention_s is None:
+            return float("inf")
+        return min(max(self.retention_s / 10, self.maintenance_s), 3600.0)
 
     def sweep(self, now: float | None = None) -> int:
         """Retention: delete rows older than ``retention_s`` that nothing needs (``Store.sweep``).
