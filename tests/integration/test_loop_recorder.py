@@ -164,3 +164,43 @@ def test_retention_deletes_old_rows_nothing_needs(location) -> None:
         cur_.execute("SELECT COUNT(*) FROM feedback")
         assert cur_.fetchone()[0] == 4                      # other's two labels went with it
     rec.close()
+
+
+OLD_SCHEMA = """CREATE TABLE records (
+    request_id TEXT NOT NULL, idx INTEGER NOT NULL, ts DOUBLE PRECISION NOT NULL,
+    model TEXT NOT NULL, version TEXT NOT NULL, calibration_sha256 TEXT NOT NULL,
+    label INTEGER NOT NULL, score DOUBLE PRECISION NOT NULL, reject INTEGER NOT NULL,
+    audit INTEGER NOT NULL, topk TEXT, input TEXT, review TEXT NOT NULL, expires DOUBLE PRECISION,
+    PRIMARY KEY (request_id, idx))"""
+
+
+def test_a_store_of_the_previous_release_is_migrated_in_place(location) -> None:
+    """The first release's table (no client_id, inputs as JSON text) gains the new columns; its
+    rows read as before, and new rows are written beside them."""
+    if location.startswith("postgresql"):
+        import psycopg
+
+        with psycopg.connect(location, autocommit=True) as conn:
+            conn.execute(OLD_SCHEMA)
+            conn.execute("INSERT INTO records VALUES ('old', 0, 1.0, 'clf', '1', 'c', 2, 0.5, 1, 0, "
+                         "NULL, '[1.5, 2.0]', 'pending', NULL)")
+    else:
+        import sqlite3
+        from pathlib import Path
+
+        Path(location).mkdir(parents=True)
+        with sqlite3.connect(Path(location) / "decisions.sqlite3") as conn:
+            conn.execute(OLD_SCHEMA)
+            conn.execute("INSERT INTO records VALUES ('old', 0, 1.0, 'clf', '1', 'c', 2, 0.5, 1, 0, "
+                         "NULL, '[1.5, 2.0]', 'pending', NULL)")
+    rec = _recorder(Store(location), store_inputs=True).start()
+    (row,) = rec.store.request("old")
+    assert row["input"] == [1.5, 2.0] and row["client_id"] is None and row["label"] == 2
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    rec.submit("clf", "1", "c", ["new"], None, np.array([1, 0]), np.array([0.4, 0.9]),
+               np.array([True, True]), np.zeros(2, bool), None, x, sizes=[2],
+               client_ids=["mine"], logits=np.zeros((2, 4)))
+    assert rec.flush(10)
+    rows = rec.store.request("new")
+    assert [r["input"] for r in rows] == x.tolist() and rec.store.by_client_id("mine") == ["new"]
+    rec.close()
