@@ -156,3 +156,29 @@ def test_pre_claimed_ids_cannot_take_the_victims_records(repo: Path, tmp_path: P
             assert store.request(g) == []                    # a client id is never a key
             assert len(store.by_client_id(g)) == 2
         store.close()
+
+
+def test_retention_on_a_real_server(repo: Path, tmp_path: Path) -> None:
+    """--retention-days (here 3.5 s): accepted unaudited rows go; audited, labelled and pending
+    review rows of the served calibration stay; abstain_records_deleted_total counts it."""
+    state = tmp_path / "state"
+    env = _env({"ABSTAIN_STATE_DIR": str(state)}, ABSTAIN_AUDIT_RATE="0.3",
+               ABSTAIN_RETENTION_DAYS=str(3.5 / 86400))
+    with server_process(repo, env=env) as (url, _), httpx.Client() as c:
+        x = np.random.default_rng(3).normal(1, 2, (8, 8)).round(3).tolist()
+        for _ in range(10):
+            assert c.post(f"{url}/v1/models/clf/predict", json={"instances": x}, headers=KEY,
+                          timeout=10).status_code == 200
+        store = Store(state)
+        assert _rows_when(store, 80) == 80
+        review = store.count("audit = 1 OR reject = 1")
+        assert 0 < review < 80
+        (audited,) = store.queue("audit", 1)
+        store.add_feedback(audited["request_id"], audited["idx"], 0, "test", None)
+        deadline = time.monotonic() + 30               # old after 3.5 s, swept within 5 s
+        while store.count() > review and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert store.count() == review == store.count("audit = 1 OR reject = 1")
+        assert store.record(audited["request_id"], audited["idx"])["review"] == "labelled"
+        assert _metric(url, "abstain_records_deleted_total") == 80 - review
+        store.close()

@@ -204,3 +204,31 @@ def test_a_store_of_the_previous_release_is_migrated_in_place(location) -> None:
     rows = rec.store.request("new")
     assert [r["input"] for r in rows] == x.tolist() and rec.store.by_client_id("mine") == ["new"]
     rec.close()
+
+
+def test_a_full_sqlite_disk_is_logged_as_such_and_retried(tmp_path, caplog) -> None:
+    """SQLite ends the transaction itself when the disk is full; the failed ROLLBACK after it
+    ("cannot rollback - no transaction is active") used to be the only error logged."""
+
+    class Full(Store):
+        pages = 40
+
+        def _connect(self):
+            conn = super()._connect()
+            conn.execute(f"PRAGMA max_page_count = {self.pages}")   # a full disk, on demand
+            return conn
+
+    caplog.set_level(logging.WARNING)
+    store = Full(tmp_path / "state")
+    rec = _recorder(store, store_inputs=True).start()
+    for b in range(4):
+        submit_batch(rec, 200, prefix=f"f{b}-", inputs=np.ones((200, 64), np.float32),
+                     rejects=np.ones(200, bool))
+    deadline = time.monotonic() + 10
+    while not any("full" in r.getMessage() for r in caplog.records) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "database or disk is full" in text and "cannot rollback" not in text, text
+    assert rec.dropped == 0                               # kept for retry, not lost
+    rec.close(timeout=1)
+    assert rec.metrics.dropped.labels("shutdown")._value.get() == rec.dropped > 0
