@@ -1,8 +1,8 @@
 """The feedback loop: decision records, audits, the review API and live risk.
 
 ``store`` holds one row per served sample and its human labels (SQLite or PostgreSQL);
-``recorder`` moves records off the request path (``rows`` turns a batch into rows) and applies
-retention; ``audit`` draws the uniform audit sample;
+``recorder`` moves records off the request path (``rows`` turns a batch into rows, ``failures``
+tells an outage from a bad row) and runs ``retention``; ``audit`` draws the uniform audit sample;
 ``risk`` turns labelled audits into an anytime-valid bound on the live selective risk; ``api``
 is the review/feedback/monitor router; ``labelstudio`` the Label Studio bridge;
 ``recalibrate`` certifies from labelled audits; ``wiring`` is what the server holds.
@@ -10,5 +10,5 @@ is the review/feedback/monitor router; ``labelstudio`` the Label Studio bridge;
 May import: ``serve.calibration`` and the maths at the bottom of ``serve``.
 """
 
-__all__ = ["api", "audit", "gauges", "labelstudio", "recalibrate", "recorder", "risk", "rows",
-           "store", "wiring"]
+__all__ = ["api", "audit", "failures", "gauges", "labelstudio", "recalibrate", "recorder",
+           "retention", "risk", "rows", "store", "wiring"]

@@ -21,14 +21,13 @@ flushed at least every ``flush_interval_s`` (0.5 s), so ``kill -9`` loses what w
 about the last half second; a committed chunk survives it.
 
 The same thread expires stale review items, refreshes the live-risk gauges every
-``maintenance_s`` seconds, and, with ``retention_s``, deletes old rows (``Store.sweep``).
+``maintenance_s`` seconds, and, with ``retention_s``, deletes old rows (``retention.py``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import threading
 import time
 from collections import deque
@@ -37,7 +36,9 @@ from typing import Any
 
 import numpy as np
 
+from serve.feedback import retention
 from serve.feedback.audit import Auditor
+from serve.feedback.failures import Every, first_line, is_outage
 from serve.feedback.gauges import LoopMetrics
 from serve.feedback.risk import live_risk
 from serve.feedback.rows import Batch, to_rows
@@ -49,31 +50,6 @@ EPOCH_PREFIX = "epoch:"
 
 def epoch_key(model: str, version: str, calibration_sha256: str) -> str:
     return f"{EPOCH_PREFIX}{model}/{version}/{calibration_sha256}"
-
-
-def is_outage(err: BaseException) -> bool:
-    """The store is unreachable, locked, full or failing: retry later (not the rows' fault)."""
-    if isinstance(err, (OSError, TimeoutError, sqlite3.OperationalError)):
-        return True
-    try:
-        import psycopg
-    except ImportError:
-        return False
-    return isinstance(err, (psycopg.OperationalError, psycopg.InterfaceError))
-
-
-class _Every:
-    """Rate limit for log lines: ``due()`` is true at most once per ``interval_s``."""
-
-    def __init__(self, interval_s: float) -> None:
-        self.interval_s, self.next = interval_s, 0.0
-
-    def due(self) -> bool:
-        now = time.monotonic()
-        if now < self.next:
-            return False
-        self.next = now + self.interval_s
-        return True
 
 
 class Recorder:
@@ -104,7 +80,7 @@ class Recorder:
         self._stop = False
         self._thread: threading.Thread | None = None
         self._epochs: dict[tuple[str, str, str], dict[str, Any]] = {}
-        self._outage_log, self._reject_log = _Every(log_every_s), _Every(log_every_s)
+        self._outage_log, self._reject_log = Every(log_every_s), Every(log_every_s)
         self._failures = 0
         self._next_sweep = time.monotonic() + self.sweep_every_s
         self.written = 0
@@ -254,7 +230,7 @@ class Recorder:
             self._drop(n, "rejected")
             if self._reject_log.due():
                 log.warning("a batch of %d decision records could not be converted (%s); it is "
-                            "dropped and counted", n, _first_line(err))
+                            "dropped and counted", n, first_line(err))
             return []
 
     def _write(self, rows: list[tuple]) -> bool:
@@ -271,7 +247,7 @@ class Recorder:
             if self._outage_log.due():
                 log.warning("decision store unavailable (%s): %d records kept for retry (%d "
                             "failed tries so far); retrying with backoff",
-                            _first_line(err), len(rows), self._failures)
+                            first_line(err), len(rows), self._failures)
             return False
         if self._failures:
             log.warning("decision store is back after %d failed tries", self._failures)
@@ -292,7 +268,7 @@ class Recorder:
                 if self._reject_log.due():
                     log.warning("the decision store refused a record (%s); it is dropped and "
                                 "counted in abstain_records_dropped_total{reason=\"rejected\"} "
-                                "(logged once per %.0f s)", _first_line(err),
+                                "(logged once per %.0f s)", first_line(err),
                                 self._reject_log.interval_s)
                 return
             mid = len(chunk) // 2
@@ -326,7 +302,7 @@ class Recorder:
         except Exception as err:  # noqa: BLE001
             if self._outage_log.due():
                 log.warning("could not register %s in the decision store: %s", key,
-                            _first_line(err))
+                            first_line(err))
             return False
 
     def maintain(self) -> None:
@@ -344,7 +320,7 @@ class Recorder:
                 self._next_sweep = time.monotonic() + self.sweep_every_s
                 self.sweep()
         except Exception as err:  # noqa: BLE001
-            log.warning("decision store maintenance failed: %s", _first_line(err))
+            log.warning("decision store maintenance failed: %s", first_line(err))
 
     @property
     def sweep_every_s(self) -> float:
@@ -354,35 +330,21 @@ class Recorder:
         return min(max(self.retention_s / 10, self.maintenance_s), 3600.0)
 
     def sweep(self, now: float | None = None) -> int:
-        """Retention: delete rows older than ``retention_s`` that nothing needs (``Store.sweep``).
-
-        Kept: audited and labelled rows of every calibration in the lineage of a calibration
-        served (by any replica) within the retention window — each server marks the epochs it
-        serves as seen at every sweep.
-        """
+        """Retention (``serve/feedback/retention.py``): mark the epochs served here as seen,
+        delete rows older than ``retention_s`` that nothing needs; returns how many."""
         assert self.retention_s is not None
         now = time.time() if now is None else now
         for key, info in list(self._epochs.items()):
             self._save_epoch(key, info)
         cutoff = now - self.retention_s
-        keep: set[str] = set()
-        for key, raw in self.store.values(EPOCH_PREFIX).items():
-            info = json.loads(raw)
-            if info.get("seen", 0.0) >= cutoff:
-                keep.add(key.rsplit("/", 1)[-1])
-                keep.update(info.get("lineage") or ())
-        deleted = self.store.sweep(cutoff, keep)
+        deleted = retention.sweep(self.store, cutoff,
+                                  retention.kept_calibrations(self.store, cutoff, EPOCH_PREFIX))
         self.swept += deleted
         if deleted:
             self.metrics.deleted.inc(deleted)
             log.info("retention: deleted %d decision records older than %.3g days", deleted,
                      self.retention_s / 86400)
         return deleted
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def epoch_info(store: Store, model: str, version: str, sha: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ class FeedbackSettings:
         store_inputs: keep decoded inputs for reviewers.
         live_delta: level of the live-risk confidence sequence.
         review_ttl_s: review items expire after this.
-        retention_days: delete rows older than this that nothing needs (``Store.sweep``);
+        retention_days: delete rows older than this that nothing needs (``serve/feedback/retention.py``);
             ``None`` keeps every row.
     """
 

@@ -23,7 +23,6 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Literal
 
@@ -220,39 +219,6 @@ class Store:
             cur.execute(self._sql("SELECT label FROM feedback WHERE request_id = ? AND idx = ?"),
                         (request_id, idx))
             return "same" if int(cur.fetchone()[0]) == int(label) else "conflict"
-
-    def sweep(self, before: float, keep: Collection[str], batch: int = 10_000) -> int:
-        """Retention: delete rows recorded before ``before`` that no review or calibration needs.
-
-        Deleted: rows nobody reviews (accepted and not audited) and review items that expired
-        unlabelled. Audited or labelled rows (and their labels) are deleted only when their
-        calibration is outside ``keep`` (the lineages of the calibrations still served); pending
-        review items never. Deletes run in transactions of ≤ ``batch`` rows, so the recorder's
-        writes wait at most one of them. Returns how many rows were deleted.
-        """
-        rowid = "ctid" if self.postgres else "rowid"
-        plain = "ts < ? AND audit = 0 AND review IN ('none', 'expired')"
-        total = 0
-        while True:
-            with self._tx(write=True) as cur:
-                cur.execute(self._sql(f"DELETE FROM records WHERE {rowid} IN (SELECT {rowid} "
-                                      f"FROM records WHERE {plain} LIMIT ?)"), (before, batch))
-                n = max(cur.rowcount, 0)
-            total += n
-            if n < batch:
-                break
-        kept = list(keep)
-        cond = "r.ts < ? AND (r.audit = 1 OR r.review = 'labelled') AND r.review <> 'pending'"
-        if kept:
-            cond += f" AND r.calibration_sha256 NOT IN ({', '.join('?' * len(kept))})"
-        with self._tx(write=True) as cur:
-            cur.execute(self._sql(f"DELETE FROM feedback WHERE EXISTS (SELECT 1 FROM records r "
-                                  "WHERE r.request_id = feedback.request_id AND "
-                                  f"r.idx = feedback.idx AND {cond})"), (before, *kept))
-            cur.execute(self._sql(f"DELETE FROM records WHERE {rowid} IN (SELECT r.{rowid} "
-                                  f"FROM records r WHERE {cond})"), (before, *kept))
-            total += max(cur.rowcount, 0)
-        return total
 
     def set_value(self, key: str, value: str) -> None:
         with self._tx(write=True) as cur:
