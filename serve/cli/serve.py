@@ -68,6 +68,8 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("review_ttl_s", float, "review items expire after this many seconds (default 7 days)"),
     ("retention_days", float, "delete records older than this many days unless audited or labelled "
      "for a calibration still served, or pending review (default: keep all)"),
+    ("retention_max_rows", int, "keep at most this many records nobody reviews (accepted, not "
+     "audited; expired); the oldest go (default: no cap)"),
     ("reviewer_key", str, "Bearer key for the review API, besides the api/admin keys (default: none)"),
     ("review_webhook_secret", str, "enable POST /v1/review/labelstudio with this shared secret (default: off)"),
 ]

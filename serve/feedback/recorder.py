@@ -60,6 +60,7 @@ class Recorder:
                  capacity: int = 100_000, flush_interval_s: float = 0.5, chunk_rows: int = 5000,
                  maintenance_s: float = 5.0, metrics: LoopMetrics | None = None,
                  seed: int | None = None, retention_s: float | None = None,
+                 retention_max_rows: int | None = None,
                  max_backoff_s: float = 10.0, log_every_s: float = 30.0) -> None:
         self.store = store
         self.auditor = Auditor(audit_rate, seed)
@@ -71,6 +72,7 @@ class Recorder:
         self.chunk_rows = chunk_rows
         self.maintenance_s = maintenance_s
         self.retention_s = retention_s
+        self.retention_max_rows = retention_max_rows
         self.max_backoff_s = max_backoff_s
         self.metrics = metrics or LoopMetrics()
         self._items: deque[Batch] = deque()
@@ -316,7 +318,7 @@ class Recorder:
                 n, k, pending = self.store.audit_counts(model, version, sha)
                 self.metrics.set_risk(live_risk(model, version, sha, info.get("target_risk"), k, n,
                                                 pending, self.live_delta))
-            if self.retention_s is not None and time.monotonic() >= self._next_sweep:
+            if time.monotonic() >= self._next_sweep:
                 self._next_sweep = time.monotonic() + self.sweep_every_s
                 self.sweep()
         except Exception as err:  # noqa: BLE001
@@ -324,26 +326,30 @@ class Recorder:
 
     @property
     def sweep_every_s(self) -> float:
-        """A tenth of the retention, within [maintenance_s, 1 hour]."""
+        """A tenth of the retention, within [maintenance_s, 1 hour]; a minute for a row cap
+        alone; never without retention."""
         if self.retention_s is None:
-            return float("inf")
+            return 60.0 if self.retention_max_rows is not None else float("inf")
         return min(max(self.retention_s / 10, self.maintenance_s), 3600.0)
 
     def sweep(self, now: float | None = None) -> int:
         """Retention (``serve/feedback/retention.py``): mark the epochs served here as seen,
-        delete rows older than ``retention_s`` that nothing needs; returns how many."""
-        assert self.retention_s is not None
+        delete rows older than ``retention_s`` that nothing needs, then the oldest rows nobody
+        reviews beyond ``retention_max_rows``; returns how many."""
         now = time.time() if now is None else now
         for key, info in list(self._epochs.items()):
             self._save_epoch(key, info)
-        cutoff = now - self.retention_s
-        deleted = retention.sweep(self.store, cutoff,
-                                  retention.kept_calibrations(self.store, cutoff, EPOCH_PREFIX))
+        deleted = 0
+        if self.retention_s is not None:
+            cutoff = now - self.retention_s
+            deleted += retention.sweep(self.store, cutoff, retention.kept_calibrations(
+                self.store, cutoff, EPOCH_PREFIX))
+        if self.retention_max_rows is not None:
+            deleted += retention.cap(self.store, self.retention_max_rows)
         self.swept += deleted
         if deleted:
             self.metrics.deleted.inc(deleted)
-            log.info("retention: deleted %d decision records older than %.3g days", deleted,
-                     self.retention_s / 86400)
+            log.info("retention: deleted %d decision records", deleted)
         return deleted
 
 

@@ -6,7 +6,8 @@ their calibration is outside the lineage of every calibration served — by any 
 the store — within the retention window: each recorder marks the (model, version, calibration)
 epochs it serves as ``seen`` in the store's ``kv`` at every sweep, with their lineage (the
 calibrations a ``--from-feedback`` recalibration descends from, which it certifies on). Pending
-review items are never deleted. The recorder's thread runs :func:`sweep`.
+review items are never deleted. A row cap (``--retention-max-rows``) bounds the rows nobody
+reviews whatever their age: the oldest beyond it go. The recorder's thread runs :func:`sweep`.
 """
 
 from __future__ import annotations
@@ -29,17 +30,42 @@ def kept_calibrations(store: Store, cutoff: float, prefix: str) -> set[str]:
     return keep
 
 
+PLAIN = "audit = 0 AND review IN ('none', 'expired')"      # rows nobody reviews (any more)
+
+
+def cap(store: Store, max_rows: int, batch: int = 10_000) -> int:
+    """Delete the oldest rows nobody reviews beyond ``max_rows`` of them; returns how many."""
+    with store._tx() as cur:
+        cur.execute(f"SELECT COUNT(*) FROM records WHERE {PLAIN}")
+        excess = int(cur.fetchone()[0]) - max_rows
+    rowid, total = _rowid(store), 0
+    while excess > 0:
+        with store._tx(write=True) as cur:
+            cur.execute(store._sql(f"DELETE FROM records WHERE {rowid} IN (SELECT {rowid} FROM "
+                                   f"records WHERE {PLAIN} ORDER BY ts LIMIT ?)"),
+                        (min(excess, batch),))
+            n = max(cur.rowcount, 0)
+        if n == 0:
+            break
+        total, excess = total + n, excess - n
+    return total
+
+
+def _rowid(store: Store) -> str:
+    return "ctid" if store.postgres else "rowid"
+
+
 def sweep(store: Store, before: float, keep: Collection[str], batch: int = 10_000) -> int:
     """Delete the rows recorded before ``before`` that nothing needs (module doc); returns how
     many. Plain rows go in transactions of ≤ ``batch`` rows, so the recorder's writes wait at
     most one of them."""
-    rowid = "ctid" if store.postgres else "rowid"
-    plain = "ts < ? AND audit = 0 AND review IN ('none', 'expired')"
+    rowid = _rowid(store)
     total = 0
     while True:
         with store._tx(write=True) as cur:
             cur.execute(store._sql(f"DELETE FROM records WHERE {rowid} IN (SELECT {rowid} "
-                                   f"FROM records WHERE {plain} LIMIT ?)"), (before, batch))
+                                   f"FROM records WHERE ts < ? AND {PLAIN} LIMIT ?)"),
+                        (before, batch))
             n = max(cur.rowcount, 0)
         total += n
         if n < batch:

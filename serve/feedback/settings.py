@@ -18,6 +18,7 @@ class FeedbackSettings:
         review_ttl_s: review items expire after this.
         retention_days: delete rows older than this that nothing needs (``serve/feedback/retention.py``);
             ``None`` keeps every row.
+        retention_max_rows: keep at most this many rows nobody reviews (the newest).
     """
 
     location: str | Path | None = None
@@ -26,3 +27,4 @@ class FeedbackSettings:
     live_delta: float = 0.05
     review_ttl_s: float = 7 * 86400.0
     retention_days: float | None = None
+    retention_max_rows: int | None = None

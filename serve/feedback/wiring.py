@@ -86,6 +86,7 @@ def create_feedback(feedback: FeedbackSettings, *, api_key: str | None = None,
                         review_ttl_s=feedback.review_ttl_s, live_delta=feedback.live_delta,
                         retention_s=None if feedback.retention_days is None
                         else feedback.retention_days * 86400.0,
+                        retention_max_rows=feedback.retention_max_rows,
                         metrics=LoopMetrics(registry, multiprocess), **recorder_kw)
     router = create_router(store, api_key=api_key, admin_key=admin_key, reviewer_key=reviewer_key,
                            live_delta=feedback.live_delta)

@@ -146,6 +146,8 @@ class ServerSettings(BaseSettings):
     review_ttl_s: float = Field(7 * 86400.0, gt=0, description="review items expire after this")
     retention_days: float | None = Field(None, gt=0, description="delete records older than this "
                                          "that no review or current calibration needs; keep all if unset")
+    retention_max_rows: int | None = Field(None, ge=1, description="keep at most this many rows "
+                                           "nobody reviews (accepted unaudited, expired); the oldest go")
     reviewer_key: SecretStr | None = Field(None, description="Bearer key for the review API")
     review_webhook_secret: SecretStr | None = Field(None, description="Label Studio webhook secret")
 
@@ -173,7 +175,8 @@ class ServerSettings(BaseSettings):
         return FeedbackSettings(location=_secret(self.database_url) or self.state_dir,
                                 audit_rate=self.audit_rate, store_inputs=self.store_inputs,
                                 live_delta=self.live_delta, review_ttl_s=self.review_ttl_s,
-                                retention_days=self.retention_days)
+                                retention_days=self.retention_days,
+                                retention_max_rows=self.retention_max_rows)
 
     def env(self) -> dict[str, str]:
         """These settings as ``ABSTAIN_*`` variables (how uvicorn worker processes receive them)."""

@@ -232,3 +232,20 @@ def test_a_full_sqlite_disk_is_logged_as_such_and_retried(tmp_path, caplog) -> N
     assert rec.dropped == 0                               # kept for retry, not lost
     rec.close(timeout=1)
     assert rec.metrics.dropped.labels("shutdown")._value.get() == rec.dropped > 0
+
+
+def test_a_row_cap_keeps_the_newest_rows_nobody_reviews(location) -> None:
+    rec = _recorder(Store(location), retention_max_rows=20)
+    ids = submit_batch(rec, 60, rejects=np.arange(60) % 6 == 0, audit=np.zeros(60, bool))
+    rec.start()
+    assert rec.flush(10)
+    store = rec.store
+    with store._tx(write=True) as cur:                      # request i recorded at ts = i
+        for i, rid in enumerate(ids):
+            cur.execute(store._sql("UPDATE records SET ts = ? WHERE request_id = ?"), (i, rid))
+    assert rec.sweep() == 30
+    left = [rid for rid in ids if store.request(rid)]
+    plain = [rid for i, rid in enumerate(ids) if i % 6]
+    assert left == sorted(set(ids) - set(plain[:30]), key=ids.index)   # the 10 deferred stay
+    assert rec.sweep() == 0
+    rec.close()

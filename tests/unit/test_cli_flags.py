@@ -73,6 +73,7 @@ TABLE = [
     ("serve", "--live-delta", "0", "must be > 0"),
     ("serve", "--review-ttl-s", "0", "must be > 0"),
     ("serve", "--retention-days", "0", "must be > 0"),
+    ("serve", "--retention-max-rows", "0", "must be ≥ 1"),
     ("package", "--version", "0", "≥ 1"),
 ]
 
