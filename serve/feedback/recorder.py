@@ -26,6 +26,7 @@ The same thread expires stale review items, refreshes the live-risk gauges every
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -139,6 +140,8 @@ class Recorder:
                     self._cond.notify()
         except Exception:  # noqa: BLE001 - recording must never fail a prediction
             log.exception("decision recording failed for one batch; it is dropped")
+            with contextlib.suppress(Exception):     # not even countable: the log line says it
+                self._drop(int(sum(sizes)) if sizes is not None else len(request_ids), "rejected")
 
     def _drop(self, n: int, reason: str) -> None:
         self.dropped += n
