@@ -36,14 +36,15 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def trial(location: str, seed: int) -> tuple[int, int, float]:
+def trial(location: str, seed: int, logfile: Path) -> tuple[int, int, float]:
     port = _port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("ABSTAIN_")},
            "ABSTAIN_AUDIT_RATE": "0.05", "ABSTAIN_STORE_INPUTS": "true"}
     env["ABSTAIN_DATABASE_URL" if "://" in location else "ABSTAIN_STATE_DIR"] = location
+    log = logfile.open("w")
     proc = subprocess.Popen([sys.executable, "-m", "serve.cli.main", "serve", str(ROOT / "models"),
-                             "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--port", str(port), "--log-level", "warning"], cwd=ROOT, env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -76,6 +77,7 @@ def trial(location: str, seed: int) -> tuple[int, int, float]:
     proc.send_signal(signal.SIGKILL)
     killed = time.time()
     proc.wait()
+    log.close()
     stop.set()
     for t in threads:
         t.join()
@@ -98,10 +100,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.trials):
             loc = args.database_url or str(Path(tmp) / f"state{i}")
-            n, lost, oldest = trial(loc, i)
+            logfile = Path(tmp) / f"server{i}.log"
+            n, lost, oldest = trial(loc, i, logfile)
             worst = max(worst, oldest)
             print(f"trial {i}: {n} requests answered, {lost} lost by kill -9, the oldest lost "
                   f"answered {oldest:.3f} s before the kill", flush=True)
+            for line in logfile.read_text().splitlines():
+                if "WARNING" in line or "ERROR" in line:
+                    print("   server:", line[:300])
     print(f"worst: {worst:.3f} s")
     return 0
 
