@@ -143,12 +143,16 @@ def _table(p: Any, write: bool) -> None:
     con.print(t)
     con.print(f"window: {p.choice.describe(old.sha256)}; unlabelled audits count as errors "
               f"(--max-pending {p.choice.max_pending:g})")
-    for c in p.pool:
+    for c in p.outcome.changes:
+        con.print(f"change check: {c.what} ({c.n} audits): p = {c.p_value:.3g}"
+                  f"{' — ROSE within the window' if c.rejected else ''}")
+    for c in p.outcome.pool:
         con.print(f"pool check: {c.test} vs {c.epoch[:12]}: p = {c.p_value:.3g}"
                   f"{' — REJECTED' if c.rejected else ''}")
     if old.threshold is not None and cert is not None:
-        more = ("no: its error rate on the window is not below r*" if p.more_labels is None
-                else "already enough" if p.more_labels == 0 else f"≈ {p.more_labels} more")
+        m = p.outcome.more_labels
+        more = ("none would: its error rate on the window is not below r*" if m is None
+                else "already enough" if m == 0 else f"≈ {m} more")
         con.print(f"labelled audits to certify at the in-force threshold's coverage: {more}")
 
 

@@ -38,10 +38,13 @@ from serve.feedback.risk import LiveRisk, live_risk
 from serve.feedback.settings import FeedbackSettings
 from serve.feedback.store import Store
 from serve.feedback.window import (
+    CHANGE_ALPHA,
     DEFAULT_MAX_PENDING,
     POOL_ALPHA,
     Audits,
+    ChangeCheck,
     PoolCheck,
+    change_checks,
     labels_to_certify,
     pending_refusal,
     pool_checks,
@@ -68,6 +71,71 @@ class WindowChoice:
 
 
 @dataclass
+class Outcome:
+    """What the window's audits support: a certificate, or a refusal saying why and what to do."""
+
+    window: Audits
+    mask: np.ndarray                                   # (n,) bool over the audits given
+    cert: Certificate | None = None
+    pool: list[PoolCheck] = field(default_factory=list)
+    changes: list[ChangeCheck] = field(default_factory=list)
+    more_labels: int | None = None
+    refusal: str | None = None
+
+
+def recertify(audits: Audits, current: str, choice: WindowChoice, target_risk: float,
+              delta: float, method: str = "ltt", in_force: float | None = None) -> Outcome:
+    """The whole rule on arrays: window → non-response → no change within it → certify → pool.
+
+    ``current`` is the sha256 of the calibration in force, ``in_force`` its threshold. The
+    simulation tests call this, so they test what ``--from-feedback`` does.
+    """
+    mask = audits.window_mask(current, choice.since, choice.until, choice.pool)
+    out = Outcome(audits.select(mask), mask)
+    w = out.window
+    if len(w) == 0:
+        out.refusal = f"no audited samples in {choice.describe(current)}"
+        return out
+    if (why := pending_refusal(w, choice.max_pending)) is not None:
+        out.refusal = why
+        return out
+    out.changes = change_checks(w, in_force)
+    if rose := [c for c in out.changes if c.rejected]:
+        at = max(c.at for c in rose if c.at is not None)
+        out.refusal = (
+            "the window mixes distributions: " + "; ".join(
+                f"the {c.what} rose within it (p = {c.p_value:.3g} ≤ {CHANGE_ALPHA:g})"
+                for c in rose)
+            + f". Certify on the audits after the change: --since {at:.0f} "
+            f"({_iso(at)}; the most significant recent segment starts there)")
+        return out
+    out.cert = cert = certify(w.scores, w.errors, target_risk, delta, method)  # type: ignore[arg-type]
+    out.more_labels = labels_to_certify(w.scores, w.errors, in_force, target_risk, delta)
+    if choice.pool:
+        out.pool = pool_checks(w, current, cert.threshold, target_risk)
+        if not out.pool:
+            out.refusal = (f"refusing to pool the epochs: the epoch in force ({current[:12]}) has "
+                           "no audits in the window to test the older ones' exchangeability "
+                           "against. Serve and label its audits first")
+        elif bad := [c for c in out.pool if c.rejected]:
+            out.refusal = ("refusing to pool the epochs: " + "; ".join(
+                f"{c.test} ({c.epoch[:12]}: p = {c.p_value:.3g} ≤ {POOL_ALPHA:g})" for c in bad)
+                + ". Certify on the current epoch alone (drop --pool-epochs)")
+        if out.refusal:
+            out.cert = None
+            return out
+    if not cert.certified:
+        out.refusal = _refusal(cert, w, out.more_labels)
+    return out
+
+
+def _iso(t: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
 class Proposal:
     """The certificate in force beside the one the window's audits support; nothing written."""
 
@@ -75,24 +143,26 @@ class Proposal:
     old: Calibration
     live: LiveRisk
     choice: WindowChoice
-    window: Audits
-    cert: Certificate | None = None
+    outcome: Outcome
     new: Calibration | None = None
-    pool: list[PoolCheck] = field(default_factory=list)
-    more_labels: int | None = None
-    refusal: str | None = None
+
+    @property
+    def window(self) -> Audits:
+        return self.outcome.window
+
+    @property
+    def cert(self) -> Certificate | None:
+        return self.outcome.cert
+
+    @property
+    def refusal(self) -> str | None:
+        return self.outcome.refusal
 
     def coverage_at(self, threshold: float | None) -> float | None:
         """Share of the window's audits (a uniform sample of traffic) accepted at ``threshold``."""
         if len(self.window) == 0:
             return None
         return 0.0 if threshold is None else float((self.window.scores >= threshold).mean())
-
-
-def certify_window(window: Audits, target_risk: float, delta: float,
-                   method: str = "ltt") -> Certificate:
-    """Certify on every audit of the window, unlabelled ones counted as errors."""
-    return certify(window.scores, window.errors, target_risk, delta, method)  # type: ignore[arg-type]
 
 
 def _refusal(cert: Certificate, window: Audits, more: int | None) -> str:
@@ -127,39 +197,17 @@ def propose(model_dir: Path, location: str, choice: WindowChoice = WindowChoice(
     finally:
         store.close()
     audits = Audits.from_rows(rows, lineage)
-    mask = audits.window_mask(old.sha256, choice.since, choice.until, choice.pool)
-    window = audits.select(mask)
-    p = Proposal(model_dir, old, live, choice, window)
-    if len(window) == 0:
-        p.refusal = (f"no audited samples of {model}/{version} in {choice.describe(old.sha256)} "
-                     f"in the store {location}: serve with --audit-rate > 0, label the audit queue "
-                     "(GET /v1/review/queue?kind=audit, POST /v1/feedback), or widen the window "
-                     "with --since")
+    out = recertify(audits, old.sha256, choice, old.target_risk, old.delta, method, old.threshold)
+    p = Proposal(model_dir, old, live, choice, out)
+    if len(out.window) == 0:
+        out.refusal = (f"no audited samples of {model}/{version} in {choice.describe(old.sha256)} "
+                       f"in the store {location}: serve with --audit-rate > 0, label the audit "
+                       "queue (GET /v1/review/queue?kind=audit, POST /v1/feedback), or widen the "
+                       "window with --since")
+    if out.cert is None or (not out.cert.certified and not allow_defer_all):
         return p
-    if (why := pending_refusal(window, choice.max_pending)) is not None:
-        p.refusal = why
-        return p
-    p.cert = cert = certify_window(window, old.target_risk, old.delta, method)
-    p.more_labels = labels_to_certify(window.scores, window.errors, old.threshold,
-                                      old.target_risk, old.delta)
-    if choice.pool:
-        p.pool = pool_checks(window, old.sha256, cert.threshold, old.target_risk)
-        if not p.pool:
-            p.refusal = (f"refusing to pool the epochs: the epoch in force ({old.sha256[:12]}) has "
-                         "no audits in the window to test the older ones' exchangeability against. "
-                         "Serve and label its audits first")
-            return p
-        if bad := [c for c in p.pool if c.rejected]:
-            p.refusal = ("refusing to pool the epochs: " + "; ".join(
-                f"{c.test} ({c.epoch[:12]}: p = {c.p_value:.3g} ≤ {POOL_ALPHA:g})" for c in bad)
-                + ". Certify on the current epoch alone (drop --pool-epochs)")
-            return p
-    if not cert.certified:
-        p.refusal = _refusal(cert, window, p.more_labels)
-        if not allow_defer_all:
-            return p
-    used = [r for r, m in zip(rows, mask.tolist(), strict=True) if m]
-    p.new = _calibration(old, window, cert, used, choice, ignored, location, p)
+    used = [r for r, m in zip(rows, out.mask.tolist(), strict=True) if m]
+    p.new = _calibration(old, out.window, out.cert, used, choice, ignored, location, p)
     return p
 
 
@@ -176,7 +224,8 @@ def _calibration(old: Calibration, window: Audits, cert: Certificate, used: list
                        else "current epoch", "since": choice.since, "until": choice.until,
                        "max_pending": choice.max_pending,
                        "unlabelled_counted_as_errors": window.n_unlabelled,
-                       "pool_checks": [dataclasses.asdict(c) for c in p.pool]},
+                       "pool_checks": [dataclasses.asdict(c) for c in p.outcome.pool],
+                       "change_checks": [dataclasses.asdict(c) for c in p.outcome.changes]},
             "deferred_labels_ignored": ignored,
             "first_sample_time": used[0]["ts"], "last_sample_time": used[-1]["ts"]}
     ok = cert.certified

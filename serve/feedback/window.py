@@ -155,6 +155,64 @@ def pool_checks(audits: Audits, current: str, threshold: float | None,
     return out
 
 
+CHANGE_ALPHA = 0.01
+MIN_SEGMENT = 20
+
+
+@dataclass(frozen=True)
+class ChangeCheck:
+    """A retrospective test that the window's error rate rose at some point within it."""
+
+    what: str
+    n: int
+    p_value: float
+    at: float | None          # time of the first audit of the most significant recent segment
+
+    @property
+    def rejected(self) -> bool:
+        return self.p_value <= CHANGE_ALPHA
+
+
+def recent_splits(n: int) -> np.ndarray:
+    """Sizes m of the "last m audits" segments tested: a √2-geometric grid in [20, n − 20]."""
+    if n < 2 * MIN_SEGMENT:
+        return np.empty(0, np.int64)
+    j = np.arange(int(math.log(n / MIN_SEGMENT, math.sqrt(2))) + 2)
+    return np.unique(np.clip(np.round(MIN_SEGMENT * np.sqrt(2.0) ** j), MIN_SEGMENT,
+                             n - MIN_SEGMENT)).astype(np.int64)
+
+
+def change_check(errors: np.ndarray, ts: np.ndarray, what: str) -> ChangeCheck | None:
+    """Do the most recent audits have more errors than the earlier ones?
+
+    For each segment size m of :func:`recent_splits`, the exact one-sided test that the last m
+    audits (in time order) hold as many errors as they do, given the window's total (a
+    hypergeometric tail: exact when the window is exchangeable in time); the smallest p-value,
+    Bonferroni-corrected by the number of segments. None when the window is too short to split.
+    """
+    order = np.argsort(ts, kind="stable")
+    x = np.asarray(errors, dtype=bool)[order]
+    m = recent_splits(len(x))
+    if m.size == 0:
+        return None
+    tail = np.cumsum(x[::-1])[m - 1]                                    # (G,) errors in the last m
+    p = stats.hypergeom.sf(tail - 1, len(x), int(x.sum()), m)          # (G,)
+    best = int(np.argmin(p))
+    return ChangeCheck(what, len(x), float(min(1.0, p[best] * m.size)),
+                       float(np.asarray(ts, dtype=np.float64)[order][len(x) - int(m[best])]))
+
+
+def change_checks(window: Audits, in_force: float | None) -> list[ChangeCheck]:
+    """:func:`change_check` on every audit's (pessimistic) error, and on those the threshold in
+    force accepts (where a rise in the live risk shows first)."""
+    out = [change_check(window.errors, window.ts, "error rate of all audits")]
+    if in_force is not None:
+        acc = window.scores >= in_force
+        out.append(change_check(window.errors[acc], window.ts[acc],
+                                "error rate of audits the threshold in force accepts"))
+    return [c for c in out if c is not None]
+
+
 def labels_to_certify(scores: np.ndarray, errors: np.ndarray, threshold: float | None,
                       target_risk: float, delta: float) -> int | None:
     """How many more audits (labelled like these) would certify r* at ``threshold``'s coverage.

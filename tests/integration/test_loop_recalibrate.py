@@ -6,16 +6,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import pytest
 from prometheus_client import CollectorRegistry
-from server_support import ROOT, make_version
+from server_support import make_version
 
 from serve.calibration import probe
 from serve.calibration.artifact import load_calibration, save_calibration
+from serve.cli.main import main
 from serve.feedback.gauges import LoopMetrics
 from serve.feedback.recorder import Recorder
 from serve.feedback.store import Store
@@ -23,9 +25,16 @@ from serve.server.repository import load_version
 from serve.server.runtime import OnnxModel
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "serve.cli.main", "calibrate", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., SimpleNamespace]:
+    """`abstain calibrate ARGS` in this process (the console script's main, its exit code and
+    output): the same code path as the command, without a 3 s interpreter start per call."""
+    def run(*args: str) -> SimpleNamespace:
+        capsys.readouterr()
+        code = main(["calibrate", *args])
+        out, err = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+    return run
 
 
 def _traffic(store_dir: Path, sha: str, n: int, seed: int, unlabelled: float = 0.0) -> int:
@@ -72,14 +81,14 @@ def _with_probe(vdir: Path) -> bytes:
     return (vdir / probe.FILENAME).read_bytes()
 
 
-def test_dry_run_changes_no_file_and_write_keeps_bak_and_probe(tmp_path: Path) -> None:
+def test_dry_run_changes_no_file_and_write_keeps_bak_and_probe(tmp_path: Path, cli) -> None:
     vdir = make_version(tmp_path / "models", "clf", 1, seed=1)
     probe_bytes = _with_probe(vdir)
     old = load_calibration(vdir)
     state = tmp_path / "state"
     n_audits = _traffic(state, old.sha256, 6000, seed=2)
     before = _tree_hash(vdir)
-    res = _cli(str(vdir), "--from-feedback", str(state))
+    res = cli(str(vdir), "--from-feedback", str(state))
     assert res.returncode == 0, res.stderr
     assert _tree_hash(vdir) == before                        # a dry run: no file changed
     out = res.stdout
@@ -87,7 +96,7 @@ def test_dry_run_changes_no_file_and_write_keeps_bak_and_probe(tmp_path: Path) -
     assert "deferrals per 1,000" in out and "live status" in out and "not written" in out
     assert f"{n_audits} audits" in out and "seed" not in out
 
-    res = _cli(str(vdir), "--from-feedback", str(state), "--write")
+    res = cli(str(vdir), "--from-feedback", str(state), "--write")
     assert res.returncode == 0, res.stderr
     assert json.loads((vdir / "calibration.json.bak").read_text())["threshold"] == old.threshold
     assert load_calibration(vdir / "calibration.json.bak").sha256 == old.sha256
@@ -108,56 +117,56 @@ def test_dry_run_changes_no_file_and_write_keeps_bak_and_probe(tmp_path: Path) -
     assert float(np.mean(0.6 * (1 - s) ** 2)) <= new.target_risk
 
 
-def test_the_default_window_is_the_current_epoch_and_pooling_is_checked(tmp_path: Path) -> None:
+def test_the_default_window_is_the_current_epoch_and_pooling_is_checked(tmp_path: Path, cli) -> None:
     vdir = make_version(tmp_path / "models", "clf", 1, seed=1)
     old = load_calibration(vdir)
     state = tmp_path / "state"
     _traffic(state, old.sha256, 6000, seed=2)
-    assert _cli(str(vdir), "--from-feedback", str(state), "--write").returncode == 0
+    assert cli(str(vdir), "--from-feedback", str(state), "--write").returncode == 0
     new = load_calibration(vdir)
     n_new = _traffic(state, new.sha256, 3000, seed=3)        # the new epoch's audits
     # pooled on request: same traffic in both epochs, so the exchangeability tests pass
-    res = _cli(str(vdir), "--from-feedback", str(state), "--pool-epochs")
+    res = cli(str(vdir), "--from-feedback", str(state), "--pool-epochs")
     assert res.returncode == 0, res.stderr
     assert "pool check: Kolmogorov–Smirnov" in res.stdout and "REJECTED" not in res.stdout
-    res = _cli(str(vdir), "--from-feedback", str(state), "--write")
+    res = cli(str(vdir), "--from-feedback", str(state), "--write")
     assert res.returncode == 0, res.stderr
     newer = load_calibration(vdir)
     assert newer.data["lineage"] == [old.sha256, new.sha256]
     assert newer.data["n"] == n_new and newer.data["epochs"] == [new.sha256]
     # the epoch in force now is newer's, with no audits yet: nothing to recertify or pool on
     for extra in ((), ("--pool-epochs",)):
-        res = _cli(str(vdir), "--from-feedback", str(state), *extra)
+        res = cli(str(vdir), "--from-feedback", str(state), *extra)
         assert res.returncode == 2 and "Traceback" not in res.stderr
-    assert "no audited samples of clf/1 in the epoch of the calibration in force" in _cli(
+    assert "no audited samples of clf/1 in the epoch of the calibration in force" in cli(
         str(vdir), "--from-feedback", str(state)).stderr
     assert "has no audits in the window" in res.stderr
     # --since (a time before either epoch) takes every epoch's audits from then on
-    res = _cli(str(vdir), "--from-feedback", str(state), "--since", "2000-01-01T00:00Z")
+    res = cli(str(vdir), "--from-feedback", str(state), "--since", "2000-01-01T00:00Z")
     assert res.returncode == 0, res.stderr
 
 
-def test_unlabelled_audits_refuse_or_count_as_errors(tmp_path: Path) -> None:
+def test_unlabelled_audits_refuse_or_count_as_errors(tmp_path: Path, cli) -> None:
     vdir = make_version(tmp_path / "models", "clf", 1, seed=1)
     old = load_calibration(vdir)
     state = tmp_path / "state"
     n_audits = _traffic(state, old.sha256, 6000, seed=2, unlabelled=0.1)
     before = _tree_hash(vdir)
-    res = _cli(str(vdir), "--from-feedback", str(state), "--write")
+    res = cli(str(vdir), "--from-feedback", str(state), "--write")
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "unlabelled, more than --max-pending 0.05" in res.stderr
     assert f"of the window's {n_audits} audits" in res.stderr and "label " in res.stderr
     assert _tree_hash(vdir) == before
     # counting 10% unlabelled audits as errors leaves no threshold below r* = 0.1: refused
-    res = _cli(str(vdir), "--from-feedback", str(state), "--write", "--max-pending", "0.2")
+    res = cli(str(vdir), "--from-feedback", str(state), "--write", "--max-pending", "0.2")
     assert res.returncode == 2 and "unlabelled counted as errors" in res.stderr
     assert _tree_hash(vdir) == before
     # 3% unlabelled: within the default share, each counted as an error
     state = tmp_path / "state3"
     n_audits = _traffic(state, old.sha256, 6000, seed=4, unlabelled=0.03)
-    assert "more than --max-pending 0.01" in _cli(str(vdir), "--from-feedback", str(state),
+    assert "more than --max-pending 0.01" in cli(str(vdir), "--from-feedback", str(state),
                                                   "--max-pending", "0.01").stderr
-    res = _cli(str(vdir), "--from-feedback", str(state), "--write")
+    res = cli(str(vdir), "--from-feedback", str(state), "--write")
     assert res.returncode == 0, res.stderr
     new = load_calibration(vdir)
     counted = new.data["window"]["unlabelled_counted_as_errors"]
@@ -171,31 +180,31 @@ def test_unlabelled_audits_refuse_or_count_as_errors(tmp_path: Path) -> None:
     assert new.score_params["n_errors"] == wrong_accepted + unlabelled_accepted
 
 
-def test_unusable_flags_exit_2_naming_them_and_change_nothing(tmp_path: Path) -> None:
+def test_unusable_flags_exit_2_naming_them_and_change_nothing(tmp_path: Path, cli) -> None:
     vdir = make_version(tmp_path / "models", "clf", 1, seed=1)
     old = load_calibration(vdir)
     state = tmp_path / "state"
     _traffic(state, old.sha256, 2000, seed=2)
     before = _tree_hash(vdir)
-    res = _cli(str(vdir), "--from-feedback", str(state), "--write", "--target-risk", "0.05",
+    res = cli(str(vdir), "--from-feedback", str(state), "--write", "--target-risk", "0.05",
                "--seed", "7", "--tune-fraction", "0.5", "--data", "mnist1d:calibration")
     assert res.returncode == 2 and "Traceback" not in res.stderr
     for flag in ("--target-risk 0.05", "--seed", "--tune-fraction", "--data"):
         assert flag in res.stderr, flag
     assert "another --seed" not in res.stderr and _tree_hash(vdir) == before
     # the same r* as the calibration in force is no conflict; an explicit default seed still is
-    assert _cli(str(vdir), "--from-feedback", str(state), "--target-risk", "0.1").returncode == 0
-    res = _cli(str(vdir), "--from-feedback", str(state), "--seed", "0")
+    assert cli(str(vdir), "--from-feedback", str(state), "--target-risk", "0.1").returncode == 0
+    res = cli(str(vdir), "--from-feedback", str(state), "--seed", "0")
     assert res.returncode == 2 and "--seed" in res.stderr
-    res = _cli(str(vdir), "--write", "--logits", str(tmp_path / "none.npz"))
+    res = cli(str(vdir), "--write", "--logits", str(tmp_path / "none.npz"))
     assert res.returncode == 2 and "--write only apply with --from-feedback" in res.stderr
     assert _tree_hash(vdir) == before
 
 
-def test_recalibrate_without_audited_labels_is_a_clear_error(tmp_path: Path) -> None:
+def test_recalibrate_without_audited_labels_is_a_clear_error(tmp_path: Path, cli) -> None:
     vdir = make_version(tmp_path / "models", "clf", 1, seed=1)
     before = (vdir / "calibration.json").read_text()
-    res = _cli(str(vdir), "--from-feedback", str(tmp_path / "state"))
+    res = cli(str(vdir), "--from-feedback", str(tmp_path / "state"))
     assert res.returncode == 2
     assert "no audited samples of clf/1" in res.stderr and "Traceback" not in res.stderr
     assert (vdir / "calibration.json").read_text() == before
