@@ -209,3 +209,6 @@ def test_recalibration_from_feedback_is_hot_reloaded_as_a_new_epoch(tmp_path: Pa
         epochs = httpx.get(f"{url}/v1/monitor/risk?model=clf", headers=KEY).json()["epochs"]
         assert {e["calibration_sha256"] for e in epochs} == {before["calibration_sha256"], sha}
         assert next(e for e in epochs if e["calibration_sha256"] == sha)["labels"] == 0
+        assert {e["calibration_sha256"]: e["current"] for e in epochs} == {
+            before["calibration_sha256"]: False, sha: True}
+        assert before["current"] is True
