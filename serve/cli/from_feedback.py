@@ -108,10 +108,10 @@ def _table(p: Any, write: bool) -> None:
                     f"(r* = {old.target_risk:g}, δ = {old.delta:g})")
     for col, just in (("", "left"), ("in force", "right"), ("proposed", "right")):
         t.add_column(col, justify=just)
-    th_new = ("—" if cert is None else "none (defer all)" if cert.threshold is None
-              else f"{cert.threshold:.6g}")
+    th_new = ("—" if cert is None else "not certified" if new is None
+              else "none (defer all)" if cert.threshold is None else f"{cert.threshold:.6g}")
     cov_old, cov_new = p.coverage_at(old.threshold), (p.coverage_at(cert.threshold)
-                                                      if cert is not None else None)
+                                                      if new is not None else None)
     defer = (f"{1000 * (1 - cov_old):.0f}" if cov_old is not None else "—",
              f"{1000 * (1 - cov_new):.0f} ({1000 * (cov_old - cov_new):+.0f})"
              if cov_new is not None and cov_old is not None else "—")

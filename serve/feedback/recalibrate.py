@@ -65,9 +65,9 @@ class WindowChoice:
 
     def describe(self, current: str) -> str:
         what = ("every epoch of the lineage (--pool-epochs)" if self.pool and self.since is None
-                else f"audits since {self.since:.0f} (--since)" if self.since is not None
+                else f"audits since {_iso(self.since)} (--since)" if self.since is not None
                 else f"the epoch of the calibration in force ({current[:12]})")
-        return what + (f", before {self.until:.0f} (--until)" if self.until is not None else "")
+        return what + (f", before {_iso(self.until)} (--until)" if self.until is not None else "")
 
 
 @dataclass
@@ -106,7 +106,7 @@ def recertify(audits: Audits, current: str, choice: WindowChoice, target_risk: f
             "the window mixes distributions: " + "; ".join(
                 f"the {c.what} rose within it (p = {c.p_value:.3g} ≤ {CHANGE_ALPHA:g})"
                 for c in rose)
-            + f". Certify on the audits after the change: --since {at:.0f} "
+            + f". Certify on the audits after the change: --since {at:.6f} "
             f"({_iso(at)}; the most significant recent segment starts there)")
         return out
     out.cert = cert = certify(w.scores, w.errors, target_risk, delta, method)  # type: ignore[arg-type]
@@ -132,7 +132,7 @@ def recertify(audits: Audits, current: str, choice: WindowChoice, target_risk: f
 def _iso(t: float) -> str:
     from datetime import datetime, timezone
 
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="microseconds")
 
 
 @dataclass

@@ -185,21 +185,30 @@ def recent_splits(n: int) -> np.ndarray:
 def change_check(errors: np.ndarray, ts: np.ndarray, what: str) -> ChangeCheck | None:
     """Do the most recent audits have more errors than the earlier ones?
 
-    For each segment size m of :func:`recent_splits`, the exact one-sided test that the last m
-    audits (in time order) hold as many errors as they do, given the window's total (a
-    hypergeometric tail: exact when the window is exchangeable in time); the smallest p-value,
-    Bonferroni-corrected by the number of segments. None when the window is too short to split.
+    For each segment size m of :func:`recent_splits`, moved down to the nearest split between
+    two distinct times (so that ``--since`` can name it: audits recorded in one batch share a
+    time), the exact one-sided test that the last m audits hold as many errors as they do, given
+    the window's total (a hypergeometric tail: exact when the window is exchangeable in time);
+    the smallest p-value, Bonferroni-corrected by the number of segments tested. None when the
+    window cannot be split.
     """
     order = np.argsort(ts, kind="stable")
+    t = np.asarray(ts, dtype=np.float64)[order]
     x = np.asarray(errors, dtype=bool)[order]
-    m = recent_splits(len(x))
+    n = len(x)
+    valid = n - np.flatnonzero(t[1:] != t[:-1])[::-1] - 1                # (V,) ascending sizes
+    grid = recent_splits(n)
+    if grid.size == 0 or valid.size == 0:
+        return None
+    pos = np.searchsorted(valid, grid, side="right") - 1                 # largest valid ≤ m
+    m = np.unique(valid[pos[pos >= 0]])
+    m = m[(m >= MIN_SEGMENT) & (m <= n - MIN_SEGMENT)]
     if m.size == 0:
         return None
     tail = np.cumsum(x[::-1])[m - 1]                                    # (G,) errors in the last m
-    p = stats.hypergeom.sf(tail - 1, len(x), int(x.sum()), m)          # (G,)
+    p = stats.hypergeom.sf(tail - 1, n, int(x.sum()), m)               # (G,)
     best = int(np.argmin(p))
-    return ChangeCheck(what, len(x), float(min(1.0, p[best] * m.size)),
-                       float(np.asarray(ts, dtype=np.float64)[order][len(x) - int(m[best])]))
+    return ChangeCheck(what, n, float(min(1.0, p[best] * m.size)), float(t[n - int(m[best])]))
 
 
 def change_checks(window: Audits, in_force: float | None) -> list[ChangeCheck]:

@@ -129,3 +129,49 @@ def test_unlabelled_audits_count_as_errors_or_refuse(p_label_right: float, n: in
         assert pess_cert / REPS > 0.5                   # the pessimistic rule is exercised
     else:
         assert pess_cert == 0
+
+
+def test_the_change_check_splits_between_batches_and_its_since_makes_progress() -> None:
+    """Audits recorded in one batch share a time: the suggested --since falls between batches, so
+    following it leaves a window that no longer splits at the same place."""
+    rng = np.random.default_rng(3)
+    s = rng.random(2300)
+    c = np.where(np.arange(2300) < 2050, 0.6, 1.2)                     # shift mid-batch 20
+    w = rng.random(2300) < c * (1 - s) ** 2
+    ts = np.repeat(np.arange(23, dtype=np.float64), 100)
+    a = Audits(s, w, np.ones(2300, bool), np.zeros(2300, np.int64), ts, (PRE,))
+    out = recertify(a, PRE, WindowChoice(), R_STAR, DELTA, in_force=IN_FORCE)
+    assert out.cert is None and "the window mixes distributions" in out.refusal
+    at = max(c.at for c in out.changes if c.rejected)
+    assert at in set(ts.tolist()) and at > 0 and f"--since {at:.6f}" in out.refusal
+    again = recertify(a, PRE, WindowChoice(since=at), R_STAR, DELTA, in_force=IN_FORCE)
+    assert len(again.window) == int((ts >= at).sum())
+    assert all(c.at is None or c.at > at for c in again.changes if c.rejected)
+
+
+def test_pending_refusal_says_how_many_to_label() -> None:
+    lab = np.ones(1000, bool)
+    lab[:80] = False                                                   # 8% unlabelled
+    a = Audits(np.linspace(0, 1, 1000), np.zeros(1000, bool), lab, np.zeros(1000, np.int64),
+               np.arange(1000.0), (PRE,))
+    out = recertify(a, PRE, WindowChoice(), R_STAR, DELTA)
+    assert out.cert is None and "80 of the window's 1000 audits (8.0%)" in out.refusal
+    assert "label 30 more" in out.refusal                              # 50 may stay unlabelled
+    out = recertify(a, PRE, WindowChoice(max_pending=0.1), R_STAR, DELTA)
+    assert out.refusal is None and out.cert.certified
+    assert out.cert.n_errors == int(((np.linspace(0, 1, 1000) >= out.cert.threshold) & ~lab).sum())
+
+
+def test_labels_to_certify_is_the_first_count_whose_test_passes() -> None:
+    from serve.calibration.binomial import binomial_p_values
+    from serve.feedback.window import labels_to_certify
+
+    s = np.linspace(0, 1, 400, endpoint=False)
+    e = np.zeros(400, bool)
+    e[np.arange(200, 400, 25)] = True                                  # 8 errors in 200 accepted
+    more = labels_to_certify(s, e, 0.5, R_STAR, DELTA)
+    m = (400 + more) // 2                                              # at coverage 0.5
+    assert more > 0 and binomial_p_values(np.floor(0.04 * m), m, R_STAR) <= DELTA
+    assert binomial_p_values(np.floor(0.04 * (m - 1)), m - 1, R_STAR) > DELTA
+    assert labels_to_certify(s, e & (s < 0.75), 0.5, R_STAR, DELTA) == 0   # 4/200 passes now
+    assert labels_to_certify(s, e | (s > 0.9), 0.5, R_STAR, DELTA) is None   # rate above r*
