@@ -196,6 +196,8 @@ def test_unusable_flags_exit_2_naming_them_and_change_nothing(tmp_path: Path, cl
     assert cli(str(vdir), "--from-feedback", str(state), "--target-risk", "0.1").returncode == 0
     res = cli(str(vdir), "--from-feedback", str(state), "--seed", "0")
     assert res.returncode == 2 and "--seed" in res.stderr
+    res = cli(str(vdir), "--from-feedback", str(state), "--since", "yesterday")
+    assert res.returncode == 2 and "'yesterday' is not a time" in res.stderr
     res = cli(str(vdir), "--write", "--logits", str(tmp_path / "none.npz"))
     assert res.returncode == 2 and "--write only apply with --from-feedback" in res.stderr
     assert _tree_hash(vdir) == before
