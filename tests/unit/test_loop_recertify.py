@@ -7,6 +7,9 @@ each assertion allows the binomial slack of 500 repetitions (3 standard errors).
 measures the old rule (pool every epoch; labelled audits only) and asserts that it fails, so a
 test that passes is not one that cannot fail. The code under test is
 :func:`serve.feedback.recalibrate.recertify`, the whole rule ``--from-feedback`` runs.
+
+The two simulations are marked ``slow``: 500 repetitions of several certifications per cell take
+~4 s of CPU per cell (~25 s in all; 90 s of wall time on the shared 2-core machine).
 """
 
 from __future__ import annotations
