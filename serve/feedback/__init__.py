@@ -4,10 +4,11 @@
 ``recorder`` moves records off the request path; ``audit`` draws the uniform audit sample;
 ``risk`` turns labelled audits into an anytime-valid bound on the live selective risk; ``api``
 is the review/feedback/monitor router; ``labelstudio`` the Label Studio bridge;
-``recalibrate`` certifies from labelled audits; ``wiring`` is what the server holds.
+``recalibrate`` certifies from audits, ``window`` chooses which and how unlabelled ones count;
+``wiring`` is what the server holds.
 
 May import: ``serve.calibration`` and the maths at the bottom of ``serve``.
 """
 
 __all__ = ["api", "audit", "gauges", "labelstudio", "recalibrate", "recorder", "risk", "store",
-           "wiring"]
+           "window", "wiring"]

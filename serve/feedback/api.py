@@ -9,6 +9,7 @@ them in its thread pool and a database call never blocks the event loop. Errors 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -18,6 +19,13 @@ from pydantic import BaseModel, Field
 from serve.feedback.recorder import epoch_info
 from serve.feedback.risk import live_risk
 from serve.feedback.store import Store
+
+RISK_NOTE = ("labels, errors, pending_audits and expired_audits count audited ACCEPTED samples "
+             "only (deferred samples do not enter the live risk); lower/upper use the labelled "
+             "ones, upper_pessimistic counts every unlabelled audit as an error, and the status "
+             "counts expired audits as errors (status_basis); labels_to_ok / labels_to_alarm "
+             "project how many more labels either would need at the labelled error rate so far; "
+             "current marks the calibration this server has in force (one epoch per calibration)")
 
 
 class Feedback(BaseModel):
@@ -86,8 +94,13 @@ def _present(row: dict[str, Any], classes: list[str] | None) -> dict[str, Any]:
 
 
 def create_router(store: Store, *, api_key: str | None = None, admin_key: str | None = None,
-                  reviewer_key: str | None = None, live_delta: float = 0.05) -> APIRouter:
-    """Routes ``/v1/review/queue``, ``/v1/feedback``, ``/v1/requests/{id}``, ``/v1/monitor/risk``."""
+                  reviewer_key: str | None = None, live_delta: float = 0.05,
+                  current_epochs: Callable[[], dict[tuple[str, str], str]] | None = None) -> APIRouter:
+    """Routes ``/v1/review/queue``, ``/v1/feedback``, ``/v1/requests/{id}``, ``/v1/monitor/risk``.
+
+    ``current_epochs`` maps each served (model, version) to the sha256 of its calibration in force,
+    so the risk report can mark the current epoch.
+    """
     keys = [k.encode() for k in (api_key, admin_key, reviewer_key) if k]
     router = APIRouter(tags=["review"])
     classes_cache: dict[tuple[str, str, str], list[str] | None] = {}
@@ -139,16 +152,19 @@ def create_router(store: Store, *, api_key: str | None = None, admin_key: str | 
 
     @router.get("/v1/monitor/risk")
     def monitor_risk(request: Request, model: str | None = None, version: str | None = None) -> Any:
-        """Live selective risk per (model, version, calibration) from labelled audits."""
+        """Live selective risk per (model, version, calibration) from audited accepted samples."""
         if (resp := denied(request)) is not None:
             return resp
+        serving = current_epochs() if current_epochs is not None else None
         out = []
         for m, v, sha in store.epochs():
             if (model and m != model) or (version and v != version):
                 continue
-            n, k, pending = store.audit_counts(m, v, sha)
+            n, k, pending, expired = store.audit_states(m, v, sha)
             target = epoch_info(store, m, v, sha).get("target_risk")
-            out.append(live_risk(m, v, sha, target, k, n, pending, live_delta).to_dict())
-        return {"delta": live_delta, "epochs": out}
+            row = live_risk(m, v, sha, target, k, n, pending, live_delta, expired=expired).to_dict()
+            row["current"] = None if serving is None or (m, v) not in serving else serving[(m, v)] == sha
+            out.append(row)
+        return {"delta": live_delta, "note": RISK_NOTE, "epochs": out}
 
     return router

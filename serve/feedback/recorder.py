@@ -261,9 +261,9 @@ class Recorder:
                 self.metrics.expired.inc(expired)
             for model, version, sha in self.store.epochs():
                 info = epoch_info(self.store, model, version, sha)
-                n, k, pending = self.store.audit_counts(model, version, sha)
+                n, k, pending, expired = self.store.audit_states(model, version, sha)
                 self.metrics.set_risk(live_risk(model, version, sha, info.get("target_risk"), k, n,
-                                                pending, self.live_delta))
+                                                pending, self.live_delta, expired=expired))
         except Exception as err:  # noqa: BLE001
             log.warning("decision store maintenance failed: %s", str(err).splitlines()[0])
 

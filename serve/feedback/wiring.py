@@ -12,6 +12,7 @@ Server integration (serve/server/app.py, the whole of it)::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,12 +63,15 @@ class Feedback:
 def create_feedback(feedback: FeedbackSettings, *, api_key: str | None = None,
                 admin_key: str | None = None, reviewer_key: str | None = None,
                 webhook_secret: str | None = None, registry: Any = None,
-                multiprocess: bool = False, **recorder_kw: Any) -> Feedback | None:
+                multiprocess: bool = False,
+                current_epochs: Callable[[], dict[tuple[str, str], str]] | None = None,
+                **recorder_kw: Any) -> Feedback | None:
     """The loop of ``feedback``; ``None`` when it names no store (no state dir, no database URL).
 
     The keys are the server's: who may read the review queue and send labels
     (``serve/feedback/api.py``), and the Label Studio webhook's secret (its router is added only
-    when one is set).
+    when one is set). ``current_epochs`` (the server's repository) names each served version's
+    calibration in force, so ``/v1/monitor/risk`` can mark the current epoch.
 
     Raises:
         StoreError: the store cannot be opened (a clear one-line message).
@@ -79,7 +83,7 @@ def create_feedback(feedback: FeedbackSettings, *, api_key: str | None = None,
                         review_ttl_s=feedback.review_ttl_s, live_delta=feedback.live_delta,
                         metrics=LoopMetrics(registry, multiprocess), **recorder_kw)
     router = create_router(store, api_key=api_key, admin_key=admin_key, reviewer_key=reviewer_key,
-                           live_delta=feedback.live_delta)
+                           live_delta=feedback.live_delta, current_epochs=current_epochs)
     if webhook_secret:
         from serve.feedback.labelstudio import webhook_router
 

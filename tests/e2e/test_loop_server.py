@@ -195,7 +195,7 @@ def test_recalibration_from_feedback_is_hot_reloaded_as_a_new_epoch(tmp_path: Pa
                 assert r.status_code == 201
         (before,) = httpx.get(f"{url}/v1/monitor/risk", headers=KEY).json()["epochs"]
         res = subprocess.run([sys.executable, "-m", "serve.cli.main", "calibrate", str(vdir),
-                              "--from-feedback", str(state)], capture_output=True, text=True,
+                              "--from-feedback", str(state), "--write"], capture_output=True, text=True,
                              timeout=120)
         assert res.returncode == 0, res.stderr
         deadline = time.monotonic() + 20
@@ -209,3 +209,6 @@ def test_recalibration_from_feedback_is_hot_reloaded_as_a_new_epoch(tmp_path: Pa
         epochs = httpx.get(f"{url}/v1/monitor/risk?model=clf", headers=KEY).json()["epochs"]
         assert {e["calibration_sha256"] for e in epochs} == {before["calibration_sha256"], sha}
         assert next(e for e in epochs if e["calibration_sha256"] == sha)["labels"] == 0
+        assert {e["calibration_sha256"]: e["current"] for e in epochs} == {
+            before["calibration_sha256"]: False, sha: True}
+        assert before["current"] is True

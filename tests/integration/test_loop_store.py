@@ -135,8 +135,13 @@ def test_monitor_risk_counts_labelled_audited_accepted_samples_only(location: st
         pred = store.request(ids[i])[0]["label"]
         wrong = i in (0, 31)
         c.post("/v1/feedback", json={"request_id": ids[i], "label": (pred + 1) % 4 if wrong else pred})
-    (epoch,) = c.get("/v1/monitor/risk?model=clf").json()["epochs"]
+    body = c.get("/v1/monitor/risk?model=clf").json()
+    (epoch,) = body["epochs"]
+    assert "audited ACCEPTED samples only" in body["note"]
+    assert epoch["current"] is None                     # no server repository to say which
     assert (epoch["labels"], epoch["errors"], epoch["pending_audits"]) == (20, 1, 10)
+    assert epoch["expired_audits"] == 0 and epoch["status_basis"] == "labelled"
+    assert epoch["labels_to_ok"] is None and epoch["labels_to_alarm"] > 0   # 1/20 > r* = 0.02
     assert epoch["status"] == "insufficient" and epoch["target_risk"] == 0.02
     assert 0 < epoch["lower"] < 0.05 < epoch["upper"] < epoch["upper_pessimistic"]
     assert c.get("/v1/monitor/risk?model=other").json()["epochs"] == []
