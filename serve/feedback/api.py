@@ -132,7 +132,8 @@ def create_router(store: Store, access: ReviewAccess, *, live_delta: float = 0.0
             return {"kind": kind, "items": [_present(r, classes_of(r)) for r in rows]}
         return await in_thread(work)
 
-    @router.post("/v1/feedback", responses=ERRORS, openapi_extra=json_body(Feedback))
+    @router.post("/v1/feedback", responses={201: {"description": "a new label"}, **ERRORS},
+                 openapi_extra=json_body(Feedback))
     async def feedback(request: Request) -> Any:
         """A human label for one served sample: 201 new, 200 same again, 409 different, 404, 422."""
         raw = await read_body(request, max_body_bytes)

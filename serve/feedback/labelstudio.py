@@ -252,7 +252,7 @@ def webhook_router(store: Store, secret: str, max_body_bytes: int = 1 << 20) -> 
                 return 200, {"status": "ignored"}
             return apply_feedback(store, fb)
 
-    @router.post("/v1/review/labelstudio", responses=ERRORS,
+    @router.post("/v1/review/labelstudio", responses={201: {"description": "a new label"}, **ERRORS},
                  openapi_extra={"requestBody": {"required": True, "content": {
                      "application/json": {"schema": {"type": "object"}}}}})
     async def labelstudio_webhook(request: Request) -> Any:
