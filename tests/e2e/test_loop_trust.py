@@ -110,17 +110,23 @@ def _upload(port: int, path: str, headers: dict[str, str], total: int,
             *(f"{k}: {v}" for k, v in headers.items()),
             "Transfer-Encoding: chunked" if chunked else f"Content-Length: {total}"]
     sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
-    chunk, sent, answer = b"[" + b"1," * 32767 + b"1", 0, b""
-    frame = f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n" if chunked else chunk
+    chunk = b"[" + b"1," * 32767 + b"1"
+    sent, answer = 0, b""
+    frame, off, last = b"", 0, False
     sock.setblocking(False)
     try:
-        while sent < total and not answer:
+        while not (last and off == len(frame)) and not answer:
+            if off == len(frame):                       # the next frame: never past ``total``
+                part = chunk[:total - sent]
+                frame = f"{len(part):x}\r\n".encode() + part + b"\r\n" if chunked else part
+                sent, off = sent + len(part), 0
+                last = sent == total                    # (a chunked body ends with a 0 chunk)
+                frame += b"0\r\n\r\n" if chunked and last else b""
             try:
-                sock.send(frame)
-                sent += len(chunk)
+                off += sock.send(frame[off:])
             except BlockingIOError:
-                time.sleep(0.001)
-            except (BrokenPipeError, ConnectionResetError):
+                time.sleep(0.0005)
+            except OSError:
                 break
             with contextlib.suppress(BlockingIOError, ConnectionResetError):
                 answer = sock.recv(65536)
