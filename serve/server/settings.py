@@ -213,15 +213,16 @@ def _describe(err: dict[str, Any]) -> str:
 
 
 def read_key_file(path: str, flag: str) -> str:
-    """A key from a file (first line, stripped), so it never appears in ``ps`` or shell history."""
+    """A secret (a key, a database URL) from a file's first line, stripped, so it never appears
+    in ``ps`` or shell history."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
-        raise SettingsError(f"{flag} {path!r}: cannot read the key ({err.__class__.__name__}); "
-                            "pass a readable file holding the key on its first line") from None
+        raise SettingsError(f"{flag} {path!r}: cannot read it ({err.__class__.__name__}); "
+                            "pass a readable file holding the secret on its first line") from None
     key = text.strip().splitlines()[0].strip() if text.strip() else ""
     if not key:
-        raise SettingsError(f"{flag} {path!r} is empty: write the key on its first line")
+        raise SettingsError(f"{flag} {path!r} is empty: write the secret on its first line")
     return key
 
 
