@@ -77,8 +77,8 @@ def _served(c: httpx.Client, n: int = 1) -> str:
 
 
 # ------------------------------------------------------------------------------ High 1: roles
-def test_a_client_can_neither_see_its_audits_nor_label_them(repo, tmp_path):
-    with running_server(_settings(repo, str(tmp_path / "state"))) as (url, app), \
+def test_a_client_can_neither_see_its_audits_nor_label_them(repo, location):
+    with running_server(_settings(repo, location)) as (url, app), \
             httpx.Client(base_url=url, timeout=30) as c:
         rids = [_served(c, 8) for _ in range(5)]                     # every sample audited
         queue = c.get("/v1/review/queue?kind=audit&limit=1000", headers=CLIENT_H)
