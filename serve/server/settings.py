@@ -175,11 +175,11 @@ class ServerSettings(BaseSettings):
 
     @property
     def feedback(self) -> FeedbackSettings:
-        return FeedbackSettings(location=_secret(self.database_url) or self.state_dir,
+        return FeedbackSettings(open_review_api=self.open_review_api,
+                                max_body_bytes=self.max_control_body_bytes,
+                                location=_secret(self.database_url) or self.state_dir,
                                 audit_rate=self.audit_rate, store_inputs=self.store_inputs,
-                                live_delta=self.live_delta, review_ttl_s=self.review_ttl_s,
-                                open_review_api=self.open_review_api,
-                                max_body_bytes=self.max_control_body_bytes)
+                                live_delta=self.live_delta, review_ttl_s=self.review_ttl_s)
 
     def env(self) -> dict[str, str]:
         """These settings as ``ABSTAIN_*`` variables (how uvicorn worker processes receive them)."""
