@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import time
@@ -353,3 +354,23 @@ def test_a_key_shared_by_two_roles_is_refused(repo, monkeypatch, capsys):
     assert main(["serve", str(repo)]) == 2
     err = capsys.readouterr().err
     assert "--reviewer-key is the same as --api-key: each key grants one role" in err
+
+
+def test_a_body_cut_short_is_answered_without_a_traceback(repo, tmp_path):
+    errors: list[logging.LogRecord] = []
+    catch = logging.Handler(logging.ERROR)
+    catch.emit = errors.append                           # uvicorn's loggers do not propagate
+    with running_server(_settings(repo, str(tmp_path / "state"))) as (url, _):
+        logging.getLogger("uvicorn.error").addHandler(catch)
+        try:
+            port = int(url.rsplit(":", 1)[1])
+            for path, auth in (("/v1/feedback", f"Authorization: Bearer {REVIEWER}"),
+                               ("/v1/review/labelstudio", f"X-Abstain-Webhook-Secret: {HOOK}")):
+                with socket.create_connection(("127.0.0.1", port)) as sock:
+                    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\n{auth}\r\n"
+                                 "Content-Length: 1000\r\n\r\n{\"request_id\": ".encode())
+                time.sleep(0.3)
+            assert httpx.get(url + "/healthz").status_code == 200
+        finally:
+            logging.getLogger("uvicorn.error").removeHandler(catch)
+    assert not errors, [r.getMessage() for r in errors]
