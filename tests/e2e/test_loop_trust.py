@@ -374,3 +374,13 @@ def test_a_body_cut_short_is_answered_without_a_traceback(repo, tmp_path):
         finally:
             logging.getLogger("uvicorn.error").removeHandler(catch)
     assert not errors, [r.getMessage() for r in errors]
+
+
+def test_open_review_api_is_open_and_start_up_says_so_loudly(repo, tmp_path):
+    args = ("--state-dir", str(tmp_path / "state"), "--open-review-api", "--poll-interval-s", "0")
+    with server_process(repo, *args, env={"ABSTAIN_API_KEY": API}) as (url, proc):
+        assert httpx.get(url + "/v1/review/queue").status_code == 200       # no key needed
+        assert httpx.get(url + "/v1/review/queue", headers=CLIENT_H).status_code == 200
+    out = proc.stdout.read()
+    assert "review API: OPEN TO ANYONE who can reach the server" in out
+    assert "WARNING" in out and "THE REVIEW API IS OPEN TO ANYONE" in out
