@@ -117,6 +117,7 @@ def create_router(store: Store, access: ReviewAccess, *, live_delta: float = 0.0
         return classes_cache[key]
 
     def in_thread(work: Callable[[], Any]) -> Any:
+        """``work`` (store calls, and the answer's JSON rendering) in a worker thread."""
         def run() -> Any:
             with store_errors(store):
                 return work()
@@ -129,7 +130,7 @@ def create_router(store: Store, access: ReviewAccess, *, live_delta: float = 0.0
         """Pending review items, oldest first, with prediction, score, top-k and stored input."""
         def work() -> Any:
             rows = store.queue(kind, limit, model)
-            return {"kind": kind, "items": [_present(r, classes_of(r)) for r in rows]}
+            return JSONResponse({"kind": kind, "items": [_present(r, classes_of(r)) for r in rows]})
         return await in_thread(work)
 
     @router.post("/v1/feedback", responses={201: {"description": "a new label"}, **ERRORS},
@@ -148,8 +149,8 @@ def create_router(store: Store, access: ReviewAccess, *, live_delta: float = 0.0
             if not rows:
                 raise ReviewError(f"no recorded request {request_id!r} (not served, not yet "
                                   "flushed, or recording is off)", 404, "unknown_request")
-            return {"request_id": request_id,
-                    "samples": [_present(r, classes_of(r)) for r in rows]}
+            return JSONResponse({"request_id": request_id,
+                                 "samples": [_present(r, classes_of(r)) for r in rows]})
         return await in_thread(work)
 
     @router.get("/v1/monitor/risk", responses=ERRORS)
@@ -163,7 +164,7 @@ def create_router(store: Store, access: ReviewAccess, *, live_delta: float = 0.0
                 n, k, pending = store.audit_counts(m, v, sha)
                 target = epoch_info(store, m, v, sha).get("target_risk")
                 out.append(live_risk(m, v, sha, target, k, n, pending, live_delta).to_dict())
-            return {"delta": live_delta, "epochs": out}
+            return JSONResponse({"delta": live_delta, "epochs": out})
         return await in_thread(work)
 
     return router
