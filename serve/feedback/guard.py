@@ -1,7 +1,7 @@
 """The review API's trust boundary: who may call it, how much body it reads, what a store outage says.
 
 Roles: the reviewer key reads the queues, the records and live risk and posts labels; the admin key
-does the same (and everything else the server has); the API key belongs to inference clients and
+does the same (besides /v1/admin/*); the API key belongs to inference clients and
 is refused here with 403, so a client can neither read which of its samples are audited nor label
 them. Without a reviewer or admin key the review API is off (404) unless the server was started
 with ``--open-review-api``. The Label Studio webhook has its own shared secret.
