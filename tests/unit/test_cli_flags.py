@@ -58,6 +58,7 @@ TABLE = [
     ("serve", "--intra-op-threads", "x", "valid integer"),
     ("serve", "--max-inflight", "0", "must be ≥ 1"),
     ("serve", "--max-body-buffer-bytes", "10", "must be ≥ 1024"),
+    ("serve", "--max-control-body-bytes", "10", "must be ≥ 1024"),
     ("serve", "--max-header-bytes", "10", "must be ≥ 1024"),
     ("serve", "--header-timeout-s", "0", "must be > 0"),
     ("serve", "--body-timeout-s", "0", "must be > 0"),
