@@ -3,7 +3,7 @@
 ``store`` holds one row per served sample and its human labels (SQLite or PostgreSQL);
 ``recorder`` moves records off the request path; ``audit`` draws the uniform audit sample;
 ``risk`` turns labelled audits into an anytime-valid bound on the live selective risk; ``api``
-is the review/feedback/monitor router; ``guard`` its trust boundary (roles, bounded bodies read
+is the review/feedback/monitor router; ``access`` its trust boundary (roles, bounded bodies read
 after the key, store outages as 503); ``labelstudio`` the Label Studio bridge;
 ``recalibrate`` certifies from audits, ``window`` chooses which and how unlabelled ones count;
 ``wiring`` is what the server holds.
@@ -11,5 +11,5 @@ after the key, store outages as 503); ``labelstudio`` the Label Studio bridge;
 May import: ``serve.calibration`` and the maths at the bottom of ``serve``.
 """
 
-__all__ = ["api", "audit", "gauges", "guard", "labelstudio", "recalibrate", "recorder", "risk",
+__all__ = ["api", "audit", "gauges", "access", "labelstudio", "recalibrate", "recorder", "risk",
            "store", "window", "wiring"]

@@ -1,7 +1,7 @@
 """The review, feedback and live-risk API: a FastAPI router the control plane mounts.
 
 Who may call it, how much body it reads and how a store outage answers are
-``serve/feedback/guard.py``'s: the reviewer or admin key (never the API key), the key checked
+``serve/feedback/access.py``'s: the reviewer or admin key (never the API key), the key checked
 before the body is read, bodies bounded, the parse and every store call in a worker thread (so a
 database call never blocks the event loop), 503 with ``Retry-After`` when the store is down.
 Every bad input is a 4xx ``{"error": "..."}`` JSON answer like the rest of the server's.
@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StrictInt, StrictStr
 from starlette.concurrency import run_in_threadpool
 
-from serve.feedback.guard import (
+from serve.feedback.access import (
     ERRORS,
     ReviewAccess,
     ReviewError,

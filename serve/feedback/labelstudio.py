@@ -22,8 +22,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from serve.errors import AbstainError
-from serve.feedback.api import Feedback, apply_feedback
-from serve.feedback.guard import (
+from serve.feedback.access import (
     ERRORS,
     ReviewError,
     check_secret,
@@ -32,6 +31,7 @@ from serve.feedback.guard import (
     read_body,
     store_errors,
 )
+from serve.feedback.api import Feedback, apply_feedback
 from serve.feedback.recorder import epoch_info
 from serve.feedback.store import Store
 

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter
 
+from serve.feedback.access import ReviewAccess
 from serve.feedback.api import create_router
 from serve.feedback.gauges import LoopMetrics
-from serve.feedback.guard import ReviewAccess
 from serve.feedback.recorder import Recorder
 from serve.feedback.settings import FeedbackSettings
 from serve.feedback.store import Store
@@ -73,7 +73,7 @@ def create_feedback(feedback: FeedbackSettings, *, api_key: str | None = None,
     """The loop of ``feedback``; ``None`` when it names no store (no state dir, no database URL).
 
     The keys are the server's: the reviewer and admin keys may read the review queue and send
-    labels, the API key is recognised only to be refused (``serve/feedback/guard.py``); without
+    labels, the API key is recognised only to be refused (``serve/feedback/access.py``); without
     a reviewer or admin key the review API answers 404 unless ``feedback.open_review_api``. The
     Label Studio webhook's router is added only when its secret is set. ``current_epochs`` (the
     server's repository) names each served version's calibration in force, so

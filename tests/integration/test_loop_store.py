@@ -15,9 +15,9 @@ from fastapi.testclient import TestClient
 from loop_support import fresh_database, postgres_cluster, submit_batch
 from prometheus_client import CollectorRegistry, generate_latest
 
+from serve.feedback.access import ReviewAccess
 from serve.feedback.api import create_router
 from serve.feedback.gauges import LoopMetrics
-from serve.feedback.guard import ReviewAccess
 from serve.feedback.recorder import Recorder
 from serve.feedback.store import Store, StoreError
 
