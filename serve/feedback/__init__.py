@@ -4,11 +4,13 @@
 ``recorder`` moves records off the request path (``rows`` turns a batch into rows, ``failures``
 tells an outage from a bad row) and runs ``retention``; ``audit`` draws the uniform audit sample;
 ``risk`` turns labelled audits into an anytime-valid bound on the live selective risk; ``api``
-is the review/feedback/monitor router; ``labelstudio`` the Label Studio bridge;
-``recalibrate`` certifies from labelled audits; ``wiring`` is what the server holds.
+is the review/feedback/monitor router; ``access`` its trust boundary (roles, bounded bodies read
+after the key, store outages as 503); ``labelstudio`` the Label Studio bridge;
+``recalibrate`` certifies from audits, ``window`` chooses which and how unlabelled ones count;
+``wiring`` is what the server holds.
 
 May import: ``serve.calibration`` and the maths at the bottom of ``serve``.
 """
 
-__all__ = ["api", "audit", "failures", "gauges", "labelstudio", "recalibrate", "recorder",
-           "retention", "risk", "rows", "store", "wiring"]
+__all__ = ["access", "api", "audit", "failures", "gauges", "labelstudio", "recalibrate",
+           "recorder", "retention", "risk", "rows", "store", "window", "wiring"]

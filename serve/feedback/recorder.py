@@ -318,9 +318,9 @@ class Recorder:
                 self.metrics.expired.inc(expired)
             for model, version, sha in self.store.epochs():
                 info = epoch_info(self.store, model, version, sha)
-                n, k, pending = self.store.audit_counts(model, version, sha)
+                n, k, pending, expired = self.store.audit_states(model, version, sha)
                 self.metrics.set_risk(live_risk(model, version, sha, info.get("target_risk"), k, n,
-                                                pending, self.live_delta))
+                                                pending, self.live_delta, expired=expired))
             if time.monotonic() >= self._next_sweep:
                 self._next_sweep = time.monotonic() + self.sweep_every_s
                 self.sweep()

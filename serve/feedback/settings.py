@@ -14,6 +14,9 @@ class FeedbackSettings:
         location: a ``postgresql://`` URL or a state folder (SQLite); ``None`` = no loop.
         audit_rate: probability that an accepted sample is audited.
         store_inputs: keep decoded inputs for reviewers.
+        open_review_api: serve the review API to anyone, key or not (without it, and without a
+            reviewer or admin key, the review API is off); start-up warns.
+        max_body_bytes: the largest body the review API and the webhook read (413 past it).
         live_delta: level of the live-risk confidence sequence.
         review_ttl_s: review items expire after this.
         retention_days: delete rows older than this that nothing needs (``serve/feedback/retention.py``);
@@ -24,6 +27,8 @@ class FeedbackSettings:
     location: str | Path | None = None
     audit_rate: float = 0.01
     store_inputs: bool = False
+    open_review_api: bool = False
+    max_body_bytes: int = 1 << 20
     live_delta: float = 0.05
     review_ttl_s: float = 7 * 86400.0
     retention_days: float | None = None

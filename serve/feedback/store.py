@@ -306,6 +306,44 @@ class Store:
             n, k, p = cur.fetchone()
             return int(n), int(k), int(p)
 
+    def audit_states(self, model: str, version: str, calibration_sha256: str
+                     ) -> tuple[int, int, int, int]:
+        """(labels, errors, pending, expired) over audited ACCEPTED samples of one epoch.
+
+        ``pending`` audits still wait within their review time-to-live; ``expired`` ones outlived
+        it unlabelled: they stay counted as missing (a label given later still counts).
+        """
+        with self._tx() as cur:
+            cur.execute(self._sql(
+                "SELECT COUNT(f.label), COALESCE(SUM(CASE WHEN f.label <> r.label THEN 1 ELSE 0 END), 0), "
+                "COALESCE(SUM(CASE WHEN f.label IS NULL AND r.review = 'pending' THEN 1 ELSE 0 END), 0), "
+                "COALESCE(SUM(CASE WHEN f.label IS NULL AND r.review <> 'pending' THEN 1 ELSE 0 END), 0) "
+                "FROM records r LEFT JOIN feedback f ON f.request_id = r.request_id AND f.idx = r.idx "
+                "WHERE r.audit = 1 AND r.reject = 0 AND r.model = ? AND r.version = ? "
+                "AND r.calibration_sha256 = ?"), (model, version, calibration_sha256))
+            n, k, p, e = cur.fetchone()
+            return int(n), int(k), int(p), int(e)
+
+    def audits(self, model: str, version: str, epochs: list[str], since: float | None = None,
+               until: float | None = None) -> list[dict[str, Any]]:
+        """Every AUDITED sample (accepted or not; labelled, pending or expired) of the given
+        calibration epochs drawn in ``[since, until)``, oldest first, with ``human_label`` (None
+        while unlabelled): the whole uniform sample of a recertification window."""
+        if not epochs:
+            return []
+        cond = f"r.calibration_sha256 IN ({', '.join('?' * len(epochs))})"
+        args: tuple = (model, version, *epochs)
+        if since is not None:
+            cond, args = cond + " AND r.ts >= ?", (*args, float(since))
+        if until is not None:
+            cond, args = cond + " AND r.ts < ?", (*args, float(until))
+        return self._rows(
+            "SELECT r.request_id, r.idx, r.ts, r.calibration_sha256, r.label, r.score, r.reject, "
+            "r.review, f.label AS human_label FROM records r LEFT JOIN feedback f "
+            "ON f.request_id = r.request_id AND f.idx = r.idx "
+            f"WHERE r.audit = 1 AND r.model = ? AND r.version = ? AND {cond} "
+            "ORDER BY r.ts, r.request_id, r.idx", args)
+
     def audited_labelled(self, model: str, version: str | None = None) -> list[dict[str, Any]]:
         """Labelled AUDITED samples (accepted or not), oldest first: the uniform sample."""
         cond, args = "r.model = ?", (model,)

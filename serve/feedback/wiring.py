@@ -3,8 +3,8 @@
 Server integration (serve/server/app.py, the whole of it)::
 
     loop = create_feedback(settings.feedback, api_key=..., admin_key=..., reviewer_key=...,
-                       webhook_secret=..., registry=monitor.registry,
-                       multiprocess=monitor.multiprocess)
+                           webhook_secret=..., registry=monitor.registry,
+                           multiprocess=monitor.multiprocess)
     Record(monitor, [loop.sink] if loop else None)   # the record stage, once per batch
     if loop: control.include_router(loop.router)     # the control plane
     # lifespan: loop.start() at startup, await asyncio.to_thread(loop.close) at shutdown
@@ -12,17 +12,22 @@ Server integration (serve/server/app.py, the whole of it)::
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter
 
+from serve.feedback.access import ReviewAccess
 from serve.feedback.api import create_router
 from serve.feedback.gauges import LoopMetrics
 from serve.feedback.recorder import Recorder
 from serve.feedback.settings import FeedbackSettings
 from serve.feedback.store import Store
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -69,12 +74,17 @@ class Feedback:
 def create_feedback(feedback: FeedbackSettings, *, api_key: str | None = None,
                 admin_key: str | None = None, reviewer_key: str | None = None,
                 webhook_secret: str | None = None, registry: Any = None,
-                multiprocess: bool = False, **recorder_kw: Any) -> Feedback | None:
+                multiprocess: bool = False,
+                current_epochs: Callable[[], dict[tuple[str, str], str]] | None = None,
+                **recorder_kw: Any) -> Feedback | None:
     """The loop of ``feedback``; ``None`` when it names no store (no state dir, no database URL).
 
-    The keys are the server's: who may read the review queue and send labels
-    (``serve/feedback/api.py``), and the Label Studio webhook's secret (its router is added only
-    when one is set).
+    The keys are the server's: the reviewer and admin keys may read the review queue and send
+    labels, the API key is recognised only to be refused (``serve/feedback/access.py``); without
+    a reviewer or admin key the review API answers 404 unless ``feedback.open_review_api``. The
+    Label Studio webhook's router is added only when its secret is set. ``current_epochs`` (the
+    server's repository) names each served version's calibration in force, so
+    ``/v1/monitor/risk`` can mark the current epoch.
 
     Raises:
         StoreError: the store cannot be opened (a clear one-line message).
@@ -88,10 +98,18 @@ def create_feedback(feedback: FeedbackSettings, *, api_key: str | None = None,
                         else feedback.retention_days * 86400.0,
                         retention_max_rows=feedback.retention_max_rows,
                         metrics=LoopMetrics(registry, multiprocess), **recorder_kw)
-    router = create_router(store, api_key=api_key, admin_key=admin_key, reviewer_key=reviewer_key,
-                           live_delta=feedback.live_delta)
+    if feedback.open_review_api:
+        log.warning("THE REVIEW API IS OPEN TO ANYONE who can reach this server "
+                    "(--open-review-api): audited samples, stored inputs and labels need no key, "
+                    "and whoever labels audits moves the next recalibration")
+    access = ReviewAccess(reviewer=reviewer_key, admin=admin_key, api=api_key,
+                          open=feedback.open_review_api)
+    router = APIRouter()
+    router.include_router(create_router(store, access, live_delta=feedback.live_delta,
+                                        max_body_bytes=feedback.max_body_bytes,
+                                        current_epochs=current_epochs))
     if webhook_secret:
         from serve.feedback.labelstudio import webhook_router
 
-        router.include_router(webhook_router(store, webhook_secret))
+        router.include_router(webhook_router(store, webhook_secret, feedback.max_body_bytes))
     return Feedback(store, recorder, router)

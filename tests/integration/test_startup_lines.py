@@ -31,13 +31,19 @@ def test_the_loop_off_says_so_on_every_line() -> None:
     assert audits.startswith("audits: off") and review.startswith("review API: off")
 
 
-def test_a_state_dir_without_keys_says_the_review_api_is_open(tmp_path) -> None:
-    store, audits, review = _lines(state_dir=tmp_path / "state", audit_rate=0.05)
+def test_a_state_dir_without_a_reviewer_or_admin_key_says_the_review_api_is_off(tmp_path) -> None:
+    store, audits, review = _lines(state_dir=tmp_path / "state", audit_rate=0.05, api_key="k1")
     assert store == f"decision store: SQLite under {tmp_path / 'state'} (every decision recorded)"
     assert audits.startswith("audits: 5% of samples") and "--audit-rate 0.05" in audits
-    assert review.startswith("review API: on at /v1/review/queue")
-    assert "open to anyone who can reach the server (no API, admin or reviewer key set)" in review
+    assert review.startswith("review API: off (no --reviewer-key-file or --admin-key-file; "
+                             "--open-review-api opens it to anyone)")
     assert "Label Studio webhook off" in review
+
+
+def test_open_review_api_says_so_loudly(tmp_path) -> None:
+    _, _, review = _lines(state_dir=tmp_path / "state", open_review_api=True, reviewer_key="r")
+    assert review.startswith("review API: OPEN TO ANYONE who can reach the server")
+    assert "(--open-review-api)" in review
 
 
 def test_keys_name_who_may_review_and_the_database_password_is_hidden() -> None:
@@ -48,7 +54,7 @@ def test_keys_name_who_may_review_and_the_database_password_is_hidden() -> None:
                      "recorded, inputs kept for review items)")
     assert "hunter2" not in " ".join([store, audits, review])
     assert audits == "audits: off (--audit-rate 0)"
-    assert "with the API or reviewer key as Bearer" in review and "open to anyone" not in review
+    assert "with the reviewer key as Bearer (the API key is refused" in review
     assert "Label Studio webhook on" in review
     _, _, review = _lines(database_url="postgresql://db/loop", admin_key="a")
     assert "with the admin key as Bearer" in review
