@@ -106,8 +106,8 @@ def test_a_grpc_id_with_nul_does_not_stop_recording(repo: Path, store_env) -> No
 
 def test_one_client_id_200_times_is_200_rows(repo: Path, store_env) -> None:
     """Medium 4: duplicates were silently dropped (200 requests → 1 row)."""
-    with server_process(repo, env=_env(store_env, ABSTAIN_AUDIT_RATE="0.0")) as (url, _), \
-            httpx.Client() as c:
+    env = _env(store_env, ABSTAIN_AUDIT_RATE="0.0", ABSTAIN_REVIEWER_KEY="rev")
+    with server_process(repo, env=env) as (url, _), httpx.Client() as c:
         server_ids = set()
         for i in range(200):
             body = {"instances": [[float(i)] * 8]} | ({"id": "same"} if i % 2 else {})
@@ -119,6 +119,14 @@ def test_one_client_id_200_times_is_200_rows(repo: Path, store_env) -> None:
         store = Store(_location(store_env))
         assert _rows_when(store, 200) == 200
         assert set(store.by_client_id("same", 1000)) == server_ids
+        found = c.get(f"{url}/v1/requests", params={"client_id": "same", "limit": 1000},
+                      headers={"Authorization": "Bearer rev"}, timeout=10)
+        assert found.status_code == 200 and set(found.json()["request_ids"]) == server_ids
+        assert c.get(f"{url}/v1/requests", params={"client_id": "same"}, headers=KEY,
+                     timeout=10).status_code in (401, 403)      # clients predict, nothing else
+        one = c.get(f"{url}/v1/requests/{found.json()['request_ids'][0]}",
+                    headers={"Authorization": "Bearer rev"}, timeout=10).json()["samples"][0]
+        assert one["client_id"] == "same"
         deadline = time.monotonic() + 10
         while _metric(url, "abstain_records_written_total") < 200 and time.monotonic() < deadline:
             time.sleep(0.1)
