@@ -194,8 +194,13 @@ def loop_lines(settings: ServerSettings) -> list[str]:
     audits = ("off (--audit-rate 0)" if rate == 0 else
               f"{rate * 100:g}% of samples (uniform, independent of the decision) queued for review "
               f"(--audit-rate {rate:g})")
+    kept = [f"rows nobody needs deleted after {settings.retention_days:g} days"
+            if settings.retention_days is not None else "",
+            f"at most {settings.retention_max_rows} rows nobody reviews"
+            if settings.retention_max_rows is not None else ""]
+    retention = "; ".join(k for k in kept if k) or "kept until deleted (no --retention-days)"
     return [f"decision store: {_store_location(settings)} (every decision recorded"
-            f"{', inputs kept for review items' if settings.store_inputs else ''})",
+            f"{', inputs kept for review items' if settings.store_inputs else ''}; {retention})",
             f"audits: {audits}",
             f"review API: {review}; Label Studio webhook {webhook}"]
 
