@@ -99,6 +99,9 @@ def test_a_grpc_id_with_nul_does_not_stop_recording(repo: Path, store_env) -> No
         rows = store.request(server_id)
         assert [r["client_id"] for r in rows] == ["evil" + "x" * 124] * 3
         assert rows[0]["input"] == x[0].tolist()                 # raw float32 bytes, exact
+        deadline = time.monotonic() + 10                  # the counter follows the commit
+        while _metric(url, "abstain_records_written_total") < 103 and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert _metric(url, "abstain_records_dropped_total") == 0
         assert _metric(url, "abstain_records_written_total") == store.count() == 103
         store.close()
