@@ -26,6 +26,7 @@ from training.study_verdicts import CLEAR_RULE, all_claims
 
 # Bumped when the verdict rules change; the index marks studies judged by older rules as stale.
 VERDICT_RULES = "issue-18: paired seeds t-test + paired test-sample bootstrap, TOST margins"
+FINDINGS = "FINDINGS.md"           # the index's hand-written reading of the verdicts, if any
 CONVERGED_TRAIN_ERROR = 0.005     # a regime counts as converged when every run is at or below
 MAIN_SCORES = ("msp", "maxlogit", "pnorm:0", "pnorm:1", "pnorm:2", "pnorm_tuned", "auto")
 METRIC_LABELS = {"aurc": "AURC", "e_aurc": "E-AURC", "naurc": "NAURC", "augrc": "AUGRC",
@@ -198,7 +199,11 @@ def render(results: dict[str, Any]) -> str:
 
 
 def write_index(root: Path) -> Path:
-    """``root/README.md``: one row per study under ``root`` (its regime and the four verdicts)."""
+    """``root/README.md``: one row per study under ``root`` (its regime and the four verdicts).
+
+    A hand-written ``root/FINDINGS.md`` (what the rows mean together), when present, follows the
+    table: the verdicts are computed, their reading across regimes is not.
+    """
     studies = sorted(p.parent for p in root.glob("*/results.json"))
     if not studies:
         from training.study_analysis import StudyError
@@ -244,6 +249,9 @@ def write_index(root: Path) -> Path:
                   "which fired on ~21% of pure-noise comparisons. Re-judge with `PYTHONPATH=. python -m "
                   "training.study_rejudge DIR`, which needs the runs' committed logits.npz; these "
                   "folders have none, so they need retraining (`abstain study ... --out DIR`)."]
+    findings = root / FINDINGS
+    if findings.is_file():
+        lines += ["", findings.read_text().rstrip()]
     lines += [
         "",
         "Claims (METHODS.md §6): 1. LS damages the ranking of errors under MSP (E-AURC) relative to CE; 2. MaxLogit-pNorm "

@@ -54,3 +54,12 @@ def test_index_shows_the_largest_training_error_or_not_recorded(tmp_path: Path) 
     assert "| max train error (%) |" in text
     assert "| [converged](converged/README.md) | `mnist1d?n=4000` | cnn1d | 200 | 1 | 90.0–90.0 | 0.12 |" in text
     assert "| [early](early/README.md) | `mnist1d?n=4000` | cnn1d | 200 | 1 | 90.0–90.0 | not recorded |" in text
+
+
+def test_index_carries_the_hand_written_findings_after_the_table(tmp_path: Path) -> None:
+    _study(tmp_path, "converged", [_run(0)])
+    assert "## What the regimes show" not in write_index(tmp_path).read_text()
+    (tmp_path / "FINDINGS.md").write_text("## What the regimes show\n\nClaim 1 holds nowhere.\n")
+    text = write_index(tmp_path).read_text()
+    assert text.index("| [converged](") < text.index("## What the regimes show\n\nClaim 1 holds nowhere.")
+    assert text.index("Claim 1 holds nowhere.") < text.index("Claims (METHODS.md §6)")
