@@ -184,25 +184,42 @@ class Servicer:
         await context.abort(grpc_status(answer), str(answer))
 
     async def _read(self, requests: Any, context: Any) -> Any:
-        """The call's one ``ModelInferRequest``, read while fewer than ``readers`` calls read."""
-        if self._reading is None:
-            self._reading = asyncio.Semaphore(self.readers)
+        """The call's one ``ModelInferRequest``, read while fewer than ``readers`` calls read,
+        within the call's deadline and ``--request-timeout-s`` (a slow sender holds no reader
+        for longer: DEADLINE_EXCEEDED, as HTTP answers a slow body 408)."""
         t0 = time.perf_counter()
-        async with self._reading:
-            raw = await anext(aiter(requests), None)
+        remaining = context.time_remaining()
+        wait_s = self.admission.request_timeout_s
+        if remaining is not None:
+            wait_s = max(min(wait_s, remaining), 0.0)
         try:
+            try:
+                raw = await asyncio.wait_for(self._read_one(requests), wait_s)
+            except TimeoutError:
+                raise RequestError(f"the message did not arrive within {wait_s:.3g} s (the call's "
+                                   "deadline or --request-timeout-s): send it at once after "
+                                   "starting the call", 504, "deadline") from None
             if raw is None:
                 raise Malformed("ModelInferRequest", ValueError("the call sent no message"))
             try:
                 return P.ModelInferRequest.FromString(raw)
             except Exception as err:                # protobuf's DecodeError, or worse
                 raise Malformed("ModelInferRequest", err) from None
-        except Malformed as err:
+        except RequestError as err:
             self.monitor.request_started()
             self.monitor.request_finished("grpc:ModelInfer", "gRPC", err.status,
                                           time.perf_counter() - t0, inference=True)
-            self.malformed(err, "ModelInfer")
+            if isinstance(err, Malformed):
+                self.malformed(err, "ModelInfer")
+            else:
+                record(self.monitor, err)
             await context.abort(grpc_status(err), str(err))
+
+    async def _read_one(self, requests: Any) -> bytes | None:
+        if self._reading is None:
+            self._reading = asyncio.Semaphore(self.readers)
+        async with self._reading:
+            return await anext(aiter(requests), None)
 
     async def _wait_hold(self, peer: str, now: float, context: Any) -> None:
         """Wait out ``peer``'s hold, or as much of it as the call's deadline leaves (the data

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -175,3 +176,29 @@ def test_every_message_type_parses_its_own_serialisation() -> None:
     for name in ("ModelInferRequest", "ModelMetadataRequest", "ModelReadyRequest"):
         msg = MESSAGES[name]()
         assert type(msg).FromString(msg.SerializeToString()) == msg
+
+
+def test_a_message_that_never_arrives_holds_no_reader(repo: Path) -> None:
+    """An authenticated call that opens and then sends nothing is answered DEADLINE_EXCEEDED
+    after --request-timeout-s (it would otherwise hold one of the bounded readers for ever),
+    and the server keeps serving."""
+    s = load_settings(model_repository=repo, poll_interval_s=0, warmup_batch_sizes=(1,),
+                      api_key=KEY, grpc_port=0, request_timeout_s=1.0)
+    ok = ModelInferRequest(model_name="clf")
+    ok.inputs.add(name="input", datatype="FP32", shape=[1, 8])
+    ok.raw_input_contents.append(np.zeros(8, "<f4").tobytes())
+    stalled = threading.Event()
+
+    def never():
+        stalled.wait(10)                                  # the message never comes in time
+        yield ok.SerializeToString()
+
+    with running_server(s) as (_, app), \
+            grpc.insecure_channel(f"127.0.0.1:{app.grpc_port}") as ch:
+        slow = ch.stream_unary(METHOD + "ModelInfer")
+        t0 = time.monotonic()
+        code = _code(lambda: slow(never(), metadata=AUTH, timeout=8))
+        took = time.monotonic() - t0
+        stalled.set()
+        assert code == grpc.StatusCode.DEADLINE_EXCEEDED and 0.9 < took < 5, (code, took)
+        assert _raw(ch)(ok.SerializeToString(), metadata=AUTH, timeout=10)
