@@ -66,6 +66,10 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("store_inputs", str, "true: keep decoded inputs for reviewers (default false)"),
     ("live_delta", float, "level of the anytime-valid live-risk bound (default 0.05)"),
     ("review_ttl_s", float, "review items expire after this many seconds (default 7 days)"),
+    ("retention_days", float, "delete records older than this many days unless audited or labelled "
+     "for a calibration still served, or pending review (default: keep all)"),
+    ("retention_max_rows", int, "keep at most this many records nobody reviews (accepted, not "
+     "audited; expired); the oldest go (default: no cap)"),
     ("reviewer_key", str, "DISCOURAGED (visible in ps): use --reviewer-key-file or "
      "ABSTAIN_REVIEWER_KEY (default: none; the review API is off without a reviewer or admin key)"),
     ("review_webhook_secret", str, "DISCOURAGED (visible in ps): use --review-webhook-secret-file "
@@ -190,8 +194,13 @@ def loop_lines(settings: ServerSettings) -> list[str]:
     audits = ("off (--audit-rate 0)" if rate == 0 else
               f"{rate * 100:g}% of samples (uniform, independent of the decision) queued for review "
               f"(--audit-rate {rate:g})")
+    kept = [f"rows nobody needs deleted after {settings.retention_days:g} days"
+            if settings.retention_days is not None else "",
+            f"at most {settings.retention_max_rows} rows nobody reviews"
+            if settings.retention_max_rows is not None else ""]
+    retention = "; ".join(k for k in kept if k) or "kept until deleted (no --retention-days)"
     return [f"decision store: {_store_location(settings)} (every decision recorded"
-            f"{', inputs kept for review items' if settings.store_inputs else ''})",
+            f"{', inputs kept for review items' if settings.store_inputs else ''}; {retention})",
             f"audits: {audits}",
             f"review API: {review}; Label Studio webhook {webhook}"]
 

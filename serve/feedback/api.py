@@ -97,7 +97,7 @@ def _present(row: dict[str, Any], classes: list[str] | None) -> dict[str, Any]:
            "model": row["model"], "version": row["version"],
            "calibration_sha256": row["calibration_sha256"], "label": name(row["label"]),
            "score": row["score"], "reject": row["reject"], "review": row["review"],
-           "expires": row["expires"]}
+           "expires": row["expires"], "client_id": row.get("client_id")}
     if row.get("topk") is not None:
         out["top_k"] = [{"label": name(c), "probability": p} for c, p in row["topk"]]
     if row.get("input") is not None:
@@ -151,6 +151,17 @@ def create_router(store: Store, access: ReviewAccess, *, live_delta: float = 0.0
         raw = await read_body(request, max_body_bytes)
         status, body = await in_thread(lambda: apply_feedback(store, parse(Feedback, raw)))
         return JSONResponse(body, status)
+
+    @router.get("/v1/requests", responses=ERRORS)
+    async def find_requests(client_id: Annotated[str, Query(min_length=1, max_length=128,
+                                                            pattern=ID_PATTERN)],
+                            limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Any:
+        """The server's request ids of the requests a client sent with its own id, oldest first
+        (the client's X-Request-Id or body "id", as recorded: cleaned to printable ASCII)."""
+        def work() -> Any:
+            return JSONResponse({"client_id": client_id,
+                                 "request_ids": store.by_client_id(client_id, limit)})
+        return await in_thread(work)
 
     @router.get("/v1/requests/{request_id}", responses=ERRORS)
     async def get_request(request_id: Annotated[str, Path(max_length=128, pattern=ID_PATTERN)]) -> Any:

@@ -51,6 +51,9 @@ from serve.feedback.window import (
 )
 from serve.files import keep_backup
 
+# The largest |score| the server can produce (serve/scores.py): a bounded score stays within
+# ~745 (log_msp); the others are (differences of) float32 logits over the temperature.
+BOUNDED_MAX, LOGIT_MAX = 746.0, 2 * float(np.finfo(np.float32).max)
 QUANTILES = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 
@@ -186,7 +189,7 @@ def propose(model_dir: Path, location: str, choice: WindowChoice = WindowChoice(
     old = load_calibration(model_dir)
     model, version = model_dir.parent.name, model_dir.name
     lineage = [*old.data.get("lineage", []), old.sha256]
-    store = Store(location)
+    store = Store(location, create=False)
     try:
         n, k, pending, expired = store.audit_states(model, version, old.sha256)
         live = live_risk(model, version, old.sha256, old.target_risk, k, n, pending, live_delta,
@@ -196,6 +199,8 @@ def propose(model_dir: Path, location: str, choice: WindowChoice = WindowChoice(
                               "AND version = ?", (model, version))
     finally:
         store.close()
+    _check_scores(rows, BOUNDED_MAX if old.score_fn().bounded
+                  else LOGIT_MAX / min(old.temperature, 1.0))
     audits = Audits.from_rows(rows, lineage)
     out = recertify(audits, old.sha256, choice, old.target_risk, old.delta, method, old.threshold)
     p = Proposal(model_dir, old, live, choice, out)
@@ -209,6 +214,23 @@ def propose(model_dir: Path, location: str, choice: WindowChoice = WindowChoice(
     used = [r for r, m in zip(rows, out.mask.tolist(), strict=True) if m]
     p.new = _calibration(old, out.window, out.cert, used, choice, ignored, location, p)
     return p
+
+
+def _check_scores(rows: list[dict[str, Any]], max_score: float) -> None:
+    """No served score is infinite or beyond ``max_score``; a row with one would certify an
+    absurd threshold (1e308).
+
+    Raises:
+        AbstainError: such a row, with its request id and what to do.
+    """
+    scores = np.array([r["score"] for r in rows], dtype=np.float64)
+    bad = ~np.isfinite(scores) | (np.abs(scores) > max_score)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise AbstainError(f"{int(bad.sum())} of {len(rows)} audited samples in the store have an "
+                           f"impossible score (e.g. {scores[i]!r} for request "
+                           f"{rows[i]['request_id']!r}); the store was written by something "
+                           "other than this server, or is corrupt: remove those rows and retry")
 
 
 def _calibration(old: Calibration, window: Audits, cert: Certificate, used: list[dict[str, Any]],

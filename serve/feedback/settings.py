@@ -19,6 +19,9 @@ class FeedbackSettings:
         max_body_bytes: the largest body the review API and the webhook read (413 past it).
         live_delta: level of the live-risk confidence sequence.
         review_ttl_s: review items expire after this.
+        retention_days: delete rows older than this that nothing needs (``serve/feedback/retention.py``);
+            ``None`` keeps every row.
+        retention_max_rows: keep at most this many rows nobody reviews (the newest).
     """
 
     location: str | Path | None = None
@@ -28,3 +31,5 @@ class FeedbackSettings:
     max_body_bytes: int = 1 << 20
     live_delta: float = 0.05
     review_ttl_s: float = 7 * 86400.0
+    retention_days: float | None = None
+    retention_max_rows: int | None = None

@@ -39,12 +39,14 @@ class Feedback:
     router: APIRouter
     _sha: dict[int, tuple[Any, str]] = field(default_factory=dict)
 
-    def sink(self, mv: Any, tags: list[str], sizes: list[int], out: dict[str, np.ndarray]) -> None:
+    def sink(self, mv: Any, tags: list[tuple[str, str | None]], sizes: list[int],
+             out: dict[str, np.ndarray]) -> None:
         """The record stage's sink: one call per batch, no per-sample work, never raises.
 
         The audit flags are drawn here from their own generator, before anything in ``out`` is
         read, so they are independent of score and decision. ``out["input"]``, when the batcher
-        passes it, is the batch's decoded input (kept with ``--store-inputs``).
+        passes it, is the batch's decoded input (kept with ``--store-inputs``). ``tags`` are the
+        data plane's (server request id, client's id) per request.
         """
         rec = self.recorder
         audit = rec.audit(int(sum(sizes)))
@@ -52,10 +54,15 @@ class Feedback:
         hit = self._sha.get(id(cal))
         if hit is None or hit[0] is not cal:            # the hash is a JSON dump: once per version
             hit = self._sha[id(cal)] = (cal, cal.sha256)
-        rec.submit(mv.name, str(mv.version), hit[1], tags, None, out["label"], out["score"],
+        if tags and isinstance(tags[0], tuple):
+            rids, cids = [t[0] for t in tags], [t[1] for t in tags]
+        else:
+            rids, cids = tags, None
+        rec.submit(mv.name, str(mv.version), hit[1], rids, None, out["label"], out["score"],
                    out["reject"], audit, None, out.get("input"), class_names=mv.class_names,
                    target_risk=cal.target_risk, sizes=sizes, logits=out.get("logits"),
-                   temperature=cal.temperature)
+                   temperature=cal.temperature, client_ids=cids,
+                   lineage=cal.data.get("lineage") if isinstance(cal.data, dict) else None)
 
     def start(self) -> None:
         self.recorder.start()
@@ -87,6 +94,9 @@ def create_feedback(feedback: FeedbackSettings, *, api_key: str | None = None,
     store = Store(feedback.location)
     recorder = Recorder(store, audit_rate=feedback.audit_rate, store_inputs=feedback.store_inputs,
                         review_ttl_s=feedback.review_ttl_s, live_delta=feedback.live_delta,
+                        retention_s=None if feedback.retention_days is None
+                        else feedback.retention_days * 86400.0,
+                        retention_max_rows=feedback.retention_max_rows,
                         metrics=LoopMetrics(registry, multiprocess), **recorder_kw)
     if feedback.open_review_api:
         log.warning("THE REVIEW API IS OPEN TO ANYONE who can reach this server "

@@ -111,7 +111,8 @@ class App:
         if settings.grpc_port is not None:                  # gRPC v2 on this same event loop
             from serve.server.grpc_service import start_grpc
             grpc_server, self.grpc_port = await start_grpc(
-                self.dataplane, settings.host, settings.grpc_port, settings.max_body_bytes)
+                self.dataplane, settings.host, settings.grpc_port, settings.max_body_bytes,
+                settings.max_body_buffer_bytes)
         try:
             yield
         finally:

@@ -147,6 +147,10 @@ class ServerSettings(BaseSettings):
     store_inputs: bool = Field(False, description="keep decoded inputs for reviewers")
     live_delta: float = Field(0.05, gt=0, lt=1, description="level of the live-risk bound")
     review_ttl_s: float = Field(7 * 86400.0, gt=0, description="review items expire after this")
+    retention_days: float | None = Field(None, gt=0, description="delete records older than this "
+                                         "that no review or current calibration needs; keep all if unset")
+    retention_max_rows: int | None = Field(None, ge=1, description="keep at most this many rows "
+                                           "nobody reviews (accepted unaudited, expired); the oldest go")
     reviewer_key: SecretStr | None = Field(None, description="Bearer key for the review API")
     review_webhook_secret: SecretStr | None = Field(None, description="Label Studio webhook secret")
     open_review_api: bool = Field(False, description="serve the review API to anyone, without a "
@@ -179,7 +183,9 @@ class ServerSettings(BaseSettings):
                                 max_body_bytes=self.max_control_body_bytes,
                                 location=_secret(self.database_url) or self.state_dir,
                                 audit_rate=self.audit_rate, store_inputs=self.store_inputs,
-                                live_delta=self.live_delta, review_ttl_s=self.review_ttl_s)
+                                live_delta=self.live_delta, review_ttl_s=self.review_ttl_s,
+                                retention_days=self.retention_days,
+                                retention_max_rows=self.retention_max_rows)
 
     def env(self) -> dict[str, str]:
         """These settings as ``ABSTAIN_*`` variables (how uvicorn worker processes receive them)."""

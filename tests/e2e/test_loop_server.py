@@ -157,7 +157,7 @@ def test_label_with_the_api_and_watch_live_risk(repo: Path, store_env) -> None:
             time.sleep(0.5)
         else:
             raise AssertionError("abstain_live_risk_labels did not reach the metrics")
-        assert "abstain_live_risk_upper" in text and "abstain_records_dropped_total 0.0" in text
+        assert "abstain_live_risk_upper" in text and 'abstain_records_dropped_total{reason="queue_full"} 0.0' in text
 
 
 def test_two_servers_sharing_postgresql_see_one_queue(repo: Path, pg_cluster) -> None:

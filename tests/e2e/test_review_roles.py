@@ -48,6 +48,7 @@ MATRIX = [
     ("POST", "/v1/admin/reload", {"none": 401, "api": 401, "reviewer": 401, "admin": 200}),
     ("GET", "/v1/review/queue", REVIEW),
     ("GET", "/v1/requests/{request_id}", REVIEW),
+    ("GET", "/v1/requests", REVIEW),                       # ?client_id=: search by the client's id
     ("GET", "/v1/monitor/risk", REVIEW),
     ("POST", "/v1/feedback", {**REVIEW, "reviewer": 201}),   # the first label; then 200, same again
     ("POST", "/v1/review/labelstudio", {"none": 401, "api": 401, "reviewer": 401, "admin": 401}),
@@ -55,6 +56,8 @@ MATRIX = [
 
 
 def _url(path: str, rid: str) -> str:
+    if path == "/v1/requests":
+        return path + "?client_id=c-1"
     return (path.replace("{model_name}", "clf").replace("{model_version}", "1")
             .replace("{request_id}", rid))
 

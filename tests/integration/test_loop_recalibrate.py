@@ -206,8 +206,33 @@ def test_unusable_flags_exit_2_naming_them_and_change_nothing(tmp_path: Path, cl
 def test_recalibrate_without_audited_labels_is_a_clear_error(tmp_path: Path, cli) -> None:
     vdir = make_version(tmp_path / "models", "clf", 1, seed=1)
     before = (vdir / "calibration.json").read_text()
+    Store(tmp_path / "state").close()                       # a store, but nothing audited
     res = cli(str(vdir), "--from-feedback", str(tmp_path / "state"))
     assert res.returncode == 2
     assert "no audited samples of clf/1" in res.stderr and "Traceback" not in res.stderr
     assert (vdir / "calibration.json").read_text() == before
     assert json.loads(before)["threshold"] == 0.6
+
+
+def test_a_mistyped_store_path_creates_nothing(tmp_path: Path, cli) -> None:
+    vdir = make_version(tmp_path / "models", "clf", 1, seed=1)
+    res = cli(str(vdir), "--from-feedback", str(tmp_path / "stat"))
+    assert res.returncode == 2 and "no decision store at" in res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "stat").exists()
+
+
+def test_impossible_scores_in_the_store_certify_nothing(tmp_path: Path, cli) -> None:
+    """A row whose score no served model can produce (1e308 for an msp calibration) must not
+    become a certified threshold of 1e308: exit 2, calibration.json untouched."""
+    vdir = make_version(tmp_path / "models", "clf", 1, seed=1)
+    before = (vdir / "calibration.json").read_text()
+    sha = load_calibration(vdir).sha256
+    state = tmp_path / "state"
+    _traffic(state, sha, 3000, seed=1)
+    store = Store(state)
+    with store._tx(write=True) as cur:
+        cur.execute("UPDATE records SET score = 1e308 WHERE audit = 1")
+    store.close()
+    res = cli(str(vdir), "--from-feedback", str(state), "--write")
+    assert res.returncode == 2 and "impossible score" in res.stderr, res.stderr
+    assert (vdir / "calibration.json").read_text() == before

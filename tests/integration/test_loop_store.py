@@ -159,7 +159,7 @@ def test_overflow_drops_and_counts_and_submit_never_blocks(location: str) -> Non
     submit_batch(rec, 60, prefix="a")
     submit_batch(rec, 60, prefix="b")                       # does not fit: dropped whole
     assert rec.dropped == 60
-    assert b"abstain_records_dropped_total 60.0" in generate_latest(reg)
+    assert b'abstain_records_dropped_total{reason="queue_full"} 60.0' in generate_latest(reg)
     rec.start()
     assert rec.flush(10)
     rec.close()

@@ -74,6 +74,8 @@ TABLE = [
     ("serve", "--audit-rate", "2", "must be ≤ 1"),
     ("serve", "--live-delta", "0", "must be > 0"),
     ("serve", "--review-ttl-s", "0", "must be > 0"),
+    ("serve", "--retention-days", "0", "must be > 0"),
+    ("serve", "--retention-max-rows", "0", "must be ≥ 1"),
     ("package", "--version", "0", "≥ 1"),
 ]
 
