@@ -27,6 +27,7 @@ chosen (other pass probabilities, a second start with δ split) are in docs/cali
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +41,10 @@ START_FRACTION = 0.95      # start where P(pass) ≥ 0.95·best and P(fail) ≤ 
 START_SLACK = (2.0, 0.05)
 PRIOR_STRENGTH = 200.0   # pseudo-samples of prior risk (shrinks small-n points)
 PRIOR_CENTRE = "error"   # prior risk: the overall tuning error rate ("error") or r* ("target")
+COUNT_VARIANCE = False   # predict with the certification count random (predicted_pass_counts)
+START_RULE = "fraction"  # "fraction" (issue 13) or "coverage" (max pass probability × coverage)
+PASS_DRAWS = 128         # Monte Carlo draws per grid point in predicted_pass_counts
+PASS_POINTS = 200        # grid points where predicted_pass_counts is evaluated (start candidates)
 
 
 @dataclass(frozen=True)
@@ -105,12 +110,60 @@ def predicted_pass(n_tune_acc: np.ndarray, k_tune: np.ndarray, scale: float, tar
     return np.where((c >= 0) & (m > 0), p, 0.0)
 
 
+def critical_table(n_cert: int, target_risk: float, delta: float) -> np.ndarray:
+    """``critical_errors(m)`` for every accepted count m = 0 … ``n_cert`` → ``(n_cert + 1,)``.
+
+    The critical count steps up by one at m_k, the smallest m with BinomCDF(k; m, r*) ≤ δ. Since
+    BinomCDF(k; m, r) = P(the (k + 1)-th error comes after trial m), m_k is the (1 − δ) quantile
+    of that trial: k + 1 + a negative-binomial quantile. One quantile per k ≤ n·r* instead of one
+    per m; the boundary is then checked with exact binomial CDFs.
+    """
+    ks = np.arange(int(math.ceil(n_cert * target_risk)) + 2, dtype=np.float64)
+    first = ks + 1.0 + stats.nbinom.ppf(1.0 - delta, ks + 1.0, target_risk)       # (k,) m_k
+    # Exactness at the boundary: m_k passes, m_k − 1 does not (float rounding in the quantile).
+    for _ in range(3):
+        up = stats.binom.cdf(ks, first, target_risk) > delta
+        down = (first > ks + 1) & (stats.binom.cdf(ks, first - 1.0, target_risk) <= delta)
+        if not (up.any() or down.any()):
+            break
+        first = first + up - down
+    m = np.arange(n_cert + 1, dtype=np.float64)
+    return np.searchsorted(first, m, side="right").astype(np.float64) - 1.0
+
+
+def predicted_pass_counts(n_tune_acc: np.ndarray, k_tune: np.ndarray, n_tune: int, n_cert: int,
+                          target_risk: float, delta: float, prior: tuple[float, float] = (0.5, 0.5),
+                          draws: int = PASS_DRAWS, seed: int = 0) -> np.ndarray:
+    """P(the binomial test passes on ``n_cert`` fresh samples), both counts random.
+
+    For a grid point with ``n_tune_acc`` accepted tuning samples of ``n_tune`` and ``k_tune``
+    errors: acceptance rate q ~ Beta(n_acc + ½, n_tune − n_acc + ½), risk ρ ~ Beta(k + a, n_acc − k
+    + b) (``prior`` = (a, b), Jeffreys by default: no pull toward any rate), then the certification
+    counts M ~ Binomial(n_cert, q) and K ~ Binomial(M, ρ); the test passes iff K ≤ the critical
+    count of M. Monte Carlo with ``draws`` joint draws per point and a fixed ``seed``: the plan is
+    still a function of the tuning split alone. Unlike :func:`predicted_pass`, a point whose
+    *expected* certification count only just clears the zero-error floor gets the probability that
+    the realised count falls short.
+    """
+    n_t = np.asarray(n_tune_acc, dtype=np.float64)[:, None]          # (G, 1)
+    k_t = np.asarray(k_tune, dtype=np.float64)[:, None]
+    rng = np.random.default_rng(seed)
+    shape = (n_t.shape[0], draws)
+    q = rng.beta(n_t + 0.5, n_tune - n_t + 0.5, shape)               # (G, D)
+    rho = rng.beta(k_t + prior[0], n_t - k_t + prior[1], shape)
+    m = rng.binomial(n_cert, q)
+    k = rng.binomial(m, rho)
+    crit = critical_table(n_cert, target_risk, delta)                # (n_cert + 1,)
+    return (k <= crit[m]).mean(axis=1)
+
+
 def plan_ltt(tune_scores: np.ndarray, tune_errors: np.ndarray, n_cert: int, target_risk: float,
              delta: float, pass_prob: float | None = None,
              start_slack: tuple[float, float] = START_SLACK, start_fraction: float = START_FRACTION,
              prior_strength: float = PRIOR_STRENGTH,
              backup: tuple[float, float] | None = None,
-             prior_centre: str = PRIOR_CENTRE) -> LttPlan:
+             prior_centre: str = PRIOR_CENTRE, count_variance: bool = COUNT_VARIANCE,
+             start_rule: str = START_RULE) -> LttPlan:
     """The grid, start and levels for certifying on ``n_cert`` samples (see module doc).
 
     Args:
@@ -120,6 +173,11 @@ def plan_ltt(tune_scores: np.ndarray, tune_errors: np.ndarray, n_cert: int, targ
             point predicted to pass with that probability (0 = the most permissive point), at
             level ``share · δ``; the main one then runs at ``(1 − share) · δ``. Measured, not used
             by default.
+        count_variance: predict with :func:`predicted_pass_counts` (certification count random)
+            instead of :func:`predicted_pass` (count = scale × tuning count).
+        start_rule: ``"coverage"``: start where predicted pass probability × tuning coverage is
+            largest (the expected coverage of the start); ``"fraction"``: the issue-13 rule
+            (``start_fraction``, ``start_slack``).
     """
     curve = risk_coverage_curve(tune_scores, tune_errors)
     n = curve.n
@@ -131,9 +189,24 @@ def plan_ltt(tune_scores: np.ndarray, tune_errors: np.ndarray, n_cert: int, targ
     p0 = (target_risk if prior_centre == "target"
           else (curve.n_errors[-1] + 0.5) / (n + 1.0))                 # or the tuning error rate
     prior = (prior_strength * p0 + 0.5, prior_strength * (1.0 - p0) + 0.5)
+    cov = n_t / n
+
+    nodes = np.unique(np.linspace(0, len(idx) - 1, min(PASS_POINTS, len(idx))).round()
+                      ).astype(np.int64)                  # where the start may be (count variance)
 
     def start_for(prob: float | None, level: float) -> tuple[int, np.ndarray]:
-        pp = predicted_pass(n_t, k_t, scale, target_risk, level, prior)
+        if count_variance:
+            at = predicted_pass_counts(n_t[nodes], k_t[nodes], n, n_cert, target_risk, level, prior)
+            pp = np.interp(np.arange(len(idx)), nodes, at)                 # for the report only
+            eligible = np.zeros(len(idx), bool)
+            eligible[nodes] = True
+        else:
+            pp = predicted_pass(n_t, k_t, scale, target_risk, level, prior)
+            eligible = np.ones(len(idx), bool)
+        if start_rule == "coverage" and prob is None:
+            gain = np.where(eligible, pp * cov, -1.0)
+            return int(np.flatnonzero(gain >= gain.max() - 1e-12)[-1]), pp
+        pp = np.where(eligible, pp, 0.0) if count_variance else pp
         best = float(pp.max())
         f = 1.0 - best                      # the smallest predicted failure probability
         need = (min(prob, best) if prob is not None else
@@ -148,7 +221,7 @@ def plan_ltt(tune_scores: np.ndarray, tune_errors: np.ndarray, n_cert: int, targ
         s1, pp = start_for(pass_prob, main_level)
         s2, _ = start_for(backup[0], back_level)
         starts, levels = (s1, s2), (main_level, back_level)
-    return LttPlan(thresholds=thresholds, tune_coverage=n_t / n, pass_prob=pp, starts=starts,
+    return LttPlan(thresholds=thresholds, tune_coverage=cov, pass_prob=pp, starts=starts,
                    levels=levels, n_tune=n)
 
 

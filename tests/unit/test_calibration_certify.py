@@ -133,13 +133,16 @@ def test_bad_parameters_are_refused(risk: float, delta: float) -> None:
         certify(np.arange(10.0), np.zeros(10, bool), risk, delta)
 
 
-def test_early_error_stops_ltt_and_the_message_points_to_sgr() -> None:
+def test_early_error_stops_ltt_and_the_message_says_what_failed() -> None:
     # The single most confident sample is wrong; everything else is right.
     scores = np.linspace(1, 0, 2000)
     errors = np.zeros(2000, bool)
     errors[0] = True
     ltt = certify_ltt(scores, errors, 0.05, 0.1)
     assert not ltt.certified and ltt.needed is not None and ltt.needed <= 2000
-    assert "try --method sgr" in ltt.detail and "needs at least" not in ltt.detail
+    assert ltt.refusal == "first test failed" and "needs at least" not in ltt.detail
+    assert "accepting 45 of 2000 with 1 errors" in ltt.detail       # the first test's counts
+    assert "observed risk is ≤ 0.05 up to coverage 1.0000" in ltt.detail
+    assert "seed" not in ltt.detail and "--method" not in ltt.detail  # no invitation to retry
     sgr = certify_sgr(scores, errors, 0.05, 0.1)
     assert sgr.certified and sgr.n_accepted > 1000
