@@ -86,10 +86,10 @@ _B = dict(prior_strength=0.0, count_variance=True, start_rule="coverage")
 CANDIDATES: dict[str, Method] = {
     "issue 13: planned (prior 200), cert 70%": planned(**ISSUE13),
     "A: planned, no prior, count variance, start ≥ 0.95·best": planned(**_A),
-    "B: planned, no prior, count variance, start max P(pass)·coverage": planned(**_B),
     "C: B @ δ/2 ∪ floored all @ δ/2": union(0.5, **_B),
     "D: B @ 0.2δ ∪ floored all @ 0.8δ": union(0.8, **_B),
     "E: A @ δ/2 ∪ floored all @ δ/2": union(0.5, **_A),
+    "F: A @ 0.2δ ∪ floored all @ 0.8δ": union(0.8, **_A),
 }
 
 

@@ -39,10 +39,10 @@ from serve.selective_metrics import risk_coverage_curve
 GRID_POINTS = 1000
 START_FRACTION = 0.95      # start where P(pass) ≥ 0.95·best and P(fail) ≤ min(2·best, best + 0.05)
 START_SLACK = (2.0, 0.05)
-PRIOR_STRENGTH = 200.0   # pseudo-samples of prior risk (shrinks small-n points)
+PRIOR_STRENGTH = 0.0     # pseudo-samples of prior risk (issue 13 used 200; it can erase a good region)
 PRIOR_CENTRE = "error"   # prior risk: the overall tuning error rate ("error") or r* ("target")
-COUNT_VARIANCE = False   # predict with the certification count random (predicted_pass_counts)
-START_RULE = "fraction"  # "fraction" (issue 13) or "coverage" (max pass probability × coverage)
+COUNT_VARIANCE = True    # predict with the certification count random (predicted_pass_counts)
+START_RULE = "coverage"  # "fraction" (issue 13) or "coverage" (max pass probability × coverage)
 PASS_DRAWS = 128         # Monte Carlo draws per grid point in predicted_pass_counts
 PASS_POINTS = 200        # grid points where predicted_pass_counts is evaluated (start candidates)
 
@@ -205,6 +205,8 @@ def plan_ltt(tune_scores: np.ndarray, tune_errors: np.ndarray, n_cert: int, targ
             eligible = np.ones(len(idx), bool)
         if start_rule == "coverage" and prob is None:
             gain = np.where(eligible, pp * cov, -1.0)
+            if gain.max() <= 0.0:         # nothing predicted to pass: the least hopeless point,
+                gain = np.where(eligible, -(k_t + 0.5) / (n_t + 1.0), -np.inf)  # not the last
             return int(np.flatnonzero(gain >= gain.max() - 1e-12)[-1]), pp
         pp = np.where(eligible, pp, 0.0) if count_variance else pp
         best = float(pp.max())
