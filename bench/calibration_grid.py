@@ -10,7 +10,11 @@ with the floored fixed sequence on all samples, paired over the same draws:
 * **valid**: violations ≤ the 99.9 % binomial quantile at δ (what tests/integration allows);
 * **certifies ≥**: draws where only the comparator certifies (b) against only the default (c),
   a one-sided McNemar check ``b − c ≤ 2.33·√(b + c)`` (99 %);
-* **coverage ≥**: the mean paired coverage difference ≥ −2.33 standard errors.
+* **coverage ≥**: the mean paired coverage difference ≥ −max(2.33 standard errors, 0.005). The
+  paired differences are nearly deterministic where both methods certify the same region, so a
+  systematic loss of a tenth of a point is "significant"; half a percentage point of coverage is
+  the margin treated as equal (any δ split loses a little where the floored sequence alone
+  would do well, see docs/calibration.md).
 
     nice -n 10 .venv/bin/python -m bench.calibration_grid            # the table in docs/calibration.md
     nice -n 10 .venv/bin/python -m bench.calibration_grid --candidates --draws 100   # the selection
@@ -33,13 +37,14 @@ import numpy as np
 from scipy import stats
 
 from bench.calibration_families import FAMILIES, Family
-from serve.calibration.certify import certify_ltt, certify_union
+from serve.calibration.certify import FLOOR_SHARE, certify_ltt, certify_union
 from serve.calibration.plan import plan_ltt, run_plan
 
 TUNE_FRACTION = 0.3
 RISKS = {0.005: 0.05, 0.02: 0.05, 0.05: 0.1, 0.2: 0.1}         # r* → δ
 SIZES = (500, 2000, 10_000, 50_000)
 Z99 = 2.33
+COVERAGE_TOLERANCE = 0.005   # a mean coverage loss this small counts as "not lower" (see compare)
 
 Method = Callable[[np.ndarray, np.ndarray, float, float], float | None]
 
@@ -86,6 +91,7 @@ _B = dict(prior_strength=0.0, count_variance=True, start_rule="coverage")
 CANDIDATES: dict[str, Method] = {
     "issue 13: planned (prior 200), cert 70%": planned(**ISSUE13),
     "A: planned, no prior, count variance, start ≥ 0.95·best": planned(**_A),
+    "B: planned, no prior, count variance, start max P(pass)·coverage": planned(**_B),
     "C: B @ δ/2 ∪ floored all @ δ/2": union(0.5, **_B),
     "D: B @ 0.2δ ∪ floored all @ 0.8δ": union(0.8, **_B),
     "E: A @ δ/2 ∪ floored all @ δ/2": union(0.5, **_A),
@@ -133,7 +139,7 @@ def compare(a: Tally, b: Tally) -> tuple[bool, bool, str]:
     cert_ok = only_b - only_a <= Z99 * math.sqrt(only_b + only_a)
     diff = ca - cb
     se = diff.std(ddof=1) / math.sqrt(len(diff)) if len(diff) > 1 else 0.0
-    cov_ok = diff.mean() >= -Z99 * se - 1e-12
+    cov_ok = diff.mean() >= -max(Z99 * se, COVERAGE_TOLERANCE) - 1e-12
     return cert_ok, cov_ok, f"{only_b}/{only_a}; Δcov {diff.mean():+.4f} ± {se:.4f}"
 
 
@@ -192,11 +198,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def default_method() -> Method:
-    """The library's default procedure on a draw, as `abstain calibrate` runs it on a fixed score."""
-    return union(DEFAULT_FLOOR_SHARE, **_B)
-
-
-DEFAULT_FLOOR_SHARE = 0.5
+    """The library's default procedure on a draw, as `abstain calibrate` runs it on a fixed score
+    (serve.calibration.certify.FLOOR_SHARE and plan_ltt's defaults)."""
+    return union(FLOOR_SHARE)
 
 
 if __name__ == "__main__":

@@ -156,9 +156,8 @@ def mapie_ltt(c: np.ndarray, e: np.ndarray, r: float) -> float | None:
 
 ISSUE13 = dict(count_variance=False, start_rule="fraction", prior_strength=200.0)
 METHODS: dict[str, Method] = {
-    f"default: planned @ {1 - FLOOR_SHARE:g}δ ∪ floored all @ {FLOOR_SHARE:g}δ": default(),
-    "candidate: planned @ 0.2δ ∪ floored all @ 0.8δ": default(0.8),
-    "candidate: planned alone (tune 30%, new plan)": planned(),
+    f"default: planned @ {1 - FLOOR_SHARE:.1g}δ ∪ floored all @ {FLOOR_SHARE:g}δ": default(),
+    "candidate: planned @ 0.5δ ∪ floored all @ 0.5δ": default(0.5),
     "issue 13 default: planned LTT (prior 200, tune 30%)": planned(**ISSUE13),
     "former default: floored FST on cert 70%": floor_cert,
     "floored FST on all samples": floor_all,

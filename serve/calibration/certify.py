@@ -39,7 +39,7 @@ from serve.selective_metrics import RiskCoverageCurve, risk_coverage_curve
 
 CertMethod = Literal["ltt", "sgr", "coverage"]
 MIN_FLOOR = 30
-FLOOR_SHARE = 0.5        # share of δ for the floored sequence on all samples in the default
+FLOOR_SHARE = 0.9        # share of δ for the floored sequence on all samples in the default (issue 24)
 _FST = "fixed sequence from the floor, strict → permissive"
 
 

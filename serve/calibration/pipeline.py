@@ -198,7 +198,8 @@ def _certify_union(z: np.ndarray, y: np.ndarray, settings: CalibrationSettings,
         reason=f"{choice.reason}. Deployed: {spec} at T = {temperature:g}, fixed before any label "
                f"was seen, because the floored sequence on all {len(y)} samples certified more "
                "coverage than the planned sequence with the tuned score",
-        error_rate=choice.error_rate, tune_scores=choice.tune_scores)
+        error_rate=choice.error_rate, tune_scores=choice.tune_scores,
+        fitted_temperature=choice.temperature)
     msp = score_in_chunks(create_score("msp", temperature), z)
     return CalibrationRun(settings=settings, choice=deployed, certificate=outcome.certificate,
                           n_tune=len(tune), cert_scores=fixed_all, cert_errors=all_errors,
@@ -226,6 +227,7 @@ def to_calibration(run: CalibrationRun, model_sha256: str, data: dict[str, Any],
                       "target_coverage": s.target_coverage, "n_accepted": c.n_accepted,
                       "n_errors": c.n_errors, "detail": c.detail, "needed": c.needed,
                       "procedure": c.procedure, "start": c.start,
+                      "fitted_temperature": run.choice.fitted_temperature,
                       "certified_statement": f"selective risk ≤ {s.target_risk:g} with "
                                              f"probability ≥ {1 - s.delta:g}",
                       "risk_upper_bound_kind": "post-selection Clopper–Pearson bound at the "
