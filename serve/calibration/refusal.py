@@ -95,7 +95,7 @@ def hint(curve: RiskCoverageCurve, target_risk: float, delta: float, zero: int, 
         return (f"needs at least {needed} certification samples (has {curve.n}) to certify "
                 f"selective risk ≤ {target_risk:g} at δ = {delta:g}: that is the estimate for this "
                 f"model's risk profile (its certification error rates); the floor, reached only "
-                f"with zero errors, is {zero}. Add calibration data, lower --tune-fraction, or "
+                f"with zero errors, is {zero}. Add calibration data or "
                 "raise --target-risk / --delta")
     lead = ("a fixed sequence stops at its first failed test; " if kind == FIRST_FAILED else "")
     return (f"{lead}at these observed error rates about {needed} samples would certify something: more "
