@@ -200,7 +200,7 @@ def _certify_union(z: np.ndarray, y: np.ndarray, settings: CalibrationSettings,
                "coverage than the planned sequence with the tuned score",
         error_rate=choice.error_rate, tune_scores=choice.tune_scores,
         fitted_temperature=choice.temperature)
-    msp = score_in_chunks(create_score("msp", temperature), z)
+    msp = fixed_all if spec == "msp" else score_in_chunks(create_score("msp", temperature), z)
     return CalibrationRun(settings=settings, choice=deployed, certificate=outcome.certificate,
                           n_tune=len(tune), cert_scores=fixed_all, cert_errors=all_errors,
                           cert_msp=msp, cert_msp_raw=msp if temperature == 1.0 else

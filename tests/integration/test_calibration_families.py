@@ -36,9 +36,10 @@ ISSUE13 = "issue 13: planned (prior 200), cert 70%"
 @pytest.mark.parametrize(("family", "risk", "delta", "n"), CELLS)
 def test_default_is_valid_and_never_behind_the_floored_sequence(family: str, risk: float,
                                                                delta: float, n: int) -> None:
-    """About 5 s per cell (200 draws × two methods); marked slow for the four together."""
-    methods = {"default": default_method(), COMPARATOR: METHODS[COMPARATOR],
-               ISSUE13: CANDIDATES[ISSUE13]}
+    """200 draws × two methods per cell (three on the first): 5–20 s per cell on a quiet core."""
+    methods = {"default": default_method(), COMPARATOR: METHODS[COMPARATOR]}
+    if family == "K=12, err 33%":
+        methods[ISSUE13] = CANDIDATES[ISSUE13]
     cell = run_cell(FAMILIES[family], risk, delta, n, DRAWS, methods, seed=24)
     allowed = int(stats.binom.ppf(0.999, DRAWS, delta))
     d = cell["default"]
