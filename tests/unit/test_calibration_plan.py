@@ -198,3 +198,24 @@ def test_no_prior_erases_a_clean_region_of_a_weak_model() -> None:
     assert 0.05 < plan.tune_coverage[plan.starts[0]] <= 0.2
     old = plan_ltt(s, e, 2100, 0.02, 0.05, prior_strength=200.0, count_variance=False)
     assert old.tune_coverage[old.starts[0]] > 0.9
+
+
+def test_pipeline_deploys_the_floored_rule_with_its_own_score() -> None:
+    """When the floored test (all samples, MSP at T = 1) certifies more coverage than the planned
+    one (tuned T), the run deploys MSP at T = 1 on all n samples and keeps the fitted T."""
+    rng = np.random.default_rng(2)               # a draw where the floored rule wins (seed 0: not)
+    n, k = 3000, 10
+    z = rng.standard_normal((n, k))
+    y = rng.integers(0, k, n)
+    z[np.arange(n), y] += rng.uniform(0, 6.0, n)
+    z *= rng.lognormal(0, 0.5, n)[:, None]
+    run = calibrate_arrays(z, y, CalibrationSettings(target_risk=0.05, delta=0.1))
+    c = run.certificate
+    assert c.certified and c.procedure.startswith("fixed sequence from the floor")
+    assert run.choice.spec == "msp" and run.choice.temperature == 1.0
+    assert run.choice.fitted_temperature is not None and run.choice.fitted_temperature != 1.0
+    assert c.n == n and len(run.cert_scores) == n
+    msp1 = np.exp(z - z.max(1, keepdims=True))
+    msp1 = 1.0 / msp1.sum(1)
+    assert c.n_accepted == int((msp1 >= c.threshold).sum())    # the rule the server will apply
+    assert "the other test (planned fixed sequence" in c.detail
