@@ -10,8 +10,11 @@ Goal: a threshold λ with P(selective risk at λ ≤ r*) ≥ 1 − δ, accepting
   can be certified, and a sequence starting there would stop at once.
 * **SGR** (Geifman & El-Yaniv 2017): binary search for ⌈log₂ m⌉ steps, each tested with an exact
   Clopper–Pearson upper bound at δ/⌈log₂ m⌉; deploy the last safe threshold.
-* **planned LTT** (the default when a tuning split exists): grid, start and direction fixed on the
-  tuning split, see serve.calibration.plan.
+* **planned LTT**: grid, start and direction fixed on the tuning split, see
+  serve.calibration.plan.
+* **the default** when a tuning split exists (:func:`certify_union`): the planned LTT on the
+  certification split at (1 − FLOOR_SHARE)·δ ∪ the floored fixed sequence on all samples, with a
+  score fixed before any label, at FLOOR_SHARE·δ; the certified rule with more coverage wins.
 * **coverage**: the strictest threshold reaching a target coverage, with the (1 − δ)
   Clopper–Pearson upper bound of its risk (a bound reported, not a risk target certified).
 

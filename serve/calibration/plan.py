@@ -8,21 +8,22 @@ split, fixes everything the test needs *before* a certification label is seen:
 
 * the **grid**: thresholds at evenly spaced tuning coverages (≤ ``GRID_POINTS``), strict →
   permissive;
-* the **start**: for every grid point the posterior-predictive probability that its binomial test
-  will pass on ``n_cert`` certification samples: tuning counts k of n, a Beta prior worth
-  ``PRIOR_STRENGTH`` pseudo-samples at the overall tuning error rate (so a strict point that looks
-  good on a handful of tuning samples does not win by luck), scaled to the certification size,
-  beta-binomial. The sequence starts at the most permissive point whose predicted pass
-  probability is ≥ 0.95 × the best one and whose predicted failure probability is
-  ≤ min(2 × the smallest one, the smallest one + 0.05) (``START_FRACTION``, ``START_SLACK``):
-  near the best bet, but not at the edge of a plateau of sure passes;
+* the **start**: for every grid point the probability that its binomial test will pass on
+  ``n_cert`` certification samples, with *both* counts random (:func:`predicted_pass_counts`:
+  acceptance rate and risk from Jeffreys posteriors of the tuning counts, no prior toward the
+  overall error rate, which erased the clean top region of weak models in issue 24). The
+  sequence starts where pass probability × tuning coverage is largest, among ``PASS_POINTS``
+  evenly spaced points (``START_RULE = "coverage"``); issue 13's rule (a prior of
+  200 pseudo-samples, count = scale × tuning count, most permissive point with
+  pass probability ≥ 0.95 × the best) is kept behind arguments for the comparisons;
 * the **direction**: from the start toward permissive, stopping at the first failure.
 
 Validity: the plan is a function of the tuning split only, so on the certification split it is a
 fixed sequence of pre-ordered hypotheses and fixed-sequence testing at level δ controls the
 family-wise error (Angelopoulos et al. 2021, Prop. on FST): the deployed threshold has selective
-risk ≤ r* with probability ≥ 1 − δ. The candidates compared by simulation before this one was
-chosen (other pass probabilities, a second start with δ split) are in docs/calibration.md.
+risk ≤ r* with probability ≥ 1 − δ. The default runs it at 0.1 δ beside the floored sequence
+(serve.calibration.certify.certify_union); the candidates compared by simulation are in
+docs/calibration.md.
 """
 
 from __future__ import annotations

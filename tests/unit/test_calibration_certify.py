@@ -210,7 +210,7 @@ def test_union_refusal_reports_both_tests() -> None:
     rng = np.random.default_rng(4)
     s, e = rng.random(2000), rng.random(2000) < 0.3
     plan = _plan_for(s[:600], e[:600], 1400, 0.05, 0.05)
-    out = certify_union(s[600:], e[600:], plan, s, e, 0.05, 0.1)
+    out = certify_union(s[600:], e[600:], plan, s, e, 0.05, 0.1, floor_share=0.5)
     assert out.chosen is None and not out.certificate.certified
     d = out.certificate.detail
     assert d.startswith("neither test certified") and "Planned sequence (δ = 0.05" in d
