@@ -8,8 +8,9 @@ threshold; we record whether its true risk exceeds r*, its true coverage, and wh
 anything. The score choice itself is not exercised (c is given); it is tested in
 tests/unit/test_calibration_choose.py.
 
-Methods: abstain's default (planned LTT on a 30 % tuning split), candidate variants of it, the
-former default (floored fixed sequence on the 70 % certification split), the floored fixed
+Methods: abstain's default (issue 24: the planned LTT on a 30 % tuning split at part of δ, in union
+with the floored fixed sequence on all samples at the rest), candidates, issue 13's default (the
+planned LTT alone, Beta prior), the older default (floored fixed sequence on the 70 % certification split), the floored fixed
 sequence on all samples (what `--score S --temperature T` runs), abstain's SGR (on the
 certification split, as the CLI runs it), MAPIE's LTT (``mapie.risk_control`` ltt_procedure,
 Hoeffding–Bentkus p-values, its default Holm correction, 200-point grid, all samples) and the
@@ -31,7 +32,13 @@ import numpy as np
 from scipy import stats
 
 from serve.calibration.binomial import clopper_pearson_upper
-from serve.calibration.certify import certify_ltt, certify_planned, certify_sgr
+from serve.calibration.certify import (
+    FLOOR_SHARE,
+    certify_ltt,
+    certify_planned,
+    certify_sgr,
+    certify_union,
+)
 from serve.calibration.plan import plan_ltt
 from serve.calibration.split import stratified_split
 
@@ -107,6 +114,17 @@ def planned(**kw) -> Method:
     return run
 
 
+def default(floor_share: float = FLOOR_SHARE) -> Method:
+    """abstain's default (certify_union): planned on the certification split at (1 − w)·δ ∪ the
+    floored sequence on all samples at w·δ (the score c is fixed in advance here)."""
+    def run(c: np.ndarray, e: np.ndarray, r: float) -> float | None:
+        tune, cert = _split(len(c), 0)
+        plan = plan_ltt(c[tune], e[tune], len(cert), r, (1.0 - floor_share) * DELTA)
+        return certify_union(c[cert], e[cert], plan, c, e, r, DELTA,
+                             floor_share).certificate.threshold
+    return run
+
+
 def floor_cert(c: np.ndarray, e: np.ndarray, r: float) -> float | None:
     _, cert = _split(len(c), 0)
     return certify_ltt(c[cert], e[cert], r, DELTA).threshold
@@ -136,17 +154,11 @@ def mapie_ltt(c: np.ndarray, e: np.ndarray, r: float) -> float | None:
     return float(grid[max(ok)]) if ok else None
 
 
+ISSUE13 = dict(count_variance=False, start_rule="fraction", prior_strength=200.0)
 METHODS: dict[str, Method] = {
-    "default: planned LTT (tune 30%)": planned(),
-    "variant: start at pass prob ≥ 0.9, Jeffreys prior": planned(pass_prob=0.9,
-                                                                 prior_strength=0.0),
-    "variant: start at max pass prob, Jeffreys prior": planned(start_fraction=1.0,
-                                                               prior_strength=0.0),
-    "variant: start at max pass prob, prior 50": planned(start_fraction=1.0, prior_strength=50.0),
-    "variant: start at pass prob ≥ 0.95·best only (no failure slack)":
-        planned(start_slack=(math.inf, math.inf)),
-    "variant: prior centred at r* instead of the error rate": planned(prior_centre="target"),
-    "variant: 2 starts (default @ .8δ, most permissive @ .2δ)": planned(backup=(0.0, 0.2)),
+    f"default: planned @ {1 - FLOOR_SHARE:.1g}δ ∪ floored all @ {FLOOR_SHARE:g}δ": default(),
+    "candidate: planned @ 0.5δ ∪ floored all @ 0.5δ": default(0.5),
+    "issue 13 default: planned LTT (prior 200, tune 30%)": planned(**ISSUE13),
     "former default: floored FST on cert 70%": floor_cert,
     "floored FST on all samples": floor_all,
     "abstain SGR (cert 70%)": sgr_cert,

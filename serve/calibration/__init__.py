@@ -3,10 +3,11 @@
 ``split`` (stratified tune/certify split), ``choose`` (the score and temperature), ``plan``
 (the Learn-then-Test grid and start, fixed on the tuning split), ``binomial`` (the exact binomial
 test and Clopper–Pearson bounds ``plan`` and ``certify`` share), ``certify`` (the certificates),
-``pipeline`` (all of them together), ``artifact`` (``calibration.json``), ``probe`` (the probe
-batch re-run at every load), ``plots``.
+``refusal`` (why nothing was certified, in words), ``pipeline`` (all of them together),
+``artifact`` (``calibration.json``), ``probe`` (the probe batch re-run at every load), ``plots``.
 
 May import: the maths at the bottom of ``serve`` (scores, selective_metrics, decision, data).
 """
 
-__all__ = ["artifact", "binomial", "certify", "choose", "pipeline", "plan", "plots", "probe", "split"]
+__all__ = ["artifact", "binomial", "certify", "choose", "pipeline", "plan", "plots", "probe",
+           "refusal", "split"]

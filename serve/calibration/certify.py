@@ -10,8 +10,11 @@ Goal: a threshold λ with P(selective risk at λ ≤ r*) ≥ 1 − δ, accepting
   can be certified, and a sequence starting there would stop at once.
 * **SGR** (Geifman & El-Yaniv 2017): binary search for ⌈log₂ m⌉ steps, each tested with an exact
   Clopper–Pearson upper bound at δ/⌈log₂ m⌉; deploy the last safe threshold.
-* **planned LTT** (the default when a tuning split exists): grid, start and direction fixed on the
-  tuning split, see serve.calibration.plan.
+* **planned LTT**: grid, start and direction fixed on the tuning split, see
+  serve.calibration.plan.
+* **the default** when a tuning split exists (:func:`certify_union`): the planned LTT on the
+  certification split at (1 − FLOOR_SHARE)·δ ∪ the floored fixed sequence on all samples, with a
+  score fixed before any label, at FLOOR_SHARE·δ; the certified rule with more coverage wins.
 * **coverage**: the strictest threshold reaching a target coverage, with the (1 − δ)
   Clopper–Pearson upper bound of its risk (a bound reported, not a risk target certified).
 
@@ -26,11 +29,12 @@ are accepted or rejected together, and costs O(n log n).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 
+from serve.calibration import refusal
 from serve.calibration.binomial import binomial_p_values, clopper_pearson_upper
 from serve.calibration.plan import LttPlan, run_plan
 from serve.errors import AbstainError
@@ -38,6 +42,7 @@ from serve.selective_metrics import RiskCoverageCurve, risk_coverage_curve
 
 CertMethod = Literal["ltt", "sgr", "coverage"]
 MIN_FLOOR = 30
+FLOOR_SHARE = 0.9        # share of δ for the floored sequence on all samples in the default (issue 24)
 _FST = "fixed sequence from the floor, strict → permissive"
 
 
@@ -68,6 +73,8 @@ class Certificate:
     detail: str = ""
     procedure: str = ""
     start: str = ""
+    why: str = ""
+    refusal: str = ""
 
     @property
     def coverage(self) -> float:
@@ -102,58 +109,39 @@ def min_accepted(target_risk: float, delta: float) -> int:
 
 
 def samples_needed(curve: RiskCoverageCurve, target_risk: float, delta: float) -> int | None:
-    """Estimate the certification-set size at which this risk profile would certify something.
-
-    For each curve point with empirical risk p̂ < r*, the smallest accepted count m whose binomial
-    test passes at p̂·m errors, divided by the point's coverage; the minimum over points, and never
-    less than the zero-error minimum. None when no point has empirical risk below r*.
-    """
-    floor = zero_error_minimum(target_risk, delta)
-    ok = np.flatnonzero(curve.n_errors < target_risk * curve.n_accepted)
-    ok = ok[curve.n_accepted[ok] >= min(10, curve.n)]
-    if ok.size == 0:
-        return None
-    pts = ok[np.unique(np.linspace(0, ok.size - 1, 200).round().astype(np.int64))]
-    phat = curve.risk[pts]                                           # (P,)
-    cov = curve.coverage[pts]                                        # (P,)
-    m = np.unique(np.geomspace(floor, 1e9, 600).round())             # (M,) accepted counts tried
-    k = np.floor(phat[:, None] * m[None, :])                         # (P, M)
-    passes = binomial_p_values(k, np.broadcast_to(m, k.shape), target_risk) <= delta
-    first = np.where(passes.any(axis=1), passes.argmax(axis=1), -1)
-    need = [math.ceil(m[f] / c) for f, c in zip(first, cov, strict=True) if f >= 0]
-    return max(floor, min(need)) if need else None
+    """Estimate the certification-set size at which this risk profile would certify something
+    (serve.calibration.refusal.samples_needed, never below the zero-error minimum)."""
+    return refusal.samples_needed(curve, target_risk, delta, zero_error_minimum(target_risk, delta))
 
 
 def _not_certified(method: CertMethod, curve: RiskCoverageCurve, target_risk: float, delta: float,
-                   floor: int, why: str, procedure: str = "", start: str = "") -> Certificate:
+                   floor: int, why: str, kind: str, procedure: str = "", start: str = ""
+                   ) -> Certificate:
     needed = samples_needed(curve, target_risk, delta)
     zero = zero_error_minimum(target_risk, delta)
-    if needed is None:
-        sized = curve.n_accepted >= min(10, curve.n)   # ignore near-empty strict thresholds
-        hint = (f"no threshold accepting ≥ {min(10, curve.n)} samples reaches an empirical "
-                f"selective risk below {target_risk:g} on the {curve.n} certification samples "
-                f"(lowest: {float(curve.risk[sized].min()):.4f}); more data will not help: raise "
-                "--target-risk or improve the model")
-    elif needed <= curve.n:
-        hint = (f"the risk profile would be certifiable with ~{needed} samples, so the test "
-                "failed on sampling noise; try --method sgr, another --seed, more calibration "
-                "data, or a higher --target-risk")
-    else:
-        hint = (f"needs at least {needed} certification samples (has {curve.n}) to certify "
-                f"selective risk ≤ {target_risk:g} at δ = {delta:g}: that is the estimate for this "
-                f"model's risk profile (its certification error rates); the floor, reached only "
-                f"with zero errors, is {zero}. Add calibration data, lower --tune-fraction, or "
-                "raise --target-risk / --delta")
+    hint = refusal.hint(curve, target_risk, delta, zero, kind, needed)
     return Certificate(method=method, threshold=None, n=curve.n, n_accepted=0, n_errors=0,
                        risk_upper_bound=0.0, target_risk=target_risk, delta=delta,
                        min_accepted=floor, needed=needed, detail=f"{why}: {hint}",
-                       procedure=procedure, start=start)
+                       procedure=procedure, start=start, why=why, refusal=kind)
 
 
-def _floor_why(n: int, target_risk: float, delta: float) -> str:
-    zero = zero_error_minimum(target_risk, delta)
-    return (f"only {n} certification samples, fewer than {zero}, the floor that certifies "
-            f"selective risk ≤ {target_risk:g} at δ = {delta:g} even with zero errors")
+def _sequence_refusal(method: CertMethod, c: RiskCoverageCurve, n_acc: np.ndarray,
+                      n_err: np.ndarray, target_risk: float, delta: float, floor: int, what: str,
+                      tested: str, procedure: str, start: str) -> Certificate:
+    """A fixed sequence whose first test (counts ``n_acc[0]``, ``n_err[0]``) failed."""
+    if (n_err > target_risk * n_acc).all():
+        why, kind = refusal.risk_above(n_acc, n_err, c.n, target_risk, tested, c), refusal.RISK_ABOVE
+    else:
+        p = float(binomial_p_values(n_err[0], n_acc[0], target_risk))
+        zero = zero_error_minimum(target_risk, delta)
+        if n_acc[0] < zero:
+            what += (f" accepted only {int(n_acc[0])}, fewer than {zero}, the count that passes "
+                     "even with zero errors, so it")
+        why = refusal.first_failed(what, int(n_acc[0]), int(n_err[0]), c.n, p, delta, target_risk,
+                                   c)
+        kind = refusal.FIRST_FAILED
+    return _not_certified(method, c, target_risk, delta, floor, why, kind, procedure, start)
 
 
 def certify_planned(scores: np.ndarray, errors: np.ndarray, plan: LttPlan, target_risk: float,
@@ -163,15 +151,19 @@ def certify_planned(scores: np.ndarray, errors: np.ndarray, plan: LttPlan, targe
     c = curve or risk_coverage_curve(scores, errors)
     procedure = "planned fixed sequence (grid, start and direction from the tuning split)"
     start = plan.describe()
-    if c.n < zero_error_minimum(target_risk, delta):
-        return _not_certified("ltt", c, target_risk, delta, 0, _floor_why(c.n, target_risk, delta),
-                              procedure, start)
+    zero = zero_error_minimum(target_risk, delta)
+    if c.n < zero:
+        return _not_certified("ltt", c, target_risk, delta, 0,
+                              refusal.too_few(c.n, "certification samples", target_risk, delta,
+                                              zero), refusal.TOO_FEW, procedure, start)
     g, n_acc, n_err, certified = run_plan(plan, scores, errors, target_risk)
     if g < 0:
         s0 = plan.starts[0]
-        return _not_certified("ltt", c, target_risk, delta, 0,
-                              f"the first tested threshold (accepting {int(n_acc[s0])} of {c.n}, "
-                              f"{int(n_err[s0])} errors) failed its binomial test", procedure, start)
+        return _sequence_refusal(
+            "ltt", c, n_acc[s0:], n_err[s0:], target_risk, delta, 0,
+            f"the planned start (tuning coverage {plan.tune_coverage[s0]:.4f}, predicted pass "
+            f"probability {plan.pass_prob[s0]:.2f})",
+            "the planned grid from its start toward permissive", procedure, start)
     k, n = int(n_err[g]), int(n_acc[g])
     return Certificate(method="ltt", threshold=float(plan.thresholds[g]), n=c.n, n_accepted=n,
                        n_errors=k, risk_upper_bound=float(clopper_pearson_upper(k, n, delta)),
@@ -179,6 +171,68 @@ def certify_planned(scores: np.ndarray, errors: np.ndarray, plan: LttPlan, targe
                        detail=f"planned sequence certified {' + '.join(map(str, certified))} of "
                               f"{len(plan.thresholds)} thresholds",
                        procedure=procedure, start=start)
+
+
+@dataclass(frozen=True)
+class UnionOutcome:
+    """The default procedure's two tests and which certified threshold is deployed.
+
+    ``certificate`` is the deployed one (``chosen`` = "planned" or "floored"), or a refusal that
+    reports both tests (``chosen`` None).
+    """
+
+    certificate: Certificate
+    planned: Certificate
+    floored: Certificate
+    chosen: Literal["planned", "floored"] | None
+
+
+def certify_union(cert_scores: np.ndarray, cert_errors: np.ndarray, plan: LttPlan,
+                  all_scores: np.ndarray, all_errors: np.ndarray, target_risk: float,
+                  delta: float, floor_share: float = FLOOR_SHARE,
+                  planned_all_scores: np.ndarray | None = None) -> UnionOutcome:
+    """The default: the planned sequence on the certification split at (1 − w)·δ and the floored
+    fixed sequence on *all* samples at w·δ (w = ``floor_share``); deploy the certified threshold
+    with the larger coverage on all samples.
+
+    Valid by a union bound: each test alone certifies a threshold with risk > r* with probability
+    at most its level (the planned one because its plan comes from the tuning split only, the
+    floored one because its score is fixed in advance and its hypotheses are label-free), so the
+    probability that *either* certifies a bad threshold is ≤ (1 − w)·δ + w·δ = δ; when neither
+    does, whichever is deployed is good. The two may use different scores (``all_scores`` must be
+    a score fixed before any label was seen; ``planned_all_scores`` is the planned score on all
+    samples, for the coverage comparison, default ``all_scores``).
+    """
+    check_risk_and_delta(target_risk, delta)
+    w = float(floor_share)
+    a = certify_planned(cert_scores, cert_errors, plan, target_risk, (1.0 - w) * delta)
+    b = certify_ltt(all_scores, all_errors, target_risk, w * delta)
+    chosen: Literal["planned", "floored"] | None = None
+    if a.certified and b.certified:
+        pa = all_scores if planned_all_scores is None else planned_all_scores
+        cov_a = float(np.mean(np.asarray(pa) >= a.threshold))
+        chosen = "planned" if cov_a >= b.coverage else "floored"
+    elif a.certified or b.certified:
+        chosen = "planned" if a.certified else "floored"
+    if chosen is not None:
+        won = a if chosen == "planned" else b
+        other = b if chosen == "planned" else a
+        note = (f"{won.detail}; the other test ({other.procedure} at δ = {other.delta:.3g}) "
+                + (f"certified coverage {other.coverage:.4f}" if other.certified
+                   else "certified nothing"))
+        cert = replace(won, delta=delta, detail=note,
+                       procedure=f"{won.procedure}, at δ = {won.delta:.3g} of δ = {delta:g} "
+                                 f"(union with the {'floored' if chosen == 'planned' else 'planned'}"
+                                 " sequence)")
+        return UnionOutcome(cert, a, b, chosen)
+    hint = b.detail[len(b.why) + 2:] if b.detail.startswith(b.why) else b.detail
+    none = replace(a, delta=delta, n=len(all_scores), procedure="planned ∪ floored",
+                   needed=b.needed, why=f"planned: {a.why}; floored: {b.why}",
+                   refusal=a.refusal if a.refusal == b.refusal else f"{a.refusal}; {b.refusal}",
+                   detail=f"neither test certified. Planned sequence (δ = {a.delta:.3g}, "
+                          f"{a.n} certification samples): {a.why}. Floored sequence (δ = "
+                          f"{b.delta:.3g}, all {b.n} samples): {b.why}. {hint}")
+    return UnionOutcome(none, a, b, None)
 
 
 def certify_ltt(scores: np.ndarray, errors: np.ndarray, target_risk: float, delta: float,
@@ -193,17 +247,18 @@ def certify_ltt(scores: np.ndarray, errors: np.ndarray, target_risk: float, delt
     floor = min_accepted(target_risk, delta)
     start = int(np.searchsorted(c.n_accepted, floor))     # first point accepting ≥ floor samples
     if start >= len(c.n_accepted):
-        why = (_floor_why(c.n, target_risk, delta) if c.n < zero_error_minimum(target_risk, delta)
-               else f"no threshold accepts the sequence's floor of {floor} samples")
-        return _not_certified("ltt", c, target_risk, delta, floor, why, _FST, "")
+        zero = zero_error_minimum(target_risk, delta)
+        why = (refusal.too_few(c.n, "samples", target_risk, delta, zero) if c.n < zero
+               else f"not enough samples: {c.n}, fewer than the sequence's floor of {floor}")
+        return _not_certified("ltt", c, target_risk, delta, floor, why, refusal.TOO_FEW, _FST, "")
     p = binomial_p_values(c.n_errors[start:], c.n_accepted[start:], target_risk)   # (G − start,)
     failed = p > delta
     n_ok = int(failed.argmax()) if failed.any() else len(p)
     if n_ok == 0:
-        return _not_certified("ltt", c, target_risk, delta, floor,
-                              f"the first tested threshold (accepting {int(c.n_accepted[start])}) "
-                              f"has p-value {p[0]:.3g} > δ", _FST,
-                              f"first threshold accepting ≥ {floor}")
+        return _sequence_refusal("ltt", c, c.n_accepted[start:], c.n_errors[start:], target_risk,
+                                 delta, floor, f"the first tested threshold (the first accepting "
+                                 f"≥ {floor})", f"every threshold accepting ≥ {floor}", _FST,
+                                 f"first threshold accepting ≥ {floor}")
     g = start + n_ok - 1
     k, n = int(c.n_errors[g]), int(c.n_accepted[g])
     return Certificate(method="ltt", threshold=float(c.thresholds[g]), n=c.n, n_accepted=n,
@@ -231,9 +286,12 @@ def certify_sgr(scores: np.ndarray, errors: np.ndarray, target_risk: float, delt
         else:
             hi = mid - 1
     if best < 0:
+        below = (c.n_errors <= target_risk * c.n_accepted).any()
         return _not_certified("sgr", c, target_risk, delta, zero_error_minimum(target_risk, level),
                               f"no binary-search step had a Clopper–Pearson bound ≤ {target_risk:g} "
-                              f"at δ/{steps}", "SGR binary search", "median threshold")
+                              f"at δ/{steps}; {refusal.where_below(c, target_risk)}",
+                              refusal.FIRST_FAILED if below else refusal.RISK_ABOVE,
+                              "SGR binary search", "median threshold")
     k, n = int(c.n_errors[best]), int(c.n_accepted[best])
     return Certificate(method="sgr", threshold=float(c.thresholds[best]), n=c.n, n_accepted=n,
                        n_errors=k, risk_upper_bound=best_bound, target_risk=target_risk, delta=delta,

@@ -128,6 +128,7 @@ class ScoreChoice:
     reason: str
     error_rate: float
     tune_scores: np.ndarray | None = field(default=None, repr=False)   # (n_tune,) chosen score
+    fitted_temperature: float | None = None   # the tuning fit, when a fixed-score rule was deployed
 
     @property
     def score(self) -> Score:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 
 from serve.calibration.artifact import Calibration, new_calibration
-from serve.calibration.certify import Certificate, certify
+from serve.calibration.certify import FLOOR_SHARE, Certificate, certify, certify_union
 from serve.calibration.choose import (
     ScoreChoice,
     choose_score,
@@ -119,14 +119,15 @@ def calibrate_arrays(logits: np.ndarray, labels: np.ndarray,
         z = z.astype(np.float64)
     y = _labels(labels, len(z), z.shape[1])
     plan = None
+    union = settings.uses_tuning and settings.method == "ltt" and settings.target_coverage is None
     if settings.uses_tuning:
         tune, cert = stratified_split(y, settings.tune_fraction, settings.seed)
         z_tune = z[tune]                              # (n_tune, K) copy in the input dtype
         choice = choose_score(z_tune, y[tune], settings.score, temperature=settings.temperature)
-        if settings.method == "ltt" and settings.target_coverage is None:
+        if union:
             tune_errors = predictions(z_tune) != y[tune]
-            plan = plan_ltt(choice.tune_scores, tune_errors, len(cert),
-                            settings.target_risk, settings.delta)
+            plan = plan_ltt(choice.tune_scores, tune_errors, len(cert), settings.target_risk,
+                            (1.0 - FLOOR_SHARE) * settings.delta)
         del z_tune
         z_cert, y_cert = z[cert], y[cert]             # (n_cert, K), (n_cert,)
     else:
@@ -147,11 +148,63 @@ def calibrate_arrays(logits: np.ndarray, labels: np.ndarray,
     msp = score_in_chunks(create_score("msp", choice.temperature), z_cert)
     msp_raw = msp if choice.temperature == 1.0 else score_in_chunks(create_score("msp"), z_cert)
     del z_cert
-    cert = certify(cert_scores, cert_errors, settings.target_risk, settings.delta,
-                   settings.method, settings.target_coverage, plan)
-    return CalibrationRun(settings=settings, choice=choice, certificate=cert, n_tune=len(tune),
-                          cert_scores=cert_scores, cert_errors=cert_errors, cert_msp=msp,
-                          cert_msp_raw=msp_raw, plan=plan)
+    certificate = None
+    if union:
+        floored_run, certificate = _certify_union(z, y, settings, choice, plan, tune, cert,
+                                                  cert_scores, cert_errors)
+        if floored_run is not None:
+            return floored_run
+    if certificate is None:
+        certificate = certify(cert_scores, cert_errors, settings.target_risk, settings.delta,
+                              settings.method, settings.target_coverage)
+    return CalibrationRun(settings=settings, choice=choice, certificate=certificate,
+                          n_tune=len(tune), cert_scores=cert_scores, cert_errors=cert_errors,
+                          cert_msp=msp, cert_msp_raw=msp_raw, plan=plan)
+
+
+def fixed_score(settings: CalibrationSettings) -> tuple[str, float]:
+    """The score the floored sequence on all samples uses: fixed before any label is seen.
+
+    The user's ``--score`` (``msp`` when auto) at the user's ``--temperature`` (1 when not given;
+    p-norm scores do not depend on it).
+    """
+    spec = create_score("msp" if settings.score == "auto" else settings.score).spec
+    return spec, 1.0 if settings.temperature is None else float(settings.temperature)
+
+
+def _certify_union(z: np.ndarray, y: np.ndarray, settings: CalibrationSettings,
+                   choice: ScoreChoice, plan: LttPlan, tune: np.ndarray, cert: np.ndarray,
+                   cert_scores: np.ndarray, cert_errors: np.ndarray
+                   ) -> tuple[CalibrationRun | None, Certificate]:
+    """The default certification (serve.calibration.certify.certify_union): the planned sequence
+    on the certification split ∪ the floored one on all samples with the fixed score.
+
+    Returns ``(None, certificate)`` when the planned sequence's threshold is deployed or nothing
+    is certified (the caller finishes the run on the certification split), else the floored
+    winner's run on all samples.
+    """
+    all_errors = predictions(z) != y
+    planned_all = np.empty(len(y), np.float64)
+    planned_all[tune], planned_all[cert] = choice.tune_scores, cert_scores
+    spec, temperature = fixed_score(settings)
+    same = spec == choice.spec and (temperature == choice.temperature or spec != "msp")
+    fixed_all = planned_all if same else score_in_chunks(create_score(spec, temperature), z)
+    outcome = certify_union(cert_scores, cert_errors, plan, fixed_all, all_errors,
+                            settings.target_risk, settings.delta, FLOOR_SHARE, planned_all)
+    if outcome.chosen != "floored":
+        return None, outcome.certificate
+    deployed = ScoreChoice(
+        spec=spec, temperature=temperature, candidates=choice.candidates,
+        reason=f"{choice.reason}. Deployed: {spec} at T = {temperature:g}, fixed before any label "
+               f"was seen, because the floored sequence on all {len(y)} samples certified more "
+               "coverage than the planned sequence with the tuned score",
+        error_rate=choice.error_rate, tune_scores=choice.tune_scores,
+        fitted_temperature=choice.temperature)
+    msp = fixed_all if spec == "msp" else score_in_chunks(create_score("msp", temperature), z)
+    return CalibrationRun(settings=settings, choice=deployed, certificate=outcome.certificate,
+                          n_tune=len(tune), cert_scores=fixed_all, cert_errors=all_errors,
+                          cert_msp=msp, cert_msp_raw=msp if temperature == 1.0 else
+                          score_in_chunks(create_score("msp"), z), plan=plan), outcome.certificate
 
 
 def to_calibration(run: CalibrationRun, model_sha256: str, data: dict[str, Any],
@@ -174,6 +227,7 @@ def to_calibration(run: CalibrationRun, model_sha256: str, data: dict[str, Any],
                       "target_coverage": s.target_coverage, "n_accepted": c.n_accepted,
                       "n_errors": c.n_errors, "detail": c.detail, "needed": c.needed,
                       "procedure": c.procedure, "start": c.start,
+                      "fitted_temperature": run.choice.fitted_temperature,
                       "certified_statement": f"selective risk ≤ {s.target_risk:g} with "
                                              f"probability ≥ {1 - s.delta:g}",
                       "risk_upper_bound_kind": "post-selection Clopper–Pearson bound at the "

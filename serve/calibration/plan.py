@@ -8,25 +8,27 @@ split, fixes everything the test needs *before* a certification label is seen:
 
 * the **grid**: thresholds at evenly spaced tuning coverages (≤ ``GRID_POINTS``), strict →
   permissive;
-* the **start**: for every grid point the posterior-predictive probability that its binomial test
-  will pass on ``n_cert`` certification samples: tuning counts k of n, a Beta prior worth
-  ``PRIOR_STRENGTH`` pseudo-samples at the overall tuning error rate (so a strict point that looks
-  good on a handful of tuning samples does not win by luck), scaled to the certification size,
-  beta-binomial. The sequence starts at the most permissive point whose predicted pass
-  probability is ≥ 0.95 × the best one and whose predicted failure probability is
-  ≤ min(2 × the smallest one, the smallest one + 0.05) (``START_FRACTION``, ``START_SLACK``):
-  near the best bet, but not at the edge of a plateau of sure passes;
+* the **start**: for every grid point the probability that its binomial test will pass on
+  ``n_cert`` certification samples, with *both* counts random (:func:`predicted_pass_counts`:
+  acceptance rate and risk from Jeffreys posteriors of the tuning counts, no prior toward the
+  overall error rate, which erased the clean top region of weak models in issue 24). The
+  sequence starts where pass probability × tuning coverage is largest, among ``PASS_POINTS``
+  evenly spaced points (``START_RULE = "coverage"``); issue 13's rule (a prior of
+  200 pseudo-samples, count = scale × tuning count, most permissive point with
+  pass probability ≥ 0.95 × the best) is kept behind arguments for the comparisons;
 * the **direction**: from the start toward permissive, stopping at the first failure.
 
 Validity: the plan is a function of the tuning split only, so on the certification split it is a
 fixed sequence of pre-ordered hypotheses and fixed-sequence testing at level δ controls the
 family-wise error (Angelopoulos et al. 2021, Prop. on FST): the deployed threshold has selective
-risk ≤ r* with probability ≥ 1 − δ. The candidates compared by simulation before this one was
-chosen (other pass probabilities, a second start with δ split) are in docs/calibration.md.
+risk ≤ r* with probability ≥ 1 − δ. The default runs it at 0.1 δ beside the floored sequence
+(serve.calibration.certify.certify_union); the candidates compared by simulation are in
+docs/calibration.md.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,8 +40,12 @@ from serve.selective_metrics import risk_coverage_curve
 GRID_POINTS = 1000
 START_FRACTION = 0.95      # start where P(pass) ≥ 0.95·best and P(fail) ≤ min(2·best, best + 0.05)
 START_SLACK = (2.0, 0.05)
-PRIOR_STRENGTH = 200.0   # pseudo-samples of prior risk (shrinks small-n points)
+PRIOR_STRENGTH = 0.0     # pseudo-samples of prior risk (issue 13 used 200; it can erase a good region)
 PRIOR_CENTRE = "error"   # prior risk: the overall tuning error rate ("error") or r* ("target")
+COUNT_VARIANCE = True    # predict with the certification count random (predicted_pass_counts)
+START_RULE = "coverage"  # "fraction" (issue 13) or "coverage" (max pass probability × coverage)
+PASS_DRAWS = 128         # Monte Carlo draws per grid point in predicted_pass_counts
+PASS_POINTS = 200        # grid points where predicted_pass_counts is evaluated (start candidates)
 
 
 @dataclass(frozen=True)
@@ -105,12 +111,60 @@ def predicted_pass(n_tune_acc: np.ndarray, k_tune: np.ndarray, scale: float, tar
     return np.where((c >= 0) & (m > 0), p, 0.0)
 
 
+def critical_table(n_cert: int, target_risk: float, delta: float) -> np.ndarray:
+    """``critical_errors(m)`` for every accepted count m = 0 … ``n_cert`` → ``(n_cert + 1,)``.
+
+    The critical count steps up by one at m_k, the smallest m with BinomCDF(k; m, r*) ≤ δ. Since
+    BinomCDF(k; m, r) = P(the (k + 1)-th error comes after trial m), m_k is the (1 − δ) quantile
+    of that trial: k + 1 + a negative-binomial quantile. One quantile per k ≤ n·r* instead of one
+    per m; the boundary is then checked with exact binomial CDFs.
+    """
+    ks = np.arange(int(math.ceil(n_cert * target_risk)) + 2, dtype=np.float64)
+    first = ks + 1.0 + stats.nbinom.ppf(1.0 - delta, ks + 1.0, target_risk)       # (k,) m_k
+    # Exactness at the boundary: m_k passes, m_k − 1 does not (float rounding in the quantile).
+    for _ in range(3):
+        up = stats.binom.cdf(ks, first, target_risk) > delta
+        down = (first > ks + 1) & (stats.binom.cdf(ks, first - 1.0, target_risk) <= delta)
+        if not (up.any() or down.any()):
+            break
+        first = first + up - down
+    m = np.arange(n_cert + 1, dtype=np.float64)
+    return np.searchsorted(first, m, side="right").astype(np.float64) - 1.0
+
+
+def predicted_pass_counts(n_tune_acc: np.ndarray, k_tune: np.ndarray, n_tune: int, n_cert: int,
+                          target_risk: float, delta: float, prior: tuple[float, float] = (0.5, 0.5),
+                          draws: int = PASS_DRAWS, seed: int = 0) -> np.ndarray:
+    """P(the binomial test passes on ``n_cert`` fresh samples), both counts random.
+
+    For a grid point with ``n_tune_acc`` accepted tuning samples of ``n_tune`` and ``k_tune``
+    errors: acceptance rate q ~ Beta(n_acc + ½, n_tune − n_acc + ½), risk ρ ~ Beta(k + a, n_acc − k
+    + b) (``prior`` = (a, b), Jeffreys by default: no pull toward any rate), then the certification
+    counts M ~ Binomial(n_cert, q) and K ~ Binomial(M, ρ); the test passes iff K ≤ the critical
+    count of M. Monte Carlo with ``draws`` joint draws per point and a fixed ``seed``: the plan is
+    still a function of the tuning split alone. Unlike :func:`predicted_pass`, a point whose
+    *expected* certification count only just clears the zero-error floor gets the probability that
+    the realised count falls short.
+    """
+    n_t = np.asarray(n_tune_acc, dtype=np.float64)[:, None]          # (G, 1)
+    k_t = np.asarray(k_tune, dtype=np.float64)[:, None]
+    rng = np.random.default_rng(seed)
+    shape = (n_t.shape[0], draws)
+    q = rng.beta(n_t + 0.5, n_tune - n_t + 0.5, shape)               # (G, D)
+    rho = rng.beta(k_t + prior[0], n_t - k_t + prior[1], shape)
+    m = rng.binomial(n_cert, q)
+    k = rng.binomial(m, rho)
+    crit = critical_table(n_cert, target_risk, delta)                # (n_cert + 1,)
+    return (k <= crit[m]).mean(axis=1)
+
+
 def plan_ltt(tune_scores: np.ndarray, tune_errors: np.ndarray, n_cert: int, target_risk: float,
              delta: float, pass_prob: float | None = None,
              start_slack: tuple[float, float] = START_SLACK, start_fraction: float = START_FRACTION,
              prior_strength: float = PRIOR_STRENGTH,
              backup: tuple[float, float] | None = None,
-             prior_centre: str = PRIOR_CENTRE) -> LttPlan:
+             prior_centre: str = PRIOR_CENTRE, count_variance: bool = COUNT_VARIANCE,
+             start_rule: str = START_RULE) -> LttPlan:
     """The grid, start and levels for certifying on ``n_cert`` samples (see module doc).
 
     Args:
@@ -120,6 +174,11 @@ def plan_ltt(tune_scores: np.ndarray, tune_errors: np.ndarray, n_cert: int, targ
             point predicted to pass with that probability (0 = the most permissive point), at
             level ``share · δ``; the main one then runs at ``(1 − share) · δ``. Measured, not used
             by default.
+        count_variance: predict with :func:`predicted_pass_counts` (certification count random)
+            instead of :func:`predicted_pass` (count = scale × tuning count).
+        start_rule: ``"coverage"``: start where predicted pass probability × tuning coverage is
+            largest (the expected coverage of the start); ``"fraction"``: the issue-13 rule
+            (``start_fraction``, ``start_slack``).
     """
     curve = risk_coverage_curve(tune_scores, tune_errors)
     n = curve.n
@@ -131,9 +190,26 @@ def plan_ltt(tune_scores: np.ndarray, tune_errors: np.ndarray, n_cert: int, targ
     p0 = (target_risk if prior_centre == "target"
           else (curve.n_errors[-1] + 0.5) / (n + 1.0))                 # or the tuning error rate
     prior = (prior_strength * p0 + 0.5, prior_strength * (1.0 - p0) + 0.5)
+    cov = n_t / n
+
+    nodes = np.unique(np.linspace(0, len(idx) - 1, min(PASS_POINTS, len(idx))).round()
+                      ).astype(np.int64)                  # where the start may be (count variance)
 
     def start_for(prob: float | None, level: float) -> tuple[int, np.ndarray]:
-        pp = predicted_pass(n_t, k_t, scale, target_risk, level, prior)
+        if count_variance:
+            at = predicted_pass_counts(n_t[nodes], k_t[nodes], n, n_cert, target_risk, level, prior)
+            pp = np.interp(np.arange(len(idx)), nodes, at)                 # for the report only
+            eligible = np.zeros(len(idx), bool)
+            eligible[nodes] = True
+        else:
+            pp = predicted_pass(n_t, k_t, scale, target_risk, level, prior)
+            eligible = np.ones(len(idx), bool)
+        if start_rule == "coverage" and prob is None:
+            gain = np.where(eligible, pp * cov, -1.0)
+            if gain.max() <= 0.0:         # nothing predicted to pass: the least hopeless point,
+                gain = np.where(eligible, -(k_t + 0.5) / (n_t + 1.0), -np.inf)  # not the last
+            return int(np.flatnonzero(gain >= gain.max() - 1e-12)[-1]), pp
+        pp = np.where(eligible, pp, 0.0) if count_variance else pp
         best = float(pp.max())
         f = 1.0 - best                      # the smallest predicted failure probability
         need = (min(prob, best) if prob is not None else
@@ -148,7 +224,7 @@ def plan_ltt(tune_scores: np.ndarray, tune_errors: np.ndarray, n_cert: int, targ
         s1, pp = start_for(pass_prob, main_level)
         s2, _ = start_for(backup[0], back_level)
         starts, levels = (s1, s2), (main_level, back_level)
-    return LttPlan(thresholds=thresholds, tune_coverage=n_t / n, pass_prob=pp, starts=starts,
+    return LttPlan(thresholds=thresholds, tune_coverage=cov, pass_prob=pp, starts=starts,
                    levels=levels, n_tune=n)
 
 

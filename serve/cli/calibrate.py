@@ -39,7 +39,8 @@ def _print_calibration(run, cal: Calibration, out: Path) -> None:
     con = report_console()
     if run.n_tune:
         t = Table(title=f"score candidates on the tuning split (n = {run.n_tune}, "
-                        f"error rate {run.choice.error_rate:.4f}, T = {run.choice.temperature:.4f})",
+                        f"error rate {run.choice.error_rate:.4f}, T = "
+                        f"{run.choice.fitted_temperature or run.choice.temperature:.4f})",
                   caption=f"AURC gain = {GAIN_MEANING}")
         for col in ("score", "AURC", "AURC gain vs MSP", "z", "E-AURC", "AUROC", ""):
             t.add_column(col, justify="right" if col not in ("score", "") else "left")

@@ -77,7 +77,12 @@ def test_calibrate_then_evaluate(setup, capsys) -> None:
     cal = load_calibration(md, sha256_file(md / "model.onnx"))
     assert raw["model_sha256"] == sha256_file(md / "model.onnx")
     assert cal.method == "ltt" and cal.threshold is not None
-    assert cal.n_tune + cal.n_cert == 6000 and cal.n_tune == 1800
+    assert cal.n_tune == 1800 and "union with the" in cal.score_params["procedure"]
+    if cal.score_params["procedure"].startswith("planned"):       # the tuned rule, cert split
+        assert cal.n_cert == 4200 and cal.score_params["fitted_temperature"] is None
+    else:                              # the floored sequence on all samples, MSP fixed at T = 1
+        assert cal.n_cert == 6000 and cal.score == "msp" and cal.temperature == 1.0
+        assert cal.score_params["fitted_temperature"] > 0
     assert set(cal.candidates) == {"msp", *(f"pnorm:{p}" for p in range(11))}
     assert cal.score in cal.candidates
     assert cal.candidates[cal.score] == min(cal.candidates.values()) or cal.score == "msp"
@@ -287,12 +292,17 @@ def test_default_reports_procedure_start_and_score_evidence(setup, capsys, monke
                       "--delta", "0.1") == 0
     out = capsys.readouterr().out
     assert "> 0 improves on MSP, < 0 is worse" in " ".join(out.split())   # the caption wraps
-    for text in ("AURC gain vs MSP", "planned fixed sequence", "tuning coverage",
+    for text in ("AURC gain vs MSP", "planned fixed sequence", "union with the",
                  "post-selection CP bound (indicative)", "certified: selective risk ≤ 0.05 with "
                  "probability ≥ 0.9", "paired bootstrap"):
         assert text in out, text
     sp = load_calibration(md).score_params
-    assert sp["procedure"].startswith("planned") and "predicted pass probability" in sp["start"]
+    if sp["procedure"].startswith("planned"):
+        assert "predicted pass probability" in sp["start"]
+    else:                                     # the floored sequence on all samples won
+        assert sp["procedure"].startswith("fixed sequence from the floor")
+        assert sp["start"].startswith("first threshold accepting ≥")
+        assert "the other test (planned fixed sequence" in sp["detail"]
     assert set(sp["score_evidence"]) == {f"pnorm:{p}" for p in range(11)}
     assert "post-selection" in sp["risk_upper_bound_kind"]
     assert sp["certified_statement"] == "selective risk ≤ 0.05 with probability ≥ 0.9"
@@ -312,5 +322,13 @@ def test_too_small_for_the_target_names_the_floor_and_the_estimate(setup, capsys
     md = setup["model_dir"]
     assert _calibrate(md, "--data", f"npz:{setup['cal']}", "--target-risk", "0.0001") == 2
     err = capsys.readouterr().err
-    assert "fewer than 29956, the floor that certifies selective risk ≤ 0.0001" in err
-    assert "even with zero errors" in err and "estimate for this model" in err
+    from serve.calibration.certify import FLOOR_SHARE, zero_error_minimum
+
+    # Both tests of the default, each at its share of δ, with its own floor and sample count.
+    floored = zero_error_minimum(0.0001, FLOOR_SHARE * 0.05)
+    planned = zero_error_minimum(0.0001, (1 - FLOOR_SHARE) * 0.05)
+    assert (f"6000 samples, fewer than {floored}, the floor that certifies selective risk "
+            f"≤ 0.0001 at δ = {FLOOR_SHARE * 0.05:.3g} even with zero errors") in err
+    assert f"4200 certification samples, fewer than {planned}, the floor" in err
+    assert "not enough samples even with zero errors" in err and "estimate for this model" in err
+    assert "seed" not in err

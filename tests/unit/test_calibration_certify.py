@@ -18,7 +18,9 @@ from serve.calibration.certify import (
     certify,
     certify_coverage,
     certify_ltt,
+    certify_planned,
     certify_sgr,
+    certify_union,
     min_accepted,
     zero_error_minimum,
 )
@@ -133,13 +135,83 @@ def test_bad_parameters_are_refused(risk: float, delta: float) -> None:
         certify(np.arange(10.0), np.zeros(10, bool), risk, delta)
 
 
-def test_early_error_stops_ltt_and_the_message_points_to_sgr() -> None:
+def test_early_error_stops_ltt_and_the_message_says_what_failed() -> None:
     # The single most confident sample is wrong; everything else is right.
     scores = np.linspace(1, 0, 2000)
     errors = np.zeros(2000, bool)
     errors[0] = True
     ltt = certify_ltt(scores, errors, 0.05, 0.1)
     assert not ltt.certified and ltt.needed is not None and ltt.needed <= 2000
-    assert "try --method sgr" in ltt.detail and "needs at least" not in ltt.detail
+    assert ltt.refusal == "first test failed" and "needs at least" not in ltt.detail
+    assert "accepting 45 of 2000 with 1 errors" in ltt.detail       # the first test's counts
+    assert "observed risk is ≤ 0.05 up to coverage 1.0000" in ltt.detail
+    assert "seed" not in ltt.detail and "--method" not in ltt.detail  # no invitation to retry
     sgr = certify_sgr(scores, errors, 0.05, 0.1)
     assert sgr.certified and sgr.n_accepted > 1000
+
+
+def _plan_for(scores: np.ndarray, errors: np.ndarray, n_cert: int, r: float, level: float):
+    from serve.calibration.plan import plan_ltt
+
+    return plan_ltt(scores, errors, n_cert, r, level)
+
+
+def test_union_deploys_the_more_permissive_certificate_at_the_split_levels() -> None:
+    """Each test runs at its share of δ; the certified threshold with more coverage is deployed."""
+    rng = np.random.default_rng(11)
+    s = rng.random(4000)
+    e = rng.random(4000) < 0.08 * (1.0 - s)                 # risk falls with the score
+    tune, cert = np.arange(1200), np.arange(1200, 4000)
+    plan = _plan_for(s[tune], e[tune], len(cert), 0.05, 0.05)
+    out = certify_union(s[cert], e[cert], plan, s, e, 0.05, 0.1, floor_share=0.5)
+    assert out.planned.delta == pytest.approx(0.05) and out.floored.delta == pytest.approx(0.05)
+    assert out.floored == certify_ltt(s, e, 0.05, 0.05)
+    cov = {"planned": float(np.mean(s >= out.planned.threshold)), "floored": out.floored.coverage}
+    assert out.chosen == max(cov, key=lambda k: (cov[k], k == "planned"))
+    assert out.certificate.threshold == getattr(out, out.chosen).threshold
+    assert out.certificate.delta == 0.1 and "union with the" in out.certificate.procedure
+
+
+def test_refusals_say_which_of_three_things_happened() -> None:
+    # 1. Too few samples even with zero errors: the floor and the count.
+    few = certify_ltt(np.linspace(1, 0, 100), np.zeros(100, bool), 0.02, 0.05)
+    assert few.refusal == "too few samples"
+    assert "100 samples, fewer than 149" in few.detail and "even with zero errors" in few.detail
+    # 2. Observed risk above r* at every tested threshold: the lowest and where it is ≤ r*.
+    s = np.linspace(1, 0, 3000)
+    e = np.zeros(3000, bool)
+    e[20:] = np.random.default_rng(0).random(2980) < 0.3      # clean only in the top 20
+    above = certify_ltt(s, e, 0.05, 0.1)
+    assert above.refusal == "risk above target" and "lowest 0." in above.detail
+    c = risk_coverage_curve(s, e)
+    g = np.flatnonzero((c.n_accepted >= 10) & (c.n_errors <= 0.05 * c.n_accepted))[-1]
+    assert 20 <= c.n_accepted[g] < 45                          # below the floor of 45
+    assert (f"≤ 0.05 up to coverage {c.coverage[g]:.4f} (accepting {c.n_accepted[g]}, "
+            f"{c.n_errors[g]} errors)") in above.detail
+    # 3. The planned start failed although the observed risk is ≤ r* there: its counts and p.
+    rng = np.random.default_rng(3)
+    plan = _plan_for(rng.random(900), np.zeros(900, bool), 2100, 0.05, 0.1)   # clean tuning
+    assert plan.tune_coverage[plan.starts[0]] > 0.9                           # starts permissive
+    s2, e2 = rng.random(2100), np.zeros(2100, bool)
+    e2[rng.choice(2100, 99, replace=False)] = True          # 4.7 %: ≤ r* but p ≈ 0.3 > δ
+    bad_start = certify_planned(s2, e2, plan, 0.05, 0.1)
+    assert not bad_start.certified and bad_start.refusal == "first test failed"
+    m = int((s2 >= plan.thresholds[plan.starts[0]]).sum())
+    k = int(e2[s2 >= plan.thresholds[plan.starts[0]]].sum())
+    assert f"the planned start (tuning coverage {plan.tune_coverage[plan.starts[0]]:.4f}" in \
+        bad_start.detail
+    assert f"accepting {m} of 2100 with {k} errors" in bad_start.detail
+    assert f"p-value {stats.binom.cdf(k, m, 0.05):.3g} > δ = 0.1" in bad_start.detail
+    for c in (few, above, bad_start):
+        assert "seed" not in c.detail and "sampling noise" not in c.detail
+
+
+def test_union_refusal_reports_both_tests() -> None:
+    rng = np.random.default_rng(4)
+    s, e = rng.random(2000), rng.random(2000) < 0.3
+    plan = _plan_for(s[:600], e[:600], 1400, 0.05, 0.05)
+    out = certify_union(s[600:], e[600:], plan, s, e, 0.05, 0.1, floor_share=0.5)
+    assert out.chosen is None and not out.certificate.certified
+    d = out.certificate.detail
+    assert d.startswith("neither test certified") and "Planned sequence (δ = 0.05" in d
+    assert "Floored sequence (δ = 0.05, all 2000 samples)" in d and "more data will not help" in d
