@@ -97,7 +97,8 @@ def true_outcome(thresholds: list[float], s: np.ndarray, p: np.ndarray
 
 def run(model: str, reps: int = 200, n: int = 3000, tune_fraction: float = 0.3,
         target_risk: float = 0.05, delta: float = 0.1, seed: int = 0,
-        budgets: Budgets | None = None, reference: int = 400_000) -> Validity:
+        budgets: Budgets | None = None, reference: int = 400_000,
+        points: int | None = None) -> Validity:
     draw = MODELS[model]
     ref_s, _, ref_p = draw(np.random.default_rng(10_000 + seed), reference)
     rng = np.random.default_rng(seed)
@@ -107,7 +108,7 @@ def run(model: str, reps: int = 200, n: int = 3000, tune_fraction: float = 0.3,
     for _ in range(reps):
         s, e, _ = draw(rng, n)
         b = budgets or Budgets()
-        plan = plan_cascade(s[:n_tune], e[:n_tune], n - n_tune, target_risk, delta, b)
+        plan = plan_cascade(s[:n_tune], e[:n_tune], n - n_tune, target_risk, delta, b, points)
         cert = certify_cascade(s[n_tune:], e[n_tune:], plan, target_risk, delta, b)
         if not cert.certified:
             continue
@@ -128,10 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=3000)
     ap.add_argument("--target-risk", type=float, default=0.05)
     ap.add_argument("--delta", type=float, default=0.1)
+    ap.add_argument("--points", type=int, default=None, help="grid points per stage "
+                    "(default: serve.calibration.cascade.GRID_POINTS)")
     args = ap.parse_args(argv)
     for model in MODELS:
         t0 = time.perf_counter()
-        v = run(model, args.reps, args.n, target_risk=args.target_risk, delta=args.delta)
+        v = run(model, args.reps, args.n, target_risk=args.target_risk, delta=args.delta,
+                points=args.points)
         print(f"{v.line()} ({time.perf_counter() - t0:.1f}s)")
     return 0
 

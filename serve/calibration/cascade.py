@@ -8,15 +8,17 @@ Derivation and validity: docs/METHODS.md ("Cascades") and docs/cascade.md.
 * **grid** (tuning split): per stage, thresholds at evenly spaced tuning coverages plus +∞
   ("this stage accepts nothing": stage 1 at +∞ is the last stage alone).
 * **path** (tuning split): of every threshold vector on the grid, the Pareto front of (accepted
-  ↑, errors ↓) among those meeting the compute budgets, ordered strict → permissive; the start is
-  chosen as in :mod:`serve.calibration.plan` (predicted pass probability on ``n_cert`` samples).
+  ↑, errors ↓) among those meeting the compute budgets, ordered strict → permissive (errors, or
+  a continuous proxy of them such as 1 − the calibrated top-class probability, which gives a
+  dense front where a good model makes few tuning errors); the start is chosen as in
+  :mod:`serve.calibration.plan` (predicted pass probability on ``n_cert`` samples, prior at r*).
 * **test** (certification split): fixed-sequence testing from the start toward permissive, each
   vector with the exact binomial p-value ``BinomCDF(k; n, r*)`` of its accepted set, stopping at
   the first failure. Every vector certified is valid simultaneously with probability ≥ 1 − δ, so
   the one deployed may be chosen among them on the certification split: the smallest human share
   whose budgets hold with (1 − δ) Clopper–Pearson upper bounds.
 
-Counting is vectorised over the whole grid (one ``einsum`` per stage), O(n · Gᴷ) for K stages.
+Counting is vectorised over the whole grid (rank histograms and cumulative sums), O(n + Gᴷ).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from serve.calibration.certify import CertifyError, check_risk_and_delta, zero_e
 from serve.calibration.plan import predicted_pass
 from serve.errors import AbstainError
 
-GRID_POINTS = {2: 60, 3: 20}      # thresholds per stage (the grid has Gᴷ vectors)
+GRID_POINTS = {2: 200, 3: 30}      # thresholds per stage (the grid has Gᴷ vectors)
 MAX_STAGES = 3
 START_FRACTION = 0.95             # the start rule of serve.calibration.plan, on the path
 START_SLACK = (2.0, 0.05)
@@ -110,30 +112,44 @@ def stage_grid(scores: np.ndarray, points: int) -> np.ndarray:
 def grid_counts(scores: np.ndarray, errors: np.ndarray, grids: tuple[np.ndarray, ...]) -> Counts:
     """Counts for every vector of the grid: arrays of shape ``(G₁, …, G_K, K)``."""
     s, e = _check_arrays(scores, errors)
+    accepted, errs, reach = _grid_sums(s, e.astype(np.float64), grids)
+    return Counts(np.rint(accepted).astype(np.int64), np.rint(errs).astype(np.int64),
+                  np.rint(reach).astype(np.int64), len(s))
+
+
+def _grid_sums(s: np.ndarray, w: np.ndarray, grids: tuple[np.ndarray, ...]
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Accepted, summed ``w`` (errors or expected errors) and reach per vector, as floats.
+
+    Stage k accepts at grid index j iff its score's rank r (thresholds ≤ score) exceeds j, so
+    each count is a histogram of the ranks of stages ≤ k, cumulated along the deferring stages'
+    axes and suffix-summed along stage k's: O(n + Gᴷ), no n × Gᴷ product.
+    """
     n, k_stages = s.shape
-    acc = [(s[:, k][None, :] >= g[:, None]).astype(np.float64) for k, g in enumerate(grids)]
+    ranks = [np.searchsorted(g, s[:, k], side="right") for k, g in enumerate(grids)]
     shape = tuple(len(g) for g in grids)
-    letters = "abcdefgh"
     accepted = np.zeros((*shape, k_stages))
-    errs = np.zeros((*shape, k_stages))
+    sums = np.zeros((*shape, k_stages))
     reach = np.zeros((*shape, k_stages))
     reach[..., 0] = n
     for k in range(k_stages):
-        ops = [1.0 - acc[m] for m in range(k)]                       # deferred by stages < k
-        subs = [f"{letters[m]}i" for m in range(k)]
-        out = letters[:k + 1]
-        spec = ",".join([*subs, f"{letters[k]}i"]) + f"->{out}"
-        a = np.einsum(spec, *ops, acc[k], optimize=True)
-        b = np.einsum(spec, *ops, acc[k] * e[:, k][None, :], optimize=True)
-        expand = (...,) + (None,) * (k_stages - k - 1)
-        accepted[..., k] = a[expand]
-        errs[..., k] = b[expand]
+        dims = tuple(len(grids[m]) + 1 for m in range(k + 1))
+        flat = np.ravel_multi_index(ranks[:k + 1], dims)
+        cut = tuple(slice(0, len(grids[m])) for m in range(k + 1))
+        spread = (...,) + (None,) * (k_stages - k - 1)
+        for out, weights in ((accepted, None), (sums, w[:, k])):
+            h = np.bincount(flat, weights=weights, minlength=math.prod(dims)).reshape(dims)
+            for m in range(k):
+                h = np.cumsum(h, axis=m)                       # stage m deferred: r_m ≤ j_m
+            h = h.sum(axis=k, keepdims=True) - np.cumsum(h, axis=k)   # stage k accepts: r_k > j_k
+            out[..., k] = h[cut][spread]
         if k:
-            r = (np.einsum(",".join(subs) + f"->{letters[:k]}", *ops, optimize=True) if k > 1
-                 else ops[0].sum(axis=1))
-            reach[..., k] = r[(...,) + (None,) * (k_stages - k)]
-    return Counts(np.rint(accepted).astype(np.int64), np.rint(errs).astype(np.int64),
-                  np.rint(reach).astype(np.int64), n)
+            h = np.bincount(np.ravel_multi_index(ranks[:k], dims[:k]),
+                            minlength=math.prod(dims[:k])).reshape(dims[:k]).astype(np.float64)
+            for m in range(k):
+                h = np.cumsum(h, axis=m)
+            reach[..., k] = h[cut[:k]][(...,) + (None,) * (k_stages - k)]
+    return accepted, sums, reach
 
 
 def _share_upper(count: np.ndarray, n: int, delta: float) -> np.ndarray:
@@ -168,8 +184,15 @@ class CascadePlan:
 
 def plan_cascade(tune_scores: np.ndarray, tune_errors: np.ndarray, n_cert: int,
                  target_risk: float, delta: float, budgets: Budgets = Budgets(),
-                 points: int | None = None) -> CascadePlan:
-    """Grid, Pareto path and start from the tuning split alone (see module doc)."""
+                 points: int | None = None, tune_proxy: np.ndarray | None = None) -> CascadePlan:
+    """Grid, Pareto path and start from the tuning split alone (see module doc).
+
+    Args:
+        tune_proxy: optional ``(n, K)`` expected errors (e.g. 1 − the calibrated top-class
+            probability) that order the path instead of the 0/1 errors: with few tuning errors
+            the 0/1 front has only a handful of points, a continuous one is dense. The start and
+            the test use the 0/1 errors whatever orders the path.
+    """
     check_risk_and_delta(target_risk, delta)
     s, e = _check_arrays(tune_scores, tune_errors)
     n, k_stages = s.shape
@@ -187,17 +210,18 @@ def plan_cascade(tune_scores: np.ndarray, tune_errors: np.ndarray, n_cert: int,
     ok &= acc > 0
     if not ok.any():
         raise BudgetError(_no_vector_in_budget(budgets, reach, n))
-    cand = np.flatnonzero(ok)
-    # Pareto front: for each accepted count the fewest errors (then the fewest stage calls),
-    # errors strictly falling as the accepted count falls.
-    order = np.lexsort((reach[cand, 1:].sum(axis=1), err[cand], -acc[cand]))
-    cand = cand[order]
-    run_min = np.minimum.accumulate(err[cand])
-    keep = np.concatenate(([True], err[cand][1:] < run_min[:-1]))
-    front = cand[keep][::-1]                                          # strict → permissive
+    if tune_proxy is not None:
+        proxy = np.asarray(tune_proxy, dtype=np.float64)
+        if proxy.shape != s.shape or not np.isfinite(proxy).all():
+            raise CertifyError(f"tune_proxy must be finite with shape {s.shape}")
+        order_err = _grid_sums(s, proxy, grids)[1].sum(axis=-1).reshape(-1)
+    else:
+        order_err = err
+    front = _pareto_path(np.flatnonzero(ok), acc, order_err, reach[:, 1:].sum(axis=1))
     n_t, k_t = acc[front], err[front]
-    p0 = (k_t[-1] + 0.5) / (n_t[-1] + 1.0)
-    prior = (PRIOR_STRENGTH * p0 + 0.5, PRIOR_STRENGTH * (1.0 - p0) + 0.5)
+    # Prior centred at r* (plan.py's "target" centre): the accept-all error rate of a cascade is
+    # stage 1's, far above r*, and would call every point a likely failure.
+    prior = (PRIOR_STRENGTH * target_risk + 0.5, PRIOR_STRENGTH * (1.0 - target_risk) + 0.5)
     pp = predicted_pass(n_t, k_t, n_cert / n, target_risk, delta, prior)
     best = float(pp.max())
     f = 1.0 - best
@@ -206,6 +230,16 @@ def plan_cascade(tune_scores: np.ndarray, tune_errors: np.ndarray, n_cert: int,
     return CascadePlan(grids=grids, path=idx[front], tune_accepted=n_t, tune_errors=k_t,
                        tune_reach=reach[front], pass_prob=pp, start=start, n_tune=n,
                        n_grid=len(acc), n_feasible=int(ok.sum()))
+
+
+def _pareto_path(cand: np.ndarray, acc: np.ndarray, err: np.ndarray, calls: np.ndarray
+                 ) -> np.ndarray:
+    """The Pareto front of ``cand`` strict → permissive: for each accepted count the fewest
+    (expected) errors, then the fewest calls of later stages; errors fall as acceptance falls."""
+    order = cand[np.lexsort((calls[cand], err[cand], -acc[cand]))]
+    run_min = np.minimum.accumulate(err[order])
+    keep = np.concatenate(([True], err[order][1:] < run_min[:-1]))
+    return order[keep][::-1]
 
 
 def _no_vector_in_budget(budgets: Budgets, reach: np.ndarray, n: int) -> str:
@@ -297,7 +331,8 @@ def certify_cascade(scores: np.ndarray, errors: np.ndarray, plan: CascadePlan,
             f"the first tested vector (thresholds {_fmt(plan.thresholds(s0))}: accepting "
             f"{int(acc[s0])} of {n} certification samples, {int(err[s0])} errors, risk "
             f"{err[s0] / max(acc[s0], 1):.4f}) failed its binomial test (p = {p[s0]:.3g} > δ = "
-            f"{delta:g}); more calibration data or a higher --target-risk may certify"))
+            f"{delta:g}); more calibration data or a higher --target-risk may certify"
+            + _budget_note(plan, budgets)))
     ok = np.arange(plan.start, plan.start + n_ok)
     human_up = _share_upper(n - acc[ok], n, delta)
     reach_up = _share_upper(reach_k[ok], n, delta)                        # (m, K)
@@ -323,6 +358,15 @@ def certify_cascade(scores: np.ndarray, errors: np.ndarray, plan: CascadePlan,
         detail=f"fixed sequence certified {n_ok} of {len(plan.path) - plan.start} vectors from "
                f"the start; deployed the one with the smallest human share within budget "
                f"(path index {i})", start=start)
+
+
+def _budget_note(plan: CascadePlan, budgets: Budgets) -> str:
+    if not budgets.max_stage_share:
+        return ""
+    shares = ", ".join(f"{k}={v:g}" for k, v in sorted(budgets.max_stage_share.items()))
+    return (f". Within --max-stage-share {shares} the tuning split predicted a pass probability "
+            f"of at most {float(plan.pass_prob.max()):.2f} for any vector: the budget is likely "
+            "what cannot be met at this r*")
 
 
 def _replace(c: CascadeCertificate, **kw: Any) -> CascadeCertificate:

@@ -13,12 +13,14 @@ from pathlib import Path
 from serve.calibration.artifact import FILENAME, Calibration, save_calibration
 from serve.calibration.probe import write_probe
 from serve.cli.argtypes import NONNEGATIVE_INT, float_above, fraction
+from serve.cli.calibrate_cascade import add_cascade_flags, cascade_main, is_cascade
 from serve.cli.model_inputs import (
     add_model_inputs,
     check_calibration_role,
     logits_and_labels,
     model_file,
 )
+from serve.errors import AbstainError
 from serve.files import keep_backup
 
 # The sign of the gain column: positive is an improvement on the incumbent, as the name says.
@@ -73,6 +75,11 @@ def _print_calibration(run, cal: Calibration, out: Path) -> None:
 
 
 def calibrate_main(args: argparse.Namespace) -> int:
+    if is_cascade(args.model):                               # a cascade's version directory
+        return cascade_main(args)
+    if args.max_defer is not None or args.max_stage_share or args.costs is not None:
+        raise AbstainError(f"--max-defer, --max-stage-share and --costs apply to a cascade (a "
+                           f"directory with cascade.json); {args.model} is a model")
     if getattr(args, "from_feedback", None):                # the feedback loop (serve/feedback)
         from serve.feedback.recalibrate import from_feedback_main
 
@@ -143,4 +150,5 @@ def register_calibrate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--from-feedback", metavar="STORE", default=None,
                    help="re-certify the threshold on labelled AUDITED samples of a decision store "
                    "(a --state-dir or postgresql:// URL); keeps the score, r* and δ (default: off)")
+    add_cascade_flags(p)
     p.set_defaults(handler=calibrate_main)

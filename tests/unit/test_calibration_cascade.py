@@ -57,7 +57,7 @@ def test_grid_ends_with_accept_none_and_starts_with_accept_all():
 
 def test_plan_path_is_a_pareto_front_strict_to_permissive():
     s, e, _ = cv.logistic(np.random.default_rng(1), 900)
-    plan = plan_cascade(s, e, 2100, 0.05, 0.1)
+    plan = plan_cascade(s, e, 2100, 0.05, 0.1, points=40)
     assert np.all(np.diff(plan.tune_accepted) > 0)             # strict → permissive
     assert np.all(np.diff(plan.tune_errors) > 0)               # errors grow along the front
     assert 0 <= plan.start < len(plan.path)
@@ -106,7 +106,7 @@ def test_nothing_certified_says_why():
 def test_certificate_is_valid_over_200_repetitions(model):
     """Violation rate ≤ δ within binomial slack (P < 0.001 to exceed when the rate is δ), and
     the certificate is not vacuous: almost every repetition certifies, people see a minority."""
-    v = cv.run(model, reps=200, n=2000, target_risk=0.05, delta=0.1)
+    v = cv.run(model, reps=200, n=2000, target_risk=0.05, delta=0.1, points=60)
     assert v.violations <= v.slack_limit, v.line()
     assert v.certified >= 170, v.line()
     assert v.mean_human < 0.6 and v.mean_true_risk > 0.025, v.line()
