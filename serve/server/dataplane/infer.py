@@ -126,7 +126,7 @@ class DataPlane:
                 ticket.hand_over()                                   # its room, to its samples
                 out = await batcher.result(req.x, deadline, alone, call.rid)  # … to submit:
                 if req.wants_probabilities:                          # batch, run, decide, record
-                    out = {**out, "probabilities": mv.rule.probabilities(out["logits"])}
+                    out = {**out, "probabilities": mv.probabilities(out)}
                 answer = call.encode(mv, req, out)                   # result → encode
             finally:
                 self.admission.release(ticket)
