@@ -1,0 +1,213 @@
+"""The cascade, measured: stage 1 alone, stage 2 alone and the cascade at the same certified r*.
+
+Usage: ``python -m bench.cascade_demo [--reps 200] [--seconds 8] [--concurrency 8]``
+(needs the ``data`` extra for mnist1d, and wrk for the load part; ``--no-load`` skips it).
+
+1. **Certification** on ``mnist1d:calibration`` (tune fraction 0.3, seed 0, r* and δ as given)
+   for each set-up, then the deployed rules applied to ``mnist1d:test``: human share (and its
+   Clopper–Pearson 95 % interval), risk of what is accepted, stage-2 calls per sample.
+2. **Validity** of the cascade's certificate on fresh splits: the calibration and test splits
+   (6 000 samples) are the population; each repetition draws 3 000 of them without replacement,
+   calibrates the cascade on them (fresh tuning/certification split and temperatures) and judges
+   the deployed thresholds by their risk on the whole population.
+3. **Serving** (a real ``abstain serve`` on a copy of models/, wrk, one sample per request cycling
+   through 512 test samples): throughput, p50/p99 latency, and stage-2 calls per request counted
+   on the stage-2 model's own batcher.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from bench.servers import abstain_server, free_port, http
+from bench.wrk import LUA, run_wrk
+from serve.calibration.binomial import clopper_pearson_interval
+from serve.calibration.cascade_artifact import read_spec
+from serve.calibration.cascade_pipeline import calibrate_cascade_arrays
+from serve.calibration.pipeline import CalibrationSettings, calibrate_arrays
+from serve.data import load_split
+from serve.server.runtime import OnnxModel
+
+ROOT = Path(__file__).resolve().parents[1]
+CASCADE = ROOT / "models" / "mnist1d-cascade" / "1"
+
+
+def _logits(stages) -> tuple[dict, dict]:
+    out, labels = {}, {}
+    for split in ("calibration", "test"):
+        x, y, _ = load_split(f"mnist1d:{split}")
+        out[split] = [OnnxModel(ROOT / "models" / s.model / str(s.version) / "model.onnx",
+                                device="cpu").logits(x) for s in stages]
+        labels[split] = y
+        if split == "test":
+            out["test_x"] = x
+    return out, labels
+
+
+def _cascade_outcome(thresholds: list[float], temps: list[float], zs: list[np.ndarray],
+                     y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(accepted, error among accepted, reached stage 2) per sample for MSP stages."""
+    from serve.scores import create_score
+
+    n = len(y)
+    left = np.ones(n, bool)
+    accepted = np.zeros(n, bool)
+    err = np.zeros(n, bool)
+    reach2 = np.zeros(n, bool)
+    for k, (t, temp, z) in enumerate(zip(thresholds, temps, zs, strict=True)):
+        if k == 1:
+            reach2 = left.copy()
+        s = create_score("msp", temp)(z)
+        a = left & (s >= t)
+        accepted |= a
+        err |= a & (z.argmax(axis=1) != y)
+        left &= ~a
+    return accepted, err, reach2
+
+
+def _row(name: str, certified: bool, cert_human: float, acc: np.ndarray, err: np.ndarray,
+         calls2: float) -> str:
+    n, a, e = len(acc), int(acc.sum()), int(err.sum())
+    lo, hi = clopper_pearson_interval(n - a, n)
+    rlo, rhi = clopper_pearson_interval(e, a) if a else (0.0, 1.0)
+    risk = f"{e / a:.4f} ({rlo:.4f}–{rhi:.4f})" if a else "—"
+    return (f"| {name} | {'yes' if certified else 'no: defers all'} | {cert_human:.3f} | "
+            f"{(n - a) / n:.3f} ({lo:.3f}–{hi:.3f}) | {risk} | {calls2:.3f} |")
+
+
+def certification(zs: dict, ys: dict, target_risk: float, delta: float, stages) -> list[str]:
+    rows = ["| set-up | certified at r* | human share (cert) | human share (test, 95 % CI) | "
+            "risk of accepted (test, 95 % CI) | stage-2 calls per sample (test) |",
+            "|---|---|---|---|---|---|"]
+    settings = CalibrationSettings(target_risk=target_risk, delta=delta, score="msp")
+    for k, label in ((0, "stage 1 alone (mnist1d-mlp)"), (1, "stage 2 alone (mnist1d-maxsup)")):
+        run = calibrate_arrays(zs["calibration"][k], ys["calibration"], settings)
+        c = run.certificate
+        if c.certified:
+            s = run.choice.score(zs["test"][k])
+            acc = s >= c.threshold
+        else:
+            acc = np.zeros(len(ys["test"]), bool)
+        err = acc & (zs["test"][k].argmax(axis=1) != ys["test"])
+        rows.append(_row(label, c.certified, 1 - c.coverage if c.certified else 1.0, acc, err,
+                         1.0 if k == 1 else 0.0))
+    run = calibrate_cascade_arrays(stages, zs["calibration"], ys["calibration"], target_risk,
+                                   delta, score="msp")
+    c = run.certificate
+    temps = [ch.temperature for ch in run.choices]
+    acc, err, reach2 = _cascade_outcome(c.thresholds, temps, zs["test"], ys["test"])
+    rows.append(_row("cascade (mlp → maxsup)", c.certified, c.human_share, acc, err,
+                     float(reach2.mean())))
+    return rows
+
+
+def validity(zs: dict, ys: dict, target_risk: float, delta: float, stages, reps: int,
+             n: int = 3000) -> str:
+    pool_z = [np.concatenate([zs["calibration"][k], zs["test"][k]]) for k in range(2)]
+    pool_y = np.concatenate([ys["calibration"], ys["test"]])
+    rng = np.random.default_rng(0)
+    violations = certified = 0
+    humans = []
+    t0 = time.perf_counter()
+    for rep in range(reps):
+        idx = rng.choice(len(pool_y), n, replace=False)
+        run = calibrate_cascade_arrays(stages, [z[idx] for z in pool_z], pool_y[idx],
+                                       target_risk, delta, score="msp", seed=rep)
+        c = run.certificate
+        if not c.certified:
+            continue
+        certified += 1
+        acc, err, _ = _cascade_outcome(c.thresholds, [ch.temperature for ch in run.choices],
+                                       pool_z, pool_y)
+        violations += err.sum() / max(acc.sum(), 1) > target_risk
+        humans.append(1 - acc.mean())
+    hi = stats.beta.ppf(0.975, violations + 1, reps - violations)
+    lo = stats.beta.ppf(0.025, violations, reps - violations + 1) if violations else 0.0
+    return (f"mnist1d cascade, r* = {target_risk:g}, δ = {delta:g}, {reps} repetitions of "
+            f"{n} calibration samples drawn from the 6 000-sample population: violations "
+            f"{violations}/{reps} = {violations / reps:.3f} (95 % CI {lo:.3f}–{hi:.3f}), certified "
+            f"{certified}/{reps}, mean population human share {np.mean(humans):.3f} "
+            f"({time.perf_counter() - t0:.0f} s)")
+
+
+CYCLE = r"""
+local bodies = {}
+for line in io.lines("%(bodies)s") do bodies[#bodies + 1] = line end
+local i = 0
+request = function()
+  i = i %% #bodies + 1
+  return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, bodies[i])
+end
+"""
+
+
+def serving(x: np.ndarray, seconds: float, concurrency: int) -> list[str]:
+    rows = ["| set-up | requests/s | p50 ms | p99 ms | stage-2 calls per request | errors |",
+            "|---|---|---|---|---|---|"]
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        repo = work / "models"
+        for name in ("mnist1d-mlp", "mnist1d-maxsup", "mnist1d-cascade"):
+            shutil.copytree(ROOT / "models" / name, repo / name,
+                            ignore=shutil.ignore_patterns("*.png", "*.bak"))
+        bodies = work / "bodies.txt"
+        bodies.write_text("".join(json.dumps({"instances": [r]}) + "\n"
+                                  for r in np.round(x[:512], 4).tolist()))
+        script = work / "cycle.lua"
+        done = LUA[LUA.index("function done"):].replace("%%", "%")
+        script.write_text(CYCLE % {"bodies": bodies} + done)
+        port = free_port()
+        with abstain_server(repo, port, "cpu", "auto", 64, work / "server.log") as base:
+            for label, model in (("stage 1 alone (mnist1d-mlp)", "mnist1d-mlp"),
+                                 ("stage 2 alone (mnist1d-maxsup)", "mnist1d-maxsup"),
+                                 ("cascade (mlp → maxsup)", "mnist1d-cascade")):
+                url = f"{base}/v1/models/{model}/predict"
+                run_wrk(url, script, concurrency, 2)                          # warm-up
+                before = _samples(base, "mnist1d-maxsup")
+                r = run_wrk(url, script, concurrency, seconds)
+                calls = (_samples(base, "mnist1d-maxsup") - before) / max(r.requests, 1)
+                rows.append(f"| {label} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
+                            f"{calls:.3f} | {r.errors} |")
+    return rows
+
+
+def _samples(base: str, model: str) -> int:
+    status, body = http(f"{base}/v2/models/{model}/stats")
+    assert status == 200, body
+    return int(json.loads(body)["model_stats"][0]["samples"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--target-risk", type=float, default=0.01)
+    ap.add_argument("--delta", type=float, default=0.05)
+    ap.add_argument("--reps", type=int, default=200)
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--no-load", action="store_true", help="skip the served measurement")
+    args = ap.parse_args(argv)
+    stages = read_spec(CASCADE)
+    zs, ys = _logits(stages)
+    print(f"## certification (r* = {args.target_risk:g}, δ = {args.delta:g}; mnist1d:calibration "
+          f"→ mnist1d:test)\n")
+    print("\n".join(certification(zs, ys, args.target_risk, args.delta, stages)))
+    print("\n## validity\n")
+    print(validity(zs, ys, args.target_risk, args.delta, stages, args.reps))
+    if not args.no_load:
+        print(f"\n## serving (wrk, {args.concurrency} connections, {args.seconds:g} s, one sample "
+              f"per request; load average {os.getloadavg()[0]:.1f} at the start)\n")
+        print("\n".join(serving(zs["test_x"], args.seconds, args.concurrency)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
