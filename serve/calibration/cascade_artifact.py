@@ -89,6 +89,8 @@ def read_spec(cascade_dir: Path) -> list[StageRef]:
     path = Path(cascade_dir) / SPEC_FILE
     raw = _read_json(path, "cascade", 'write {"stages": [{"model": NAME, "version": V, '
                      '"model_sha256": HEX}, …]} (docs/cascade.md)')
+    if not isinstance(raw, dict):
+        raise CascadeError(f'{path} must hold a JSON object {{"stages": [...]}} (docs/cascade.md)')
     try:
         spec = _Spec.model_validate(raw)
     except ValidationError as err:

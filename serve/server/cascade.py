@@ -118,7 +118,7 @@ class CascadeBatcher:
         reached, answered, seconds = [], [], []
         for k, (sv, rule) in enumerate(zip(c.stages, c.rules, strict=True)):
             t0 = time.perf_counter()
-            out = await sv.batcher.result(x, deadline, alone and k == 0, tag)
+            out = await sv.batcher.result(x, deadline, alone, tag)    # alone: no other request
             seconds.append(time.perf_counter() - t0)
             z = out["logits"]
             if logits is None:
