@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from server_support import ROOT, running_server
+from server_support import ROOT, running_server, server_process
 
 from serve.calibration.cascade_artifact import load_cascade_calibration, read_spec
 from serve.decision import DecisionRule
@@ -111,3 +111,17 @@ def test_a_changed_stage_refuses_the_cascade_and_keeps_serving_itself(repo):
         served = {m["name"]: m for m in c.get("/v1/models").json()["models"]}
         assert "mnist1d-cascade" not in served
         assert served["mnist1d-maxsup"]["model_sha256"] == sha256_file(stage2 / "model.onnx")
+
+
+def test_abstain_serve_models_serves_the_cascade_beside_the_default_model():
+    """What `make serve` runs (`abstain serve models`) on the repository as shipped."""
+    with server_process(ROOT / "models", env={"ABSTAIN_POLL_INTERVAL_S": "0"}) as (url, _), \
+            httpx.Client(base_url=url, timeout=30) as c:
+        served = {m["name"]: m for m in c.get("/v1/models").json()["models"]}
+        assert {"mnist1d-maxsup", "mnist1d-mlp", "mnist1d-cascade"} <= set(served)
+        assert [s["model"] for s in served["mnist1d-cascade"]["stages"]] == \
+            ["mnist1d-mlp", "mnist1d-maxsup"]
+        with np.load(ROOT / "models" / "mnist1d-maxsup" / "1" / "probe.npz") as f:
+            x = f["x"][:4].tolist()
+        r = c.post("/v1/models/mnist1d-cascade/predict", json={"instances": x})
+        assert r.status_code == 200 and all(p["stage"] in (1, 2) for p in r.json()["predictions"])
