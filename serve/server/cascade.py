@@ -165,7 +165,7 @@ class CascadeVersion:
     signature: tuple
     loaded_at: float = field(default_factory=time.time)
     batcher: CascadeBatcher | None = None
-    threads: str = "stages'"
+    threads: str = "per stage"
     kind: str = "cascade"
 
     @property

@@ -8,6 +8,7 @@ cascade refuse to load while the stage model keeps serving.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -96,6 +97,17 @@ def test_a_changed_stage_refuses_the_cascade_and_keeps_serving_itself(repo):
                       admin_key="adm")
     with running_server(s) as (url, _), httpx.Client(base_url=url, timeout=30) as c:
         assert c.post("/v1/models/mnist1d-cascade/predict", json={"instances": x}).status_code == 200
+        # A new cascade calibration is picked up on reload: stage 1 accepting nothing (null).
+        path = repo / "mnist1d-cascade" / "1" / "cascade_calibration.json"
+        raw = json.loads(path.read_text())
+        raw["stages"][0]["threshold"] = None
+        path.write_text(json.dumps(raw))
+        assert "mnist1d-cascade/1" in c.post("/v1/admin/reload", headers=ADMIN).json()["loaded"]
+        with np.load(repo / "mnist1d-maxsup" / "1" / "probe.npz") as f:
+            probe = f["x"][:50].tolist()
+        preds = c.post("/v1/models/mnist1d-cascade/predict",
+                       json={"instances": probe}).json()["predictions"]
+        assert {p["stage"] for p in preds} == {2}
         stage2 = repo / "mnist1d-maxsup" / "1"
         for f in ("model.onnx", "calibration.json", "probe.npz"):   # another valid model
             shutil.copy(repo / "mnist1d-mlp" / "1" / f, stage2 / f)
