@@ -1,7 +1,8 @@
 """The cascade, measured: stage 1 alone, stage 2 alone and the cascade at the same certified r*.
 
-Usage: ``python -m bench.cascade_demo [--reps 200] [--seconds 8] [--concurrency 8]``
-(needs the ``data`` extra for mnist1d, and wrk for the load part; ``--no-load`` skips it).
+Usage: ``python -m bench.cascade_demo [--data mnist1d|digits] [--reps 200]`` (needs the ``data``
+extra, wrk for the load part (``--no-load`` skips it), and for digits the ``train`` extra:
+bench/cascade_digits.py trains an MLP and a ResNet-18).
 
 1. **Certification** on ``mnist1d:calibration`` (tune fraction 0.3, seed 0, r* and δ as given)
    for each set-up, then the deployed rules applied to ``mnist1d:test``: human share (and its
@@ -43,11 +44,11 @@ ROOT = Path(__file__).resolve().parents[1]
 CASCADE = ROOT / "models" / "mnist1d-cascade" / "1"
 
 
-def _logits(stages) -> tuple[dict, dict]:
+def _logits(stages, data: str, root: Path) -> tuple[dict, dict]:
     out, labels = {}, {}
     for split in ("calibration", "test"):
-        x, y, _ = load_split(f"mnist1d:{split}")
-        out[split] = [OnnxModel(ROOT / "models" / s.model / str(s.version) / "model.onnx",
+        x, y, _ = load_split(f"{data}:{split}")
+        out[split] = [OnnxModel(root / s.model / str(s.version) / "model.onnx",
                                 device="cpu").logits(x) for s in stages]
         labels[split] = y
         if split == "test":
@@ -91,7 +92,8 @@ def certification(zs: dict, ys: dict, target_risk: float, delta: float, stages) 
             "risk of accepted (test, 95 % CI) | stage-2 calls per sample (test) |",
             "|---|---|---|---|---|---|"]
     settings = CalibrationSettings(target_risk=target_risk, delta=delta, score="msp")
-    for k, label in ((0, "stage 1 alone (mnist1d-mlp)"), (1, "stage 2 alone (mnist1d-maxsup)")):
+    for k in (0, 1):
+        label = f"stage {k + 1} alone ({stages[k].model})"
         run = calibrate_arrays(zs["calibration"][k], ys["calibration"], settings)
         c = run.certificate
         if c.certified:
@@ -107,15 +109,17 @@ def certification(zs: dict, ys: dict, target_risk: float, delta: float, stages) 
     c = run.certificate
     temps = [ch.temperature for ch in run.choices]
     acc, err, reach2 = _cascade_outcome(c.thresholds, temps, zs["test"], ys["test"])
-    rows.append(_row("cascade (mlp → maxsup)", c.certified, c.human_share, acc, err,
+    rows.append(_row(f"cascade ({stages[0].model} → {stages[1].model})", c.certified,
+                     c.human_share, acc, err,
                      float(reach2.mean())))
     return rows
 
 
 def validity(zs: dict, ys: dict, target_risk: float, delta: float, stages, reps: int,
-             n: int = 3000) -> str:
+             data: str = "mnist1d") -> str:
     pool_z = [np.concatenate([zs["calibration"][k], zs["test"][k]]) for k in range(2)]
     pool_y = np.concatenate([ys["calibration"], ys["test"]])
+    n = len(ys["calibration"])
     rng = np.random.default_rng(0)
     violations = certified = 0
     humans = []
@@ -134,8 +138,8 @@ def validity(zs: dict, ys: dict, target_risk: float, delta: float, stages, reps:
         humans.append(1 - acc.mean())
     hi = stats.beta.ppf(0.975, violations + 1, reps - violations)
     lo = stats.beta.ppf(0.025, violations, reps - violations + 1) if violations else 0.0
-    return (f"mnist1d cascade, r* = {target_risk:g}, δ = {delta:g}, {reps} repetitions of "
-            f"{n} calibration samples drawn from the 6 000-sample population: violations "
+    return (f"{data} cascade, r* = {target_risk:g}, δ = {delta:g}, {reps} repetitions of "
+            f"{n} calibration samples drawn from the {len(pool_y)}-sample population: violations "
             f"{violations}/{reps} = {violations / reps:.3f} (95 % CI {lo:.3f}–{hi:.3f}), certified "
             f"{certified}/{reps}, mean population human share {np.mean(humans):.3f} "
             f"({time.perf_counter() - t0:.0f} s)")
@@ -153,19 +157,19 @@ end
 
 
 def serving(x: np.ndarray, seconds: float, concurrency: int, heavy: tuple[int, int] | None,
-            rounds: int = 3) -> list[str]:
+            rounds: int = 3, root: Path = ROOT / "models", cascade: Path = CASCADE) -> list[str]:
     """Medians over ``rounds`` interleaved rounds of every set-up (and the requests/s range)."""
     rows = ["| set-up | requests/s (range) | p50 ms | p99 ms | stage-2 calls per request | errors |",
             "|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         repo = work / "models"
-        for name in ("mnist1d-mlp", "mnist1d-maxsup", "mnist1d-cascade"):
-            shutil.copytree(ROOT / "models" / name, repo / name,
+        s1, s2 = (s.model for s in read_spec(cascade))
+        for name in (s1, s2, cascade.parent.name):
+            shutil.copytree(root / name, repo / name,
                             ignore=shutil.ignore_patterns("*.png", "*.bak"))
-        setups = [("stage 1 alone (mnist1d-mlp)", "mnist1d-mlp", "mnist1d-maxsup"),
-                  ("stage 2 alone (mnist1d-maxsup)", "mnist1d-maxsup", "mnist1d-maxsup"),
-                  ("cascade (mlp → maxsup)", "mnist1d-cascade", "mnist1d-maxsup")]
+        setups = [(f"stage 1 alone ({s1})", s1, s2), (f"stage 2 alone ({s2})", s2, s2),
+                  (f"cascade ({s1} → {s2})", cascade.parent.name, s2)]
         if heavy is not None:
             heavy_cascade(repo, *heavy)
             setups += [("heavy stage 2 alone (mnist1d-heavy)", "mnist1d-heavy", "mnist1d-heavy"),
@@ -279,21 +283,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-load", action="store_true", help="skip the served measurement")
     ap.add_argument("--heavy", default="1024x8", help="WIDTHxSTEPS of the emulated heavy stage 2 "
                     "(needs onnx, the train extra); 'off' to skip it (default 1024x8)")
+    ap.add_argument("--data", choices=("mnist1d", "digits"), default="mnist1d",
+                    help="mnist1d: the shipped cascade; digits: an MLP before a real ResNet-18, "
+                    "trained here unless runs/digits-* exist (default mnist1d)")
     args = ap.parse_args(argv)
-    stages = read_spec(CASCADE)
-    zs, ys = _logits(stages)
-    print(f"## certification (r* = {args.target_risk:g}, δ = {args.delta:g}; mnist1d:calibration "
-          f"→ mnist1d:test)\n")
-    print("\n".join(certification(zs, ys, args.target_risk, args.delta, stages)))
-    print("\n## validity\n")
-    print(validity(zs, ys, args.target_risk, args.delta, stages, args.reps))
-    if not args.no_load:
-        print(f"\n## serving (wrk, {args.concurrency} connections, {args.seconds:g} s × "
-              f"{args.rounds} interleaved rounds, medians; one sample per request; load average "
-              f"{os.getloadavg()[0]:.1f} at the start)\n")
-        heavy = None if args.heavy == "off" else tuple(int(v) for v in args.heavy.split("x"))
-        print("\n".join(serving(zs["test_x"], args.seconds, args.concurrency, heavy,
-                                 args.rounds)))
+    with tempfile.TemporaryDirectory() as tmp:
+        root, cascade = ROOT / "models", CASCADE
+        if args.data == "digits":
+            from bench.cascade_digits import build
+
+            cascade = build(Path(tmp) / "models", args.target_risk, args.delta)
+            root = cascade.parent.parent
+        stages = read_spec(cascade)
+        zs, ys = _logits(stages, args.data, root)
+        print(f"## certification (r* = {args.target_risk:g}, δ = {args.delta:g}; "
+              f"{args.data}:calibration → {args.data}:test)\n")
+        print("\n".join(certification(zs, ys, args.target_risk, args.delta, stages)))
+        print("\n## validity\n")
+        print(validity(zs, ys, args.target_risk, args.delta, stages, args.reps, args.data))
+        if not args.no_load:
+            print(f"\n## serving (wrk, {args.concurrency} connections, {args.seconds:g} s × "
+                  f"{args.rounds} interleaved rounds, medians; one sample per request; load "
+                  f"average {os.getloadavg()[0]:.1f} at the start)\n")
+            heavy = (None if args.heavy == "off" or args.data != "mnist1d"
+                     else tuple(int(v) for v in args.heavy.split("x")))
+            print("\n".join(serving(zs["test_x"], args.seconds, args.concurrency, heavy,
+                                     args.rounds, root, cascade)))
     return 0
 
 
