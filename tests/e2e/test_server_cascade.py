@@ -80,6 +80,9 @@ def test_stage_two_runs_only_on_stage_one_deferrals(repo):
             res = g.infer("mnist1d-cascade", [t])
             assert res.as_numpy("stage").tolist() == stage.tolist()
         assert _stage2_samples(c) - before == 3 * int((~accept1).sum())
+        meta = c.get("/v2/models/mnist1d-cascade").json()
+        assert meta["outputs"][-1] == {"name": "stage", "datatype": "INT32", "shape": [-1]}
+        assert [st["model"] for st in meta["stages"]] == ["mnist1d-mlp", "mnist1d-maxsup"]
         stats = c.get("/v2/models/mnist1d-cascade/stats").json()["model_stats"][0]
         assert stats["stages"]["2"]["reached"] == 3 * int((~accept1).sum())
         assert stats["stages"]["1"]["answered"] == 3 * int(accept1.sum())
