@@ -10,8 +10,10 @@ Derivation and validity: docs/METHODS.md ("Cascades") and docs/cascade.md.
 * **path** (tuning split): of every threshold vector on the grid, the Pareto front of (accepted
   ↑, errors ↓) among those meeting the compute budgets, ordered strict → permissive (errors, or
   a continuous proxy of them such as 1 − the calibrated top-class probability, which gives a
-  dense front where a good model makes few tuning errors); the start is chosen as in
-  :mod:`serve.calibration.plan` (predicted pass probability on ``n_cert`` samples, prior at r*).
+  dense front where a good model makes few tuning errors); each front point is then swapped for
+  the vector with the fewest later-stage calls that accepts as many and is about as likely to
+  pass (``CHEAP_SLACK``), so where r* leaves room the path spares stage 2; the start is chosen as
+  in :mod:`serve.calibration.plan` (predicted pass probability on ``n_cert`` samples, prior at r*).
 * **test** (certification split): fixed-sequence testing from the start toward permissive, each
   vector with the exact binomial p-value ``BinomCDF(k; n, r*)`` of its accepted set, stopping at
   the first failure. Every vector certified is valid simultaneously with probability ≥ 1 − δ, so
@@ -24,6 +26,7 @@ Counting is vectorised over the whole grid (rank histograms and cumulative sums)
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +42,8 @@ MAX_STAGES = 3
 START_FRACTION = 0.95             # the start rule of serve.calibration.plan, on the path
 START_SLACK = (2.0, 0.05)
 PRIOR_STRENGTH = 200.0
+CHEAP_FROM = 0.99                 # a front point this likely to pass may be swapped for one
+CHEAP_SLACK = 0.01                # … that is at most this much less likely but spares stage 2
 PROCEDURE = ("fixed sequence on a Pareto path of threshold vectors (grid, path and start from "
              "the tuning split)")
 
@@ -217,12 +222,20 @@ def plan_cascade(tune_scores: np.ndarray, tune_errors: np.ndarray, n_cert: int,
         order_err = _grid_sums(s, proxy, grids)[1].sum(axis=-1).reshape(-1)
     else:
         order_err = err
-    front = _pareto_path(np.flatnonzero(ok), acc, order_err, reach[:, 1:].sum(axis=1))
-    n_t, k_t = acc[front], err[front]
+    calls = reach[:, 1:].sum(axis=1)
+    cand = np.flatnonzero(ok)
+    front = _pareto_path(cand, acc, order_err, calls)
     # Prior centred at r* (plan.py's "target" centre): the accept-all error rate of a cascade is
     # stage 1's, far above r*, and would call every point a likely failure.
     prior = (PRIOR_STRENGTH * target_risk + 0.5, PRIOR_STRENGTH * (1.0 - target_risk) + 0.5)
-    pp = predicted_pass(n_t, k_t, n_cert / n, target_risk, delta, prior)
+    def pass_prob(v: np.ndarray) -> np.ndarray:          # once per distinct (accepted, errors)
+        pairs, inv = np.unique(np.stack([acc[v], err[v]]), axis=1, return_inverse=True)
+        return predicted_pass(pairs[0], pairs[1], n_cert / n, target_risk, delta,
+                              prior)[inv.reshape(-1)]
+
+    front = _cheapest(front, cand, acc, order_err, calls, pass_prob)
+    n_t, k_t = acc[front], err[front]
+    pp = pass_prob(front)
     best = float(pp.max())
     f = 1.0 - best
     need = max(START_FRACTION * best, 1.0 - min(START_SLACK[0] * f, f + START_SLACK[1]))
@@ -230,6 +243,34 @@ def plan_cascade(tune_scores: np.ndarray, tune_errors: np.ndarray, n_cert: int,
     return CascadePlan(grids=grids, path=idx[front], tune_accepted=n_t, tune_errors=k_t,
                        tune_reach=reach[front], pass_prob=pp, start=start, n_tune=n,
                        n_grid=len(acc), n_feasible=int(ok.sum()))
+
+
+def _cheapest(front: np.ndarray, cand: np.ndarray, acc: np.ndarray, err: np.ndarray,
+              calls: np.ndarray, pass_prob: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Each front point predicted to pass with probability ≥ ``CHEAP_FROM`` replaced by the vector
+    with the fewest later-stage calls among those accepting as many (up to the next front point)
+    whose predicted pass probability is within ``CHEAP_SLACK`` of it: where r* leaves room, the
+    path runs through vectors that spare stage 2; where it is tight (a fixed sequence's survival
+    compounds every small loss of pass probability), it stays on the front."""
+    edges = acc[front]
+    b = np.searchsorted(edges, acc[cand], side="right") - 1            # front bin of each vector
+    c = cand[b >= 0]
+    b = b[b >= 0]
+    cheaper = calls[c] < calls[front[b]]                               # only these can replace
+    c, b = c[cheaper], b[cheaper]
+    if not len(c):
+        return front
+    pf = pass_prob(front)[b]
+    keep = (pf >= CHEAP_FROM) & (pass_prob(c) >= pf - CHEAP_SLACK)
+    c, b = c[keep], b[keep]
+    if not len(c):
+        return front
+    order = np.lexsort((-acc[c], err[c], calls[c], b))
+    c, b = c[order], b[order]
+    first = np.concatenate(([True], b[1:] != b[:-1]))
+    out = front.copy()
+    out[b[first]] = c[first]
+    return out
 
 
 def _pareto_path(cand: np.ndarray, acc: np.ndarray, err: np.ndarray, calls: np.ndarray

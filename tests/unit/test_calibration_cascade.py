@@ -10,9 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench import cascade_validity as cv
+from serve.calibration import cascade
 from serve.calibration.cascade import (
     BudgetError,
     Budgets,
+    _pareto_path,
     certify_cascade,
     grid_counts,
     plan_cascade,
@@ -55,17 +57,32 @@ def test_grid_ends_with_accept_none_and_starts_with_accept_all():
     assert g[0] == 0.1 and math.isinf(g[-1]) and np.all(np.diff(g) > 0)
 
 
-def test_plan_path_is_a_pareto_front_strict_to_permissive():
+def test_the_front_is_pareto_and_the_path_strict_to_permissive():
     s, e, _ = cv.logistic(np.random.default_rng(1), 900)
     plan = plan_cascade(s, e, 2100, 0.05, 0.1, points=40)
     assert np.all(np.diff(plan.tune_accepted) > 0)             # strict → permissive
-    assert np.all(np.diff(plan.tune_errors) > 0)               # errors grow along the front
     assert 0 <= plan.start < len(plan.path)
-    # No vector on the grid accepts as many with fewer errors than a front point.
     c = grid_counts(s, e, plan.grids)
     acc, err = c.total_accepted.reshape(-1), c.total_errors.reshape(-1)
-    for a, k in zip(plan.tune_accepted, plan.tune_errors, strict=True):
+    calls = c.reach[..., 1:].sum(axis=-1).reshape(-1)
+    front = _pareto_path(np.flatnonzero(acc > 0), acc, err, calls)
+    assert np.all(np.diff(acc[front]) > 0) and np.all(np.diff(err[front]) > 0)
+    for a, k in zip(acc[front], err[front], strict=True):      # nothing dominates a front point
         assert not np.any((acc >= a) & (err < k))
+
+
+def test_where_r_star_leaves_room_the_path_spares_stage_two(monkeypatch):
+    """A loose r*: stage 1 alone is safe for most samples, so the certified vector sends few to
+    stage 2 though stage 2 errs less (the min-error front alone would send nearly all)."""
+    s, e, _ = cv.logistic(np.random.default_rng(6), 3000)
+    shares = {}
+    for slack in (0.0, cascade.CHEAP_SLACK):
+        monkeypatch.setattr(cascade, "CHEAP_SLACK", slack)
+        plan = plan_cascade(s[:900], e[:900], 2100, 0.3, 0.1, points=40)
+        cert = certify_cascade(s[900:], e[900:], plan, 0.3, 0.1)
+        assert cert.certified and cert.human_share < 0.02, cert.stage_rows()
+        shares[slack] = cert.reach[1] / cert.n
+    assert shares[cascade.CHEAP_SLACK] < 0.75 * shares[0.0], shares
 
 
 def test_stage_share_budget_is_honoured_with_its_upper_bound():
