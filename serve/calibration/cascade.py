@@ -20,7 +20,7 @@ Derivation and validity: docs/METHODS.md ("Cascades") and docs/cascade.md.
   the one deployed may be chosen among them on the certification split: the smallest human share
   whose budgets hold with (1 − δ) Clopper–Pearson upper bounds.
 
-Counting is vectorised over the whole grid (rank histograms and cumulative sums), O(n + Gᴷ).
+Counting is vectorised over the whole grid (serve.calibration.cascade_grid), O(n + Gᴷ).
 """
 
 from __future__ import annotations
@@ -33,12 +33,12 @@ from typing import Any
 import numpy as np
 
 from serve.calibration.binomial import binomial_p_values, clopper_pearson_upper
+from serve.calibration.cascade_grid import check_arrays, grid_counts, grid_sums, stage_grid
 from serve.calibration.certify import CertifyError, check_risk_and_delta, zero_error_minimum
 from serve.calibration.plan import predicted_pass
 from serve.errors import AbstainError
 
 GRID_POINTS = {2: 200, 3: 30}      # thresholds per stage (the grid has Gᴷ vectors)
-MAX_STAGES = 3
 START_FRACTION = 0.95             # the start rule of serve.calibration.plan, on the path
 START_SLACK = (2.0, 0.05)
 PRIOR_STRENGTH = 200.0
@@ -72,89 +72,6 @@ class Budgets:
             if not 0.0 <= share <= 1.0:
                 raise CertifyError(f"--max-stage-share {k}={share!r}: a share must be in [0, 1]")
         return self
-
-
-@dataclass(frozen=True)
-class Counts:
-    """Outcome counts of threshold vectors (leading axes: one per vector)."""
-
-    accepted: np.ndarray         # (..., K) accepted by stage k
-    errors: np.ndarray           # (..., K) errors among them
-    reach: np.ndarray            # (..., K) samples that reach stage k (reach[..., 0] = n)
-    n: int
-
-    @property
-    def total_accepted(self) -> np.ndarray:
-        return self.accepted.sum(axis=-1)
-
-    @property
-    def total_errors(self) -> np.ndarray:
-        return self.errors.sum(axis=-1)
-
-    @property
-    def human(self) -> np.ndarray:
-        return self.n - self.total_accepted
-
-
-def _check_arrays(scores: np.ndarray, errors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    s = np.asarray(scores, dtype=np.float64)
-    e = np.asarray(errors, dtype=bool)
-    if s.ndim != 2 or s.shape != e.shape or not 2 <= s.shape[1] <= MAX_STAGES:
-        raise CertifyError(f"a cascade needs scores and errors of shape (n, K) with 2 ≤ K ≤ "
-                           f"{MAX_STAGES} stages; got {s.shape} and {e.shape}")
-    if not np.isfinite(s).all():
-        raise CertifyError("cascade scores must be finite")
-    return s, e
-
-
-def stage_grid(scores: np.ndarray, points: int) -> np.ndarray:
-    """Ascending thresholds at evenly spaced coverages of ``scores``, then +∞ (accept none)."""
-    cov = np.linspace(0.0, 1.0, points - 1)
-    t = np.quantile(scores, 1.0 - cov, method="inverted_cdf") if scores.size else np.zeros(0)
-    return np.append(np.unique(t), np.inf)
-
-
-def grid_counts(scores: np.ndarray, errors: np.ndarray, grids: tuple[np.ndarray, ...]) -> Counts:
-    """Counts for every vector of the grid: arrays of shape ``(G₁, …, G_K, K)``."""
-    s, e = _check_arrays(scores, errors)
-    accepted, errs, reach = _grid_sums(s, e.astype(np.float64), grids)
-    return Counts(np.rint(accepted).astype(np.int64), np.rint(errs).astype(np.int64),
-                  np.rint(reach).astype(np.int64), len(s))
-
-
-def _grid_sums(s: np.ndarray, w: np.ndarray, grids: tuple[np.ndarray, ...]
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Accepted, summed ``w`` (errors or expected errors) and reach per vector, as floats.
-
-    Stage k accepts at grid index j iff its score's rank r (thresholds ≤ score) exceeds j, so
-    each count is a histogram of the ranks of stages ≤ k, cumulated along the deferring stages'
-    axes and suffix-summed along stage k's: O(n + Gᴷ), no n × Gᴷ product.
-    """
-    n, k_stages = s.shape
-    ranks = [np.searchsorted(g, s[:, k], side="right") for k, g in enumerate(grids)]
-    shape = tuple(len(g) for g in grids)
-    accepted = np.zeros((*shape, k_stages))
-    sums = np.zeros((*shape, k_stages))
-    reach = np.zeros((*shape, k_stages))
-    reach[..., 0] = n
-    for k in range(k_stages):
-        dims = tuple(len(grids[m]) + 1 for m in range(k + 1))
-        flat = np.ravel_multi_index(ranks[:k + 1], dims)
-        cut = tuple(slice(0, len(grids[m])) for m in range(k + 1))
-        spread = (...,) + (None,) * (k_stages - k - 1)
-        for out, weights in ((accepted, None), (sums, w[:, k])):
-            h = np.bincount(flat, weights=weights, minlength=math.prod(dims)).reshape(dims)
-            for m in range(k):
-                h = np.cumsum(h, axis=m)                       # stage m deferred: r_m ≤ j_m
-            h = h.sum(axis=k, keepdims=True) - np.cumsum(h, axis=k)   # stage k accepts: r_k > j_k
-            out[..., k] = h[cut][spread]
-        if k:
-            h = np.bincount(np.ravel_multi_index(ranks[:k], dims[:k]),
-                            minlength=math.prod(dims[:k])).reshape(dims[:k]).astype(np.float64)
-            for m in range(k):
-                h = np.cumsum(h, axis=m)
-            reach[..., k] = h[cut[:k]][(...,) + (None,) * (k_stages - k)]
-    return accepted, sums, reach
 
 
 def _share_upper(count: np.ndarray, n: int, delta: float) -> np.ndarray:
@@ -199,7 +116,7 @@ def plan_cascade(tune_scores: np.ndarray, tune_errors: np.ndarray, n_cert: int,
             the test use the 0/1 errors whatever orders the path.
     """
     check_risk_and_delta(target_risk, delta)
-    s, e = _check_arrays(tune_scores, tune_errors)
+    s, e = check_arrays(tune_scores, tune_errors)
     n, k_stages = s.shape
     budgets.validate(k_stages)
     g = points or GRID_POINTS[k_stages]
@@ -219,7 +136,7 @@ def plan_cascade(tune_scores: np.ndarray, tune_errors: np.ndarray, n_cert: int,
         proxy = np.asarray(tune_proxy, dtype=np.float64)
         if proxy.shape != s.shape or not np.isfinite(proxy).all():
             raise CertifyError(f"tune_proxy must be finite with shape {s.shape}")
-        order_err = _grid_sums(s, proxy, grids)[1].sum(axis=-1).reshape(-1)
+        order_err = grid_sums(s, proxy, grids)[1].sum(axis=-1).reshape(-1)
     else:
         order_err = err
     calls = reach[:, 1:].sum(axis=1)
@@ -349,7 +266,7 @@ def certify_cascade(scores: np.ndarray, errors: np.ndarray, plan: CascadePlan,
         BudgetError: vectors were certified, but none meets a budget (the message has numbers).
     """
     check_risk_and_delta(target_risk, delta)
-    s, e = _check_arrays(scores, errors)
+    s, e = check_arrays(scores, errors)
     n, k_stages = s.shape
     c = grid_counts(s, e, plan.grids)
     at = tuple(plan.path.T)

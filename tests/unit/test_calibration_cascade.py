@@ -16,10 +16,9 @@ from serve.calibration.cascade import (
     Budgets,
     _pareto_path,
     certify_cascade,
-    grid_counts,
     plan_cascade,
-    stage_grid,
 )
+from serve.calibration.cascade_grid import grid_counts, stage_grid
 from serve.calibration.certify import CertifyError
 
 
