@@ -123,7 +123,9 @@ def register_calibrate(sub: argparse._SubParsersAction) -> None:
                        "choose the confidence score and temperature, certify a threshold with "
                        "P(selective risk ≤ target) ≥ 1 − δ, and write calibration.json + plots "
                        "beside the model. An existing calibration.json is kept as "
-                       "calibration.json.bak.")
+                       "calibration.json.bak. Given a cascade's directory (with cascade.json), "
+                       "certify its per-stage thresholds as one system and write "
+                       "cascade_calibration.json instead (docs/cascade.md).")
     add_model_inputs(p, "calibration", "calibration")
     p.add_argument("--target-risk", type=fraction(0.02), default=0.02,
                    help="r*: maximal selective risk")
