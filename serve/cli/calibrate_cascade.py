@@ -95,6 +95,9 @@ def cascade_main(args: argparse.Namespace) -> int:
     if args.logits or args.from_feedback or args.target_coverage is not None:
         raise AbstainError("a cascade is calibrated from --data only (not --logits, "
                            "--from-feedback or --target-coverage)")
+    if args.allow_defer_all:
+        raise AbstainError("--allow-defer-all does not apply to a cascade: one that certifies "
+                           "nothing is not written (its stages keep serving on their own)")
     if args.method != "ltt":
         raise AbstainError("a cascade is certified with Learn-then-Test only (--method ltt)")
     from serve.calibration.cascade import Budgets

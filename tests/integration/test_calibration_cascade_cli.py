@@ -83,3 +83,5 @@ def test_a_changed_stage_or_misplaced_flag_is_refused(repo, capsys):
     assert "apply to a cascade" in capsys.readouterr().err
     assert main(["calibrate", str(repo["cascade"]), "--max-stage-share", "1=0.5"]) == 2
     assert "STAGE ≥ 2" in capsys.readouterr().err
+    assert main(["calibrate", str(repo["cascade"]), "--allow-defer-all"]) == 2
+    assert "does not apply to a cascade" in capsys.readouterr().err
