@@ -13,6 +13,7 @@ from pathlib import Path
 from serve.calibration.artifact import FILENAME, Calibration, save_calibration
 from serve.calibration.probe import write_probe
 from serve.cli.argtypes import NONNEGATIVE_INT, float_above, fraction
+from serve.cli.calibrate_cascade import add_cascade_flags, cascade_main, is_cascade
 from serve.cli.from_feedback import (
     add_feedback_args,
     from_feedback_main,
@@ -25,6 +26,7 @@ from serve.cli.model_inputs import (
     logits_and_labels,
     model_file,
 )
+from serve.errors import AbstainError
 from serve.files import keep_backup
 
 # The sign of the gain column: positive is an improvement on the incumbent, as the name says.
@@ -80,6 +82,15 @@ def _print_calibration(run, cal: Calibration, out: Path) -> None:
 
 
 def calibrate_main(args: argparse.Namespace) -> int:
+    if is_cascade(args.model):                               # a cascade's version directory
+        if getattr(args, "from_feedback", None):
+            raise AbstainError(f"--from-feedback re-certifies one model's threshold; {args.model} "
+                               "is a cascade: calibrate it with --data SPEC:calibration")
+        refuse_feedback_only(args)
+        return cascade_main(args)
+    if args.max_defer is not None or args.max_stage_share or args.costs is not None:
+        raise AbstainError(f"--max-defer, --max-stage-share and --costs apply to a cascade (a "
+                           f"directory with cascade.json); {args.model} is a model")
     if getattr(args, "from_feedback", None):                # the feedback loop (serve/feedback)
         return from_feedback_main(args)
     refuse_feedback_only(args)
@@ -122,7 +133,9 @@ def register_calibrate(sub: argparse._SubParsersAction) -> None:
                        "choose the confidence score and temperature, certify a threshold with "
                        "P(selective risk ≤ target) ≥ 1 − δ, and write calibration.json + plots "
                        "beside the model. An existing calibration.json is kept as "
-                       "calibration.json.bak.")
+                       "calibration.json.bak. Given a cascade's directory (with cascade.json), "
+                       "certify its per-stage thresholds as one system and write "
+                       "cascade_calibration.json instead (docs/cascade.md).")
     add_model_inputs(p, "calibration", "calibration")
     p.add_argument("--target-risk", type=fraction(0.02), default=0.02,
                    help="r*: maximal selective risk")
@@ -147,5 +160,6 @@ def register_calibrate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-defer-all", action="store_true",
                    help="if nothing can be certified, write a calibration that defers everything")
     add_feedback_args(p)
+    add_cascade_flags(p)
     track_given(p)
     p.set_defaults(handler=calibrate_main)

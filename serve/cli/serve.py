@@ -129,6 +129,7 @@ def preflight(settings: ServerSettings) -> list[Any]:
     The single-worker server adopts these loaded versions (see ``create_app(preloaded=...)``);
     worker processes (``--workers N``) load their own.
     """
+    from serve.server.cascade import is_cascade_dir
     from serve.server.repository import load_version, scan
     from serve.server.runtime import providers_for
 
@@ -142,6 +143,8 @@ def preflight(settings: ServerSettings) -> list[Any]:
             "and export one (`abstain train`, `abstain export`, `abstain calibrate`)")
     loaded, failed = [], {}
     for (name, version), d in found.items():
+        if is_cascade_dir(d):                      # built on its stages by the repository
+            continue
         try:
             loaded.append(load_version(d, name, version, settings.device,
                                        settings.intra_op_threads, (1,), settings.on_probe_mismatch))

@@ -46,6 +46,8 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 
 from serve import __version__
 from serve.calibration.artifact import Calibration
+from serve.monitoring.cascade_metrics import CascadeMetrics
+from serve.monitoring.cascade_metrics import Hook as CascadeHook
 from serve.monitoring.drift import DriftDetector
 from serve.monitoring.prometheus import (  # noqa: F401  (re-exported)
     MULTIPROC_ENV,
@@ -164,6 +166,7 @@ class Monitor(Tally):
             self.info = gauge("abstain_model_info", "Loaded model versions.", (*MV, *INFO_KEYS), "livemax")
         else:
             self.info = Info("abstain_model", "Loaded model versions.", MV, registry=reg)
+        self.cascades = CascadeMetrics(reg)
         self._scores = ScoreHistograms()
         if not self.multiprocess:
             self.registry.register(self._scores)
@@ -276,6 +279,10 @@ class Monitor(Tally):
         """Per-sample outcomes of one batch: accepted/deferred counts, predicted class, scores."""
         self._pending_decisions.append((model, version, labels, class_names, scores, reject))
         self._kick()
+
+    def cascade_hook(self, model: str, version: str) -> CascadeHook:
+        """Per-stage series of one cascade (serve/monitoring/cascade_metrics.py)."""
+        return self.cascades.hook(model, version)
 
     # --- exposition ---------------------------------------------------------------------------
     def render(self) -> tuple[bytes, str]:

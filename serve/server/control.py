@@ -183,6 +183,9 @@ def metadata(repo: ModelRepository, mv: ModelVersion) -> dict[str, Any]:
     """The v2 model metadata, with abstain's outputs, calibration and provider."""
     k = len(mv.class_names)
     dt = v2.v2_datatype(mv.model.input_dtype)
+    cascade = getattr(mv, "kind", "model") == "cascade"       # serve/server/cascade.py
+    extra = [{"name": "stage", "datatype": "INT32", "shape": [-1]}] if cascade else []
+    stages = {"stages": mv.summary()["stages"]} if cascade else {}
     return {"name": mv.name, "versions": [str(v) for v in sorted(repo.models[mv.name])],
             "platform": "onnxruntime_onnx",
             "inputs": [{"name": mv.model.input_name, "datatype": dt,
@@ -192,10 +195,10 @@ def metadata(repo: ModelRepository, mv: ModelVersion) -> dict[str, Any]:
                         {"name": "score", "datatype": "FP64", "shape": [-1]},
                         {"name": "reject", "datatype": "BOOL", "shape": [-1]},
                         {"name": "probabilities", "datatype": "FP64", "shape": [-1, k]},
-                        {"name": "class_name", "datatype": "BYTES", "shape": [-1]}],
+                        {"name": "class_name", "datatype": "BYTES", "shape": [-1]}, *extra],
             "provider": mv.model.provider, "class_names": mv.class_names,
             "calibration": mv.summary()["calibration"], "version": str(mv.version),
-            "preprocessing": mv.preprocessing, "model_sha256": mv.model.sha256}
+            "preprocessing": mv.preprocessing, "model_sha256": mv.model.sha256, **stages}
 
 
 def _ref(name: str) -> dict[str, str]:

@@ -23,9 +23,17 @@ import numpy as np
 from serve.calibration import probe
 from serve.calibration.artifact import FILENAME as CALIBRATION_FILE
 from serve.calibration.artifact import Calibration, load_calibration
+from serve.calibration.cascade_artifact import read_spec
 from serve.decision import DecisionRule
 from serve.errors import AbstainError
 from serve.monitoring.monitor import Monitor
+from serve.server.cascade import (
+    CascadeBatcher,
+    CascadeVersion,
+    cascade_signature,
+    is_cascade_dir,
+    load_cascade,
+)
 from serve.server.protocol import short
 from serve.server.repository_files import (  # noqa: F401  (re-exported)
     MODEL_FILE,
@@ -73,6 +81,7 @@ class ModelVersion:
     batcher: Batcher | None = None
     threads: str = "default"                       # intra-op threads, as the start-up table shows
     alone: OnnxModel | None = None                 # the session for a request alone (threads.py)
+    kind: str = "model"                            # or "cascade" (serve/server/cascade.py)
 
     @property
     def class_names(self) -> list[str]:
@@ -90,6 +99,10 @@ class ModelVersion:
     def infer_alone(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """:meth:`infer` for a request that runs alone, on the event loop (serve/server/threads.py)."""
         return self._decide((self.alone or self.model).run(x))
+
+    def probabilities(self, out: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The temperature-calibrated softmax of a served batch's logits (requests that ask)."""
+        return self.rule.probabilities(out["logits"])
 
     def _decide(self, logits: np.ndarray) -> dict[str, np.ndarray]:
         d = self.rule(logits)
@@ -140,6 +153,9 @@ def load_version(d: Path, name: str, version: int, device: Device = "auto",
                         alone=alone)
 
 
+Served = ModelVersion | CascadeVersion             # what the live set holds
+
+
 @dataclass
 class ReloadReport:
     loaded: list[str] = field(default_factory=list)
@@ -169,20 +185,20 @@ class ModelRepository:
         # Versions `abstain serve` already loaded to validate the start: the first reload adopts
         # them (warming them up) instead of loading every model a second time.
         self._preloaded = {(mv.name, mv.version): mv for mv in preloaded or ()}
-        self._live: Mapping[str, Mapping[int, ModelVersion]] = MappingProxyType({})
+        self._live: Mapping[str, Mapping[int, Served]] = MappingProxyType({})
         self._failed: dict[tuple[str, int], tuple] = {}   # signature that failed, to log once
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task] = set()
         self.ready = False
 
     @property
-    def models(self) -> Mapping[str, Mapping[int, ModelVersion]]:
+    def models(self) -> Mapping[str, Mapping[int, Served]]:
         return self._live
 
-    def versions(self) -> list[ModelVersion]:
+    def versions(self) -> list[Served]:
         return [mv for vs in self._live.values() for mv in vs.values()]
 
-    def get(self, name: str, version: str | int | None = None) -> ModelVersion:
+    def get(self, name: str, version: str | int | None = None) -> Served:
         """The requested version, or the highest one; a 404 error naming what exists."""
         vs = self._live.get(name)
         if not vs:
@@ -201,9 +217,12 @@ class ModelRepository:
         async with self._lock:
             report = ReloadReport()
             found = await asyncio.to_thread(scan, self.root, self.follow_symlinks)
+            cascades = {k: d for k, d in found.items() if is_cascade_dir(d)}
             current = {(mv.name, mv.version): mv for mv in self.versions()}
-            new: dict[tuple[str, int], ModelVersion] = {}
+            new: dict[tuple[str, int], Any] = {}
             for key, d in found.items():
+                if key in cascades:                  # after the models: built on their stages
+                    continue
                 label = f"{key[0]}/{key[1]}"
                 sig = await asyncio.to_thread(version_signature, d)
                 old = current.get(key)
@@ -249,7 +268,8 @@ class ModelRepository:
                 log.info("serving %s on %s (score %s, threshold %s, certified coverage %.3f)",
                          label, mv.model.provider, mv.calibration.score, mv.calibration.threshold,
                          mv.calibration.coverage)
-            live: dict[str, dict[int, ModelVersion]] = {}
+            self._load_cascades(cascades, current, new, report)
+            live: dict[str, dict[int, Any]] = {}
             for (name, version), mv in sorted(new.items()):
                 live.setdefault(name, {})[version] = mv
             retired = [mv for key, mv in current.items() if new.get(key) is not mv]
@@ -263,6 +283,44 @@ class ModelRepository:
                     self._retire(mv)
             report.serving = [f"{mv.name}/{mv.version}" for mv in self.versions()]
             return report
+
+    def _load_cascades(self, found: dict[tuple[str, int], Path], current: dict, new: dict,
+                       report: ReloadReport) -> None:
+        """Build each cascade on the stage versions just chosen (no await: files are tiny).
+
+        Unlike a model, a cascade that fails keeps nothing serving: its old stages may be gone.
+        """
+        def stage_of(model: str, version: int) -> Any | None:
+            return new.get((model, version))
+
+        for key, d in found.items():
+            label = f"{key[0]}/{key[1]}"
+            old = current.get(key)
+            try:
+                stages = [stage_of(r.model, r.version) for r in read_spec(d)]
+                if old is not None and old.signature == cascade_signature(d, stages):
+                    new[key] = old
+                    continue
+                cv = load_cascade(d, key[0], key[1], stage_of)
+                if self.batcher_factory is not None:
+                    cv.batcher = CascadeBatcher(cv, self.monitor.cascade_hook(key[0],
+                                                                              str(key[1])))
+            except Exception as err:
+                why = str(err) if isinstance(err, AbstainError) else \
+                    f"{type(err).__name__}: {err} (unexpected; please report it)"
+                if self._failed.get(key) != why:
+                    log.error("refused cascade %s: %s", label, why)
+                self._failed[key] = why
+                report.failed[label] = why
+                continue
+            self._failed.pop(key, None)
+            new[key] = cv
+            report.loaded.append(label)
+            c = cv.calibration
+            log.info("serving cascade %s: %s (thresholds %s; certified system risk ≤ %g, human "
+                     "share %.3f)", label, " → ".join(f"{r.model}/{r.version}" for r in c.stages),
+                     ", ".join("none" if r.threshold is None else f"{r.threshold:.4g}"
+                               for r in c.stages), c.target_risk, c.human_share)
 
     def _retire(self, mv: ModelVersion) -> None:
         assert mv.batcher is not None

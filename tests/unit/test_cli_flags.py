@@ -42,6 +42,7 @@ TABLE = [
     ("calibrate", "--seed", "x", "not a whole number"),
     ("calibrate", "--batch-size", "0", "≥ 1"),
     ("calibrate", "--max-pending", "5", "(0, 1]"),
+    ("calibrate", "--max-defer", "5", "not in (0, 1]"),
     ("evaluate", "--confidence", "2", "not in (0, 1): pass a fraction such as 0.95"),
     ("evaluate", "--confidence", "0", "not in (0, 1)"),
     ("evaluate", "--batch-size", "0", "≥ 1"),

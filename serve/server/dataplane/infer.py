@@ -128,7 +128,7 @@ class DataPlane:
                 tag = (call.rid, req.id or head.request_id or None)  # server id, client's id
                 out = await batcher.result(req.x, deadline, alone, tag)      # … to submit:
                 if req.wants_probabilities:                          # batch, run, decide, record
-                    out = {**out, "probabilities": mv.rule.probabilities(out["logits"])}
+                    out = {**out, "probabilities": mv.probabilities(out)}
                 answer = call.encode(mv, req, out)                   # result → encode
             finally:
                 self.admission.release(ticket)

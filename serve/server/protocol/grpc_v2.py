@@ -132,6 +132,8 @@ def encode_infer(out: dict[str, np.ndarray], class_names: list[str], model_name:
                  version: str, rid: str, outputs: list[tuple[str, bool]]) -> Any:
     """Sliced outputs → a ``ModelInferResponse`` (raw contents when the outputs ask for raw)."""
     resp = ModelInferResponse(model_name=model_name, model_version=version, id=rid)
+    if "stage" in out and outputs:            # a cascade answers which stage answered, always
+        outputs = [*outputs, ("stage", outputs[-1][1])]
     for name, raw in outputs:
         t = resp.outputs.add()
         t.name = name

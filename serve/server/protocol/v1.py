@@ -54,6 +54,9 @@ def encode_predictions(out: dict[str, np.ndarray], class_names: list[str],
         {"label": lab, "class_name": class_names[lab], "score": s, "reject": r}
         for lab, s, r in zip(labels, scores, rejects, strict=True)
     ]
+    if "stage" in out:                                             # a cascade: who answered
+        for pred, st in zip(preds, out["stage"].tolist(), strict=True):
+            pred["stage"] = st
     if top_k:
         p = out["probabilities"]                                   # (n, K)
         idx = np.argsort(-p, axis=1, kind="stable")[:, :top_k]     # (n, top_k)

@@ -235,6 +235,8 @@ def encode_infer(out: dict[str, np.ndarray], class_names: list[str], model_name:
     """Sliced outputs → (response body, JSON header length when binary tensors follow)."""
     specs: list[dict[str, Any]] = []
     blobs: list[bytes] = []
+    if "stage" in out and outputs:            # a cascade answers which stage answered, always
+        outputs = [*outputs, ("stage", outputs[-1][1])]
     for name, binary in outputs:
         arr = _output_array(name, out, class_names)
         dt = "BYTES" if arr.dtype == object else v2_datatype(arr.dtype)

@@ -1,0 +1,357 @@
+"""Certify a cascade as one system: per-stage thresholds with P(system risk ≤ r*) ≥ 1 − δ.
+
+Stage k (small → large) accepts a sample that reaches it when its score is ≥ λ_k and defers it
+to stage k + 1 otherwise; the last stage's deferrals go to a person. The *system risk* is the
+error rate over every sample any stage accepts (each judged by the stage that accepted it).
+Derivation and validity: docs/METHODS.md ("Cascades") and docs/cascade.md.
+
+* **grid** (tuning split): per stage, thresholds at evenly spaced tuning coverages plus +∞
+  ("this stage accepts nothing": stage 1 at +∞ is the last stage alone).
+* **path** (tuning split): of every threshold vector on the grid, the Pareto front of (accepted
+  ↑, errors ↓) among those meeting the compute budgets, ordered strict → permissive (errors, or
+  a continuous proxy of them such as 1 − the calibrated top-class probability, which gives a
+  dense front where a good model makes few tuning errors); each front point is then swapped for
+  the vector with the fewest later-stage calls that accepts as many and is about as likely to
+  pass (``CHEAP_SLACK``), so where r* leaves room the path spares stage 2; the start is chosen as
+  in :mod:`serve.calibration.plan` (predicted pass probability on ``n_cert`` samples, prior at r*).
+* **test** (certification split): fixed-sequence testing from the start toward permissive, each
+  vector with the exact binomial p-value ``BinomCDF(k; n, r*)`` of its accepted set, stopping at
+  the first failure. Every vector certified is valid simultaneously with probability ≥ 1 − δ, so
+  the one deployed may be chosen among them on the certification split: the smallest human share
+  whose budgets hold with (1 − δ) Clopper–Pearson upper bounds.
+
+Counting is vectorised over the whole grid (serve.calibration.cascade_grid), O(n + Gᴷ).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from serve.calibration.binomial import binomial_p_values, clopper_pearson_upper
+from serve.calibration.cascade_grid import check_arrays, grid_counts, grid_sums, stage_grid
+from serve.calibration.certify import CertifyError, check_risk_and_delta, zero_error_minimum
+from serve.calibration.plan import predicted_pass
+from serve.errors import AbstainError
+
+GRID_POINTS = {2: 200, 3: 30}      # thresholds per stage (the grid has Gᴷ vectors)
+START_FRACTION = 0.95             # the start rule of serve.calibration.plan, on the path
+START_SLACK = (2.0, 0.05)
+PRIOR_STRENGTH = 200.0
+CHEAP_FROM = 0.99                 # a front point this likely to pass may be swapped for one
+CHEAP_SLACK = 0.01                # … that is at most this much less likely but spares stage 2
+PROCEDURE = ("fixed sequence on a Pareto path of threshold vectors (grid, path and start from "
+             "the tuning split)")
+
+
+class BudgetError(AbstainError):
+    """A compute or reviewer budget that no certified threshold vector meets."""
+
+    status = 422
+    reason = "budget_not_met"
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """``max_defer``: human share; ``max_stage_share[k]``: share of samples reaching stage k (≥ 2)."""
+
+    max_defer: float | None = None
+    max_stage_share: dict[int, float] = field(default_factory=dict)
+
+    def validate(self, n_stages: int) -> Budgets:
+        if self.max_defer is not None and not 0.0 < self.max_defer <= 1.0:
+            raise CertifyError(f"--max-defer must be in (0, 1]; got {self.max_defer!r}")
+        for k, share in self.max_stage_share.items():
+            if not 2 <= k <= n_stages:
+                raise CertifyError(f"--max-stage-share names stage {k}, but stages 2..{n_stages} "
+                                   "can be limited (stage 1 sees every sample)")
+            if not 0.0 <= share <= 1.0:
+                raise CertifyError(f"--max-stage-share {k}={share!r}: a share must be in [0, 1]")
+        return self
+
+
+def _share_upper(count: np.ndarray, n: int, delta: float) -> np.ndarray:
+    return clopper_pearson_upper(np.asarray(count), np.full(np.shape(count), n), delta)
+
+
+@dataclass(frozen=True)
+class CascadePlan:
+    """Pre-registered hypotheses: threshold vectors (as grid indices) strict → permissive."""
+
+    grids: tuple[np.ndarray, ...]
+    path: np.ndarray             # (P, K) grid indices
+    tune_accepted: np.ndarray    # (P,)
+    tune_errors: np.ndarray      # (P,)
+    tune_reach: np.ndarray       # (P, K)
+    pass_prob: np.ndarray        # (P,)
+    start: int
+    n_tune: int
+    n_grid: int                  # vectors on the grid
+    n_feasible: int              # … meeting the compute budgets on the tuning split
+
+    def thresholds(self, i: int) -> list[float]:
+        return [float(self.grids[k][j]) for k, j in enumerate(self.path[i])]
+
+    def describe(self) -> str:
+        s = self.start
+        return (f"{len(self.path)} vectors on the Pareto path of {self.n_feasible} in budget "
+                f"(grid {self.n_grid}) from {self.n_tune} tuning samples; start at path index "
+                f"{s} (tuning accepted share {self.tune_accepted[s] / self.n_tune:.4f}, "
+                f"predicted pass probability {self.pass_prob[s]:.2f})")
+
+
+def plan_cascade(tune_scores: np.ndarray, tune_errors: np.ndarray, n_cert: int,
+                 target_risk: float, delta: float, budgets: Budgets = Budgets(),
+                 points: int | None = None, tune_proxy: np.ndarray | None = None) -> CascadePlan:
+    """Grid, Pareto path and start from the tuning split alone (see module doc).
+
+    Args:
+        tune_proxy: optional ``(n, K)`` expected errors (e.g. 1 − the calibrated top-class
+            probability) that order the path instead of the 0/1 errors: with few tuning errors
+            the 0/1 front has only a handful of points, a continuous one is dense. The start and
+            the test use the 0/1 errors whatever orders the path.
+    """
+    check_risk_and_delta(target_risk, delta)
+    s, e = check_arrays(tune_scores, tune_errors)
+    n, k_stages = s.shape
+    budgets.validate(k_stages)
+    g = points or GRID_POINTS[k_stages]
+    grids = tuple(stage_grid(s[:, k], g) for k in range(k_stages))
+    c = grid_counts(s, e, grids)
+    idx = np.indices(c.accepted.shape[:-1]).reshape(k_stages, -1).T       # (V, K)
+    acc = c.total_accepted.reshape(-1)
+    err = c.total_errors.reshape(-1)
+    reach = c.reach.reshape(-1, k_stages)
+    ok = np.ones(len(acc), bool)
+    for k, share in budgets.max_stage_share.items():   # predicted to hold on n_cert samples
+        ok &= _share_upper(np.rint(reach[:, k - 1] / n * n_cert), n_cert, delta) <= share
+    ok &= acc > 0
+    if not ok.any():
+        raise BudgetError(_no_vector_in_budget(budgets, reach, n))
+    if tune_proxy is not None:
+        proxy = np.asarray(tune_proxy, dtype=np.float64)
+        if proxy.shape != s.shape or not np.isfinite(proxy).all():
+            raise CertifyError(f"tune_proxy must be finite with shape {s.shape}")
+        order_err = grid_sums(s, proxy, grids)[1].sum(axis=-1).reshape(-1)
+    else:
+        order_err = err
+    calls = reach[:, 1:].sum(axis=1)
+    cand = np.flatnonzero(ok)
+    front = _pareto_path(cand, acc, order_err, calls)
+    # Prior centred at r* (plan.py's "target" centre): the accept-all error rate of a cascade is
+    # stage 1's, far above r*, and would call every point a likely failure.
+    prior = (PRIOR_STRENGTH * target_risk + 0.5, PRIOR_STRENGTH * (1.0 - target_risk) + 0.5)
+    def pass_prob(v: np.ndarray) -> np.ndarray:          # once per distinct (accepted, errors)
+        pairs, inv = np.unique(np.stack([acc[v], err[v]]), axis=1, return_inverse=True)
+        return predicted_pass(pairs[0], pairs[1], n_cert / n, target_risk, delta,
+                              prior)[inv.reshape(-1)]
+
+    front = _cheapest(front, cand, acc, order_err, calls, pass_prob)
+    n_t, k_t = acc[front], err[front]
+    pp = pass_prob(front)
+    best = float(pp.max())
+    f = 1.0 - best
+    need = max(START_FRACTION * best, 1.0 - min(START_SLACK[0] * f, f + START_SLACK[1]))
+    start = int(np.flatnonzero(pp >= need - 1e-12)[-1])
+    return CascadePlan(grids=grids, path=idx[front], tune_accepted=n_t, tune_errors=k_t,
+                       tune_reach=reach[front], pass_prob=pp, start=start, n_tune=n,
+                       n_grid=len(acc), n_feasible=int(ok.sum()))
+
+
+def _cheapest(front: np.ndarray, cand: np.ndarray, acc: np.ndarray, err: np.ndarray,
+              calls: np.ndarray, pass_prob: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Each front point predicted to pass with probability ≥ ``CHEAP_FROM`` replaced by the vector
+    with the fewest later-stage calls among those accepting as many (up to the next front point)
+    whose predicted pass probability is within ``CHEAP_SLACK`` of it: where r* leaves room, the
+    path runs through vectors that spare stage 2; where it is tight (a fixed sequence's survival
+    compounds every small loss of pass probability), it stays on the front."""
+    edges = acc[front]
+    b = np.searchsorted(edges, acc[cand], side="right") - 1            # front bin of each vector
+    c = cand[b >= 0]
+    b = b[b >= 0]
+    cheaper = calls[c] < calls[front[b]]                               # only these can replace
+    c, b = c[cheaper], b[cheaper]
+    if not len(c):
+        return front
+    pf = pass_prob(front)[b]
+    keep = (pf >= CHEAP_FROM) & (pass_prob(c) >= pf - CHEAP_SLACK)
+    c, b = c[keep], b[keep]
+    if not len(c):
+        return front
+    order = np.lexsort((-acc[c], err[c], calls[c], b))
+    c, b = c[order], b[order]
+    first = np.concatenate(([True], b[1:] != b[:-1]))
+    out = front.copy()
+    out[b[first]] = c[first]
+    return out
+
+
+def _pareto_path(cand: np.ndarray, acc: np.ndarray, err: np.ndarray, calls: np.ndarray
+                 ) -> np.ndarray:
+    """The Pareto front of ``cand`` strict → permissive: for each accepted count the fewest
+    (expected) errors, then the fewest calls of later stages; errors fall as acceptance falls."""
+    order = cand[np.lexsort((calls[cand], err[cand], -acc[cand]))]
+    run_min = np.minimum.accumulate(err[order])
+    keep = np.concatenate(([True], err[order][1:] < run_min[:-1]))
+    return order[keep][::-1]
+
+
+def _no_vector_in_budget(budgets: Budgets, reach: np.ndarray, n: int) -> str:
+    parts = [f"stage {k}: lowest tuning share {reach[:, k - 1].min() / n:.4f} vs budget {b:g}"
+             for k, b in sorted(budgets.max_stage_share.items())]
+    return ("no threshold vector meets --max-stage-share on the tuning split with room for the "
+            "certification bound (" + "; ".join(parts) + "): raise the budget")
+
+
+@dataclass(frozen=True)
+class CascadeCertificate:
+    """What certification found. ``thresholds`` is None when nothing was certified; a stage
+    threshold of +∞ (None in JSON) means that stage accepts nothing."""
+
+    thresholds: list[float] | None
+    target_risk: float
+    delta: float
+    n: int
+    accepted: list[int]          # per stage
+    errors: list[int]            # per stage
+    reach: list[int]             # samples reaching each stage
+    human_upper: float           # (1 − δ) CP upper bound on the human share
+    reach_upper: list[float]     # (1 − δ) CP upper bounds on each stage's share
+    risk_upper_bound: float      # post-selection CP bound (indicative)
+    certified_count: int
+    path_length: int
+    detail: str
+    start: str
+    procedure: str = PROCEDURE
+
+    @property
+    def certified(self) -> bool:
+        return self.thresholds is not None
+
+    @property
+    def n_accepted(self) -> int:
+        return sum(self.accepted)
+
+    @property
+    def n_errors(self) -> int:
+        return sum(self.errors)
+
+    @property
+    def risk(self) -> float:
+        return self.n_errors / self.n_accepted if self.n_accepted else 0.0
+
+    @property
+    def human_share(self) -> float:
+        return 1.0 - self.n_accepted / self.n if self.n else 1.0
+
+    def stage_rows(self) -> list[dict[str, Any]]:
+        """Per stage: reached, accepted share (of all samples), risk among its acceptances."""
+        return [{"stage": k + 1, "reach_share": r / self.n, "reach_upper": ru,
+                 "accepted_share": a / self.n, "risk": (e / a if a else 0.0),
+                 "accepted": a, "errors": e}
+                for k, (a, e, r, ru) in enumerate(zip(self.accepted, self.errors, self.reach,
+                                                      self.reach_upper, strict=True))]
+
+
+def certify_cascade(scores: np.ndarray, errors: np.ndarray, plan: CascadePlan,
+                    target_risk: float, delta: float,
+                    budgets: Budgets = Budgets()) -> CascadeCertificate:
+    """Run the planned fixed sequence on certification data and choose among what it certifies.
+
+    Raises:
+        BudgetError: vectors were certified, but none meets a budget (the message has numbers).
+    """
+    check_risk_and_delta(target_risk, delta)
+    s, e = check_arrays(scores, errors)
+    n, k_stages = s.shape
+    c = grid_counts(s, e, plan.grids)
+    at = tuple(plan.path.T)
+    acc_k, err_k, reach_k = c.accepted[at], c.errors[at], c.reach[at]     # (P, K)
+    acc, err = acc_k.sum(axis=1), err_k.sum(axis=1)
+    p = binomial_p_values(err, acc, target_risk)
+    failed = p[plan.start:] > delta
+    n_ok = int(failed.argmax()) if failed.any() else len(failed)
+    start = plan.describe()
+    empty = CascadeCertificate(None, target_risk, delta, n, [0] * k_stages, [0] * k_stages,
+                               [0] * k_stages, 1.0, [1.0] * k_stages, 0.0, 0, len(plan.path),
+                               "", start)
+    if n < zero_error_minimum(target_risk, delta):
+        return _replace(empty, detail=f"only {n} certification samples, fewer than "
+                        f"{zero_error_minimum(target_risk, delta)}, the floor that certifies "
+                        f"risk ≤ {target_risk:g} at δ = {delta:g} even with zero errors")
+    if n_ok == 0:
+        s0 = plan.start
+        return _replace(empty, detail=(
+            f"the first tested vector (thresholds {_fmt(plan.thresholds(s0))}: accepting "
+            f"{int(acc[s0])} of {n} certification samples, {int(err[s0])} errors, risk "
+            f"{err[s0] / max(acc[s0], 1):.4f}) failed its binomial test (p = {p[s0]:.3g} > δ = "
+            f"{delta:g}); more calibration data or a higher --target-risk may certify"
+            + _budget_note(plan, budgets)))
+    ok = np.arange(plan.start, plan.start + n_ok)
+    human_up = _share_upper(n - acc[ok], n, delta)
+    reach_up = _share_upper(reach_k[ok], n, delta)                        # (m, K)
+    feasible = np.ones(len(ok), bool)
+    for k, share in budgets.max_stage_share.items():
+        feasible &= reach_up[:, k - 1] <= share
+    if budgets.max_defer is not None:
+        feasible &= human_up <= budgets.max_defer
+    if not feasible.any():
+        raise BudgetError(_budget_why(budgets, ok, acc, reach_k, human_up, reach_up, n,
+                                      target_risk, delta))
+    f = np.flatnonzero(feasible)
+    best = f[np.lexsort((reach_k[ok[f], 1:].sum(axis=1), -acc[ok[f]]))[0]]
+    i = int(ok[best])
+    k_err, n_acc = int(err[i]), int(acc[i])
+    return CascadeCertificate(
+        thresholds=plan.thresholds(i), target_risk=target_risk, delta=delta, n=n,
+        accepted=[int(v) for v in acc_k[i]], errors=[int(v) for v in err_k[i]],
+        reach=[int(v) for v in reach_k[i]], human_upper=float(human_up[best]),
+        reach_upper=[float(v) for v in reach_up[best]],
+        risk_upper_bound=float(clopper_pearson_upper(k_err, n_acc, delta)),
+        certified_count=n_ok, path_length=len(plan.path),
+        detail=f"fixed sequence certified {n_ok} of {len(plan.path) - plan.start} vectors from "
+               f"the start; deployed the one with the smallest human share within budget "
+               f"(path index {i})", start=start)
+
+
+def _budget_note(plan: CascadePlan, budgets: Budgets) -> str:
+    if not budgets.max_stage_share:
+        return ""
+    shares = ", ".join(f"{k}={v:g}" for k, v in sorted(budgets.max_stage_share.items()))
+    return (f". Within --max-stage-share {shares} the tuning split predicted a pass probability "
+            f"of at most {float(plan.pass_prob.max()):.2f} for any vector: the budget is likely "
+            "what cannot be met at this r*")
+
+
+def _replace(c: CascadeCertificate, **kw: Any) -> CascadeCertificate:
+    from dataclasses import replace
+
+    return replace(c, **kw)
+
+
+def _fmt(thresholds: list[float]) -> str:
+    return "(" + ", ".join("+∞" if math.isinf(t) else f"{t:.4g}" for t in thresholds) + ")"
+
+
+def _budget_why(budgets: Budgets, ok: np.ndarray, acc: np.ndarray, reach: np.ndarray,
+                human_up: np.ndarray, reach_up: np.ndarray, n: int, target_risk: float,
+                delta: float) -> str:
+    """Why no certified vector meets the budgets, with the best each budget could get."""
+    parts = []
+    if budgets.max_defer is not None:
+        j = int(np.argmin(human_up))
+        parts.append(f"--max-defer {budgets.max_defer:g}: the lowest human share certified at "
+                     f"r* = {target_risk:g} is {1 - acc[ok[j]] / n:.4f} (upper {1 - delta:g} "
+                     f"bound {human_up[j]:.4f})")
+    for k, share in sorted(budgets.max_stage_share.items()):
+        j = int(np.argmin(reach_up[:, k - 1]))
+        parts.append(f"--max-stage-share {k}={share:g}: the lowest stage-{k} share among the "
+                     f"certified vectors is {reach[ok[j], k - 1] / n:.4f} (upper bound "
+                     f"{reach_up[j, k - 1]:.4f})")
+    return (f"{len(ok)} threshold vectors were certified at r* = {target_risk:g}, δ = {delta:g} "
+            f"on {n} samples, but none meets every budget: " + "; ".join(parts)
+            + ". Raise the budget or r*, or add calibration data")

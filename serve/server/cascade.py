@@ -1,0 +1,239 @@
+"""A cascade served like a model: stage 1 answers what it can, later stages only its deferrals.
+
+A :class:`CascadeVersion` sits in the repository's live set beside model versions and answers the
+same calls (decode, batch, encode, metadata). Its :class:`CascadeBatcher` runs stage 1 on every
+sample through stage 1's own batcher, then each later stage on the previous stage's deferrals
+only, through *that* stage's batcher (shared with the model's own traffic), and decides with the
+cascade's certified thresholds (docs/cascade.md). Every answer carries ``stage``: the stage that
+answered, or for a deferred sample the last stage (``reject: true``).
+
+Loading checks that each stage is served and still has the ``model.onnx`` hash ``cascade.json``
+pins; a stage that changed refuses the cascade (the stage model keeps serving). This module knows
+the stage versions only by what it uses of them, so the repository can import it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serve.calibration.cascade_artifact import (
+    CALIBRATION_FILE,
+    SPEC_FILE,
+    CascadeCalibration,
+    CascadeError,
+    load_cascade_calibration,
+    read_spec,
+)
+from serve.decision import DecisionRule
+from serve.scores import as_logits, softmax
+
+log = logging.getLogger(__name__)
+
+# on_cascade(per-stage samples reached, answered, deferred, per-stage seconds)
+CascadeHook = Callable[[list[int], list[int], list[int], list[float]], None]
+
+
+def is_cascade_dir(d: Path) -> bool:
+    return (d / SPEC_FILE).is_file()
+
+
+def cascade_signature(d: Path, stages: list[Any]) -> tuple:
+    """The cascade's files and the exact stage versions it was built on."""
+    def stat(f: Path) -> tuple | None:
+        try:
+            st = f.stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size, st.st_ino
+
+    return stat(d / SPEC_FILE), stat(d / CALIBRATION_FILE), tuple(id(s) for s in stages)
+
+
+@dataclass
+class CascadeStats:
+    """Counters for ``/v2/models/{cascade}/stats``: requests, and per stage reached/answered."""
+
+    requests: int = 0
+    samples: int = 0
+    reached: Counter = field(default_factory=Counter)     # stage → samples that reached it
+    answered: Counter = field(default_factory=Counter)    # stage → samples it accepted
+    deferred: int = 0                                     # samples sent to people
+
+    def as_dict(self) -> dict:
+        return {"requests": self.requests, "samples": self.samples, "deferred": self.deferred,
+                "stages": {str(k): {"reached": self.reached[k], "answered": self.answered[k]}
+                           for k in sorted(self.reached)}}
+
+
+class CascadeBatcher:
+    """The data plane's batcher for a cascade: admission against stage 1's queue, answers by
+    stages. Closing it closes nothing: the stage batchers belong to their model versions."""
+
+    def __init__(self, cascade: CascadeVersion, on_cascade: CascadeHook | None = None) -> None:
+        self.cascade = cascade
+        self.first = cascade.stages[0].batcher
+        self.stats = CascadeStats()
+        self.on_cascade = on_cascade
+
+    # Admission and back-pressure: every request's samples enter through stage 1.
+    @property
+    def queue_depth(self) -> int:
+        return self.first.queue_depth
+
+    def has_room(self, n: int) -> bool:
+        return self.first.has_room(n)
+
+    def refused(self) -> str:
+        return self.first.refused()
+
+    def reserve(self, n: int) -> None:
+        self.first.reserve(n)
+
+    def unreserve(self, n: int) -> None:
+        self.first.unreserve(n)
+
+    def drain_s(self) -> float:
+        return self.first.drain_s()
+
+    async def result(self, x: np.ndarray, deadline: float, alone: bool = False,
+                     tag: str = "") -> dict[str, np.ndarray]:
+        """Stage by stage; a stage's error (overload, deadline) fails the request, since answering
+        with fewer stages would serve an accepted set that was never certified."""
+        c = self.cascade
+        n = len(x)
+        label = np.zeros(n, np.int64)
+        score = np.zeros(n, np.float64)
+        reject = np.ones(n, bool)
+        stage = np.zeros(n, np.int32)
+        logits: np.ndarray | None = None
+        rows = np.arange(n)
+        reached, answered, seconds = [], [], []
+        for k, (sv, rule) in enumerate(zip(c.stages, c.rules, strict=True)):
+            t0 = time.perf_counter()
+            out = await sv.batcher.result(x, deadline, alone, tag)    # alone: no other request
+            seconds.append(time.perf_counter() - t0)
+            z = out["logits"]
+            if logits is None:
+                logits = np.empty((n, z.shape[1]), z.dtype)
+            d = rule(z)
+            logits[rows], label[rows], score[rows], stage[rows] = z, d.label, d.score, k + 1
+            reached.append(len(rows))
+            answered.append(int((~d.reject).sum()))
+            reject[rows[~d.reject]] = False
+            rows, x = rows[d.reject], x[d.reject]
+            if not len(rows):
+                break
+        s = self.stats
+        s.requests += 1
+        s.samples += n
+        for k, (r, a) in enumerate(zip(reached, answered, strict=True), 1):
+            s.reached[k] += r
+            s.answered[k] += a
+        s.deferred += len(rows)
+        if self.on_cascade is not None:
+            deferred = [r - a for r, a in zip(reached, answered, strict=True)]
+            try:
+                self.on_cascade(reached, answered, deferred, seconds)
+            except Exception:
+                log.exception("cascade monitoring hook failed (ignored)")
+        assert logits is not None
+        return {"logits": logits, "label": label, "score": score, "reject": reject,
+                "stage": stage}
+
+    async def close(self) -> None:
+        return None
+
+
+@dataclass
+class CascadeVersion:
+    """One loaded cascade: its live stage versions and the rule of each stage."""
+
+    name: str
+    version: int
+    path: Path
+    stages: list[Any]                      # the stage ModelVersions, small → large
+    calibration: CascadeCalibration
+    rules: list[DecisionRule]
+    signature: tuple
+    loaded_at: float = field(default_factory=time.time)
+    batcher: CascadeBatcher | None = None
+    threads: str = "per stage"
+    kind: str = "cascade"
+
+    @property
+    def model(self) -> Any:
+        """Stage 1's model: the inputs every stage reads (shape, dtype, name)."""
+        return self.stages[0].model
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.stages[-1].class_names
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        return self.stages[0].preprocessing
+
+    def probabilities(self, out: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Each row's softmax at the temperature of the stage that answered it."""
+        t = np.array([r.temperature for r in self.calibration.stages])[out["stage"] - 1]
+        return softmax(as_logits(out["logits"]) / t[:, None])
+
+    def summary(self) -> dict[str, Any]:
+        c = self.calibration
+        return {"name": self.name, "version": str(self.version), "kind": "cascade",
+                "provider": self.model.provider, "threads": self.threads,
+                "stages": [{"model": r.model, "version": str(r.version),
+                            "model_sha256": r.model_sha256, "score": r.score,
+                            "temperature": r.temperature, "threshold": r.threshold}
+                           for r in c.stages],
+                "calibration": {"target_risk": c.target_risk, "delta": c.delta,
+                                "risk": c.risk, "risk_upper_bound": c.risk_upper_bound,
+                                "human_share": c.human_share,
+                                "human_share_upper": c.human_share_upper,
+                                "certified_coverage": c.coverage, "sha256": c.sha256,
+                                "stage_rows": c.stage_rows,
+                                "certified": f"system risk ≤ {c.target_risk:g} with probability "
+                                             f"≥ {1 - c.delta:g} over everything the stages "
+                                             "accept"}}
+
+
+def load_cascade(d: Path, name: str, version: int,
+                 stage_of: Callable[[str, int], Any | None]) -> CascadeVersion:
+    """Build a cascade on the live stage versions ``stage_of(model, version)`` (blocking: reads
+    two small files).
+
+    Raises:
+        CascadeError: a file is missing or malformed, a stage is not served, or a stage's model
+            is not the one ``cascade.json`` pins.
+    """
+    refs = read_spec(d)
+    stages = []
+    for k, ref in enumerate(refs, 1):
+        sv = stage_of(ref.model, ref.version)
+        if sv is None:
+            raise CascadeError(f"stage {k} ({ref.label}) is not being served (missing or "
+                               "refused); the cascade needs every stage")
+        if getattr(sv, "kind", "model") == "cascade":
+            raise CascadeError(f"stage {k} ({ref.label}) is itself a cascade")
+        if sv.model.sha256 != ref.model_sha256:
+            raise CascadeError(
+                f"stage {k} ({ref.label}) now serves a model with sha256 {sv.model.sha256[:12]}…, "
+                f"but {d / SPEC_FILE} pins {ref.model_sha256[:12]}…: the stage changed, so the "
+                "cascade's certificate no longer holds. Pin the new hash and run `abstain "
+                f"calibrate {d}` again")
+        stages.append(sv)
+    shapes = {(tuple(s.model.input_shape), str(s.model.input_dtype)) for s in stages}
+    if len(shapes) != 1 or len({len(s.class_names) for s in stages}) != 1:
+        raise CascadeError(f"{d}: every stage must read the same inputs and predict the same "
+                           f"classes; got inputs {sorted(shapes)}")
+    cal = load_cascade_calibration(d, refs)
+    rules = [DecisionRule(r) for r in cal.stages]
+    return CascadeVersion(name, version, d, stages, cal, rules, cascade_signature(d, stages))
