@@ -2,9 +2,10 @@
 
 ``monitor`` (:class:`~serve.monitoring.monitor.Monitor`: what the request path reports),
 ``tally`` (applies what the hot path queued, once per flush), ``prometheus`` (multiprocess
-set-up, vectorised histogram updates), ``drift`` (the deferral-rate test).
+set-up, vectorised histogram updates), ``drift`` (the deferral-rate test), ``shift`` (the
+anytime-valid label-free shift monitor: an e-detector with a stated false-alarm rate).
 
 May import: ``serve.calibration`` and the maths at the bottom of ``serve``.
 """
 
-__all__ = ["drift", "monitor", "prometheus", "tally"]
+__all__ = ["drift", "monitor", "prometheus", "shift", "tally"]

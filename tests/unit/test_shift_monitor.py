@@ -1,0 +1,104 @@
+"""The label-free shift monitor: its e-value, its false-alarm rate with ĉ estimated, its delay."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import integrate
+from scipy.stats import binom
+
+from serve.monitoring.drift import DriftDetector
+from serve.monitoring.shift import ShiftConfigError, ShiftMonitor, log_e_value
+
+N_CERT = 2100
+REPS = 500
+
+
+def _simulate(c: float, horizon: int, step: int, seed: int, drop: float = 0.0,
+              change: int = 0, alpha: float = 0.01, monitor_horizon: int | None = None
+              ) -> np.ndarray:
+    """First alarm (in predictions) of REPS streams, each with its own ĉ ~ Bin(2100, c)/2100;
+    -1 when none. The live rate is c, then c − drop from prediction ``change`` on."""
+    rng = np.random.default_rng(seed)
+    k = rng.binomial(N_CERT, c, REPS)
+    mon = ShiftMonitor(k / N_CERT, N_CERT, alpha=alpha, horizon=monitor_horizon or horizon,
+                       streams=REPS)
+    first = np.full(REPS, -1)
+    for i in range(horizon // step):
+        p = c - drop if i * step >= change else c
+        mon.update(rng.binomial(step, p, REPS), step)
+        first[mon.detected & (first < 0)] = (i + 1) * step
+    return first
+
+
+@settings(max_examples=30, deadline=None)
+@given(k=st.integers(0, 40), n=st.integers(40, 60), a=st.integers(0, 30), t=st.integers(30, 40))
+def test_e_value_is_the_two_mixtures_over_the_pooled_maximum(k: int, n: int, a: int, t: int) -> None:
+    k, a = min(k, n), min(a, t)
+
+    def mix(s: int, m: int) -> float:
+        f = lambda c: c ** (s - 0.5) * (1 - c) ** (m - s - 0.5) / math.pi  # noqa: E731
+        return integrate.quad(f, 0, 1, limit=200)[0]
+
+    p = (k + a) / (n + t)
+    top = p ** (k + a) * (1 - p) ** (n + t - k - a)
+    assert float(log_e_value(k, n, a, t)) == pytest.approx(
+        math.log(mix(k, n) * mix(a, t) / top), rel=1e-6, abs=1e-6)
+
+
+@pytest.mark.parametrize("c", [0.95, 0.8])
+def test_no_more_false_alarms_than_alpha_with_the_coverage_estimated(c: float) -> None:
+    horizon, alpha = 20_000, 0.01
+    first = _simulate(c, horizon, step=50, seed=int(c * 100), alpha=alpha)
+    alarms = int((first >= 0).sum())
+    assert alarms <= binom.ppf(0.999, REPS, alpha), alarms
+    # The window test of drift.py, fed the same kind of streams, flags far more often:
+    # it treats ĉ as exact (issue 25 item 4).
+    rng = np.random.default_rng(1)
+    flagged = 0
+    for k in rng.binomial(N_CERT, c, 100):
+        det = DriftDetector(k / N_CERT, window=1000, alpha=0.001, every=100)
+        flagged += any(det.update(rng.random(100) < c).detected for _ in range(horizon // 100))
+    assert flagged / 100 > 10 * alpha, flagged
+
+
+def test_a_five_point_drop_after_calm_is_found_within_a_few_thousand_predictions() -> None:
+    first = _simulate(0.95, 20_000, step=50, seed=5, drop=0.05, change=5000,
+                      monitor_horizon=1_000_000)
+    assert (first[first >= 0] < 5000).sum() == 0
+    delay = np.where(first >= 0, first - 5000, np.inf)
+    assert np.median(delay) <= 3000, np.median(delay)
+    assert np.isfinite(delay).mean() >= 0.9
+
+
+def test_status_names_the_direction_and_latches() -> None:
+    mon = ShiftMonitor(0.95, N_CERT, alpha=0.01, horizon=10_000)
+    rng = np.random.default_rng(0)
+    s = mon.update(int((rng.random(2000) < 0.95).sum()), 2000)
+    assert not s.detected and s.seen == 2000 and abs(s.live_coverage - 0.95) < 0.02
+    changed = []
+    for _ in range(20):
+        s = mon.update(int((rng.random(500) < 0.6).sum()), 500)
+        changed.append(s.changed)
+    assert s.detected and s.direction == "fewer accepted" and sum(changed) == 1
+    for _ in range(20):
+        s = mon.update(500, 500)                       # everything accepted again
+    assert s.detected and not s.changed
+    up = ShiftMonitor(0.7, N_CERT, horizon=10_000)
+    for _ in range(10):
+        s = up.update(500, 500)
+    assert s.detected and s.direction == "more accepted"
+    assert s.log_threshold == pytest.approx(math.log((1 + 10_000 / 250) / 0.01))
+
+
+@pytest.mark.parametrize(("kw", "match"), [({"coverage": 1.5}, "coverage"),
+                                           ({"n_cert": 0}, "size"), ({"alpha": 1.0}, "alpha"),
+                                           ({"horizon": 0}, "horizon"), ({"every": 2.5}, "every")])
+def test_bad_settings_are_refused(kw: dict, match: str) -> None:
+    args = {"coverage": 0.9, "n_cert": 100, **kw}
+    with pytest.raises(ShiftConfigError, match=match):
+        ShiftMonitor(**args)
