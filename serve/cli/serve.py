@@ -59,6 +59,9 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("log_level", str, "debug | info | warning | error (default info)"),
     ("drift_window", int, "decisions in the deferral-rate drift window (default 1000)"),
     ("drift_alpha", float, "flag drift when the binomial p-value is below this (default 0.001)"),
+    ("shift_alpha", float, "label-free shift monitor: probability of any false alarm within "
+     "--shift-horizon stationary predictions (default 0.01)"),
+    ("shift_horizon", int, "predictions --shift-alpha covers (default 1000000)"),
     # the feedback loop (serve/feedback): recording is on with a state dir or a database URL
     ("state_dir", str, "record every decision in SQLite under this folder (review queue, live risk; default: off)"),
     ("database_url", str, "postgresql://… decision store shared by several replicas (default: off)"),
@@ -68,6 +71,12 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("review_ttl_s", float, "review items expire after this many seconds (default 7 days)"),
     ("reviewer_key", str, "Bearer key for the review API, besides the api/admin keys (default: none)"),
     ("review_webhook_secret", str, "enable POST /v1/review/labelstudio with this shared secret (default: off)"),
+    ("on_risk_alarm", str, "keep | defer: while a served calibration's live risk alarms (the "
+     "bound's lower end above r*, or the change detector fired), keep serving it or defer every "
+     "prediction until a new calibration loads (default keep; fallback is refused: no stricter "
+     "threshold is certified in advance yet)"),
+    ("change_arl", float, "risk-change detector: average run length to a false alarm, in "
+     "resolved audits (default 100000)"),
 ]
 
 

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from serve.feedback.guard import active_alarms
 from serve.feedback.recorder import epoch_info
 from serve.feedback.risk import live_risk
 from serve.feedback.store import Store
@@ -116,7 +117,9 @@ def create_router(store: Store, *, api_key: str | None = None, admin_key: str | 
         if not 1 <= limit <= 1000:
             return error(f"limit={limit} must be between 1 and 1000", 422)
         rows = store.queue(kind, limit, model)
-        return {"kind": kind, "items": [_present(r, classes_of(r)) for r in rows]}
+        alarms = [a for a in active_alarms(store) if not model or a["model"] == model]
+        return {"kind": kind, "risk_alarms": alarms,
+                "items": [_present(r, classes_of(r)) for r in rows]}
 
     @router.post("/v1/feedback")
     def feedback(request: Request, fb: Feedback) -> Any:

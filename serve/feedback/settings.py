@@ -16,6 +16,10 @@ class FeedbackSettings:
         store_inputs: keep decoded inputs for reviewers.
         live_delta: level of the live-risk confidence sequence.
         review_ttl_s: review items expire after this.
+        on_risk_alarm: ``keep`` serving a calibration whose live risk alarms, or ``defer`` every
+            prediction until a new calibration loads (``serve/feedback/guard.py``).
+        change_arl: the risk-change detector's average run length to a false alarm, in resolved
+            audits (``serve/feedback/change.py``).
     """
 
     location: str | Path | None = None
@@ -23,3 +27,5 @@ class FeedbackSettings:
     store_inputs: bool = False
     live_delta: float = 0.05
     review_ttl_s: float = 7 * 86400.0
+    on_risk_alarm: str = "keep"
+    change_arl: float = 100_000.0

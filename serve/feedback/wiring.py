@@ -6,12 +6,14 @@ Server integration (serve/server/app.py, the whole of it)::
                        webhook_secret=..., registry=monitor.registry,
                        multiprocess=monitor.multiprocess)
     Record(monitor, [loop.sink] if loop else None)   # the record stage, once per batch
+    if loop: loop.serve(lambda: {(name, version, calibration sha256): decision rule, ...})
     if loop: control.include_router(loop.router)     # the control plane
     # lifespan: loop.start() at startup, await asyncio.to_thread(loop.close) at shutdown
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +22,7 @@ from fastapi import APIRouter
 
 from serve.feedback.api import create_router
 from serve.feedback.gauges import LoopMetrics
+from serve.feedback.guard import RiskGuard
 from serve.feedback.recorder import Recorder
 from serve.feedback.settings import FeedbackSettings
 from serve.feedback.store import Store
@@ -32,6 +35,7 @@ class Feedback:
     store: Store
     recorder: Recorder
     router: APIRouter
+    guard: RiskGuard | None = None
     _sha: dict[int, tuple[Any, str]] = field(default_factory=dict)
 
     def sink(self, mv: Any, tags: list[str], sizes: list[int], out: dict[str, np.ndarray]) -> None:
@@ -51,6 +55,16 @@ class Feedback:
                    out["reject"], audit, None, out.get("input"), class_names=mv.class_names,
                    target_risk=cal.target_risk, sizes=sizes, logits=out.get("logits"),
                    temperature=cal.temperature)
+
+    def serve(self, rules: Callable[[], Mapping[tuple[str, str, str], Any]]) -> None:
+        """Tell the loop what is served: (model, version, calibration sha256) → decision rule.
+
+        Only these epochs keep live-risk gauges, and the guard acts on their alarms.
+        """
+        if self.guard is not None:
+            self.guard.rules = rules
+            self.recorder.served = self.guard.served
+            self.recorder.on_risk = self.guard.check
 
     def start(self) -> None:
         self.recorder.start()
@@ -75,13 +89,15 @@ def create_feedback(feedback: FeedbackSettings, *, api_key: str | None = None,
     if feedback.location is None:
         return None
     store = Store(feedback.location)
+    metrics = LoopMetrics(registry, multiprocess)
     recorder = Recorder(store, audit_rate=feedback.audit_rate, store_inputs=feedback.store_inputs,
                         review_ttl_s=feedback.review_ttl_s, live_delta=feedback.live_delta,
-                        metrics=LoopMetrics(registry, multiprocess), **recorder_kw)
+                        metrics=metrics, **recorder_kw)
+    guard = RiskGuard(store, metrics, feedback.on_risk_alarm, feedback.change_arl)
     router = create_router(store, api_key=api_key, admin_key=admin_key, reviewer_key=reviewer_key,
                            live_delta=feedback.live_delta)
     if webhook_secret:
         from serve.feedback.labelstudio import webhook_router
 
         router.include_router(webhook_router(store, webhook_secret))
-    return Feedback(store, recorder, router)
+    return Feedback(store, recorder, router, guard)
