@@ -76,7 +76,7 @@ _FLAGS: list[tuple[str, type, str]] = [
      "prediction until a new calibration loads (default keep; fallback is refused: no stricter "
      "threshold is certified in advance yet)"),
     ("change_arl", float, "risk-change detector: average run length to a false alarm, in "
-     "resolved audits (default 100000)"),
+     "labelled audits (default 100000)"),
 ]
 
 

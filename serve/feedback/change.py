@@ -4,9 +4,10 @@ The live-risk confidence sequence (``risk.py``) bounds the *average* risk since 
 took effect, so after a long calm period a jump is diluted: at r* = 0.02, 2,000 calm labels at
 0.5 r* then 3 r* take a median of ~1,200 labels to alarm. This detector looks for the jump itself.
 
-X_i = 1 when the i-th resolved audit of accepted traffic was wrong (in the order the labels
-arrived; an audit that expired unlabelled counts as wrong: a missing label can delay an alarm
-never clear one). For an alternative error rate q > r*, the Shiryaev–Roberts statistic
+X_i = 1 when the i-th labelled audit of accepted traffic was wrong, in the order the labels
+arrived (a sequential stream: a label is appended when it comes, never inserted in the past).
+Audits still pending or expired are missing: the detector assumes they are missing at random;
+the live-risk bound's pessimistic end is what guards against reviewers who skip hard items. For an alternative error rate q > r*, the Shiryaev–Roberts statistic
 
     R_t(q) = (R_{t−1}(q) + 1) · L_t(q),   L_t(q) = (q / r*)^X_t ((1 − q) / (1 − r*))^(1 − X_t)
 
@@ -69,10 +70,10 @@ def log_statistic(errors: ArrayLike, target: float,
 
 @dataclass(frozen=True)
 class ChangeStatus:
-    """The detector over one epoch's resolved audits.
+    """The detector over one epoch's labelled audits.
 
     Attributes:
-        observations: resolved audits of accepted samples (labelled, or expired = error).
+        observations: labelled audits of accepted samples.
         log_statistic: log D_t now.
         log_threshold: log A.
         alarm: D reached A at some point of this epoch (it stays: a new calibration clears it).

@@ -34,7 +34,7 @@ class LoopMetrics:
         self.status = gauge("abstain_live_risk_status",
                             "Live risk status: 0 insufficient, 1 ok, 2 watch, 3 alarm.")
         self.change = gauge("abstain_risk_change_log_statistic", "log of the risk-change "
-                            "e-detector over resolved audits (alarm at log of its ARL).")
+                            "e-detector over labelled audits (alarm at log of its ARL).")
         self.change_detected = gauge("abstain_risk_change_detected", "1 once the risk-change "
                                      "detector alarmed in this calibration.")
         self.alarm_active = Gauge("abstain_risk_alarm_active", "1 while the served calibration's "

@@ -5,7 +5,7 @@ After every maintenance pass of the recorder (every few seconds, beside the live
 *active* when
 
 * the live-risk confidence sequence's lower end exceeds r* (status ``alarm``, ``risk.py``), or
-* the risk-change e-detector over its resolved audits has fired (``change.py``: the sequence
+* the risk-change e-detector over its labelled audits has fired (``change.py``: the sequence
   bounds the average since the calibration took effect, the detector finds a jump after calm).
 
 The detector's alarm is a stopping time: once it fires the epoch stays alarmed. Everything is
@@ -59,7 +59,7 @@ class RiskGuard:
     """Turns the served epochs' live risk into an alarm and, with ``defer``, into deferrals.
 
     Args:
-        store: the decision store (resolved audits; alarms are written to its ``kv``).
+        store: the decision store (labelled audits; alarms are written to its ``kv``).
         metrics: the loop's gauges.
         policy: ``keep`` or ``defer``.
         arl: the change detector's average run length to a false alarm.
@@ -111,7 +111,7 @@ class RiskGuard:
             out.append(f"live-risk lower bound {r.lower:.4f} > r* = {r.target_risk:g} "
                        f"({r.errors} errors in {r.labels} labelled audits, δ = {r.delta:g})")
         if change.alarm:
-            out.append(f"risk-change detector fired at resolved audit {change.alarm_at} of "
+            out.append(f"risk-change detector fired at labelled audit {change.alarm_at} of "
                        f"{change.observations} (average run length to a false alarm ≥ "
                        f"{change.arl:g})")
         return out

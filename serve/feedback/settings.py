@@ -18,7 +18,7 @@ class FeedbackSettings:
         review_ttl_s: review items expire after this.
         on_risk_alarm: ``keep`` serving a calibration whose live risk alarms, or ``defer`` every
             prediction until a new calibration loads (``serve/feedback/guard.py``).
-        change_arl: the risk-change detector's average run length to a false alarm, in resolved
+        change_arl: the risk-change detector's average run length to a false alarm, in labelled
             audits (``serve/feedback/change.py``).
     """
 

@@ -240,17 +240,15 @@ class Store:
             return int(n), int(k), int(p)
 
     def audit_outcomes(self, model: str, version: str, calibration_sha256: str) -> list[int]:
-        """Resolved audits of ACCEPTED samples of one epoch, in the order they were resolved:
-        1 = wrong (or expired unlabelled: a missing label never hides an error), 0 = right.
-        Labelled ones are ordered by the label's time, expired ones by their expiry."""
+        """Labelled audits of ACCEPTED samples of one epoch in the order their labels arrived:
+        1 = wrong, 0 = right (the risk-change detector's stream)."""
         with self._tx() as cur:
             cur.execute(self._sql(
-                "SELECT CASE WHEN f.label IS NULL OR f.label <> r.label THEN 1 ELSE 0 END, "
-                "COALESCE(f.ts, r.expires) AS resolved FROM records r LEFT JOIN feedback f "
-                "ON f.request_id = r.request_id AND f.idx = r.idx WHERE r.audit = 1 AND r.reject = 0 "
-                "AND r.model = ? AND r.version = ? AND r.calibration_sha256 = ? "
-                "AND (f.label IS NOT NULL OR r.review = 'expired') "
-                "ORDER BY resolved, r.ts, r.request_id, r.idx"), (model, version, calibration_sha256))
+                "SELECT CASE WHEN f.label <> r.label THEN 1 ELSE 0 END FROM records r "
+                "JOIN feedback f ON f.request_id = r.request_id AND f.idx = r.idx "
+                "WHERE r.audit = 1 AND r.reject = 0 AND r.model = ? AND r.version = ? "
+                "AND r.calibration_sha256 = ? ORDER BY f.ts, r.ts, r.request_id, r.idx"),
+                (model, version, calibration_sha256))
             return [int(row[0]) for row in cur.fetchall()]
 
     def values(self, prefix: str) -> dict[str, str]:

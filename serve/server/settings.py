@@ -152,7 +152,7 @@ class ServerSettings(BaseSettings):
     on_risk_alarm: Literal["keep", "defer", "fallback"] = Field(
         "keep", description="while a served calibration's live risk alarms: keep serving it, "
         "defer every prediction, or fall back to a stricter threshold certified in advance")
-    change_arl: float = Field(100_000.0, ge=10, description="average run length, in resolved "
+    change_arl: float = Field(100_000.0, ge=10, description="average run length, in labelled "
                               "audits, to a false alarm of the risk-change detector")
 
     @property
