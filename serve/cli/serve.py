@@ -177,7 +177,10 @@ def loop_lines(settings: ServerSettings) -> list[str]:
     rate = settings.audit_rate
     audits = ("off (--audit-rate 0)" if rate == 0 else
               f"{rate * 100:g}% of samples (uniform, independent of the decision) queued for review "
-              f"(--audit-rate {rate:g})")
+              f"(--audit-rate {rate:g}); on a live-risk alarm: "
+              + ("defer every prediction until a new calibration loads" if
+                 settings.on_risk_alarm == "defer" else "keep serving")
+              + f" (--on-risk-alarm {settings.on_risk_alarm})")
     return [f"decision store: {_store_location(settings)} (every decision recorded"
             f"{', inputs kept for review items' if settings.store_inputs else ''})",
             f"audits: {audits}",

@@ -35,6 +35,10 @@ def test_a_state_dir_without_keys_says_the_review_api_is_open(tmp_path) -> None:
     store, audits, review = _lines(state_dir=tmp_path / "state", audit_rate=0.05)
     assert store == f"decision store: SQLite under {tmp_path / 'state'} (every decision recorded)"
     assert audits.startswith("audits: 5% of samples") and "--audit-rate 0.05" in audits
+    assert audits.endswith("on a live-risk alarm: keep serving (--on-risk-alarm keep)")
+    _, defer, _ = _lines(state_dir=tmp_path / "state", audit_rate=0.05, on_risk_alarm="defer")
+    assert defer.endswith("defer every prediction until a new calibration loads "
+                          "(--on-risk-alarm defer)")
     assert review.startswith("review API: on at /v1/review/queue")
     assert "open to anyone who can reach the server (no API, admin or reviewer key set)" in review
     assert "Label Studio webhook off" in review
