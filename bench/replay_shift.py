@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     served_accept = np.zeros(TOTAL, bool)
     label, score = np.zeros(TOTAL, np.int64), np.zeros(TOTAL)
     events: dict[str, int] = {}
+    labels_at: dict[str, int] = {}                     # this epoch's labelled audits at an event
     trace = {k: [] for k in ("t", "cov", "shift", "lo", "hi", "change", "labels", "wrong")}
     wrong_served = 0
     for b in range(n_batches):
@@ -134,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             events["live-risk bound" + tag] = s1
         if change.alarm and "change detector" + tag not in events:
             events["change detector" + tag] = s1
+        for k in events.keys() - labels_at.keys():
+            labels_at[k] = errs.size
         if RiskGuard._reasons(risk, change) and not rule.force_defer:
             rule.force_defer = True                        # --on-risk-alarm defer
             events["defer engaged" + tag] = s1
@@ -188,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     for k in ("shift monitor", "change detector", "live-risk bound", "defer engaged", "recertified",
               "change detector (new epoch)", "live-risk bound (new epoch)"):
         v = events.get(k)
-        print(f"- {k}: " + (f"prediction {v:,} ({v - PRE:,} after the shift)" if v else "never"))
+        n_lab = (f"; {labels_at[k]:,} labelled audited accepted samples in the epoch"
+                 if k in labels_at and k != "recertified" else "")
+        print(f"- {k}: " + (f"prediction {v:,} ({v - PRE:,} after the shift{n_lab})" if v else "never"))
     engaged = events.get("defer engaged", TOTAL)
     before = int(((label != y) & served_accept)[PRE:engaged].sum())
     print(f"- wrong accepted predictions served after the shift before defer engaged: {before}")
