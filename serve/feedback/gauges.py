@@ -43,9 +43,11 @@ class LoopMetrics:
                                   ("model", "version"), registry=reg,
                                   multiprocess_mode="livemostrecent")
         self.multiprocess = multiprocess
+        self._shown: set[tuple[str, str, str]] = set()     # epochs whose series this process set
 
     def set_risk(self, r: LiveRisk) -> None:
         key = (r.model, r.version, r.calibration_sha256[:12])
+        self._shown.add(key)
         self.upper.labels(*key).set(r.upper)
         self.lower.labels(*key).set(r.lower)
         self.labels.labels(*key).set(r.labels)
@@ -58,6 +60,9 @@ class LoopMetrics:
         """Drop the live-risk series of a calibration no longer served, so no alert fires for it
         (multiprocess files cannot drop a series: there they read NaN)."""
         key = (model, version, calibration_sha256[:12])
+        if key not in self._shown:
+            return
+        self._shown.discard(key)
         for g in (self.upper, self.lower, self.labels, self.pending, self.target, self.status,
                   self.change, self.change_detected):
             if self.multiprocess:
