@@ -1,36 +1,33 @@
 """An anytime-valid label-free shift monitor: is the live acceptance rate still the certified one?
 
-Calibration accepted K of n certification samples (ĉ = K/n). With the traffic unchanged, the
-certification outcomes and the live accept/defer outcomes are i.i.d. Bernoulli(c) for one
-*unknown* c: ĉ is an estimate, and the monitor must not treat it as exact (the sliding-window
-binomial test of ``drift.py`` does, and flags falsely every few tens of thousands of predictions).
+Calibration accepted K of n certification samples (ĉ = K/n). With the traffic unchanged, the live
+accept/defer outcomes are i.i.d. Bernoulli(c) for the *unknown* c that ĉ estimates: the monitor
+must not treat ĉ as exact (the sliding-window binomial test of ``drift.py`` does, and flags
+falsely every few tens of thousands of predictions). The level α is split in two:
 
-Each *component* j, started after j·B live predictions, is a universal-inference e-value
-(Wasserman, Ramdas & Balakrishnan 2020) for "certification and live outcomes since j share one
-rate":
+1. **ĉ's uncertainty**: the two-sided Clopper–Pearson interval [lo, hi] for c from K of n at
+   level α/2 misses c with probability ≤ α/2 (over the certification draw).
+2. **The live stream**, given c ∈ [lo, hi]: component j, started after j·B live predictions with
+   A_j accepted of t_j since, bets on "the rate is below lo" and "above hi":
 
-    e_j,t = m(K; n) · m(A_j; t_j) / max_c c^(K + A_j) (1 − c)^(n − K + t_j − A_j)
+       e↓_j = mean_q∈Q↓ (q/lo)^A_j ((1−q)/(1−lo))^(t_j−A_j),   Q↓ = {lo − s : s ∈ STEPS, > 0},
 
-where A_j of t_j live predictions since the start were accepted and m is the Beta(½, ½)
-(Krichevsky–Trofimov) marginal likelihood. For the true c the denominator is at least the
-likelihood at c, so e_j,t ≤ E_cert · M_j,t, with E_cert = m(K; n) / L(c; cert) (expectation 1)
-and M_j,t a test martingale that starts at 1 at time j. The monitor's statistic is the
-Shiryaev–Roberts-type e-detector (Shin, Ramdas & Rinaldo 2022) over started components,
+   and e↑_j likewise with hi and Q↑ = {hi + s}. For q < lo each factor has expectation ≤ 1 under
+   any rate p ≥ lo (and for q > hi under any p ≤ hi), so e↓_j and e↑_j are nonnegative
+   supermartingales from 1 at time j whenever c ∈ [lo, hi]. The statistic is the
+   Shiryaev–Roberts-type e-detector (Shin, Ramdas & Rinaldo 2022)
 
-    D_t = Σ_{j ∈ S_t} e_j,t,
+       D_t = ½ Σ_{j ∈ S_t} (e↓_j + e↑_j)
 
-summed over any subset S_t of the starts (the epoch's start and the most recent ``keep``): the
-sum over every start is, given the certification data, E_cert times a nonnegative submartingale
-of mean ≤ 1 + t/B, so by Doob's inequality
+   over the epoch's first component and the ``keep`` most recent (any subset is allowed: with
+   every start, D_t plus the starts still to come before N is a nonnegative supermartingale from
+   1 + N/B). By Ville's inequality P(∃ t ≤ N : D_t ≥ C) ≤ (1 + N/B)/C, so C = 2(1 + N/B)/α.
 
-    P(∃ t ≤ N : D_t ≥ C) ≤ (1 + N/B) / C.
-
-The threshold C = (1 + N/B)/α therefore makes the probability of *any* false alarm within the
-horizon N (default 10⁶ predictions) at most α, with ĉ's own sampling error included; beyond N the
-bound grows linearly. Components restarted every B predictions let a shift after a long calm
-period be found in a few thousand predictions rather than diluted by everything before it.
-Caveats: the guarantee assumes i.i.d. traffic; bursts of correlated requests make real false
-alarms more frequent (docs/monitoring.md).
+Together: the probability of *any* false alarm within the horizon N (default 10⁶ predictions) is
+at most α/2 + α/2 = α, ĉ's sampling error included; beyond N the bound grows linearly. Components
+restarted every B predictions let a shift after a long calm period be found as fast as one at the
+start. Caveat: the guarantee assumes i.i.d. traffic; bursts of correlated requests make real
+false alarms more frequent (docs/monitoring.md).
 """
 
 from __future__ import annotations
@@ -40,35 +37,51 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy.special import betaln, logsumexp, xlogy
+from scipy.special import logsumexp, xlogy
+from scipy.stats import beta
 
 from serve.errors import AbstainError
 
-KT = 0.5   # Beta(½, ½) mixing prior of the Krichevsky–Trofimov estimator
+STEPS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16)   # alternatives: lo − step below, hi + step above
 
 
 class ShiftConfigError(AbstainError):
     """Invalid shift-monitor settings."""
 
 
-def log_mixture(a: ArrayLike, t: ArrayLike) -> np.ndarray:
-    """log m(a; t): the KT marginal likelihood of one sequence with ``a`` ones in ``t``."""
-    a, t = np.asarray(a, np.float64), np.asarray(t, np.float64)
-    return betaln(KT + a, KT + t - a) - betaln(KT, KT)
+def coverage_interval(k: ArrayLike, n: int, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Two-sided Clopper–Pearson interval for c from k of n: misses c with probability ≤ level."""
+    k = np.asarray(k, np.float64)
+    with np.errstate(invalid="ignore"):
+        lo = np.where(k > 0, beta.ppf(level / 2, np.maximum(k, 1.0), n - k + 1), 0.0)
+        hi = np.where(k < n, beta.ppf(1 - level / 2, k + 1, np.maximum(n - k, 1.0)), 1.0)
+    return lo, hi
 
 
-def log_max_likelihood(a: ArrayLike, t: ArrayLike) -> np.ndarray:
-    """log max_c c^a (1 − c)^(t − a), with 0 log 0 = 0."""
-    a, t = np.asarray(a, np.float64), np.asarray(t, np.float64)
+def alternatives(lo: ArrayLike, hi: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """The rates bet on, (..., G) below ``lo`` and above ``hi`` (NaN where off (0, 1))."""
+    steps = np.asarray(STEPS)
+    down = np.asarray(lo, np.float64)[..., None] - steps
+    up = np.asarray(hi, np.float64)[..., None] + steps
+    return np.where(down > 0, down, np.nan), np.where(up < 1, up, np.nan)
+
+
+def log_bet(a: ArrayLike, t: ArrayLike, p0: ArrayLike, q: ArrayLike) -> np.ndarray:
+    """log of the mean over q (NaN = absent) of (q/p0)^a ((1−q)/(1−p0))^(t−a).
+
+    Shapes: ``a`` (S, J), ``t`` (S, J) or (1, J), ``p0`` (S,), ``q`` (S, G) → (S, J); −inf when
+    no q is present.
+    """
+    a, t = np.asarray(a, np.float64)[..., None], np.asarray(t, np.float64)[..., None]
+    p0 = np.asarray(p0, np.float64)[:, None, None]
+    q = np.asarray(q, np.float64)[:, None, :]
+    present = ~np.isnan(q)
     with np.errstate(invalid="ignore", divide="ignore"):
-        p = np.where(t > 0, a / np.maximum(t, 1.0), 0.5)
-    return xlogy(a, p) + xlogy(t - a, 1.0 - p)
-
-
-def log_e_value(k: int, n: int, a: ArrayLike, t: ArrayLike) -> np.ndarray:
-    """log e of "the live rate over (a, t) equals the certification rate over (k, n)"."""
-    a, t = np.asarray(a, np.float64), np.asarray(t, np.float64)
-    return (log_mixture(k, n) + log_mixture(a, t) - log_max_likelihood(k + a, n + t))
+        llr = xlogy(a, q / p0) + xlogy(t - a, (1.0 - q) / (1.0 - p0))
+    llr = np.where(present, llr, -np.inf)
+    g = present.sum(axis=-1)
+    with np.errstate(divide="ignore"):
+        return logsumexp(llr, axis=-1) - np.log(np.maximum(g, 1))
 
 
 @dataclass(frozen=True)
@@ -79,7 +92,7 @@ class ShiftStatus:
         seen: live predictions since the epoch started.
         live_coverage: accepted / seen since the start (NaN before any).
         log_e: log D_t, the e-detector (alarm at ≥ ``log_threshold``).
-        log_threshold: log C = log((1 + horizon/every) / alpha).
+        log_threshold: log C = log(2 (1 + horizon/every) / alpha).
         detected: D reached C at some update of this epoch (it stays set: a new calibration
             starts a new monitor).
         changed: ``detected`` became true in this update.
@@ -111,7 +124,7 @@ class ShiftMonitor:
     """
 
     def __init__(self, coverage: float | ArrayLike, n_cert: int, alpha: float = 0.01,
-                 horizon: int = 1_000_000, every: int = 250, keep: int = 40,
+                 horizon: int = 1_000_000, every: int = 1000, keep: int = 40,
                  streams: int = 1) -> None:
         cov = np.asarray(coverage, np.float64)
         if not (cov.size and np.all((cov >= 0.0) & (cov <= 1.0))):
@@ -128,7 +141,9 @@ class ShiftMonitor:
         self.k = np.broadcast_to(np.round(cov * n_cert), (streams,)).astype(np.float64)  # (S,)
         self.n = n_cert
         self.alpha, self.horizon, self.every, self.keep = float(alpha), horizon, every, keep
-        self.log_threshold = math.log((1.0 + horizon / every) / alpha)
+        self.lo, self.hi = coverage_interval(self.k, n_cert, alpha / 2)        # (S,) each
+        self._down, self._up = alternatives(self.lo, self.hi)                    # (S, G) each
+        self.log_threshold = math.log(2.0 * (1.0 + horizon / every) / alpha)
         self.seen = 0
         self.accepted = np.zeros(streams, np.int64)           # (S,) live accepted since start
         self._start_t = np.zeros(1, np.int64)                  # (J,) seen at each start
@@ -136,7 +151,7 @@ class ShiftMonitor:
         self._blocks = 0
         self.log_e = np.full(streams, -math.inf)
         self.detected = np.zeros(streams, bool)
-        self._lead_rate = np.full(streams, math.nan)           # live rate of the largest e_j
+        self._fewer = np.zeros(streams, bool)
 
     def update(self, accepted: ArrayLike, n: int) -> ShiftStatus:
         """Add ``n`` predictions of which ``accepted`` (one count per stream) were accepted."""
@@ -147,13 +162,13 @@ class ShiftMonitor:
         self.accepted = self.accepted + acc
         a = self.accepted[:, None] - self._start_a                  # (S, J)
         t = (self.seen - self._start_t)[None, :]                     # (1, J)
-        comp = log_e_value(self.k[:, None], self.n, a, t)                    # (S, J)
-        self.log_e = logsumexp(comp, axis=1)
-        lead = comp.argmax(axis=1)[:, None]                          # (S, 1) the largest e_j
-        self._lead_rate = (np.take_along_axis(a, lead, 1)[:, 0]
-                           / np.maximum(np.take_along_axis(np.broadcast_to(t, a.shape), lead, 1)[:, 0], 1))
+        down = log_bet(a, t, self.lo, self._down)                    # (S, J)
+        up = log_bet(a, t, self.hi, self._up)                        # (S, J)
+        self.log_e = np.logaddexp(logsumexp(down, axis=1), logsumexp(up, axis=1)) - math.log(2.0)
         was = self.detected.copy()
         self.detected |= self.log_e >= self.log_threshold
+        newly = self.detected & ~was                                 # which side led, then
+        self._fewer = np.where(newly, down.max(axis=1) >= up.max(axis=1), self._fewer)
         blocks = self.seen // self.every
         if blocks > self._blocks:                                    # start a component now
             self._blocks = blocks
@@ -169,7 +184,6 @@ class ShiftMonitor:
         cov = float(self.accepted[0]) / seen if seen else math.nan
         direction = ""
         if self.detected[0]:
-            below = self._lead_rate[0] < self.k[0] / self.n
-            direction = "fewer accepted" if below else "more accepted"
+            direction = "fewer accepted" if self._fewer[0] else "more accepted"
         return ShiftStatus(seen, cov, float(self.log_e[0]), self.log_threshold,
                            bool(self.detected[0]), changed, direction)
