@@ -239,7 +239,7 @@ def _plot(out: Path, tr: dict, events: dict, cal, r_star: float) -> None:
     ax[1].set_ylim(0, 0.05)
     ax[1].set_ylabel("accepted risk")
     ax[2].plot(t, tr["shift"], label="shift monitor log e")
-    ax[2].axhline(math.log((1 + 1_000_000 / 250) / 0.01), ls=":", c="C0")
+    ax[2].axhline(ShiftMonitor(0.5, 10, alpha=0.01, horizon=1_000_000).log_threshold, ls=":", c="C0")
     ch = np.where(np.isfinite(tr["change"]), tr["change"], np.nan)
     ax[2].plot(t, ch, label="change detector log D", c="C1")
     ax[2].axhline(math.log(100_000), ls=":", c="C1")

@@ -1,4 +1,4 @@
-"""Simulation: the two monitors' false-alarm rates and detection delays (docs/METHODS.md §8).
+"""Simulation: the two monitors' false-alarm rates and detection delays (docs/METHODS.md §9).
 
 Label-free shift monitor (serve/monitoring/shift.py): each repetition draws its own ĉ from
 n_cert = 2,100 certification samples, then streams stationary predictions (accepted with the

@@ -21,7 +21,7 @@ Ramdas & Rinaldo 2022): the alarm τ = first t with D_t ≥ A has
 (the second by Ville's inequality on D_t + N − t). The defaults, A = 100,000 and q_k = r* × (1.5,
 2, 3, 4, 6), find a jump to 3 r* at r* = 0.02 after a median of ~250 labels when it follows 2,000
 calm labels at 0.5 r*; at a stationary p = r* the chance of any alarm within 5,000 labels is
-≤ 5% (``bench/shift_monitors.py``, docs/METHODS.md §8).
+≤ 5% (``bench/shift_monitors.py``, docs/METHODS.md §9).
 """
 
 from __future__ import annotations

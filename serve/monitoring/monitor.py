@@ -171,7 +171,7 @@ class Monitor(Tally):
         self.shift_log_e = gauge("abstain_shift_log_e", "Label-free shift monitor: log of its "
                                  "e-detector (live vs certified acceptance).", MV, "liveall")
         self.shift_log_threshold = gauge("abstain_shift_log_threshold", "log of the e-detector's "
-                                         "alarm level: (1 + horizon/250) / shift alpha.", MV, "liveall")
+                                         "alarm level: 2 (1 + horizon/1000) / shift alpha.", MV, "liveall")
         self.shift_flag = gauge("abstain_shift_detected", "1 once the shift monitor alarmed in this "
                                 "calibration (anytime-valid: P(any false alarm) <= shift alpha).",
                                 MV, "liveall")
