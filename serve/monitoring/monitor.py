@@ -206,8 +206,12 @@ class Monitor(Tally):
                 hist = (old.score_hist if old is not None and tuple(old.score_bounds[:-1]) == bounds
                         else Histogram("abstain_confidence_score", "Confidence score.", MV,
                                        buckets=bounds, registry=None))
+                # Several workers flush at every event-loop tick: there the shift statistic is
+                # evaluated at most once per FLUSH_S (its counts are kept at every flush).
                 shift = (ShiftMonitor(calibration.coverage, calibration.n_cert, self.shift_alpha,
-                                      self.shift_horizon) if calibration.n_cert >= 1 else None)
+                                      self.shift_horizon,
+                                      min_interval_s=FLUSH_S if self.multiprocess else 0.0)
+                         if calibration.n_cert >= 1 else None)
                 state = _ModelState(cal_sha, hist, np.array([*bounds, math.inf]),
                                     DriftDetector(calibration.coverage, self.drift_window,
                                                   self.drift_alpha, self.drift_every), shift)

@@ -33,6 +33,7 @@ false alarms more frequent (docs/monitoring.md).
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -121,11 +122,13 @@ class ShiftMonitor:
         keep: restarted components kept besides the epoch's first (older ones are dropped; the
             bound holds for any subset).
         streams: independent streams updated side by side (simulations).
+        min_interval_s: evaluate the statistic at most this often (the counts are always
+            kept; checking at fewer times only delays an alarm, Ville's bound covers any times).
     """
 
     def __init__(self, coverage: float | ArrayLike, n_cert: int, alpha: float = 0.01,
                  horizon: int = 1_000_000, every: int = 1000, keep: int = 40,
-                 streams: int = 1) -> None:
+                 streams: int = 1, min_interval_s: float = 0.0) -> None:
         cov = np.asarray(coverage, np.float64)
         if not (cov.size and np.all((cov >= 0.0) & (cov <= 1.0))):
             raise ShiftConfigError(f"certified coverage must be in [0, 1]; got {coverage!r}")
@@ -143,6 +146,19 @@ class ShiftMonitor:
         self.alpha, self.horizon, self.every, self.keep = float(alpha), horizon, every, keep
         self.lo, self.hi = coverage_interval(self.k, n_cert, alpha / 2)        # (S,) each
         self._down, self._up = alternatives(self.lo, self.hi)                    # (S, G) each
+        # The bets as per-outcome log factors, both sides side by side: (S, 2G) each.
+        q = np.concatenate([self._down, self._up], axis=1)
+        p0 = np.concatenate([np.repeat(self.lo[:, None], len(STEPS), 1),
+                             np.repeat(self.hi[:, None], len(STEPS), 1)], axis=1)
+        present = ~np.isnan(q)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            self._l1 = np.where(present, np.log(q / p0), 0.0)
+            self._l0 = np.where(present, np.log((1.0 - q) / (1.0 - p0)), 0.0)
+            g = np.stack([present[:, :len(STEPS)].sum(1), present[:, len(STEPS):].sum(1)], 1)
+            w = np.log(0.5) - np.log(np.maximum(g, 1))                             # (S, 2)
+        self._logw = np.where(present, np.repeat(w, len(STEPS), axis=1), -np.inf)  # (S, 2G)
+        self.min_interval_s = float(min_interval_s)
+        self._evaluated_at = -math.inf
         self.log_threshold = math.log(2.0 * (1.0 + horizon / every) / alpha)
         self.seen = 0
         self.accepted = np.zeros(streams, np.int64)           # (S,) live accepted since start
@@ -160,15 +176,19 @@ class ShiftMonitor:
             return self.status()
         self.seen += int(n)
         self.accepted = self.accepted + acc
-        a = self.accepted[:, None] - self._start_a                  # (S, J)
-        t = (self.seen - self._start_t)[None, :]                     # (1, J)
-        down = log_bet(a, t, self.lo, self._down)                    # (S, J)
-        up = log_bet(a, t, self.hi, self._up)                        # (S, J)
-        self.log_e = np.logaddexp(logsumexp(down, axis=1), logsumexp(up, axis=1)) - math.log(2.0)
         was = self.detected.copy()
-        self.detected |= self.log_e >= self.log_threshold
-        newly = self.detected & ~was                                 # which side led, then
-        self._fewer = np.where(newly, down.max(axis=1) >= up.max(axis=1), self._fewer)
+        now = time.monotonic() if self.min_interval_s else 0.0
+        if now - self._evaluated_at >= self.min_interval_s:
+            self._evaluated_at = now
+            a = (self.accepted[:, None] - self._start_a)[..., None]            # (S, J, 1)
+            t = (self.seen - self._start_t)[None, :, None]                      # (1, J, 1)
+            bets = (a * self._l1[:, None, :] + (t - a) * self._l0[:, None, :]
+                    + self._logw[:, None, :])                                    # (S, J, 2G)
+            self.log_e = logsumexp(bets, axis=(1, 2))
+            self.detected |= self.log_e >= self.log_threshold
+            half = len(STEPS)                                            # which side led, then
+            fewer = bets[..., :half].max(axis=(1, 2)) >= bets[..., half:].max(axis=(1, 2))
+            self._fewer = np.where(self.detected & ~was, fewer, self._fewer)
         blocks = self.seen // self.every
         if blocks > self._blocks:                                    # start a component now
             self._blocks = blocks

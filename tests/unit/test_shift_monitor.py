@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.special import logsumexp
 from scipy.stats import beta, binom
 
 from serve.monitoring.drift import DriftDetector
@@ -110,6 +111,12 @@ def test_status_names_the_direction_and_latches() -> None:
     for _ in range(10):
         s = up.update(500, 500)
     assert s.detected and s.direction == "more accepted"
+    # The statistic is the e-detector over the kept components (recomputed from the bets).
+    a = up.accepted[:, None] - up._start_a
+    t = (up.seen - up._start_t)[None, :]
+    down_bets, up_bets = log_bet(a, t, up.lo, up._down), log_bet(a, t, up.hi, up._up)
+    assert up.log_e[0] == pytest.approx(np.logaddexp(
+        logsumexp(down_bets), logsumexp(up_bets)) - math.log(2), rel=1e-9)
     assert s.log_threshold == pytest.approx(math.log(2 * (1 + 10_000 / 1000) / 0.01))
 
 
