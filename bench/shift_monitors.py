@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from serve.feedback.change import ARL, log_statistic
 from serve.feedback.risk import excludes
-from serve.monitoring.shift import ShiftMonitor
+from serve.monitoring.shift import STEPS, ShiftMonitor
 
 N_CERT = 2100
 
@@ -71,12 +71,30 @@ def cs_first_alarm(x: np.ndarray, target: float, delta: float = 0.05) -> np.ndar
     return np.where(hit.any(axis=1), hit.argmax(axis=1), 10**9)
 
 
+def cost(evaluations: int = 5000) -> int:
+    """Microseconds per update of one server's shift monitor once all its components run."""
+    mon = ShiftMonitor(0.95, N_CERT)
+    for _ in range(60):
+        mon.update(1216, 1280)
+    t0 = time.perf_counter()
+    for _ in range(evaluations):
+        mon.update(61, 64)
+    us = (time.perf_counter() - t0) / evaluations * 1e6
+    print(f"shift monitor: {us:.0f} µs per update with evaluation "
+          f"({mon._start_t.size} components × {2 * len(STEPS)} bets; mean of {evaluations:,})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=500)
     ap.add_argument("--horizon", type=int, default=1_000_000)
     ap.add_argument("--step", type=int, default=100, help="predictions per update (a batch)")
+    ap.add_argument("--cost-only", action="store_true",
+                    help="only time one evaluation of a server's monitor (41 components)")
     a = ap.parse_args(argv)
+    if a.cost_only:
+        return cost()
     if a.reps < 1 or a.horizon < a.step or a.step < 1:
         ap.error("--reps ≥ 1 and --horizon ≥ --step ≥ 1")
     t0 = time.perf_counter()
