@@ -9,7 +9,7 @@ directory keeps what the report is computed from::
         model/model.onnx                                              (not committed)
         logits.npz        ONNX logits + labels of the tune and test splits
         features.npz      penultimate features (train subsample, test) + classifier W (not committed)
-        run.json          loss, seed, timings, parity
+        run.json          loss, seed, timings, parity, final training error
 
 then training.study_report turns the run directories into README.md, results.json and figures.
 """
@@ -96,6 +96,18 @@ def _features(model: torch.nn.Module, x: np.ndarray, batch: int = 1024) -> np.nd
     return torch.cat(out).numpy().astype(np.float32)                 # (n, d)
 
 
+@torch.no_grad()
+def _train_errors(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, batch: int = 1024) -> int:
+    """Misclassified training samples of the final model (eval mode, the whole train split).
+
+    This is the convergence check: the trainer's per-epoch ``train_acc`` is a running figure
+    taken while the weights still move.
+    """
+    model.eval()
+    return sum(int((model(torch.as_tensor(x[i:i + batch])).argmax(1).numpy() != y[i:i + batch]).sum())
+               for i in range(0, len(x), batch))
+
+
 def run_one(cfg: StudyConfig, ds: Dataset, loss: str, seed: int) -> Path:
     """Train, export, and evaluate one (loss, seed); returns its run directory."""
     run_dir = Path(cfg.out) / "runs" / _tag(loss, seed)
@@ -120,6 +132,8 @@ def run_one(cfg: StudyConfig, ds: Dataset, loss: str, seed: int) -> Path:
                         logits_test=onnx.logits(x_te).astype(np.float32), labels_test=y_te)
     model, _ = load_run(run_dir / "train")
     x_tr, y_tr = ds.split("train")
+    n_wrong = _train_errors(model, x_tr, y_tr)
+    final = json.loads((run_dir / "train" / "metrics.json").read_text())["final"]
     idx = _subsample(y_tr, cfg.nc_samples, seed)
     np.savez_compressed(run_dir / "features.npz",
                         features_train=_features(model, x_tr[idx]), labels_train=y_tr[idx],
@@ -127,7 +141,9 @@ def run_one(cfg: StudyConfig, ds: Dataset, loss: str, seed: int) -> Path:
                         weights=model.classifier.weight.detach().numpy().astype(np.float64))
     meta = {"tag": run_dir.name, "loss": loss, "seed": seed, "train_seconds": t_train,
             "total_seconds": time.perf_counter() - t0, "onnx_sha256": onnx.sha256,
-            "parity_max_abs_diff": parity.max_abs_diff, "providers": onnx.providers}
+            "parity_max_abs_diff": parity.max_abs_diff, "providers": onnx.providers,
+            "train_errors": n_wrong, "n_train": int(len(y_tr)),
+            "train_error": n_wrong / max(len(y_tr), 1), "final_train_loss": final["train_loss"]}
     atomic_write_text(run_dir / "run.json", json.dumps(meta, indent=1) + "\n")
     return run_dir
 

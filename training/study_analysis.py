@@ -119,6 +119,9 @@ def analyse_run(run_dir: Path, boot_idx: np.ndarray | None = None) -> dict[str, 
         "n_test": int(len(y_test)), "n_tune": int(len(y_tune)),
         "auto_spec": auto, "auto_temperature": temperature, "pnorm_tuned_spec": tuned, "scores": scores, "collapse": nc,
         "train_seconds": meta.get("train_seconds"),
+        # The final model's errors on its whole train split (None for runs made before it was kept).
+        "train_errors": meta.get("train_errors"), "n_train": meta.get("n_train"),
+        "final_train_loss": meta.get("final_train_loss"),
     }
 
 
@@ -145,6 +148,8 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                        for s in SCORES},
             "collapse": {},
         }
+        if all(r.get("train_errors") is not None for r in rs):
+            entry["train_error"] = _stats([r["train_errors"] / r["n_train"] for r in rs])
         for split in ("train", "test"):
             if all(split in r["collapse"] for r in rs):
                 entry["collapse"][split] = {k: _stats([r["collapse"][split][k] for r in rs])

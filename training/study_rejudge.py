@@ -41,7 +41,8 @@ def rejudge(out: Path) -> dict[str, Any]:
             r = old[d.name]
             atomic_write_text(d / "run.json", json.dumps(
                 {"tag": r["tag"], "loss": r["loss"], "seed": r["seed"],
-                 "train_seconds": r.get("train_seconds")}))
+                 "train_seconds": r.get("train_seconds"),
+                 **{k: r[k] for k in ("train_errors", "n_train", "final_train_loss") if k in r}}))
             made.append(d / "run.json")
 
     def analyse(d: Path, idx: Any = None) -> dict[str, Any]:

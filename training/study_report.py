@@ -26,6 +26,8 @@ from training.study_verdicts import CLEAR_RULE, all_claims
 
 # Bumped when the verdict rules change; the index marks studies judged by older rules as stale.
 VERDICT_RULES = "issue-18: paired seeds t-test + paired test-sample bootstrap, TOST margins"
+FINDINGS = "FINDINGS.md"           # the index's hand-written reading of the verdicts, if any
+CONVERGED_TRAIN_ERROR = 0.005     # a regime counts as converged when every run is at or below
 MAIN_SCORES = ("msp", "maxlogit", "pnorm:0", "pnorm:1", "pnorm:2", "pnorm_tuned", "auto")
 METRIC_LABELS = {"aurc": "AURC", "e_aurc": "E-AURC", "naurc": "NAURC", "augrc": "AUGRC",
                  "auroc": "AUROC", "risk_at_80": "risk@80%", "risk_at_50": "risk@50%",
@@ -98,6 +100,26 @@ def build(out: Path, meta: dict[str, Any], run_dirs: list[Path],
     return results
 
 
+def max_train_error(runs: list[dict[str, Any]]) -> float | None:
+    """The largest final training error over the runs; None if any run did not record it."""
+    if not runs or any(r.get("train_errors") is None for r in runs):
+        return None
+    return max(r["train_errors"] / r["n_train"] for r in runs)
+
+
+def convergence_note(runs: list[dict[str, Any]]) -> str:
+    """One sentence: did every run reach (near) zero training error? (≤ 0.5% counts as converged)."""
+    worst = max_train_error(runs)
+    if worst is None:
+        return ("Training error: not recorded for these runs (made before the study kept it), "
+                "so whether they converged is not shown here; the epochs and accuracies suggest not.")
+    verdict = ("every run reached (near) zero training error: this regime is **converged**"
+               if worst <= CONVERGED_TRAIN_ERROR else
+               "at least one run is above 0.5%: this regime is **not converged**")
+    return (f"Training error of the final models (eval mode, whole train split): at most "
+            f"{worst * 100:.2f}% over the {len(runs)} runs; {verdict}.")
+
+
 def render(results: dict[str, Any]) -> str:
     """The Markdown report; every number comes from ``results``."""
     meta, agg = results["meta"], results["aggregate"]
@@ -151,13 +173,17 @@ def render(results: dict[str, Any]) -> str:
                   f"{len(meta['seeds'])} seed(s)).", "", f"Rule: {c['rule']}.", ""]
         lines += [f"- {e}" for e in c["evidence"]] + [""]
     lines += ["## Accuracy", "",
-              "| loss | test accuracy (%) | test errors per seed | auto score chosen on tune |",
-              "|---|---|---|---|"]
+              "| loss | test accuracy (%) | test errors per seed | train errors per seed "
+              "(final model, whole train split) | auto score chosen on tune |",
+              "|---|---|---|---|---|"]
     for loss, e in agg.items():
-        errs = [str(r.get("n_test_errors", "?")) for r in sorted(results["runs"],
-                key=lambda r: r["seed"]) if r["loss"] == loss]
+        rs = sorted((r for r in results["runs"] if r["loss"] == loss), key=lambda r: r["seed"])
+        errs = [str(r.get("n_test_errors", "?")) for r in rs]
+        train = [f"{r['train_errors']}/{r['n_train']}" if r.get("train_errors") is not None
+                 else "not recorded" for r in rs]
         lines.append(f"| {loss} | {_pm(e['accuracy'], 100, 2)} | {', '.join(errs)} | "
-                     f"{', '.join(e['auto_specs'])} |")
+                     f"{', '.join(train)} | {', '.join(e['auto_specs'])} |")
+    lines += ["", convergence_note(results["runs"]), ""]
     lines += ["", "## Selective classification on the test split (main scores)", ""]
     lines += _score_table(agg, MAIN_SCORES)
     lines += ["", "## Figures", ""]
@@ -173,7 +199,11 @@ def render(results: dict[str, Any]) -> str:
 
 
 def write_index(root: Path) -> Path:
-    """``root/README.md``: one row per study under ``root`` (its regime and the four verdicts)."""
+    """``root/README.md``: one row per study under ``root`` (its regime and the four verdicts).
+
+    A hand-written ``root/FINDINGS.md`` (what the rows mean together), when present, follows the
+    table: the verdicts are computed, their reading across regimes is not.
+    """
     studies = sorted(p.parent for p in root.glob("*/results.json"))
     if not studies:
         from training.study_analysis import StudyError
@@ -189,11 +219,13 @@ def write_index(root: Path) -> Path:
         "Wall clock = the study command that trained the runs (on a shared, loaded 2-core "
         "machine; '—' where the runs were trained by several processes or an interrupted "
         "invocation, see the report); runs, summed = train + export + ONNX evaluation time of "
-        "every run as recorded when it was made.",
+        "every run as recorded when it was made; max train error = the largest final training "
+        "error over a study's runs (eval mode, whole train split; 'not recorded' for studies made "
+        "before the study kept it — all of them stopped at 1–20 epochs, before convergence).",
         "",
-        "| study | data | model | epochs | seeds | accuracy range (%) | wall clock | runs, summed "
-        "| claim 1 | claim 2 | claim 3 | claim 4 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| study | data | model | epochs | seeds | accuracy range (%) | max train error (%) "
+        "| wall clock | runs, summed | claim 1 | claim 2 | claim 3 | claim 4 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     stale = False
     for d in studies:
@@ -204,6 +236,8 @@ def write_index(root: Path) -> Path:
         lines.append(
             f"| [{d.name}]({d.name}/README.md) | `{r['data']}` | {r['model']} | {r['epochs']} | "
             f"{len(meta['seeds'])} | {min(accs):.1f}–{max(accs):.1f} | "
+            + ("not recorded | " if (worst := max_train_error(res["runs"])) is None
+               else f"{worst * 100:.2f} | ")
             + (f"{first['runtime_seconds'] / 60:.1f} min | " if first["runtime_seconds"] > 5
                else "— (see report) | ")
             + f"{meta.get('runs_seconds', float('nan')) / 60:.1f} min | "
@@ -215,6 +249,9 @@ def write_index(root: Path) -> Path:
                   "which fired on ~21% of pure-noise comparisons. Re-judge with `PYTHONPATH=. python -m "
                   "training.study_rejudge DIR`, which needs the runs' committed logits.npz; these "
                   "folders have none, so they need retraining (`abstain study ... --out DIR`)."]
+    findings = root / FINDINGS
+    if findings.is_file():
+        lines += ["", findings.read_text().rstrip()]
     lines += [
         "",
         "Claims (METHODS.md §6): 1. LS damages the ranking of errors under MSP (E-AURC) relative to CE; 2. MaxLogit-pNorm "

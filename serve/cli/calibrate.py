@@ -13,6 +13,12 @@ from pathlib import Path
 from serve.calibration.artifact import FILENAME, Calibration, save_calibration
 from serve.calibration.probe import write_probe
 from serve.cli.argtypes import NONNEGATIVE_INT, float_above, fraction
+from serve.cli.from_feedback import (
+    add_feedback_args,
+    from_feedback_main,
+    refuse_feedback_only,
+    track_given,
+)
 from serve.cli.model_inputs import (
     add_model_inputs,
     check_calibration_role,
@@ -74,9 +80,8 @@ def _print_calibration(run, cal: Calibration, out: Path) -> None:
 
 def calibrate_main(args: argparse.Namespace) -> int:
     if getattr(args, "from_feedback", None):                # the feedback loop (serve/feedback)
-        from serve.feedback.recalibrate import from_feedback_main
-
         return from_feedback_main(args)
+    refuse_feedback_only(args)
     from serve.calibration.pipeline import CalibrationSettings, calibrate_arrays, to_calibration
     from serve.calibration.plots import reliability_plot, risk_coverage_plot
 
@@ -140,7 +145,6 @@ def register_calibrate(sub: argparse._SubParsersAction) -> None:
                    help="seed of the tuning/certification split")
     p.add_argument("--allow-defer-all", action="store_true",
                    help="if nothing can be certified, write a calibration that defers everything")
-    p.add_argument("--from-feedback", metavar="STORE", default=None,
-                   help="re-certify the threshold on labelled AUDITED samples of a decision store "
-                   "(a --state-dir or postgresql:// URL); keeps the score, r* and δ (default: off)")
+    add_feedback_args(p)
+    track_given(p)
     p.set_defaults(handler=calibrate_main)

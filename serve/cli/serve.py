@@ -69,8 +69,16 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("store_inputs", str, "true: keep decoded inputs for reviewers (default false)"),
     ("live_delta", float, "level of the anytime-valid live-risk bound (default 0.05)"),
     ("review_ttl_s", float, "review items expire after this many seconds (default 7 days)"),
-    ("reviewer_key", str, "Bearer key for the review API, besides the api/admin keys (default: none)"),
-    ("review_webhook_secret", str, "enable POST /v1/review/labelstudio with this shared secret (default: off)"),
+    ("retention_days", float, "delete records older than this many days unless audited or labelled "
+     "for a calibration still served, or pending review (default: keep all)"),
+    ("retention_max_rows", int, "keep at most this many records nobody reviews (accepted, not "
+     "audited; expired); the oldest go (default: no cap)"),
+    ("reviewer_key", str, "DISCOURAGED (visible in ps): use --reviewer-key-file or "
+     "ABSTAIN_REVIEWER_KEY (default: none; the review API is off without a reviewer or admin key)"),
+    ("review_webhook_secret", str, "DISCOURAGED (visible in ps): use --review-webhook-secret-file "
+     "or ABSTAIN_REVIEW_WEBHOOK_SECRET (default: none, the Label Studio webhook off)"),
+    ("max_control_body_bytes", int, "body limit of /v1/feedback and the Label Studio webhook, "
+     "checked after the key (default 1 MiB)"),
     ("on_risk_alarm", str, "keep | defer: while a served calibration's live risk alarms (the "
      "bound's lower end above r*, or the change detector fired), keep serving it or defer every "
      "prediction until a new calibration loads (default keep; fallback is refused: no stricter "
@@ -79,9 +87,13 @@ _FLAGS: list[tuple[str, type, str]] = [
      "labelled audits (default 100000)"),
 ]
 
-
-_KEY_FILES = [("api_key", "for inference and metadata"), ("admin_key", "enabling /v1/admin/*"),
-              ("metrics_key", "for /metrics")]
+# Every secret: its --X-file flag (and ABSTAIN_X_FILE) reads it from a file, never from ps.
+_SECRET_FILES = [("api_key", "the Bearer key of inference clients (predict, metadata)"),
+                 ("admin_key", "the admin Bearer key (/v1/admin/*, the review API)"),
+                 ("metrics_key", "the Bearer key for /metrics"),
+                 ("reviewer_key", "the reviewers' Bearer key (review queue, labels, live risk)"),
+                 ("review_webhook_secret", "the Label Studio webhook's shared secret"),
+                 ("database_url", "the postgresql:// URL with its password")]
 
 
 def register_serve(sub: argparse._SubParsersAction) -> None:
@@ -96,10 +108,15 @@ def register_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--follow-symlinks", dest="follow_symlinks", action="store_true", default=None,
                    help="serve version directories that resolve outside the repository (off: "
                    f"they are skipped with a warning)  [env {ENV_PREFIX}FOLLOW_SYMLINKS]")
-    for name, what in _KEY_FILES:
+    p.add_argument("--open-review-api", dest="open_review_api", action="store_true",
+                   default=None, help="serve the review API (queues, stored inputs, labels) to "
+                   "anyone who can reach the server, without a key; start-up warns (default: off, "
+                   f"the review API needs the reviewer or admin key)  [env {ENV_PREFIX}OPEN_REVIEW_API]")
+    for name, what in _SECRET_FILES:
+        env = ENV_PREFIX + name.upper()
         p.add_argument(f"--{name.replace('_', '-')}-file", dest=f"{name}_file", default=None,
-                       metavar="PATH", help=f"read the Bearer key {what} from PATH (first line; default: none)  "
-                       f"[env {ENV_PREFIX}{name.upper()}]")
+                       metavar="PATH", help=f"read {what} from PATH (first line; default: none)  "
+                       f"[env {env}_FILE, or the value in {env}]")
     p.set_defaults(handler=_serve)
 
 
@@ -168,12 +185,20 @@ def loop_lines(settings: ServerSettings) -> list[str]:
         return [f"decision store: off {why}: decisions are not recorded",
                 f"audits: off {why}",
                 f"review API: off {why}: no /v1/review/queue, /v1/feedback, /v1/monitor/risk"]
-    keys = [name for name, value in (("API", settings.api_key), ("admin", settings.admin_key),
-                                     ("reviewer", settings.reviewer_key)) if value is not None]
-    who = (f"with the {' or '.join(keys)} key as Bearer" if keys else
-           "open to anyone who can reach the server (no API, admin or reviewer key set)")
+    keys = [name for name, value in (("reviewer", settings.reviewer_key),
+                                     ("admin", settings.admin_key)) if value is not None]
+    where = "/v1/review/queue, /v1/feedback, /v1/requests/ID, /v1/monitor/risk"
+    if settings.open_review_api:
+        review = (f"OPEN TO ANYONE who can reach the server at {where} (--open-review-api): "
+                  "audited samples, stored inputs and labels need no key")
+    elif keys:
+        review = (f"on at {where}, with the {' or '.join(keys)} key as Bearer (the API key is "
+                  "refused: clients only predict)")
+    else:
+        review = ("off (no --reviewer-key-file or --admin-key-file; --open-review-api opens it "
+                  "to anyone)")
     webhook = ("on" if settings.review_webhook_secret is not None
-               else "off (no --review-webhook-secret)")
+               else "off (no --review-webhook-secret-file)")
     rate = settings.audit_rate
     audits = ("off (--audit-rate 0)" if rate == 0 else
               f"{rate * 100:g}% of samples (uniform, independent of the decision) queued for review "
@@ -181,28 +206,52 @@ def loop_lines(settings: ServerSettings) -> list[str]:
               + ("defer every prediction until a new calibration loads" if
                  settings.on_risk_alarm == "defer" else "keep serving")
               + f" (--on-risk-alarm {settings.on_risk_alarm})")
+    kept = [f"rows nobody needs deleted after {settings.retention_days:g} days"
+            if settings.retention_days is not None else "",
+            f"at most {settings.retention_max_rows} rows nobody reviews"
+            if settings.retention_max_rows is not None else ""]
+    retention = "; ".join(k for k in kept if k) or "kept until deleted (no --retention-days)"
     return [f"decision store: {_store_location(settings)} (every decision recorded"
-            f"{', inputs kept for review items' if settings.store_inputs else ''})",
+            f"{', inputs kept for review items' if settings.store_inputs else ''}; {retention})",
             f"audits: {audits}",
-            f"review API: on at /v1/review/queue, /v1/feedback, /v1/requests/ID, /v1/monitor/risk, "
-            f"{who}; Label Studio webhook {webhook}"]
+            f"review API: {review}; Label Studio webhook {webhook}"]
+
+
+def _secrets(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
+    """Put each secret given as a file (``--X-file`` or ``ABSTAIN_X_FILE``) into ``overrides``;
+    warn about each given on the command line, where every user of the machine can read it."""
+    for name, _ in _SECRET_FILES:
+        flag, env = f"--{name.replace('_', '-')}", f"{ENV_PREFIX}{name.upper()}"
+        path = getattr(args, f"{name}_file", None)
+        source = f"{flag}-file"
+        if path is None and os.environ.get(f"{env}_FILE"):
+            path, source = os.environ[f"{env}_FILE"], f"{env}_FILE"
+        value = overrides.get(name)
+        if path is not None:
+            if value is not None:
+                raise SettingsError(f"{flag} and {source} both given: keep {flag}-file")
+            overrides[name] = read_key_file(path, source)
+        elif value is not None and (name != "database_url" or _has_password(value)):
+            log.warning("%s on the command line is visible to every user of this machine (ps, "
+                        "shell history): prefer %s-file or %s", flag, flag, env)
+
+
+def _has_password(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit(url).password is not None
+    except ValueError:
+        return True
 
 
 def _serve(args: argparse.Namespace) -> int:
     overrides = {name: getattr(args, name) for name, _, _ in _FLAGS}
     overrides["follow_symlinks"] = args.follow_symlinks
+    overrides["open_review_api"] = args.open_review_api
     if args.model_repository is not None:
         overrides["model_repository"] = Path(args.model_repository)
-    for name, _ in _KEY_FILES:
-        flag = f"--{name.replace('_', '-')}"
-        path = getattr(args, f"{name}_file")
-        if path is not None:
-            if overrides.get(name) is not None:
-                raise SettingsError(f"{flag} and {flag}-file both given: keep {flag}-file")
-            overrides[name] = read_key_file(path, f"{flag}-file")
-        elif overrides.get(name) is not None:
-            log.warning("%s on the command line is visible to every user of this machine (ps, "
-                        "shell history): prefer %s-file or %s%s", flag, flag, ENV_PREFIX, name.upper())
+    _secrets(args, overrides)
     settings = load_settings(**overrides)
     _check_port(settings.host, settings.port)
     if settings.grpc_port is not None:

@@ -7,6 +7,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from serve.feedback.risk import STATUSES, LiveRisk
 
 EPOCH = ("model", "version", "calibration")
+DROP_REASONS = ("queue_full", "rejected", "conflict", "shutdown")
 
 
 class LoopMetrics:
@@ -19,8 +20,14 @@ class LoopMetrics:
         def gauge(name: str, doc: str) -> Gauge:
             return Gauge(name, doc, EPOCH, registry=reg, multiprocess_mode="livemostrecent")
 
-        self.dropped = Counter("abstain_records_dropped", "Decision records dropped because the "
-                               "recording queue was full (or the store down at shutdown).", registry=reg)
+        self.dropped = Counter("abstain_records_dropped", "Decision records not written, by reason: "
+                               "queue_full (store down or slow), rejected (the store refused the "
+                               "row), conflict (key already stored: a bug), shutdown (store down "
+                               "at shutdown).", ["reason"], registry=reg)
+        for reason in DROP_REASONS:
+            self.dropped.labels(reason)
+        self.deleted = Counter("abstain_records_deleted", "Decision records deleted by retention "
+                               "(--retention-days).", registry=reg)
         self.written = Counter("abstain_records_written", "Decision records written to the store.",
                                registry=reg)
         self.expired = Counter("abstain_review_expired", "Review items that expired unlabelled.",

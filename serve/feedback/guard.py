@@ -4,7 +4,8 @@ After every maintenance pass of the recorder (every few seconds, beside the live
 :meth:`RiskGuard.check` looks at each served (model, version, calibration) epoch. Its alarm is
 *active* when
 
-* the live-risk confidence sequence's lower end exceeds r* (status ``alarm``, ``risk.py``), or
+* the live-risk status is ``alarm``: the confidence sequence's lower end exceeds r* (``risk.py``;
+  once audits expire unlabelled, on the basis that counts them as errors), or
 * the risk-change e-detector over its labelled audits has fired (``change.py``: the sequence
   bounds the average since the calibration took effect, the detector finds a jump after calm).
 
@@ -108,8 +109,13 @@ class RiskGuard:
     def _reasons(r: LiveRisk, change: ChangeStatus) -> list[str]:
         out = []
         if r.status == "alarm":
-            out.append(f"live-risk lower bound {r.lower:.4f} > r* = {r.target_risk:g} "
-                       f"({r.errors} errors in {r.labels} labelled audits, δ = {r.delta:g})")
+            expired = getattr(r, "expired_audits", 0)
+            basis = (f"{r.errors} errors in {r.labels} labelled audits" if not expired else
+                     f"{r.errors} errors in {r.labels} labelled audits + {expired} expired "
+                     "unlabelled ones counted as errors")
+            value = f" {r.lower:.4f}" if not expired else ""
+            out.append(f"live-risk lower bound{value} > r* = {r.target_risk:g} ({basis}, "
+                       f"δ = {r.delta:g})")
         if change.alarm:
             out.append(f"risk-change detector fired at labelled audit {change.alarm_at} of "
                        f"{change.observations} (average run length to a false alarm ≥ "

@@ -4,21 +4,33 @@ Talks to Label Studio's REST API with httpx (extra ``review``); Label Studio its
 own environment. Every task carries ``data.key = "<request_id>/<index>"``, so a push never
 imports an item twice and a pull can be repeated at will (feedback is idempotent): a sync that
 stops half-way is resumed by running it again. Annotations also arrive through Label Studio's
-webhook (``POST /v1/review/labelstudio``), checked with a shared secret header.
+webhook (``POST /v1/review/labelstudio``), checked with a shared secret header before its
+(bounded) body is read; a malformed event is a 422, never a guess.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 from dataclasses import dataclass, field
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
+import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from serve.errors import AbstainError
+from serve.feedback.access import (
+    ERRORS,
+    ReviewError,
+    check_secret,
+    describe,
+    guarded_route,
+    read_body,
+    store_errors,
+)
 from serve.feedback.api import Feedback, apply_feedback
 from serve.feedback.recorder import epoch_info
 from serve.feedback.store import Store
@@ -54,20 +66,43 @@ def task_for(item: dict[str, Any], kind: str, classes: list[str]) -> dict[str, A
                                          "value": {"choices": [label]}}]}]}
 
 
-def feedback_from(task_data: dict[str, Any], annotation: dict[str, Any]) -> Feedback | None:
-    """The label an annotation gives, or None (cancelled, empty, or not one of our tasks)."""
+def feedback_from(task_data: Any, annotation: Any) -> Feedback | None:
+    """The label an annotation gives, or None (cancelled, empty, or not one of our tasks).
+
+    Raises:
+        ReviewError: 422 — the task or annotation is malformed (wrong types, no index, an index
+            that is not a non-negative integer, an over-long annotator …); nothing is coerced.
+    """
+    if not isinstance(task_data, dict) or not isinstance(annotation, dict):
+        raise _bad("task.data and annotation must be JSON objects")
     if annotation.get("was_cancelled") or "request_id" not in task_data:
         return None
-    for r in annotation.get("result") or []:
-        choices = (r.get("value") or {}).get("choices") or []
-        if r.get("type") == "choices" and choices:
+    results = annotation.get("result") or []
+    if not isinstance(results, list):
+        raise _bad("annotation.result must be a list")
+    for r in results:
+        if not isinstance(r, dict):
+            continue
+        value = r.get("value")
+        choices = value.get("choices") if isinstance(value, dict) else None
+        if r.get("type") == "choices" and isinstance(choices, list) and choices:
+            if "index" not in task_data:
+                raise _bad("task.data has a request_id but no index")
             who = annotation.get("completed_by")
             if isinstance(who, dict):
                 who = who.get("email") or who.get("id")
-            return Feedback(request_id=str(task_data["request_id"]), index=int(task_data["index"]),
-                            label=str(choices[0]), source=SOURCE,
-                            annotator=None if who is None else str(who))
+            try:
+                return Feedback.model_validate({
+                    "request_id": task_data["request_id"], "index": task_data["index"],
+                    "label": choices[0], "source": SOURCE,
+                    "annotator": None if who is None else str(who)})
+            except ValidationError as err:
+                raise _bad(describe(err)) from None
     return None
+
+
+def _bad(what: str) -> ReviewError:
+    return ReviewError(f"not a label abstain can take: {what}", 422, "invalid_annotation")
 
 
 @dataclass
@@ -159,7 +194,11 @@ def sync(store: Store, ls: LabelStudio, project: str, model: str, kinds: tuple[s
     existing = ls.tasks(pid)
     for task in existing:
         for ann in task.get("annotations") or []:
-            fb = feedback_from(task.get("data") or {}, ann)
+            try:
+                fb = feedback_from(task.get("data") or {}, ann)
+            except ReviewError:
+                report.pulled["invalid"] = report.pulled.get("invalid", 0) + 1
+                break
             if fb is None:
                 continue
             status, body = apply_feedback(store, fb)
@@ -186,24 +225,40 @@ def sync(store: Store, ls: LabelStudio, project: str, model: str, kinds: tuple[s
     return report
 
 
-def webhook_router(store: Store, secret: str) -> APIRouter:
-    """``POST /v1/review/labelstudio``: Label Studio's annotation webhook, secret-checked."""
-    router = APIRouter(tags=["review"])
+def webhook_router(store: Store, secret: str, max_body_bytes: int = 1 << 20) -> APIRouter:
+    """``POST /v1/review/labelstudio``: Label Studio's annotation webhook, secret-checked before
+    its body is read."""
+    router = APIRouter(tags=["review"], route_class=guarded_route(
+        lambda request: check_secret(request, SECRET_HEADER, secret, "--review-webhook-secret")))
 
-    @router.post("/v1/review/labelstudio")
-    def labelstudio_webhook(request: Request, payload: dict[str, Any]) -> Any:
+    def handle(raw: bytes) -> tuple[int, dict[str, Any]]:
+        try:
+            payload = orjson.loads(raw)
+        except orjson.JSONDecodeError as err:
+            raise ReviewError(f"the body is not JSON: {err}", 422, "invalid_body") from None
+        if not isinstance(payload, dict):
+            raise ReviewError("the body must be a JSON object (a Label Studio webhook event)",
+                              422, "invalid_body")
+        action = payload.get("action")
+        if action not in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
+            return 200, {"status": "ignored",
+                         "action": action if isinstance(action, str) else None}
+        task = payload.get("task") or {}
+        if not isinstance(task, dict):
+            raise _bad("task must be a JSON object")
+        with store_errors(store):
+            fb = feedback_from(task.get("data") or {}, payload.get("annotation") or {})
+            if fb is None:
+                return 200, {"status": "ignored"}
+            return apply_feedback(store, fb)
+
+    @router.post("/v1/review/labelstudio", responses={201: {"description": "a new label"}, **ERRORS},
+                 openapi_extra={"requestBody": {"required": True, "content": {
+                     "application/json": {"schema": {"type": "object"}}}}})
+    async def labelstudio_webhook(request: Request) -> Any:
         """An ANNOTATION_CREATED/UPDATED event from Label Studio becomes feedback."""
-        given = request.headers.get(SECRET_HEADER, "").encode()
-        if not hmac.compare_digest(given, secret.encode()):
-            return JSONResponse({"error": f"missing or wrong {SECRET_HEADER} header: configure the "
-                                          "Label Studio webhook with the server's "
-                                          "--review-webhook-secret"}, 401)
-        if payload.get("action") not in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
-            return JSONResponse({"status": "ignored", "action": payload.get("action")}, 200)
-        fb = feedback_from((payload.get("task") or {}).get("data") or {}, payload.get("annotation") or {})
-        if fb is None:
-            return JSONResponse({"status": "ignored"}, 200)
-        status, body = apply_feedback(store, fb)
+        raw = await read_body(request, max_body_bytes)
+        status, body = await run_in_threadpool(handle, raw)
         return JSONResponse(body, status)
 
     return router

@@ -2,18 +2,31 @@
 
 The request path calls :meth:`Recorder.submit` once per batch with the batch's columns. It takes a
 lock for a few microseconds, appends a reference, and returns: no conversion, no I/O, no
-exception. A flusher thread turns the columns into rows and writes them in one transaction per
-chunk, so a slow or unreachable database never slows or fails a prediction and never blocks the
-event loop. When the queue holds ``capacity`` samples, new batches are dropped and counted
-(``abstain_records_dropped_total``). :meth:`Recorder.close` (the server's lifespan shutdown, i.e.
-SIGTERM) flushes what is queued; a committed chunk survives ``kill -9``.
+exception. A flusher thread turns the columns into rows (``serve/feedback/rows.py``) and writes
+them in one transaction per chunk, so a slow or unreachable database never slows or fails a
+prediction and never blocks the event loop.
 
-The same thread expires stale review items and refreshes the live-risk gauges every
-``maintenance_s`` seconds.
+Every record is written or counted in ``abstain_records_dropped_total{reason}``:
+
+* ``queue_full``: the queue held ``capacity`` samples (the store is down or too slow);
+* ``rejected``: the store refused the row itself (bad data): a chunk that fails for any other
+  reason than an outage is split in halves until the bad rows are isolated; the rest are written;
+* ``conflict``: the row's key was already stored (keys are random server ids: a bug);
+* ``shutdown``: still queued when :meth:`Recorder.close` (SIGTERM) gave up on a down store.
+
+An outage (a connection, I/O or locking error) keeps the rows and retries them after an
+exponential backoff (0.5 s doubling to ``max_backoff_s``), which new traffic does not cut short.
+Failures are logged once per ``log_every_s``, with counts, never once per try. The queue is
+flushed at least every ``flush_interval_s`` (0.5 s), so ``kill -9`` loses what was answered in
+about the last half second; a committed chunk survives it.
+
+The same thread expires stale review items, refreshes the live-risk gauges every
+``maintenance_s`` seconds, and, with ``retention_s``, deletes old rows (``retention.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -23,19 +36,21 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import numpy as np
-import orjson
 
+from serve.feedback import retention
 from serve.feedback.audit import Auditor
+from serve.feedback.failures import Every, first_line, is_outage
 from serve.feedback.gauges import LoopMetrics
 from serve.feedback.risk import LiveRisk, live_risk
+from serve.feedback.rows import Batch, to_rows
 from serve.feedback.store import Store
 
 log = logging.getLogger(__name__)
-TOPK = 3
+EPOCH_PREFIX = "epoch:"
 
 
 def epoch_key(model: str, version: str, calibration_sha256: str) -> str:
-    return f"epoch:{model}/{version}/{calibration_sha256}"
+    return f"{EPOCH_PREFIX}{model}/{version}/{calibration_sha256}"
 
 
 class Recorder:
@@ -43,9 +58,11 @@ class Recorder:
 
     def __init__(self, store: Store, *, audit_rate: float = 0.01, store_inputs: bool = False,
                  review_ttl_s: float = 7 * 86400.0, live_delta: float = 0.05,
-                 capacity: int = 100_000, flush_interval_s: float = 1.0, chunk_rows: int = 5000,
+                 capacity: int = 100_000, flush_interval_s: float = 0.5, chunk_rows: int = 5000,
                  maintenance_s: float = 5.0, metrics: LoopMetrics | None = None,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, retention_s: float | None = None,
+                 retention_max_rows: int | None = None,
+                 max_backoff_s: float = 10.0, log_every_s: float = 30.0) -> None:
         self.store = store
         self.auditor = Auditor(audit_rate, seed)
         self.store_inputs = store_inputs
@@ -55,16 +72,23 @@ class Recorder:
         self.flush_interval_s = flush_interval_s
         self.chunk_rows = chunk_rows
         self.maintenance_s = maintenance_s
+        self.retention_s = retention_s
+        self.retention_max_rows = retention_max_rows
+        self.max_backoff_s = max_backoff_s
         self.metrics = metrics or LoopMetrics()
-        self._items: deque[tuple] = deque()
+        self._items: deque[Batch] = deque()
         self._retry: list[tuple] = []
         self._pending = 0
         self._cond = threading.Condition()
         self._stop = False
         self._thread: threading.Thread | None = None
-        self._epochs: dict[tuple[str, str, str], bool] = {}
+        self._epochs: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self._outage_log, self._reject_log = Every(log_every_s), Every(log_every_s)
+        self._failures = 0
+        self._next_sweep = time.monotonic() + self.sweep_every_s
         self.written = 0
         self.dropped = 0
+        self.swept = 0
         # Set by the server: the (model, version, calibration) epochs it serves now (the others'
         # gauges are retired), and what to do with the served epochs' live risk (guard.py).
         self.served: Callable[[], Collection[tuple[str, str, str]]] | None = None
@@ -77,46 +101,55 @@ class Recorder:
         return self.auditor.draw(n)
 
     def submit(self, model: str, version: str | int, calibration_sha256: str,
-               request_ids: Sequence[str], indices: np.ndarray, labels: np.ndarray,
+               request_ids: Sequence[str], indices: np.ndarray | None, labels: np.ndarray,
                scores: np.ndarray, rejects: np.ndarray, audit: np.ndarray,
                probabilities: np.ndarray | None = None, inputs: np.ndarray | None = None, *,
                class_names: Sequence[str] | None = None, target_risk: float | None = None,
                sizes: Sequence[int] | None = None, logits: np.ndarray | None = None,
-               temperature: float = 1.0) -> None:
+               temperature: float = 1.0, client_ids: Sequence[str | None] | None = None,
+               lineage: Sequence[str] | None = None) -> None:
         """Queue one batch of decisions (columns of equal length ``n``). Never blocks or raises.
 
         Args:
-            request_ids: the request id of each sample (samples of one request share it).
+            request_ids: the server's request id of each sample (samples of one request share it).
             indices: each sample's index inside its request.
             labels, scores, rejects: the decision columns (predicted class index, score, reject).
             audit: flags from :meth:`audit`.
             probabilities: (n, K) class probabilities; the top-3 are stored for reviewers.
             inputs: the decoded (n, ...) model inputs; stored only with ``store_inputs``.
-            class_names, target_risk: the model's classes and the calibration's r*, kept once per
-                (model, version, calibration) so the review API can check labels and the risk.
-            sizes: per-REQUEST form (the data plane's record stage): ``request_ids`` holds one id
-                per request, ``sizes`` its sample count, ``indices`` may be None; the flusher
-                expands them, so the request path does no per-sample work.
+            class_names, target_risk, lineage: the model's classes, the calibration's r* and the
+                calibrations it descends from, kept once per (model, version, calibration) so the
+                review API can check labels and the risk, and retention keeps what it needs.
+            sizes: per-REQUEST form (the data plane's record stage): ``request_ids`` (and
+                ``client_ids``) hold one id per request, ``sizes`` its sample count, ``indices``
+                may be None; the flusher expands them, so the request path does no per-sample work.
             logits, temperature: instead of ``probabilities``: the flusher computes
                 softmax(logits / T) for review items only.
+            client_ids: the id each request's client sent (cleaned), or None.
         The arrays are kept by reference until flushed: do not mutate them afterwards.
         """
         try:
             n = int(sum(sizes)) if sizes is not None else len(request_ids)
             with self._cond:
                 if self._stop or self._pending + n > self.capacity:
-                    self.dropped += n
-                    self.metrics.dropped.inc(n)
+                    self._drop(n, "queue_full")
                     return
                 self._pending += n
-                self._items.append((time.time(), model, str(version), calibration_sha256,
-                                    request_ids, indices, labels, scores, rejects, audit,
-                                    probabilities, inputs if self.store_inputs else None,
-                                    class_names, target_risk, sizes, logits, temperature))
+                self._items.append(Batch(
+                    time.time(), model, str(version), calibration_sha256, request_ids, client_ids,
+                    indices, labels, scores, rejects, audit, probabilities,
+                    inputs if self.store_inputs else None, class_names, target_risk, lineage,
+                    sizes, logits, temperature))
                 if self._pending >= self.chunk_rows:
                     self._cond.notify()
         except Exception:  # noqa: BLE001 - recording must never fail a prediction
             log.exception("decision recording failed for one batch; it is dropped")
+            with contextlib.suppress(Exception):     # not even countable: the log line says it
+                self._drop(int(sum(sizes)) if sizes is not None else len(request_ids), "rejected")
+
+    def _drop(self, n: int, reason: str) -> None:
+        self.dropped += n
+        self.metrics.dropped.labels(reason).inc(n)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -129,8 +162,6 @@ class Recorder:
     def flush(self, timeout: float = 10.0) -> bool:
         """Wake the flusher and wait until everything queued so far is written (tests, shutdown)."""
         deadline = time.monotonic() + timeout
-        with self._cond:
-            self._cond.notify()
         while time.monotonic() < deadline:
             with self._cond:
                 if self._pending == 0:
@@ -153,8 +184,7 @@ class Recorder:
             self._items.clear()
             self._retry = []
         if lost:
-            self.dropped += lost
-            self.metrics.dropped.inc(lost)
+            self._drop(lost, "shutdown")
             log.warning("%d decision records could not be written before shutdown", lost)
         self.store.close()
 
@@ -162,24 +192,34 @@ class Recorder:
 
     def _run(self) -> None:
         next_maintenance = time.monotonic()
+        retry_at = 0.0                                  # an outage: no write before this
         backoff = 0.0
         while True:
             with self._cond:
-                if not self._stop and (backoff or not self._items):
-                    self._cond.wait(backoff or self.flush_interval_s)
+                while not self._stop:
+                    now = time.monotonic()
+                    if retry_at > now:                  # backing off: traffic does not wake us
+                        self._cond.wait(retry_at - now)
+                    elif not self._items and not self._retry:
+                        self._cond.wait(self.flush_interval_s)
+                        break
+                    else:
+                        break
                 stopping = self._stop
                 items = list(self._items)
                 self._items.clear()
-            rows = self._retry + [r for item in items for r in self._rows(item)]
+            rows = self._retry
+            for item in items:
+                rows += self._rows(item)
             self._retry = []
-            ok = self._write(rows)
-            if not ok:
+            if not self._write(rows):
                 self._retry = rows
-                backoff = min(max(backoff * 2, 0.5), 5.0)
+                backoff = min(max(backoff * 2, 0.5), self.max_backoff_s)
+                retry_at = time.monotonic() + backoff
                 if stopping:
                     return
                 continue
-            backoff = 0.0
+            backoff = retry_at = 0.0
             if stopping:
                 with self._cond:
                     if not self._items:
@@ -189,76 +229,93 @@ class Recorder:
                 next_maintenance = time.monotonic() + self.maintenance_s
                 self.maintain()
 
+    def _rows(self, item: Batch) -> list[tuple]:
+        try:
+            self._register(item)
+            return to_rows(item, self.review_ttl_s)
+        except Exception as err:  # noqa: BLE001 - one bad batch must not stop the thread
+            n = int(sum(item.sizes)) if item.sizes is not None else len(item.request_ids)
+            self._settle(n)
+            self._drop(n, "rejected")
+            if self._reject_log.due():
+                log.warning("a batch of %d decision records could not be converted (%s); it is "
+                            "dropped and counted", n, first_line(err))
+            return []
+
     def _write(self, rows: list[tuple]) -> bool:
-        for start in range(0, len(rows), self.chunk_rows):
-            chunk = rows[start:start + self.chunk_rows]
-            try:
-                self.store.insert_records(chunk)
-            except Exception as err:  # noqa: BLE001 - a down database must not kill the thread
-                log.warning("decision store write failed (%s); retrying", str(err).splitlines()[0])
-                del rows[:start]
-                return False
-            with self._cond:
-                self._pending -= len(chunk)
-            self.written += len(chunk)
-            self.metrics.written.inc(len(chunk))
+        """Write ``rows`` chunk by chunk; False on an outage (``rows`` then holds the unwritten)."""
+        start = 0
+        try:
+            while start < len(rows):
+                chunk = rows[start:start + self.chunk_rows]
+                self._write_isolating(chunk)
+                start += len(chunk)
+        except Exception as err:  # noqa: BLE001 - an outage: keep the rest, retry later
+            del rows[:start]
+            self._failures += 1
+            if self._outage_log.due():
+                log.warning("decision store unavailable (%s): %d records kept for retry (%d "
+                            "failed tries so far); retrying with backoff",
+                            first_line(err), len(rows), self._failures)
+            return False
+        if self._failures:
+            log.warning("decision store is back after %d failed tries", self._failures)
+            self._failures = 0
         return True
 
-    def _rows(self, item: tuple) -> list[tuple]:
-        (ts, model, version, sha, rids, idx, labels, scores, rejects, audit, probs, inputs,
-         classes, target, sizes, logits, temperature) = item
-        key = (model, version, sha)
-        if key not in self._epochs:
-            self._register(key, classes, target)
-        if sizes is not None:                              # per request → per sample
-            rids = np.repeat(np.asarray(rids, dtype=object), sizes).tolist()
-            idx = np.concatenate([np.arange(k) for k in sizes]) if len(sizes) else np.zeros(0)
-        n = len(rids)
-        rej_a = np.asarray(rejects, dtype=bool)
-        aud_a = np.asarray(audit, dtype=bool)
-        review = rej_a | aud_a
-        topk: list[str | None] = [None] * n
-        ins: list[str | None] = [None] * n
-        # Top-k and inputs matter to reviewers only: kept for review items (deferred or audited).
-        pending = np.flatnonzero(review)
-        if probs is None and logits is not None and len(pending):
-            z = np.asarray(logits, dtype=np.float64)[pending] / temperature
-            z = np.exp(z - z.max(axis=1, keepdims=True))
-            probs, pending_only = z / z.sum(axis=1, keepdims=True), True
-        else:
-            pending_only = False
-        if probs is not None and len(pending):
-            pr = np.asarray(probs, dtype=np.float64)
-            pr = pr if pending_only else pr[pending]
-            top = np.argsort(-pr, axis=1, kind="stable")[:, :TOPK]
-            vals = np.take_along_axis(pr, top, 1).round(6).tolist()
-            for j, i in enumerate(pending.tolist()):       # orjson: 4× json's speed, same JSON
-                topk[i] = orjson.dumps(list(zip(top[j].tolist(), vals[j], strict=True))).decode()
-        if inputs is not None and len(pending):
-            x = np.asarray(inputs)[pending].tolist()
-            for j, i in enumerate(pending.tolist()):
-                ins[i] = orjson.dumps(x[j]).decode()
-        expires = ts + self.review_ttl_s
-        status = np.where(review, "pending", "none").tolist()
-        exp = [expires if r else None for r in review.tolist()]
-        return list(zip(map(str, rids), np.asarray(idx, dtype=np.int64).tolist(), [ts] * n,
-                        [model] * n, [version] * n, [sha] * n,
-                        np.asarray(labels, dtype=np.int64).tolist(),
-                        np.asarray(scores, dtype=np.float64).tolist(), rej_a.astype(int).tolist(),
-                        aud_a.astype(int).tolist(), topk, ins, status, exp, strict=True))
-
-    def _register(self, key: tuple[str, str, str], classes: Sequence[str] | None,
-                  target: float | None) -> None:
+    def _write_isolating(self, chunk: list[tuple]) -> None:
+        """Write ``chunk``; if the store refuses it (not an outage), halve it until the refused
+        rows are alone, drop and count those, write the rest. Raises on an outage."""
         try:
-            self.store.set_value(epoch_key(*key), json.dumps(
-                {"class_names": list(classes) if classes is not None else None,
-                 "target_risk": target}))
-            self._epochs[key] = True
+            new = self.store.insert_records(chunk)
         except Exception as err:  # noqa: BLE001
-            log.warning("could not register %s in the decision store: %s", key, err)
+            if is_outage(err):
+                raise
+            if len(chunk) == 1:
+                self._settle(1)
+                self._drop(1, "rejected")
+                if self._reject_log.due():
+                    log.warning("the decision store refused a record (%s); it is dropped and "
+                                "counted in abstain_records_dropped_total{reason=\"rejected\"} "
+                                "(logged once per %.0f s)", first_line(err),
+                                self._reject_log.interval_s)
+                return
+            mid = len(chunk) // 2
+            self._write_isolating(chunk[:mid])
+            self._write_isolating(chunk[mid:])
+            return
+        self._settle(len(chunk))
+        self.written += new
+        self.metrics.written.inc(new)
+        if new < len(chunk):
+            self._drop(len(chunk) - new, "conflict")
+            log.error("%d decision records had a key already stored (server ids are random: "
+                      "a bug); they are dropped and counted", len(chunk) - new)
+
+    def _settle(self, n: int) -> None:
+        with self._cond:
+            self._pending -= n
+
+    def _register(self, item: Batch) -> None:
+        if item.epoch in self._epochs:
+            return
+        info = {"class_names": list(item.class_names) if item.class_names is not None else None,
+                "target_risk": item.target_risk, "lineage": list(item.lineage or ())}
+        if self._save_epoch(item.epoch, info):
+            self._epochs[item.epoch] = info             # else: tried again with the next batch
+
+    def _save_epoch(self, key: tuple[str, str, str], info: dict[str, Any]) -> bool:
+        try:
+            self.store.set_value(epoch_key(*key), json.dumps({**info, "seen": time.time()}))
+            return True
+        except Exception as err:  # noqa: BLE001
+            if self._outage_log.due():
+                log.warning("could not register %s in the decision store: %s", key,
+                            first_line(err))
+            return False
 
     def maintain(self) -> None:
-        """Expire stale review items and refresh the live-risk gauges (flusher thread)."""
+        """Expire stale review items, refresh the live-risk gauges, sweep (flusher thread)."""
         try:
             expired = self.store.expire()
             if expired:
@@ -270,14 +327,45 @@ class Recorder:
                     self.metrics.retire(model, version, sha)
                     continue
                 info = epoch_info(self.store, model, version, sha)
-                n, k, pending = self.store.audit_counts(model, version, sha)
+                n, k, pending, expired = self.store.audit_states(model, version, sha)
                 risks.append(live_risk(model, version, sha, info.get("target_risk"), k, n,
-                                       pending, self.live_delta))
+                                       pending, self.live_delta, expired=expired))
                 self.metrics.set_risk(risks[-1])
             if self.on_risk is not None:
                 self.on_risk(risks)
+            if time.monotonic() >= self._next_sweep:
+                self._next_sweep = time.monotonic() + self.sweep_every_s
+                self.sweep()
         except Exception as err:  # noqa: BLE001
-            log.warning("decision store maintenance failed: %s", str(err).splitlines()[0])
+            log.warning("decision store maintenance failed: %s", first_line(err))
+
+    @property
+    def sweep_every_s(self) -> float:
+        """A tenth of the retention, within [maintenance_s, 1 hour]; a minute for a row cap
+        alone; never without retention."""
+        if self.retention_s is None:
+            return 60.0 if self.retention_max_rows is not None else float("inf")
+        return min(max(self.retention_s / 10, self.maintenance_s), 3600.0)
+
+    def sweep(self, now: float | None = None) -> int:
+        """Retention (``serve/feedback/retention.py``): mark the epochs served here as seen,
+        delete rows older than ``retention_s`` that nothing needs, then the oldest rows nobody
+        reviews beyond ``retention_max_rows``; returns how many."""
+        now = time.time() if now is None else now
+        for key, info in list(self._epochs.items()):
+            self._save_epoch(key, info)
+        deleted = 0
+        if self.retention_s is not None:
+            cutoff = now - self.retention_s
+            deleted += retention.sweep(self.store, cutoff, retention.kept_calibrations(
+                self.store, cutoff, EPOCH_PREFIX))
+        if self.retention_max_rows is not None:
+            deleted += retention.cap(self.store, self.retention_max_rows)
+        self.swept += deleted
+        if deleted:
+            self.metrics.deleted.inc(deleted)
+            log.info("retention: deleted %d decision records", deleted)
+        return deleted
 
 
 def epoch_info(store: Store, model: str, version: str, sha: str) -> dict[str, Any]:

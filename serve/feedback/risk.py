@@ -82,6 +82,40 @@ def fixed_interval(s: int, t: int, delta: float) -> tuple[float, float]:
     return lo, hi
 
 
+def labels_to_reach(s: float, t: float, rate: float, delta: float, target: float, goal: str,
+                    strength: float = PRIOR_STRENGTH) -> int | None:
+    """How many more labels would take the sequence at (S, T) = (``s``, ``t``) to ``goal`` ("ok":
+    upper ≤ r*; "alarm": lower > r*) if they were wrong at ``rate`` (the labelled rate so far).
+
+    A projection, not a promise: None when the goal is out of reach at that rate (ok needs a rate
+    below r*, an alarm one above it) or beyond 10⁷ labels; 0 when it already holds.
+    """
+    if (goal == "ok" and rate >= target) or (goal == "alarm" and rate <= target):
+        return None
+    a, b = prior(target, strength)
+    level = math.log(1.0 / delta)
+    p = min(max(target, 1e-12), 1.0 - 1e-12)
+
+    def reached(m: int) -> bool:     # C excludes r* from the goal's side after m more labels
+        ss, tt = s + rate * m, t + m
+        centre = ss / tt if tt else 0.0
+        side = centre < p if goal == "ok" else centre > p
+        return tt > 0 and side and float(log_martingale(p, ss, tt, a, b)) >= level
+
+    if reached(0):
+        return 0
+    hi = 1
+    while not reached(hi):
+        hi *= 2
+        if hi > 10**7:
+            return None
+    lo = hi // 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if reached(mid) else (mid, hi)
+    return hi
+
+
 @dataclass(frozen=True)
 class LiveRisk:
     """The live risk of one (model, version, calibration) epoch."""
@@ -99,32 +133,54 @@ class LiveRisk:
     upper: float
     upper_pessimistic: float
     status: str
+    expired_audits: int = 0
+    status_basis: str = "labelled"
+    labels_to_ok: int | None = None
+    labels_to_alarm: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def live_risk(model: str, version: str, calibration_sha256: str, target_risk: float | None,
-              errors: int, labels: int, pending: int, delta: float) -> LiveRisk:
-    """Bound and status from counts of labelled audited accepted samples.
+def _status(target_risk: float | None, s: int, t: int, delta: float, r: float) -> tuple[str, float, float]:
+    lo, hi = confidence_sequence(s, t, delta, r)
+    if target_risk is None:
+        return "insufficient", lo, hi
+    if t and lo > target_risk:
+        return "alarm", lo, hi
+    if t and hi <= target_risk:
+        return "ok", lo, hi
+    if confidence_sequence(0, t, delta, r)[1] > target_risk:
+        return "insufficient", lo, hi
+    return "watch", lo, hi
 
-    Status: ``alarm`` when the lower end exceeds r* (the guarantee no longer holds), ``ok`` when
-    the upper end is ≤ r*, ``insufficient`` while even zero errors could not reach ``ok`` yet,
-    ``watch`` otherwise. ``upper_pessimistic`` counts pending audits as errors (labellers who
-    skip hard items make the labelled ones look better than traffic is).
+
+def live_risk(model: str, version: str, calibration_sha256: str, target_risk: float | None,
+              errors: int, labels: int, pending: int, delta: float, *, expired: int = 0
+              ) -> LiveRisk:
+    """Bounds and status from counts of audited accepted samples (METHODS §7).
+
+    ``lower``/``upper`` use the labelled audits only; ``upper_pessimistic`` counts every
+    unlabelled audit (``pending`` within the review time-to-live, ``expired`` past it) as an
+    error, a bound that holds whatever the missing labels are (labellers who skip hard items make
+    the labelled ones look better than traffic is). The status is the labelled sequence's while no
+    audit has expired; once some have, it is that of the sequence counting the expired ones as
+    errors (they stay counted as missing): ``alarm`` when the lower end exceeds r* (the guarantee
+    no longer holds), ``ok`` when the upper end is ≤ r*, ``insufficient`` while even zero further
+    errors could not reach ``ok``, ``watch`` otherwise. ``labels_to_ok``/``labels_to_alarm``
+    project how many more labels would reach either at the error rate seen so far.
     """
     r = target_risk if target_risk is not None and 0 < target_risk < 1 else 0.05
-    lo, hi = confidence_sequence(errors, labels, delta, r)
-    _, hi_pess = confidence_sequence(errors + pending, labels + pending, delta, r)
-    if target_risk is None:
-        status = "insufficient"
-    elif labels and lo > target_risk:
-        status = "alarm"
-    elif labels and hi <= target_risk:
-        status = "ok"
-    elif confidence_sequence(0, labels, delta, r)[1] > target_risk:
-        status = "insufficient"
-    else:
-        status = "watch"
+    s, t = errors + expired, labels + expired          # the status's basis
+    status, lo_s, hi_s = _status(target_risk, s, t, delta, r)
+    lo, hi = confidence_sequence(errors, labels, delta, r) if expired else (lo_s, hi_s)
+    _, hi_pess = confidence_sequence(s + pending, t + pending, delta, r)
+    to_ok = to_alarm = None
+    if target_risk is not None:
+        rate = errors / labels if labels else 0.0
+        to_ok = labels_to_reach(s, t, rate, delta, target_risk, "ok")
+        to_alarm = labels_to_reach(s, t, rate, delta, target_risk, "alarm")
+    basis = f"labelled + {expired} expired audits counted as errors" if expired else "labelled"
     return LiveRisk(model, version, calibration_sha256, target_risk, delta, labels, errors, pending,
-                    errors / labels if labels else None, lo, hi, hi_pess, status)
+                    errors / labels if labels else None, lo, hi, hi_pess, status, expired, basis,
+                    to_ok, to_alarm)

@@ -6,24 +6,39 @@ the writer; a committed batch survives ``kill -9``). A ``postgresql://`` URL sel
 
 Every connection is per thread: the recorder's flusher thread writes, API calls read and label
 from worker threads (never from the event loop). SQL is written once with ``?`` placeholders.
+
+Keys are the server's: ``request_id`` is the random id the server gave the request (its
+``X-Request-Id``); the id a client sent is kept in ``client_id`` (indexed, searchable), never a
+key, so no client can claim, collide with or guess another's record. Inputs (``--store-inputs``)
+are kept as raw bytes in their own dtype and shape (``input_blob``, ``input_dtype``,
+``input_shape``); stores written before keep their JSON ``input`` column and read the same.
+An older store gains the new columns and indexes when it is opened (``_migrate``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from serve.errors import AbstainError
 
+log = logging.getLogger(__name__)
 FILENAME = "decisions.sqlite3"
 Kind = Literal["deferred", "audit"]
-COLUMNS = ("request_id", "idx", "ts", "model", "version", "calibration_sha256", "label", "score",
-           "reject", "audit", "topk", "input", "review", "expires")
+COLUMNS = ("request_id", "idx", "client_id", "ts", "model", "version", "calibration_sha256",
+           "label", "score", "reject", "audit", "topk", "input_blob", "input_dtype", "input_shape",
+           "review", "expires")
+# Added after the first release: (name, SQL type; {blob} is BLOB or BYTEA). _migrate adds them.
+ADDED_COLUMNS = (("client_id", "TEXT"), ("input_blob", "{blob}"), ("input_dtype", "TEXT"),
+                 ("input_shape", "TEXT"))
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS records (
@@ -33,10 +48,14 @@ SCHEMA = [
         audit INTEGER NOT NULL, topk TEXT, input TEXT,
         review TEXT NOT NULL, expires DOUBLE PRECISION,
         PRIMARY KEY (request_id, idx))""",
-    # Partial indexes: rows nobody reviews (most traffic) only maintain the primary key.
+]
+INDEXES = [
+    # Partial indexes: rows nobody reviews (most traffic) only maintain the primary key and ts.
     "CREATE INDEX IF NOT EXISTS records_pending ON records (ts) WHERE review = 'pending'",
     "CREATE INDEX IF NOT EXISTS records_audited ON records (model, version, calibration_sha256) "
     "WHERE audit = 1",
+    "CREATE INDEX IF NOT EXISTS records_client ON records (client_id) WHERE client_id IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS records_ts ON records (ts)",            # the retention sweep
     """CREATE TABLE IF NOT EXISTS feedback (
         request_id TEXT NOT NULL, idx INTEGER NOT NULL, label INTEGER NOT NULL,
         source TEXT NOT NULL, annotator TEXT, ts DOUBLE PRECISION NOT NULL,
@@ -52,7 +71,13 @@ class StoreError(AbstainError):
 class Store:
     """Decision records and feedback in SQLite (a directory) or PostgreSQL (a URL)."""
 
-    def __init__(self, location: str | Path) -> None:
+    def __init__(self, location: str | Path, create: bool = True) -> None:
+        """Open (``create``: or create) the store at ``location``.
+
+        Raises:
+            StoreError: it cannot be opened; or, with ``create=False``, a SQLite store does not
+                exist there (a mistyped path must not leave an empty database behind).
+        """
         loc = str(location)
         self.postgres = loc.startswith(("postgresql://", "postgres://"))
         if self.postgres:
@@ -65,6 +90,9 @@ class Store:
             path = Path(loc)
             if path.suffix not in (".sqlite3", ".sqlite", ".db"):
                 path = path / FILENAME
+            if not create and not path.is_file():
+                raise StoreError(f"no decision store at {str(path)!r}: pass the --state-dir the "
+                                 "server ran with (its decisions.sqlite3) or a postgresql:// URL")
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as err:
@@ -77,6 +105,25 @@ class Store:
         with self._tx(write=True) as cur:
             for stmt in SCHEMA:
                 cur.execute(stmt)
+            self._migrate(cur)
+            for stmt in INDEXES:
+                cur.execute(stmt)
+
+    def _migrate(self, cur: Any) -> None:
+        """Add the columns a store made by an older release lacks (nothing is rewritten)."""
+        if self.postgres:
+            cur.execute("SELECT column_name FROM information_schema.columns "
+                        "WHERE table_name = 'records' AND table_schema = current_schema()")
+            have = {r[0] for r in cur.fetchall()}
+        else:
+            cur.execute("PRAGMA table_info(records)")
+            have = {r[1] for r in cur.fetchall()}
+        blob = "BYTEA" if self.postgres else "BLOB"
+        for name, kind in ADDED_COLUMNS:
+            if name not in have:
+                exists = " IF NOT EXISTS" if self.postgres else ""   # a replica may race us
+                cur.execute(f"ALTER TABLE records ADD COLUMN{exists} {name} "
+                            f"{kind.format(blob=blob)}")
 
     def __repr__(self) -> str:
         where = self.url.split("@")[-1] if self.postgres else self.url
@@ -126,14 +173,19 @@ class Store:
 
     # -- writes --------------------------------------------------------------------------------
 
-    def insert_records(self, rows: list[tuple]) -> None:
-        """Insert rows in :data:`COLUMNS` order; a (request_id, idx) already stored is kept."""
+    def insert_records(self, rows: list[tuple]) -> int:
+        """Insert rows in :data:`COLUMNS` order; returns how many were new.
+
+        A (request_id, idx) already stored is kept and the new row skipped: keys are random
+        server ids, so a skip is a bug, and the recorder counts it (``reason="conflict"``).
+        """
         if not rows:
-            return
+            return 0
         sql = self._sql(f"INSERT INTO records ({', '.join(COLUMNS)}) VALUES "
                         f"({', '.join('?' * len(COLUMNS))}) ON CONFLICT DO NOTHING")
         with self._tx(write=True) as cur:
             cur.executemany(sql, rows)
+            return len(rows) if cur.rowcount < 0 else int(cur.rowcount)
 
     def expire(self, now: float | None = None) -> int:
         """Mark pending review items past their expiry as ``expired``; return how many."""
@@ -173,6 +225,12 @@ class Store:
             cur.execute(self._sql("INSERT INTO kv (key, value) VALUES (?, ?) "
                                   "ON CONFLICT (key) DO UPDATE SET value = excluded.value"), (key, value))
 
+    def values(self, prefix: str) -> dict[str, str]:
+        """Every ``kv`` entry whose key starts with ``prefix``."""
+        with self._tx() as cur:
+            cur.execute(self._sql("SELECT key, value FROM kv WHERE key LIKE ?"), (prefix + "%",))
+            return {k: v for k, v in cur.fetchall() if k.startswith(prefix)}
+
     def get_value(self, key: str) -> str | None:
         with self._tx() as cur:
             cur.execute(self._sql("SELECT value FROM kv WHERE key = ?"), (key,))
@@ -190,6 +248,15 @@ class Store:
     def record(self, request_id: str, idx: int) -> dict[str, Any] | None:
         rows = self._rows("SELECT * FROM records WHERE request_id = ? AND idx = ?", (request_id, idx))
         return rows[0] if rows else None
+
+    def by_client_id(self, client_id: str, limit: int = 100) -> list[str]:
+        """The server ids of the requests a client sent with its own id ``client_id``, oldest
+        first (a client id need not be unique)."""
+        with self._tx() as cur:
+            cur.execute(self._sql("SELECT request_id, MIN(ts) FROM records WHERE client_id = ? "
+                                  "GROUP BY request_id ORDER BY MIN(ts), request_id LIMIT ?"),
+                        (client_id, int(limit)))
+            return [r[0] for r in cur.fetchall()]
 
     def request(self, request_id: str) -> list[dict[str, Any]]:
         """Every sample of one request with its human label (or None), by index."""
@@ -239,6 +306,44 @@ class Store:
             n, k, p = cur.fetchone()
             return int(n), int(k), int(p)
 
+    def audit_states(self, model: str, version: str, calibration_sha256: str
+                     ) -> tuple[int, int, int, int]:
+        """(labels, errors, pending, expired) over audited ACCEPTED samples of one epoch.
+
+        ``pending`` audits still wait within their review time-to-live; ``expired`` ones outlived
+        it unlabelled: they stay counted as missing (a label given later still counts).
+        """
+        with self._tx() as cur:
+            cur.execute(self._sql(
+                "SELECT COUNT(f.label), COALESCE(SUM(CASE WHEN f.label <> r.label THEN 1 ELSE 0 END), 0), "
+                "COALESCE(SUM(CASE WHEN f.label IS NULL AND r.review = 'pending' THEN 1 ELSE 0 END), 0), "
+                "COALESCE(SUM(CASE WHEN f.label IS NULL AND r.review <> 'pending' THEN 1 ELSE 0 END), 0) "
+                "FROM records r LEFT JOIN feedback f ON f.request_id = r.request_id AND f.idx = r.idx "
+                "WHERE r.audit = 1 AND r.reject = 0 AND r.model = ? AND r.version = ? "
+                "AND r.calibration_sha256 = ?"), (model, version, calibration_sha256))
+            n, k, p, e = cur.fetchone()
+            return int(n), int(k), int(p), int(e)
+
+    def audits(self, model: str, version: str, epochs: list[str], since: float | None = None,
+               until: float | None = None) -> list[dict[str, Any]]:
+        """Every AUDITED sample (accepted or not; labelled, pending or expired) of the given
+        calibration epochs drawn in ``[since, until)``, oldest first, with ``human_label`` (None
+        while unlabelled): the whole uniform sample of a recertification window."""
+        if not epochs:
+            return []
+        cond = f"r.calibration_sha256 IN ({', '.join('?' * len(epochs))})"
+        args: tuple = (model, version, *epochs)
+        if since is not None:
+            cond, args = cond + " AND r.ts >= ?", (*args, float(since))
+        if until is not None:
+            cond, args = cond + " AND r.ts < ?", (*args, float(until))
+        return self._rows(
+            "SELECT r.request_id, r.idx, r.ts, r.calibration_sha256, r.label, r.score, r.reject, "
+            "r.review, f.label AS human_label FROM records r LEFT JOIN feedback f "
+            "ON f.request_id = r.request_id AND f.idx = r.idx "
+            f"WHERE r.audit = 1 AND r.model = ? AND r.version = ? AND {cond} "
+            "ORDER BY r.ts, r.request_id, r.idx", args)
+
     def audit_outcomes(self, model: str, version: str, calibration_sha256: str) -> list[int]:
         """Labelled audits of ACCEPTED samples of one epoch in the order their labels arrived:
         1 = wrong, 0 = right (the risk-change detector's stream)."""
@@ -250,13 +355,6 @@ class Store:
                 "AND r.calibration_sha256 = ? ORDER BY f.ts, r.ts, r.request_id, r.idx"),
                 (model, version, calibration_sha256))
             return [int(row[0]) for row in cur.fetchall()]
-
-    def values(self, prefix: str) -> dict[str, str]:
-        """Every ``kv`` entry whose key starts with ``prefix``."""
-        with self._tx() as cur:
-            cur.execute(self._sql("SELECT key, value FROM kv WHERE substr(key, 1, ?) = ?"),
-                        (len(prefix), prefix))
-            return dict(cur.fetchall())
 
     def audited_labelled(self, model: str, version: str | None = None) -> list[dict[str, Any]]:
         """Labelled AUDITED samples (accepted or not), oldest first: the uniform sample."""
@@ -274,6 +372,11 @@ def _decode(row: dict[str, Any]) -> dict[str, Any]:
     for key in ("topk", "input"):
         if isinstance(row.get(key), str):
             row[key] = json.loads(row[key])
+    blob = row.pop("input_blob", None)
+    dtype, shape = row.pop("input_dtype", None), row.pop("input_shape", None)
+    if blob is not None and dtype:
+        dims = tuple(int(d) for d in shape.split(",") if d) if shape else (-1,)
+        row["input"] = np.frombuffer(bytes(blob), dtype=np.dtype(dtype)).reshape(dims).tolist()
     for key in ("reject", "audit"):
         if key in row:
             row[key] = bool(row[key])
@@ -300,11 +403,27 @@ class _Tx:
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             if exc_type is None:
-                self.conn.commit() if self.store.postgres else self.conn.execute("COMMIT")
-            elif self.store.postgres:
-                if not self.conn.closed:
-                    self.conn.rollback()
+                try:
+                    self.conn.commit() if self.store.postgres else self.conn.execute("COMMIT")
+                except Exception:
+                    self._rollback()
+                    raise
             else:
-                self.conn.execute("ROLLBACK")
+                self._rollback()
         finally:
             self.cur.close()
+
+    def _rollback(self) -> None:
+        """Roll back; a failure here never hides the error that made us roll back.
+
+        SQLite ends the transaction itself on some errors (a full disk), and a ROLLBACK then
+        fails with "cannot rollback"; a broken PostgreSQL connection cannot roll back either.
+        """
+        try:
+            if self.store.postgres:
+                if not self.conn.closed:
+                    self.conn.rollback()
+            elif self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+        except Exception as err:  # noqa: BLE001
+            log.debug("rollback failed: %s", err)

@@ -41,7 +41,8 @@ class App:
         self.feedback = create_feedback(settings.feedback, api_key=keys.api, admin_key=keys.admin,
                                     reviewer_key=keys.reviewer,
                                     webhook_secret=keys.review_webhook_secret,
-                                    registry=monitor.registry, multiprocess=monitor.multiprocess)
+                                    registry=monitor.registry, multiprocess=monitor.multiprocess,
+                                    current_epochs=self._current_epochs)
         self.record = Record(monitor, [self.feedback.sink] if self.feedback else None)
         self.repo = ModelRepository(settings.models, monitor=monitor, preloaded=preloaded,
                                     batcher_factory=batcher_factory(settings.batching,
@@ -69,6 +70,10 @@ class App:
         self.state = SimpleNamespace(settings=settings, monitor=monitor, repository=self.repo,
                                      record=self.record, admission=self.admission,
                                      feedback=self.feedback)
+
+    def _current_epochs(self) -> dict[tuple[str, str], str]:
+        """(model, version) → sha256 of the calibration each served version has in force."""
+        return {(mv.name, str(mv.version)): mv.calibration.sha256 for mv in self.repo.versions()}
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
@@ -109,7 +114,8 @@ class App:
         if settings.grpc_port is not None:                  # gRPC v2 on this same event loop
             from serve.server.grpc_service import start_grpc
             grpc_server, self.grpc_port = await start_grpc(
-                self.dataplane, settings.host, settings.grpc_port, settings.max_body_bytes)
+                self.dataplane, settings.host, settings.grpc_port, settings.max_body_bytes,
+                settings.max_body_buffer_bytes)
         try:
             yield
         finally:

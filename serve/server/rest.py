@@ -37,7 +37,7 @@ class HttpCall:
 
     def __init__(self, route: Route, head: Head, receive: Any) -> None:
         self.route, self.head, self.receive = route, head, receive
-        self.rid = head.request_id or new_request_id()
+        self.rid = new_request_id()
 
     def deadline(self, default_s: float) -> float:
         return parse_deadline(self.head.deadline_ms, default_s)
@@ -52,7 +52,7 @@ class HttpCall:
 
     def encode(self, mv: ModelVersion, req: Decoded, out: dict[str, np.ndarray]
                ) -> encode.Response:
-        return encode.success(self.route, mv, req, out, self.rid)
+        return encode.success(self.route, mv, req, out, self.head.request_id or self.rid)
 
     def error(self, err: AbstainError) -> encode.Response:
         status, body, headers = http_answer(err)

@@ -24,6 +24,9 @@ from serve.errors import AbstainError
 from serve.feedback.settings import FeedbackSettings
 
 ENV_PREFIX = "ABSTAIN_"
+# Every secret setting: each has a --X-file flag (serve/cli/serve.py) besides --X and ABSTAIN_X.
+SECRETS = ("api_key", "admin_key", "metrics_key", "reviewer_key", "review_webhook_secret",
+           "database_url")
 
 
 class SettingsError(AbstainError):
@@ -147,8 +150,16 @@ class ServerSettings(BaseSettings):
     store_inputs: bool = Field(False, description="keep decoded inputs for reviewers")
     live_delta: float = Field(0.05, gt=0, lt=1, description="level of the live-risk bound")
     review_ttl_s: float = Field(7 * 86400.0, gt=0, description="review items expire after this")
+    retention_days: float | None = Field(None, gt=0, description="delete records older than this "
+                                         "that no review or current calibration needs; keep all if unset")
+    retention_max_rows: int | None = Field(None, ge=1, description="keep at most this many rows "
+                                           "nobody reviews (accepted unaudited, expired); the oldest go")
     reviewer_key: SecretStr | None = Field(None, description="Bearer key for the review API")
     review_webhook_secret: SecretStr | None = Field(None, description="Label Studio webhook secret")
+    open_review_api: bool = Field(False, description="serve the review API to anyone, without a "
+                                  "key (start-up warns); off: it needs the reviewer or admin key")
+    max_control_body_bytes: int = Field(1 << 20, ge=1024, le=1 << 30, description="request body "
+                                        "limit of /v1/feedback and the Label Studio webhook (413)")
     on_risk_alarm: Literal["keep", "defer", "fallback"] = Field(
         "keep", description="while a served calibration's live risk alarms: keep serving it, "
         "defer every prediction, or fall back to a stricter threshold certified in advance")
@@ -176,9 +187,13 @@ class ServerSettings(BaseSettings):
 
     @property
     def feedback(self) -> FeedbackSettings:
-        return FeedbackSettings(location=_secret(self.database_url) or self.state_dir,
+        return FeedbackSettings(open_review_api=self.open_review_api,
+                                max_body_bytes=self.max_control_body_bytes,
+                                location=_secret(self.database_url) or self.state_dir,
                                 audit_rate=self.audit_rate, store_inputs=self.store_inputs,
                                 live_delta=self.live_delta, review_ttl_s=self.review_ttl_s,
+                                retention_days=self.retention_days,
+                                retention_max_rows=self.retention_max_rows,
                                 on_risk_alarm=self.on_risk_alarm, change_arl=self.change_arl)
 
     def env(self) -> dict[str, str]:
@@ -213,15 +228,16 @@ def _describe(err: dict[str, Any]) -> str:
 
 
 def read_key_file(path: str, flag: str) -> str:
-    """A key from a file (first line, stripped), so it never appears in ``ps`` or shell history."""
+    """A secret (a key, a database URL) from a file's first line, stripped, so it never appears
+    in ``ps`` or shell history."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
-        raise SettingsError(f"{flag} {path!r}: cannot read the key ({err.__class__.__name__}); "
-                            "pass a readable file holding the key on its first line") from None
+        raise SettingsError(f"{flag} {path!r}: cannot read it ({err.__class__.__name__}); "
+                            "pass a readable file holding the secret on its first line") from None
     key = text.strip().splitlines()[0].strip() if text.strip() else ""
     if not key:
-        raise SettingsError(f"{flag} {path!r} is empty: write the key on its first line")
+        raise SettingsError(f"{flag} {path!r} is empty: write the secret on its first line")
     return key
 
 
@@ -243,12 +259,20 @@ def load_settings(check_paths: bool = True, **overrides: Any) -> ServerSettings:
                 f"model repository {str(repo)!r} is not a directory. Pass the folder that holds "
                 "<name>/<version>/{model.onnx,calibration.json} (e.g. `abstain serve models`) "
                 f"or set {ENV_PREFIX}MODEL_REPOSITORY")
-    for name in ("api_key", "admin_key", "metrics_key"):
+    given: dict[str, str] = {}
+    for name in SECRETS[:-1]:                                # the keys; the URL is checked below
         key = getattr(s, name)
-        if key is not None and not key.get_secret_value().strip():
-            flag = name.replace("_", "-")
+        if key is None:
+            continue
+        value, flag = key.get_secret_value(), name.replace("_", "-")
+        if not value.strip():
             raise SettingsError(f"{ENV_PREFIX}{name.upper()} / --{flag}-file is empty: set a key "
                                 "or unset it")
+        if value in given.values():
+            other = next(k for k, v in given.items() if v == value).replace("_", "-")
+            raise SettingsError(f"--{flag} is the same as --{other}: each key grants one role, "
+                                "so give every role its own key (e.g. openssl rand -hex 24)")
+        given[name] = value
     if s.metrics_port is not None and s.metrics_port == s.port:
         raise SettingsError(f"--metrics-port {s.metrics_port} is the serving port: pick another "
                             "port or leave it unset to serve /metrics beside the API")

@@ -24,6 +24,7 @@ pytestmark = [
 ]
 LS_AUTH = {"Authorization": f"Token {LS_TOKEN}"}
 SECRET = "hook-secret"
+REV = {"Authorization": "Bearer rev"}             # the review API needs the reviewer key
 
 
 def _sync(ls: str, state: Path, *extra: str) -> str:
@@ -47,15 +48,16 @@ def test_label_studio_round_trip(tmp_path: Path) -> None:
     make_version(repo, "clf", 1, seed=1)
     state = tmp_path / "state"
     env = {"ABSTAIN_STATE_DIR": str(state), "ABSTAIN_AUDIT_RATE": "1.0",
-           "ABSTAIN_STORE_INPUTS": "true", "ABSTAIN_REVIEW_WEBHOOK_SECRET": SECRET}
+           "ABSTAIN_STORE_INPUTS": "true", "ABSTAIN_REVIEW_WEBHOOK_SECRET": SECRET,
+           "ABSTAIN_REVIEWER_KEY": "rev"}
     with label_studio() as ls, server_process(repo, env=env) as (url, _):
         x = np.random.default_rng(0).normal(1.0, 2.0, (12, 8)).round(3).tolist()
         rid = httpx.post(f"{url}/v1/models/clf/predict", json={"instances": x}).json()["id"]
         deadline = time.monotonic() + 10
-        while httpx.get(f"{url}/v1/requests/{rid}").status_code != 200:
+        while httpx.get(f"{url}/v1/requests/{rid}", headers=REV).status_code != 200:
             assert time.monotonic() < deadline
             time.sleep(0.1)
-        samples = httpx.get(f"{url}/v1/requests/{rid}").json()["samples"]
+        samples = httpx.get(f"{url}/v1/requests/{rid}", headers=REV).json()["samples"]
         assert any(s["reject"] for s in samples) and any(not s["reject"] for s in samples)
 
         out = _sync(ls, state, "--webhook", f"{url}/v1/review/labelstudio", "--webhook-secret", SECRET)
@@ -78,21 +80,21 @@ def test_label_studio_round_trip(tmp_path: Path) -> None:
         _annotate(ls, by_index[deferred["index"]]["id"], "bee")
         _annotate(ls, by_index[accepted[0]["index"]]["id"], wrong)
         assert "pushed 0" in _sync(ls, state)
-        got = {s["index"]: s for s in httpx.get(f"{url}/v1/requests/{rid}").json()["samples"]}
+        got = {s["index"]: s for s in httpx.get(f"{url}/v1/requests/{rid}", headers=REV).json()["samples"]}
         assert got[deferred["index"]]["human_label"] == "bee"
         assert got[deferred["index"]]["feedback_source"] == "label-studio"
         assert "2 unchanged" in _sync(ls, state)                               # resumable
-        (epoch,) = httpx.get(f"{url}/v1/monitor/risk?model=clf").json()["epochs"]
+        (epoch,) = httpx.get(f"{url}/v1/monitor/risk?model=clf", headers=REV).json()["epochs"]
         assert (epoch["labels"], epoch["errors"]) == (1, 1)
 
         # a label through Label Studio's webhook arrives without a sync
         _annotate(ls, by_index[accepted[1]["index"]]["id"], accepted[1]["label"])
         deadline = time.monotonic() + 30
-        while httpx.get(f"{url}/v1/requests/{rid}").json()["samples"][accepted[1]["index"]][
+        while httpx.get(f"{url}/v1/requests/{rid}", headers=REV).json()["samples"][accepted[1]["index"]][
                 "human_label"] != accepted[1]["label"]:
             assert time.monotonic() < deadline, "the webhook did not deliver the label"
             time.sleep(0.5)
-        (epoch,) = httpx.get(f"{url}/v1/monitor/risk?model=clf").json()["epochs"]
+        (epoch,) = httpx.get(f"{url}/v1/monitor/risk?model=clf", headers=REV).json()["epochs"]
         assert (epoch["labels"], epoch["errors"]) == (2, 1)
         bad = httpx.post(f"{url}/v1/review/labelstudio", json={"action": "ANNOTATION_CREATED"},
                          headers={"X-Abstain-Webhook-Secret": "wrong"})

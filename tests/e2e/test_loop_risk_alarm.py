@@ -12,7 +12,8 @@ import httpx
 import numpy as np
 from server_support import VECTOR_CLASSES, make_version, server_process, write_calibration
 
-KEY = {"Authorization": "Bearer k"}
+KEY = {"Authorization": "Bearer k"}                  # inference
+REV = {"Authorization": "Bearer rev"}                # the review API
 
 
 def _predict(url: str, n: int, seed: int) -> dict:
@@ -25,7 +26,7 @@ def _predict(url: str, n: int, seed: int) -> dict:
 def _samples(url: str, rid: str, timeout: float = 10.0) -> list[dict]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        r = httpx.get(f"{url}/v1/requests/{rid}", headers=KEY, timeout=5)
+        r = httpx.get(f"{url}/v1/requests/{rid}", headers=REV, timeout=5)
         if r.status_code == 200:
             return r.json()["samples"]
         time.sleep(0.05)
@@ -51,7 +52,7 @@ def _wait_gauge(url: str, name: str, value: float, timeout: float = 20.0, **labe
 def test_defer_on_alarm_then_resume_after_a_new_calibration(tmp_path: Path) -> None:
     repo = tmp_path / "models"
     vdir = make_version(repo, "clf", 1, seed=1)
-    env = {"ABSTAIN_API_KEY": "k", "ABSTAIN_AUDIT_RATE": "1.0",
+    env = {"ABSTAIN_API_KEY": "k", "ABSTAIN_REVIEWER_KEY": "rev", "ABSTAIN_AUDIT_RATE": "1.0",
            "ABSTAIN_STATE_DIR": str(tmp_path / "state"), "ABSTAIN_POLL_INTERVAL_S": "0.5",
            "ABSTAIN_ON_RISK_ALARM": "defer"}
     mv = {"model": "clf", "version": "1"}
@@ -62,12 +63,12 @@ def test_defer_on_alarm_then_resume_after_a_new_calibration(tmp_path: Path) -> N
         for s in _samples(url, first["id"]):                       # reviewers: every accepted
             if not s["reject"]:                                     # prediction was wrong
                 wrong = (VECTOR_CLASSES.index(s["label"]) + 1) % 4
-                r = httpx.post(f"{url}/v1/feedback", headers=KEY, json={
+                r = httpx.post(f"{url}/v1/feedback", headers=REV, json={
                     "request_id": first["id"], "index": s["index"], "label": wrong})
                 assert r.status_code == 201
                 labelled += 1
         assert labelled >= 10
-        (epoch,) = httpx.get(f"{url}/v1/monitor/risk", headers=KEY).json()["epochs"]
+        (epoch,) = httpx.get(f"{url}/v1/monitor/risk", headers=REV).json()["epochs"]
         assert epoch["status"] == "alarm" and epoch["lower"] > epoch["target_risk"]
         old = epoch["calibration_sha256"]
         text = _wait_gauge(url, "abstain_risk_alarm_active", 1.0, **mv)
@@ -75,7 +76,7 @@ def test_defer_on_alarm_then_resume_after_a_new_calibration(tmp_path: Path) -> N
         for seed in range(1, 4):
             assert all(p["reject"] for p in _predict(url, 32, seed)["predictions"])
         assert _gauge(text, "abstain_live_risk_status", calibration=old[:12], **mv) == 3.0
-        queue = httpx.get(f"{url}/v1/review/queue?kind=audit&limit=1", headers=KEY).json()
+        queue = httpx.get(f"{url}/v1/review/queue?kind=audit&limit=1", headers=REV).json()
         (alarm,) = queue["risk_alarms"]
         assert alarm["calibration_sha256"] == old and alarm["policy"] == "defer"
         assert "lower bound" in alarm["reasons"][0] and "deferred" in alarm["action"]
@@ -91,7 +92,7 @@ def test_defer_on_alarm_then_resume_after_a_new_calibration(tmp_path: Path) -> N
         assert _samples(url, out["id"])[0]["calibration_sha256"] != old
         text = _wait_gauge(url, "abstain_risk_alarm_active", 0.0, **mv)
         assert _wait_retired(url, old)
-        assert httpx.get(f"{url}/v1/review/queue", headers=KEY).json()["risk_alarms"] == []
+        assert httpx.get(f"{url}/v1/review/queue", headers=REV).json()["risk_alarms"] == []
 
 
 def _wait_retired(url: str, sha: str, timeout: float = 20.0) -> bool:

@@ -20,7 +20,8 @@ from server_support import make_version, server_process
 
 from serve.feedback.store import Store
 
-KEY = {"Authorization": "Bearer k"}
+KEY = {"Authorization": "Bearer k"}                  # the inference clients' API key
+REV = {"Authorization": "Bearer rev"}                # the reviewers' key: the review API
 CLASSES = ["ant", "bee", "cat", "dog"]
 
 
@@ -71,7 +72,7 @@ def _traffic(url: str, stop: threading.Event, served: list[str], seed: int) -> N
 def _wait_recorded(url: str, rid: str, timeout: float = 10.0) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        r = httpx.get(f"{url}/v1/requests/{rid}", headers=KEY, timeout=5)
+        r = httpx.get(f"{url}/v1/requests/{rid}", headers=REV, timeout=5)
         if r.status_code == 200:
             return r.json()
         time.sleep(0.05)
@@ -79,8 +80,8 @@ def _wait_recorded(url: str, rid: str, timeout: float = 10.0) -> dict:
 
 
 def _env(store_env: dict[str, str], **extra: str) -> dict[str, str]:
-    return {"ABSTAIN_API_KEY": "k", "ABSTAIN_AUDIT_RATE": "0.3", "ABSTAIN_STORE_INPUTS": "true",
-            **store_env, **extra}
+    return {"ABSTAIN_API_KEY": "k", "ABSTAIN_REVIEWER_KEY": "rev", "ABSTAIN_AUDIT_RATE": "0.3",
+            "ABSTAIN_STORE_INPUTS": "true", **store_env, **extra}
 
 
 def test_kill_9_mid_traffic_keeps_every_flushed_record(repo: Path, store_env) -> None:
@@ -114,7 +115,7 @@ def test_kill_9_mid_traffic_keeps_every_flushed_record(repo: Path, store_env) ->
     store.close()
     # the restarted server serves the same store
     with server_process(repo, env=_env(store_env)) as (url, _):
-        queue = httpx.get(f"{url}/v1/review/queue?kind=deferred&limit=1000", headers=KEY).json()
+        queue = httpx.get(f"{url}/v1/review/queue?kind=deferred&limit=1000", headers=REV).json()
         assert queue["items"] and all(i["reject"] for i in queue["items"])
         _wait_recorded(url, _predict(url, seed=999))
     assert Store(_location(store_env)).count() == total + 4
@@ -130,21 +131,20 @@ def test_sigterm_flushes_the_queue(repo: Path, store_env) -> None:
 
 
 def test_label_with_the_api_and_watch_live_risk(repo: Path, store_env) -> None:
-    env = _env(store_env, ABSTAIN_AUDIT_RATE="1.0", ABSTAIN_REVIEWER_KEY="rev")
+    env = _env(store_env, ABSTAIN_AUDIT_RATE="1.0")
     with server_process(repo, env=env) as (url, _):
         rid = _predict(url, 8)
         body = _wait_recorded(url, rid)
-        rev = {"Authorization": "Bearer rev"}
         assert httpx.get(f"{url}/v1/review/queue?kind=audit").status_code == 401
-        queue = httpx.get(f"{url}/v1/review/queue?kind=audit", headers=rev).json()["items"]
+        queue = httpx.get(f"{url}/v1/review/queue?kind=audit", headers=REV).json()["items"]
         assert {(i["request_id"], i["index"]) for i in queue} == {(rid, k) for k in range(8)}
         assert queue[0]["top_k"][0]["label"] in ("ant", "bee", "cat", "dog")
         accepted = [s for s in body["samples"] if not s["reject"]]
         for s in body["samples"]:
-            r = httpx.post(f"{url}/v1/feedback", headers=rev, json={
+            r = httpx.post(f"{url}/v1/feedback", headers=REV, json={
                 "request_id": rid, "index": s["index"], "label": s["label"], "annotator": "me"})
             assert r.status_code == 201
-        risk = httpx.get(f"{url}/v1/monitor/risk?model=clf&version=1", headers=KEY).json()
+        risk = httpx.get(f"{url}/v1/monitor/risk?model=clf&version=1", headers=REV).json()
         (epoch,) = risk["epochs"]
         assert epoch["labels"] == len(accepted) and epoch["errors"] == 0
         assert epoch["pending_audits"] == 0 and epoch["status"] == "insufficient"
@@ -157,7 +157,7 @@ def test_label_with_the_api_and_watch_live_risk(repo: Path, store_env) -> None:
             time.sleep(0.5)
         else:
             raise AssertionError("abstain_live_risk_labels did not reach the metrics")
-        assert "abstain_live_risk_upper" in text and "abstain_records_dropped_total 0.0" in text
+        assert "abstain_live_risk_upper" in text and 'abstain_records_dropped_total{reason="queue_full"} 0.0' in text
 
 
 def test_two_servers_sharing_postgresql_see_one_queue(repo: Path, pg_cluster) -> None:
@@ -166,15 +166,15 @@ def test_two_servers_sharing_postgresql_see_one_queue(repo: Path, pg_cluster) ->
         ra, rb = _predict(a, 3, seed=1), _predict(b, 3, seed=2)
         _wait_recorded(a, rb)
         _wait_recorded(b, ra)
-        qa = httpx.get(f"{a}/v1/review/queue?kind=audit", headers=KEY).json()["items"]
-        qb = httpx.get(f"{b}/v1/review/queue?kind=audit", headers=KEY).json()["items"]
+        qa = httpx.get(f"{a}/v1/review/queue?kind=audit", headers=REV).json()["items"]
+        qb = httpx.get(f"{b}/v1/review/queue?kind=audit", headers=REV).json()["items"]
         assert qa == qb and {i["request_id"] for i in qa} == {ra, rb}
-        r = httpx.post(f"{b}/v1/feedback", headers=KEY, json={"request_id": ra, "label": "ant"})
+        r = httpx.post(f"{b}/v1/feedback", headers=REV, json={"request_id": ra, "label": "ant"})
         assert r.status_code == 201
-        again = httpx.post(f"{a}/v1/feedback", headers=KEY, json={"request_id": ra, "label": "bee"})
+        again = httpx.post(f"{a}/v1/feedback", headers=REV, json={"request_id": ra, "label": "bee"})
         assert again.status_code == 409
-        assert httpx.get(f"{a}/v1/requests/{ra}", headers=KEY).json()["samples"][0]["human_label"] == "ant"
-        assert len(httpx.get(f"{a}/v1/review/queue?kind=audit", headers=KEY).json()["items"]) == 5
+        assert httpx.get(f"{a}/v1/requests/{ra}", headers=REV).json()["samples"][0]["human_label"] == "ant"
+        assert len(httpx.get(f"{a}/v1/review/queue?kind=audit", headers=REV).json()["items"]) == 5
 
 
 def test_recalibration_from_feedback_is_hot_reloaded_as_a_new_epoch(tmp_path: Path) -> None:
@@ -190,12 +190,12 @@ def test_recalibration_from_feedback_is_hot_reloaded_as_a_new_epoch(tmp_path: Pa
         rids = [_predict(url, 50, seed=s) for s in range(4)]
         for rid in rids:
             for s in _wait_recorded(url, rid)["samples"]:   # reviewers confirm every prediction
-                r = httpx.post(f"{url}/v1/feedback", headers=KEY,
+                r = httpx.post(f"{url}/v1/feedback", headers=REV,
                                json={"request_id": rid, "index": s["index"], "label": s["label"]})
                 assert r.status_code == 201
-        (before,) = httpx.get(f"{url}/v1/monitor/risk", headers=KEY).json()["epochs"]
+        (before,) = httpx.get(f"{url}/v1/monitor/risk", headers=REV).json()["epochs"]
         res = subprocess.run([sys.executable, "-m", "serve.cli.main", "calibrate", str(vdir),
-                              "--from-feedback", str(state)], capture_output=True, text=True,
+                              "--from-feedback", str(state), "--write"], capture_output=True, text=True,
                              timeout=120)
         assert res.returncode == 0, res.stderr
         deadline = time.monotonic() + 20
@@ -206,6 +206,9 @@ def test_recalibration_from_feedback_is_hot_reloaded_as_a_new_epoch(tmp_path: Pa
                 break
             assert time.monotonic() < deadline, "the new calibration was not hot-reloaded"
             time.sleep(0.5)
-        epochs = httpx.get(f"{url}/v1/monitor/risk?model=clf", headers=KEY).json()["epochs"]
+        epochs = httpx.get(f"{url}/v1/monitor/risk?model=clf", headers=REV).json()["epochs"]
         assert {e["calibration_sha256"] for e in epochs} == {before["calibration_sha256"], sha}
         assert next(e for e in epochs if e["calibration_sha256"] == sha)["labels"] == 0
+        assert {e["calibration_sha256"]: e["current"] for e in epochs} == {
+            before["calibration_sha256"]: False, sha: True}
+        assert before["current"] is True

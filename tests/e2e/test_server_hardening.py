@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import socket
 import threading
 import time
@@ -273,7 +274,8 @@ def test_every_answer_carries_the_request_id(repo):
 def test_pipelined_requests_get_their_own_one_write_answers_in_order(repo):
     """Answers go out in one write bound to their own request (serve/server/http_protocol.py ``respond``):
     three pipelined requests on one connection — 200, 400, 200 — come back whole, in order,
-    each with its own id; a header value the server would echo unsafely is not echoed."""
+    each with its own server id; the client's id is echoed in the body, cleaned to printable
+    ASCII."""
     s = load_settings(model_repository=repo, poll_interval_s=0, warmup_batch_sizes=(1,))
 
     def post(body: bytes, rid: bytes) -> bytes:
@@ -289,12 +291,17 @@ def test_pipelined_requests_get_their_own_one_write_answers_in_order(repo):
         got, _ = _raw(port, data, 10)
     answers = got.split(b"HTTP/1.1 ")[1:]
     assert [a[:3] for a in answers] == [b"200", b"400", b"200", b"200"], got[:400]
-    assert b"x-request-id: r-1\r\n" in answers[0] and b"x-request-id: r-2\r\n" in answers[1]
-    assert b"r-3" not in answers[2] and b"x-request-id: " in answers[2]      # not ASCII: a new id
-    for a in answers[:3]:
+    ids = set()
+    for a, client in zip(answers[:3], ("r-1", None, "r-3x"), strict=True):
         head, body = a.split(b"\r\n\r\n", 1)
         length = int(head.split(b"content-length: ")[1].split(b"\r\n")[0])
         assert len(body) == length and orjson.loads(body)
+        rid = head.split(b"x-request-id: ")[1].split(b"\r\n")[0].decode()
+        assert re.fullmatch("[0-9a-f]{32}", rid)            # the server's own random id
+        ids.add(rid)
+        if client:
+            assert orjson.loads(body)["id"] == client       # "r-3\xe9x" cleaned to "r-3x"
+    assert len(ids) == 3
 
 
 def _answer(sock: socket.socket) -> tuple[int, float]:

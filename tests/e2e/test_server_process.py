@@ -90,7 +90,8 @@ def test_start_up_names_the_loop_and_gives_every_example_model_a_curl_line(tmp_p
             line = proc.stdout.readline()
             assert line, "the server stopped printing: " + "".join(lines)
             lines.append(line.rstrip("\n"))
-        assert f"decision store: SQLite under {tmp_path / 'state'} (every decision recorded)" in lines
+        assert (f"decision store: SQLite under {tmp_path / 'state'} (every decision recorded; kept "
+                "until deleted (no --retention-days))") in lines
         assert any(ln.startswith("audits: 10% of samples") for ln in lines), lines
         review = next(ln for ln in lines if ln.startswith("review API: "))
         assert review.startswith("review API: on") and "with the reviewer key as Bearer" in review

@@ -117,6 +117,29 @@ def test_numbers_match_recomputation_from_saved_logits(study: tuple[Path, dict[s
         assert math.isnan(agg["scores"]["msp"]["aurc"]["std"])
 
 
+def test_training_error_is_the_final_models_errors_on_the_whole_train_split(
+        study: tuple[Path, dict[str, Any]]) -> None:
+    import torch
+
+    from serve.data import load_dataset
+    from training.export import load_run
+
+    out, res = study
+    x, y = load_dataset(res["meta"]["regime"]["data"]).split("train")
+    readme = (out / "README.md").read_text()
+    for run in res["runs"]:
+        model, _ = load_run(out / res["files"][run["tag"]] / "train")
+        model.eval()
+        with torch.no_grad():
+            wrong = int((model(torch.as_tensor(x)).argmax(1).numpy() != y).sum())
+        assert run["train_errors"] == wrong and run["n_train"] == len(y) == res["meta"]["regime"]["n_train"]
+        assert f"{wrong}/{len(y)}" in readme
+    # Two quick epochs leave most of the train split misclassified: the report says so.
+    assert "this regime is **not converged**" in readme
+    worst = max(r["train_errors"] / r["n_train"] for r in res["runs"])
+    assert f"at most {worst * 100:.2f}% over the {len(res['runs'])} runs" in readme
+
+
 def test_bad_loss_spec_is_a_clear_error(tmp_path: Path) -> None:
     r = _cli("--quick", "--losses", "ce,smooth:0.1", "--out", str(tmp_path / "bad"), timeout=60)
     assert r.returncode == 2

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from loop_support import fresh_database, postgres_cluster, submit_batch
 from prometheus_client import CollectorRegistry, generate_latest
 
+from serve.feedback.access import ReviewAccess
 from serve.feedback.api import create_router
 from serve.feedback.gauges import LoopMetrics
 from serve.feedback.recorder import Recorder
@@ -39,9 +40,9 @@ def _recorder(location: str, **kw) -> Recorder:
     return Recorder(Store(location), metrics=LoopMetrics(CollectorRegistry()), seed=0, **kw)
 
 
-def _client(location: str, **kw) -> TestClient:
+def _client(location: str, access: ReviewAccess | None = None) -> TestClient:
     app = FastAPI()
-    app.include_router(create_router(Store(location), **kw))
+    app.include_router(create_router(Store(location), access or ReviewAccess(open=True)))
     return TestClient(app)
 
 
@@ -112,12 +113,17 @@ def test_review_items_expire_and_are_counted(location: str) -> None:
     rec.close()
 
 
-def test_auth_uses_the_api_admin_or_reviewer_key(location: str) -> None:
-    c = _client(location, api_key="a", reviewer_key="r")
+def test_the_review_api_takes_the_reviewer_or_admin_key_never_the_api_key(location: str) -> None:
+    c = _client(location, ReviewAccess(reviewer="r", admin="d", api="a"))
     assert c.get("/v1/review/queue").status_code == 401
     assert c.get("/v1/review/queue", headers={"Authorization": "Bearer x"}).status_code == 401
-    for key in ("a", "r"):
+    client = c.get("/v1/review/queue", headers={"Authorization": "Bearer a"})
+    assert client.status_code == 403 and "inference only" in client.json()["error"]
+    for key in ("r", "d"):
         assert c.get("/v1/review/queue", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    off = _client(location, ReviewAccess(api="a")).get("/v1/review/queue",
+                                                       headers={"Authorization": "Bearer a"})
+    assert off.status_code == 404 and "--reviewer-key-file" in off.json()["error"]
 
 
 def test_monitor_risk_counts_labelled_audited_accepted_samples_only(location: str) -> None:
@@ -129,14 +135,19 @@ def test_monitor_risk_counts_labelled_audited_accepted_samples_only(location: st
     rejects[30:50] = True          # 30 audited accepted, 10 audited deferred, 10 deferred only
     ids = submit_batch(rec, n, rejects=rejects, audit=audit, target_risk=0.02)
     rec.close()
-    c = _client(location, live_delta=0.05)
+    c = _client(location)
     store = Store(location)
     for i in [*range(20), *range(30, 45)]:
         pred = store.request(ids[i])[0]["label"]
         wrong = i in (0, 31)
         c.post("/v1/feedback", json={"request_id": ids[i], "label": (pred + 1) % 4 if wrong else pred})
-    (epoch,) = c.get("/v1/monitor/risk?model=clf").json()["epochs"]
+    body = c.get("/v1/monitor/risk?model=clf").json()
+    (epoch,) = body["epochs"]
+    assert "audited ACCEPTED samples only" in body["note"]
+    assert epoch["current"] is None                     # no server repository to say which
     assert (epoch["labels"], epoch["errors"], epoch["pending_audits"]) == (20, 1, 10)
+    assert epoch["expired_audits"] == 0 and epoch["status_basis"] == "labelled"
+    assert epoch["labels_to_ok"] is None and epoch["labels_to_alarm"] > 0   # 1/20 > r* = 0.02
     assert epoch["status"] == "insufficient" and epoch["target_risk"] == 0.02
     assert 0 < epoch["lower"] < 0.05 < epoch["upper"] < epoch["upper_pessimistic"]
     assert c.get("/v1/monitor/risk?model=other").json()["epochs"] == []
@@ -148,7 +159,7 @@ def test_overflow_drops_and_counts_and_submit_never_blocks(location: str) -> Non
     submit_batch(rec, 60, prefix="a")
     submit_batch(rec, 60, prefix="b")                       # does not fit: dropped whole
     assert rec.dropped == 60
-    assert b"abstain_records_dropped_total 60.0" in generate_latest(reg)
+    assert b'abstain_records_dropped_total{reason="queue_full"} 60.0' in generate_latest(reg)
     rec.start()
     assert rec.flush(10)
     rec.close()

@@ -31,17 +31,30 @@ def test_the_loop_off_says_so_on_every_line() -> None:
     assert audits.startswith("audits: off") and review.startswith("review API: off")
 
 
-def test_a_state_dir_without_keys_says_the_review_api_is_open(tmp_path) -> None:
-    store, audits, review = _lines(state_dir=tmp_path / "state", audit_rate=0.05)
-    assert store == f"decision store: SQLite under {tmp_path / 'state'} (every decision recorded)"
+def test_a_state_dir_without_a_reviewer_or_admin_key_says_the_review_api_is_off(tmp_path) -> None:
+    store, audits, review = _lines(state_dir=tmp_path / "state", audit_rate=0.05, api_key="k1")
+    assert store == (f"decision store: SQLite under {tmp_path / 'state'} (every decision recorded; "
+                     "kept until deleted (no --retention-days))")
     assert audits.startswith("audits: 5% of samples") and "--audit-rate 0.05" in audits
     assert audits.endswith("on a live-risk alarm: keep serving (--on-risk-alarm keep)")
     _, defer, _ = _lines(state_dir=tmp_path / "state", audit_rate=0.05, on_risk_alarm="defer")
     assert defer.endswith("defer every prediction until a new calibration loads "
                           "(--on-risk-alarm defer)")
-    assert review.startswith("review API: on at /v1/review/queue")
-    assert "open to anyone who can reach the server (no API, admin or reviewer key set)" in review
+    assert review.startswith("review API: off (no --reviewer-key-file or --admin-key-file; "
+                             "--open-review-api opens it to anyone)")
     assert "Label Studio webhook off" in review
+
+
+def test_retention_is_said(tmp_path) -> None:
+    store, _, _ = _lines(state_dir=tmp_path / "state", retention_days=30, retention_max_rows=10**6)
+    assert store.endswith("(every decision recorded; rows nobody needs deleted after 30 days; "
+                          "at most 1000000 rows nobody reviews)")
+
+
+def test_open_review_api_says_so_loudly(tmp_path) -> None:
+    _, _, review = _lines(state_dir=tmp_path / "state", open_review_api=True, reviewer_key="r")
+    assert review.startswith("review API: OPEN TO ANYONE who can reach the server")
+    assert "(--open-review-api)" in review
 
 
 def test_keys_name_who_may_review_and_the_database_password_is_hidden() -> None:
@@ -49,10 +62,11 @@ def test_keys_name_who_may_review_and_the_database_password_is_hidden() -> None:
                                    api_key="k1", reviewer_key="r1", audit_rate=0,
                                    review_webhook_secret="w", store_inputs=True)
     assert store == ("decision store: postgresql://abstain:***@db:5432/loop (every decision "
-                     "recorded, inputs kept for review items)")
+                     "recorded, inputs kept for review items; kept until deleted (no "
+                     "--retention-days))")
     assert "hunter2" not in " ".join([store, audits, review])
     assert audits == "audits: off (--audit-rate 0)"
-    assert "with the API or reviewer key as Bearer" in review and "open to anyone" not in review
+    assert "with the reviewer key as Bearer (the API key is refused" in review
     assert "Label Studio webhook on" in review
     _, _, review = _lines(database_url="postgresql://db/loop", admin_key="a")
     assert "with the admin key as Bearer" in review

@@ -115,3 +115,52 @@ def test_recalibrating_on_audited_shifted_data_restores_the_risk() -> None:
     new = certify(scores[audited], errors[audited], target_risk=r, delta=0.1)
     assert new.certified and new.threshold > old.threshold
     assert true_risk(new.threshold, True) <= r
+
+
+def test_expired_audits_drive_the_status_and_pending_ones_the_pessimistic_bound() -> None:
+    young = live_risk("m", "1", "c", 0.02, 0, 400, 10, DELTA)         # 10 still within the TTL
+    assert young.status == "ok" and young.status_basis == "labelled"
+    assert young.upper <= 0.02 < young.upper_pessimistic
+    old = live_risk("m", "1", "c", 0.02, 0, 400, 0, DELTA, expired=10)  # 10 outlived it
+    assert old.status == "watch" and old.status_basis.startswith("labelled + 10 expired")
+    assert (old.lower, old.upper) == (young.lower, young.upper)      # labelled-only, unchanged
+    assert old.upper_pessimistic == young.upper_pessimistic         # each counted once, as an error
+    assert old.labels_to_ok > 0 and old.labels_to_alarm is None
+    assert live_risk("m", "1", "c", 0.02, 0, 60, 0, DELTA, expired=20).status == "alarm"
+
+
+def test_labels_to_ok_and_to_alarm_are_the_first_counts_that_reach_them() -> None:
+    r = 0.02
+    ok = live_risk("m", "1", "c", r, 0, 50, 0, DELTA)                  # no error so far: rate 0
+    m = ok.labels_to_ok
+    assert ok.status == "insufficient" and m > 0
+    assert live_risk("m", "1", "c", r, 0, 50 + m, 0, DELTA).status == "ok"
+    assert live_risk("m", "1", "c", r, 0, 50 + m - 1, 0, DELTA).status != "ok"
+    assert ok.labels_to_alarm is None                                   # never at rate 0
+    bad = live_risk("m", "1", "c", r, 4, 40, 0, DELTA)                 # rate 0.1 > r*
+    m = bad.labels_to_alarm
+    assert bad.status != "alarm" and m > 0 and bad.labels_to_ok is None
+    assert confidence_sequence(4 + 0.1 * m, 40 + m, DELTA, r)[0] > r
+    assert confidence_sequence(4 + 0.1 * (m - 1), 40 + m - 1, DELTA, r)[0] <= r
+    assert live_risk("m", "1", "c", r, 20, 200, 0, DELTA).labels_to_alarm == 0
+
+
+def test_counting_unlabelled_audits_as_errors_keeps_the_bound_above_the_true_risk() -> None:
+    """Reviewers label a right prediction with probability 0.9, a wrong one with 0.6; the true
+    accepted risk is 0.075 (r* = 0.05), 500 streams of 4,000 audits. The labelled-only upper
+    end falls below the true risk in most streams; counting the unlabelled (once expired) as
+    errors, in at most δ + slack of them, at any look, and ``ok`` is never reached."""
+    p, r, streams, n = 0.075, 0.05, 500, 4000
+    rng = np.random.default_rng(7)
+    wrong = rng.random((streams, n)) < p
+    labelled = rng.random((streams, n)) < np.where(wrong, 0.6, 0.9)
+    t = np.arange(1, n + 1)
+    s_pess = np.cumsum(wrong | ~labelled, axis=1)                      # every audit, in order
+    below = excludes(p, s_pess, t, DELTA, r) & (s_pess < p * t)     # upper end below p
+    slack = 3 * np.sqrt(DELTA * (1 - DELTA) / streams)
+    assert below.any(axis=1).mean() <= DELTA + slack
+    ok_pess = excludes(r, s_pess, t, DELTA, r) & (s_pess < r * t)     # upper end below r*
+    assert not ok_pess.any()
+    s_lab, t_lab = np.cumsum(wrong & labelled, axis=1), np.cumsum(labelled, axis=1)
+    below_lab = excludes(p, s_lab, t_lab, DELTA, r) & (s_lab < p * t_lab)
+    assert below_lab.any(axis=1).mean() > 0.5                          # the old, labelled-only view

@@ -41,7 +41,7 @@ def exported_sample_names() -> set[str]:
     mon.decisions("m", "1", np.array([0, 1]), ["a", "b"], np.array([0.2, 0.8]), np.array([True, False]))
     loop = LoopMetrics(mon.registry)                     # the feedback loop's series (serve/feedback)
     loop.set_risk(live_risk("m", "1", "ab" * 32, 0.05, 1, 100, 2, 0.05))
-    loop.dropped.inc()
+    loop.dropped.labels("queue_full").inc()
     loop.alarm_active.labels("m", "1").set(0)
     loop.change.labels("m", "1", "ab" * 6).set(0.0)
     loop.change_detected.labels("m", "1", "ab" * 6).set(0)

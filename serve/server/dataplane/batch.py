@@ -27,7 +27,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from serve.server.dataplane.batch_queue import DeadlineExceeded, Item, Overloaded, Unloading, bucket
+from serve.server.dataplane.batch_queue import (
+    DeadlineExceeded,
+    Item,
+    Overloaded,
+    Tag,
+    Unloading,
+    bucket,
+)
 from serve.server.dataplane.queue_limit import QueueLimit
 from serve.server.dataplane.stats import BatchStats
 
@@ -39,7 +46,7 @@ PIPELINE = 2                            # batches handed to the thread at once (
 InferFn = Callable[[np.ndarray], dict[str, np.ndarray]]
 # on_batch(tags, sizes, queue waits, run seconds, outputs): one call per session run; tags and
 # sizes name each request of the batch in row order (the record stage needs both).
-BatchHook = Callable[[list[str], list[int], list[float], float, dict[str, np.ndarray]], None]
+BatchHook = Callable[[list[Tag], list[int], list[float], float, dict[str, np.ndarray]], None]
 
 
 class Batcher:
@@ -97,7 +104,7 @@ class Batcher:
         """Seconds the queued samples need at the measured throughput (0 when unmeasured)."""
         return self.queue_depth / self._rate if self._rate > 0 else 0.0
 
-    def submit(self, x: np.ndarray, deadline: float, tag: str = "") -> asyncio.Future:
+    def submit(self, x: np.ndarray, deadline: float, tag: Tag = "") -> asyncio.Future:
         """Enqueue ``x (n, *shape)`` synchronously; the future resolves to its sliced outputs.
 
         Raises:
@@ -284,7 +291,7 @@ class Batcher:
         return not (self._queue or self._running or self._closing
                     or len(x) > self.max_batch_size) and self._inline(len(x), ALONE_FACTOR)
 
-    def _run_inline(self, x: np.ndarray, tag: str) -> dict[str, np.ndarray]:
+    def _run_inline(self, x: np.ndarray, tag: Tag) -> dict[str, np.ndarray]:
         self.stats.requests += 1
         try:
             out, inference_s = self._run(x, self.infer_alone)
@@ -295,7 +302,7 @@ class Batcher:
         return out
 
     async def result(self, x: np.ndarray, deadline: float, alone: bool = False,
-                     tag: str = "") -> dict[str, np.ndarray]:
+                     tag: Tag = "") -> dict[str, np.ndarray]:
         """Submit and wait, honouring the deadline even while the batch is running. ``alone``: no
         other request is in flight (the caller's count); then an idle batcher runs a cheap request
         at once in the caller — the queue and the worker's wake-up would only add latency."""

@@ -12,6 +12,10 @@ import numpy as np
 
 from serve.errors import AbstainError
 
+# A request's tag for the record stage: (the server's request id, the client's id or None).
+# The batcher only carries it from submit to its batch's on_batch.
+Tag = tuple[str, "str | None"] | str
+
 
 class Overloaded(AbstainError):
     """The model's queue is full: retry after a moment (HTTP 503 + Retry-After)."""
@@ -41,7 +45,7 @@ class Item:
     x: np.ndarray                       # (n, *input_shape)
     future: asyncio.Future
     deadline: float                     # time.monotonic() seconds
-    tag: str = ""                       # the request id
+    tag: Tag = ""                       # the request ids (see Tag)
     enqueued: float = field(default_factory=time.perf_counter)
     n: int = field(init=False)
 

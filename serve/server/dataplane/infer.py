@@ -40,8 +40,9 @@ class Call(Protocol):
     """One inference request as a transport has it, and how that transport answers it."""
 
     route: Route            # protocol, model, version (and the endpoint label of the metrics)
-    head: Head              # what admission reads: API key, body size, deadline header
-    rid: str                # the request id
+    head: Head              # what admission reads: API key, body size, deadline header; and
+                            # request_id, the client's own id (cleaned) when it sent one
+    rid: str                # the server's request id (new_request_id: the store's key)
     method: str             # the method label of the metrics ("POST", "gRPC")
     only_when_ready: bool   # refuse (NotReady) while the server starts or stops
 
@@ -124,7 +125,8 @@ class DataPlane:
                                      len(req.x))                     # learn
                 alone = self.admission.inflight == 1 and self.arrivals.waiting == 0
                 ticket.hand_over()                                   # its room, to its samples
-                out = await batcher.result(req.x, deadline, alone, call.rid)  # … to submit:
+                tag = (call.rid, req.id or head.request_id or None)  # server id, client's id
+                out = await batcher.result(req.x, deadline, alone, tag)      # … to submit:
                 if req.wants_probabilities:                          # batch, run, decide, record
                     out = {**out, "probabilities": mv.rule.probabilities(out["logits"])}
                 answer = call.encode(mv, req, out)                   # result → encode

@@ -16,12 +16,14 @@ import numpy as np
 
 from serve.monitoring.monitor import Monitor
 from serve.server.dataplane.batch import BatchHook
+from serve.server.dataplane.batch_queue import Tag
 from serve.server.repository import ModelVersion
 
 log = logging.getLogger(__name__)
 
-# sink(model version, request ids, rows per request, outputs of the whole batch)
-Sink = Callable[[ModelVersion, list[str], list[int], dict[str, np.ndarray]], None]
+# sink(model version, tags (server id, client id) per request, rows per request, outputs of the
+# whole batch)
+Sink = Callable[[ModelVersion, list[Tag], list[int], dict[str, np.ndarray]], None]
 
 
 class Record:
@@ -35,7 +37,7 @@ class Record:
         """The batcher's ``on_batch`` for one model version."""
         name, ver, classes, monitor = mv.name, str(mv.version), mv.class_names, self.monitor
 
-        def on_batch(tags: list[str], sizes: list[int], waits: list[float], inference_s: float,
+        def on_batch(tags: list[Tag], sizes: list[int], waits: list[float], inference_s: float,
                      out: dict[str, np.ndarray]) -> None:
             monitor.batch(name, ver, sum(sizes), waits, inference_s)
             monitor.decisions(name, ver, out["label"], classes, out["score"], out["reject"])

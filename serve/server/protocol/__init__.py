@@ -12,6 +12,7 @@ May import: ``serve.errors`` and numpy/orjson/protobuf; never the data plane abo
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,8 +20,27 @@ import orjson
 
 from serve.errors import AbstainError
 
-__all__ = ["Decoded", "RequestError", "check_batch", "loads_json", "parse_uint", "short",
-           "to_float_array"]
+__all__ = ["MAX_ID_CHARS", "Decoded", "RequestError", "check_batch", "clean_id", "loads_json",
+           "parse_uint", "short", "to_float_array"]
+
+
+MAX_ID_CHARS = 128
+_NOT_PRINTABLE = re.compile(r"[^\x20-\x7e]+")
+
+
+def clean_id(value: str | None) -> str | None:
+    """A client's request id as printable ASCII of at most :data:`MAX_ID_CHARS` characters.
+
+    Ids reach HTTP headers, gRPC metadata, logs and the decision store's text columns, where a
+    NUL or a non-ASCII character breaks the write (PostgreSQL refuses NUL in text) or the answer
+    (gRPC metadata is ASCII). Other characters are dropped, not escaped: the id is the client's
+    label, never a key. Empty after cleaning → None.
+    """
+    if not value:
+        return None
+    if not (value.isascii() and value.isprintable()):
+        value = _NOT_PRINTABLE.sub("", value[:MAX_ID_CHARS * 8])
+    return value[:MAX_ID_CHARS] or None
 
 
 class RequestError(AbstainError):

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from serve.server.protocol import Decoded, RequestError, check_batch
+from serve.server.protocol import Decoded, RequestError, check_batch, clean_id
 from serve.server.protocol.v2 import (
     DEFAULT_OUTPUTS,
     DTYPES,
@@ -121,7 +121,7 @@ def parse_infer(req: Any, input_name: str, input_shape: tuple[int, ...], dtype: 
         if o.name not in OUTPUTS:
             raise _bad(f"unknown output {o.name!r}; available: {', '.join(OUTPUTS)}")
         outputs.append((o.name, raw))
-    return Decoded(np.ascontiguousarray(x), req.id or None, 0, outputs), raw
+    return Decoded(np.ascontiguousarray(x), clean_id(req.id), 0, outputs), raw
 
 
 def _bytes_tensor(values: list[str]) -> bytes:

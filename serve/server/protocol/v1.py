@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from serve.server.protocol import RequestError, check_batch, loads_json, to_float_array
+from serve.server.protocol import RequestError, check_batch, clean_id, loads_json, to_float_array
 
 MAX_TOP_K = 1000
 
@@ -41,7 +41,7 @@ def parse_request(body: bytes, input_shape: tuple[int, ...], dtype: np.dtype, nu
     x = to_float_array(inst, dtype, '"instances"')
     if x.ndim == 1 and len(inst) == 0:
         x = x.reshape(0, *input_shape)
-    return check_batch(x, input_shape, max_instances, '"instances"'), top_k, rid
+    return check_batch(x, input_shape, max_instances, '"instances"'), top_k, clean_id(rid)
 
 
 def encode_predictions(out: dict[str, np.ndarray], class_names: list[str],

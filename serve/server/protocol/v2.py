@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from serve.server.protocol import RequestError, check_batch, loads_json, to_float_array
+from serve.server.protocol import RequestError, check_batch, clean_id, loads_json, to_float_array
 
 HEADER = "Inference-Header-Content-Length"
 # datatype ↔ numpy (little-endian); BYTES is handled separately.
@@ -177,7 +177,7 @@ def parse_infer(body: bytes, header_length: str | None, input_name: str,
             if not isinstance(p, dict):
                 raise _bad(f'output {name!r}: "parameters" must be a JSON object')
             selected.append((name, _flag(p.get("binary_data", all_binary), "binary_data")))
-    return InferRequest(np.ascontiguousarray(x), rid, selected)
+    return InferRequest(np.ascontiguousarray(x), clean_id(rid), selected)
 
 
 def _flag(value: object, name: str) -> bool:
