@@ -51,11 +51,18 @@ class DecisionRule:
         self.score: Score = calibration.score_fn()
         self.threshold = calibration.threshold
         self.temperature = calibration.temperature
+        # Set by the server's risk guard (serve/feedback/guard.py, --on-risk-alarm defer) while
+        # this calibration's live risk alarms: every sample is deferred. A new calibration is a
+        # new rule, so loading one clears it.
+        self.force_defer = False
 
     def __call__(self, logits: np.ndarray, probabilities: bool = False) -> Decisions:
         z = as_logits(logits)                       # (n, K) float64, finite
         s = self.score.of_logits(z)                 # (n,)
-        reject = np.ones_like(s, dtype=bool) if self.threshold is None else s < self.threshold
+        if self.threshold is None or self.force_defer:
+            reject = np.ones_like(s, dtype=bool)
+        else:
+            reject = s < self.threshold
         probs = softmax(z / self.temperature) if probabilities else None
         return Decisions(label=z.argmax(axis=1), score=s, reject=reject, probabilities=probs)
 

@@ -59,6 +59,9 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("log_level", str, "debug | info | warning | error (default info)"),
     ("drift_window", int, "decisions in the deferral-rate drift window (default 1000)"),
     ("drift_alpha", float, "flag drift when the binomial p-value is below this (default 0.001)"),
+    ("shift_alpha", float, "label-free shift monitor: probability of any false alarm within "
+     "--shift-horizon stationary predictions (default 0.01)"),
+    ("shift_horizon", int, "predictions --shift-alpha covers (default 1000000)"),
     # the feedback loop (serve/feedback): recording is on with a state dir or a database URL
     ("state_dir", str, "record every decision in SQLite under this folder (review queue, live risk; default: off)"),
     ("database_url", str, "postgresql://… decision store shared by several replicas (default: off)"),
@@ -76,6 +79,12 @@ _FLAGS: list[tuple[str, type, str]] = [
      "or ABSTAIN_REVIEW_WEBHOOK_SECRET (default: none, the Label Studio webhook off)"),
     ("max_control_body_bytes", int, "body limit of /v1/feedback and the Label Studio webhook, "
      "checked after the key (default 1 MiB)"),
+    ("on_risk_alarm", str, "keep | defer: while a served calibration's live risk alarms (the "
+     "bound's lower end above r*, or the change detector fired), keep serving it or defer every "
+     "prediction until a new calibration loads (default keep; fallback is refused: no stricter "
+     "threshold is certified in advance yet)"),
+    ("change_arl", float, "risk-change detector: average run length to a false alarm, in "
+     "labelled audits (default 100000)"),
 ]
 
 # Every secret: its --X-file flag (and ABSTAIN_X_FILE) reads it from a file, never from ps.
@@ -196,7 +205,10 @@ def loop_lines(settings: ServerSettings) -> list[str]:
     rate = settings.audit_rate
     audits = ("off (--audit-rate 0)" if rate == 0 else
               f"{rate * 100:g}% of samples (uniform, independent of the decision) queued for review "
-              f"(--audit-rate {rate:g})")
+              f"(--audit-rate {rate:g}); on a live-risk alarm: "
+              + ("defer every prediction until a new calibration loads" if
+                 settings.on_risk_alarm == "defer" else "keep serving")
+              + f" (--on-risk-alarm {settings.on_risk_alarm})")
     kept = [f"rows nobody needs deleted after {settings.retention_days:g} days"
             if settings.retention_days is not None else "",
             f"at most {settings.retention_max_rows} rows nobody reviews"

@@ -3,7 +3,8 @@
 ``store`` holds one row per served sample and its human labels (SQLite or PostgreSQL);
 ``recorder`` moves records off the request path (``rows`` turns a batch into rows, ``failures``
 tells an outage from a bad row) and runs ``retention``; ``audit`` draws the uniform audit sample;
-``risk`` turns labelled audits into an anytime-valid bound on the live selective risk; ``api``
+``risk`` turns labelled audits into an anytime-valid bound on the live selective risk;
+``change`` detects a jump of that risk (an e-detector), ``guard`` acts on an alarm; ``api``
 is the review/feedback/monitor router; ``access`` its trust boundary (roles, bounded bodies read
 after the key, store outages as 503); ``labelstudio`` the Label Studio bridge;
 ``recalibrate`` certifies from audits, ``window`` chooses which and how unlabelled ones count;
@@ -12,5 +13,5 @@ after the key, store outages as 503); ``labelstudio`` the Label Studio bridge;
 May import: ``serve.calibration`` and the maths at the bottom of ``serve``.
 """
 
-__all__ = ["access", "api", "audit", "failures", "gauges", "labelstudio", "recalibrate",
-           "recorder", "retention", "risk", "rows", "store", "window", "wiring"]
+__all__ = ["access", "api", "audit", "change", "failures", "gauges", "guard", "labelstudio",
+           "recalibrate", "recorder", "retention", "risk", "rows", "store", "window", "wiring"]

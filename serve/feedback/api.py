@@ -27,6 +27,7 @@ from serve.feedback.access import (
     read_body,
     store_errors,
 )
+from serve.feedback.guard import active_alarms
 from serve.feedback.recorder import epoch_info
 from serve.feedback.risk import live_risk
 from serve.feedback.store import Store
@@ -141,7 +142,9 @@ def create_router(store: Store, access: ReviewAccess, *, live_delta: float = 0.0
         """Pending review items, oldest first, with prediction, score, top-k and stored input."""
         def work() -> Any:
             rows = store.queue(kind, limit, model)
-            return JSONResponse({"kind": kind, "items": [_present(r, classes_of(r)) for r in rows]})
+            alarms = [a for a in active_alarms(store) if not model or a["model"] == model]
+            return JSONResponse({"kind": kind, "risk_alarms": alarms,
+                                 "items": [_present(r, classes_of(r)) for r in rows]})
         return await in_thread(work)
 
     @router.post("/v1/feedback", responses={201: {"description": "a new label"}, **ERRORS},

@@ -40,9 +40,21 @@ class LoopMetrics:
         self.target = gauge("abstain_live_risk_target", "The calibration's target risk r*.")
         self.status = gauge("abstain_live_risk_status",
                             "Live risk status: 0 insufficient, 1 ok, 2 watch, 3 alarm.")
+        self.change = gauge("abstain_risk_change_log_statistic", "log of the risk-change "
+                            "e-detector over labelled audits (alarm at log of its ARL).")
+        self.change_detected = gauge("abstain_risk_change_detected", "1 once the risk-change "
+                                     "detector alarmed in this calibration.")
+        self.alarm_active = Gauge("abstain_risk_alarm_active", "1 while the served calibration's "
+                                  "live risk alarms (bound above r* or a detected change); "
+                                  "with --on-risk-alarm defer every prediction is deferred.",
+                                  ("model", "version"), registry=reg,
+                                  multiprocess_mode="livemostrecent")
+        self.multiprocess = multiprocess
+        self._shown: set[tuple[str, str, str]] = set()     # epochs whose series this process set
 
     def set_risk(self, r: LiveRisk) -> None:
         key = (r.model, r.version, r.calibration_sha256[:12])
+        self._shown.add(key)
         self.upper.labels(*key).set(r.upper)
         self.lower.labels(*key).set(r.lower)
         self.labels.labels(*key).set(r.labels)
@@ -50,3 +62,17 @@ class LoopMetrics:
         self.status.labels(*key).set(STATUSES.index(r.status))
         if r.target_risk is not None:
             self.target.labels(*key).set(r.target_risk)
+
+    def retire(self, model: str, version: str, calibration_sha256: str) -> None:
+        """Drop the live-risk series of a calibration no longer served, so no alert fires for it
+        (multiprocess files cannot drop a series: there they read NaN)."""
+        key = (model, version, calibration_sha256[:12])
+        if key not in self._shown:
+            return
+        self._shown.discard(key)
+        for g in (self.upper, self.lower, self.labels, self.pending, self.target, self.status,
+                  self.change, self.change_detected):
+            if self.multiprocess:
+                g.labels(*key).set(float("nan"))
+            else:
+                g.remove(*key)

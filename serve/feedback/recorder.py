@@ -32,7 +32,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -41,7 +41,7 @@ from serve.feedback import retention
 from serve.feedback.audit import Auditor
 from serve.feedback.failures import Every, first_line, is_outage
 from serve.feedback.gauges import LoopMetrics
-from serve.feedback.risk import live_risk
+from serve.feedback.risk import LiveRisk, live_risk
 from serve.feedback.rows import Batch, to_rows
 from serve.feedback.store import Store
 
@@ -89,6 +89,10 @@ class Recorder:
         self.written = 0
         self.dropped = 0
         self.swept = 0
+        # Set by the server: the (model, version, calibration) epochs it serves now (the others'
+        # gauges are retired), and what to do with the served epochs' live risk (guard.py).
+        self.served: Callable[[], Collection[tuple[str, str, str]]] | None = None
+        self.on_risk: Callable[[list[LiveRisk]], None] | None = None
 
     # -- request path --------------------------------------------------------------------------
 
@@ -316,11 +320,19 @@ class Recorder:
             expired = self.store.expire()
             if expired:
                 self.metrics.expired.inc(expired)
+            served = self.served() if self.served is not None else None
+            risks = []
             for model, version, sha in self.store.epochs():
+                if served is not None and (model, version, sha) not in served:
+                    self.metrics.retire(model, version, sha)
+                    continue
                 info = epoch_info(self.store, model, version, sha)
                 n, k, pending, expired = self.store.audit_states(model, version, sha)
-                self.metrics.set_risk(live_risk(model, version, sha, info.get("target_risk"), k, n,
-                                                pending, self.live_delta, expired=expired))
+                risks.append(live_risk(model, version, sha, info.get("target_risk"), k, n,
+                                       pending, self.live_delta, expired=expired))
+                self.metrics.set_risk(risks[-1])
+            if self.on_risk is not None:
+                self.on_risk(risks)
             if time.monotonic() >= self._next_sweep:
                 self._next_sweep = time.monotonic() + self.sweep_every_s
                 self.sweep()

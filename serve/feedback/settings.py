@@ -19,6 +19,10 @@ class FeedbackSettings:
         max_body_bytes: the largest body the review API and the webhook read (413 past it).
         live_delta: level of the live-risk confidence sequence.
         review_ttl_s: review items expire after this.
+        on_risk_alarm: ``keep`` serving a calibration whose live risk alarms, or ``defer`` every
+            prediction until a new calibration loads (``serve/feedback/guard.py``).
+        change_arl: the risk-change detector's average run length to a false alarm, in labelled
+            audits (``serve/feedback/change.py``).
         retention_days: delete rows older than this that nothing needs (``serve/feedback/retention.py``);
             ``None`` keeps every row.
         retention_max_rows: keep at most this many rows nobody reviews (the newest).
@@ -31,5 +35,7 @@ class FeedbackSettings:
     max_body_bytes: int = 1 << 20
     live_delta: float = 0.05
     review_ttl_s: float = 7 * 86400.0
+    on_risk_alarm: str = "keep"
+    change_arl: float = 100_000.0
     retention_days: float | None = None
     retention_max_rows: int | None = None

@@ -344,6 +344,18 @@ class Store:
             f"WHERE r.audit = 1 AND r.model = ? AND r.version = ? AND {cond} "
             "ORDER BY r.ts, r.request_id, r.idx", args)
 
+    def audit_outcomes(self, model: str, version: str, calibration_sha256: str) -> list[int]:
+        """Labelled audits of ACCEPTED samples of one epoch in the order their labels arrived:
+        1 = wrong, 0 = right (the risk-change detector's stream)."""
+        with self._tx() as cur:
+            cur.execute(self._sql(
+                "SELECT CASE WHEN f.label <> r.label THEN 1 ELSE 0 END FROM records r "
+                "JOIN feedback f ON f.request_id = r.request_id AND f.idx = r.idx "
+                "WHERE r.audit = 1 AND r.reject = 0 AND r.model = ? AND r.version = ? "
+                "AND r.calibration_sha256 = ? ORDER BY f.ts, r.ts, r.request_id, r.idx"),
+                (model, version, calibration_sha256))
+            return [int(row[0]) for row in cur.fetchall()]
+
     def audited_labelled(self, model: str, version: str | None = None) -> list[dict[str, Any]]:
         """Labelled AUDITED samples (accepted or not), oldest first: the uniform sample."""
         cond, args = "r.model = ?", (model,)

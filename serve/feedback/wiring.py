@@ -6,6 +6,7 @@ Server integration (serve/server/app.py, the whole of it)::
                            webhook_secret=..., registry=monitor.registry,
                            multiprocess=monitor.multiprocess)
     Record(monitor, [loop.sink] if loop else None)   # the record stage, once per batch
+    if loop: loop.serve(lambda: {(name, version, calibration sha256): decision rule, ...})
     if loop: control.include_router(loop.router)     # the control plane
     # lifespan: loop.start() at startup, await asyncio.to_thread(loop.close) at shutdown
 """
@@ -13,7 +14,7 @@ Server integration (serve/server/app.py, the whole of it)::
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ from fastapi import APIRouter
 from serve.feedback.access import ReviewAccess
 from serve.feedback.api import create_router
 from serve.feedback.gauges import LoopMetrics
+from serve.feedback.guard import RiskGuard
 from serve.feedback.recorder import Recorder
 from serve.feedback.settings import FeedbackSettings
 from serve.feedback.store import Store
@@ -37,6 +39,7 @@ class Feedback:
     store: Store
     recorder: Recorder
     router: APIRouter
+    guard: RiskGuard | None = None
     _sha: dict[int, tuple[Any, str]] = field(default_factory=dict)
 
     def sink(self, mv: Any, tags: list[tuple[str, str | None]], sizes: list[int],
@@ -63,6 +66,16 @@ class Feedback:
                    target_risk=cal.target_risk, sizes=sizes, logits=out.get("logits"),
                    temperature=cal.temperature, client_ids=cids,
                    lineage=cal.data.get("lineage") if isinstance(cal.data, dict) else None)
+
+    def serve(self, rules: Callable[[], Mapping[tuple[str, str, str], Any]]) -> None:
+        """Tell the loop what is served: (model, version, calibration sha256) → decision rule.
+
+        Only these epochs keep live-risk gauges, and the guard acts on their alarms.
+        """
+        if self.guard is not None:
+            self.guard.rules = rules
+            self.recorder.served = self.guard.served
+            self.recorder.on_risk = self.guard.check
 
     def start(self) -> None:
         self.recorder.start()
@@ -92,12 +105,14 @@ def create_feedback(feedback: FeedbackSettings, *, api_key: str | None = None,
     if feedback.location is None:
         return None
     store = Store(feedback.location)
+    metrics = LoopMetrics(registry, multiprocess)
     recorder = Recorder(store, audit_rate=feedback.audit_rate, store_inputs=feedback.store_inputs,
                         review_ttl_s=feedback.review_ttl_s, live_delta=feedback.live_delta,
                         retention_s=None if feedback.retention_days is None
                         else feedback.retention_days * 86400.0,
                         retention_max_rows=feedback.retention_max_rows,
-                        metrics=LoopMetrics(registry, multiprocess), **recorder_kw)
+                        metrics=metrics, **recorder_kw)
+    guard = RiskGuard(store, metrics, feedback.on_risk_alarm, feedback.change_arl)
     if feedback.open_review_api:
         log.warning("THE REVIEW API IS OPEN TO ANYONE who can reach this server "
                     "(--open-review-api): audited samples, stored inputs and labels need no key, "
@@ -112,4 +127,4 @@ def create_feedback(feedback: FeedbackSettings, *, api_key: str | None = None,
         from serve.feedback.labelstudio import webhook_router
 
         router.include_router(webhook_router(store, webhook_secret, feedback.max_body_bytes))
-    return Feedback(store, recorder, router)
+    return Feedback(store, recorder, router, guard)

@@ -2,10 +2,11 @@
 
 ``monitor`` (:class:`~serve.monitoring.monitor.Monitor`: what the request path reports),
 ``tally`` (applies what the hot path queued, once per flush), ``prometheus`` (multiprocess
-set-up, vectorised histogram updates), ``drift`` (the deferral-rate test), ``cascade_metrics``
-(per-stage series of a cascade).
+set-up, vectorised histogram updates), ``drift`` (the deferral-rate test), ``shift`` (the
+anytime-valid label-free shift monitor: an e-detector with a stated false-alarm rate),
+``cascade_metrics`` (per-stage series of a cascade).
 
 May import: ``serve.calibration`` and the maths at the bottom of ``serve``.
 """
 
-__all__ = ["cascade_metrics", "drift", "monitor", "prometheus", "tally"]
+__all__ = ["cascade_metrics", "drift", "monitor", "prometheus", "shift", "tally"]

@@ -12,6 +12,8 @@ often autocorrelated (bursts from one client), which makes the binomial variance
 test anti-conservative; and repeating the test every k samples is multiple testing over time, so the
 false-alarm rate per test is α but the chance of *some* false alarm over a day is higher. Hence a
 small default α (0.001) and a flag that alerts only when it persists (see deploy/prometheus).
+This test stays as a fast signal without a stated overall rate; ``shift.py`` is the monitor whose
+probability of any false alarm over a horizon is bounded, ĉ's uncertainty included.
 """
 
 from __future__ import annotations

@@ -55,6 +55,7 @@ from serve.monitoring.prometheus import (  # noqa: F401  (re-exported)
     setup_multiprocess,
     use_multiprocess_values,
 )
+from serve.monitoring.shift import ShiftMonitor
 from serve.monitoring.tally import BATCH_BUCKETS, LATENCY_BUCKETS, Tally
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class _ModelState:
     score_hist: Histogram                  # per version: its buckets come from its calibration
     score_bounds: np.ndarray               # (B + 1,) upper bounds incl. +Inf
     drift: DriftDetector
+    shift: ShiftMonitor | None            # None: the calibration records no certification split
 
 
 class Monitor(Tally):
@@ -89,13 +91,19 @@ class Monitor(Tally):
         drift_window: N, the number of most recent decisions the drift test looks at.
         drift_alpha: flag drift when the binomial p-value falls below this.
         drift_every: re-test at most once per this many new samples (default N // 10).
+        shift_alpha: probability of any false shift alarm within ``shift_horizon`` stationary
+            predictions (the anytime-valid monitor of ``shift.py``).
+        shift_horizon: the number of predictions ``shift_alpha`` covers.
         multiprocess: write to ``PROMETHEUS_MULTIPROC_DIR`` and aggregate on scrape; None = on
             iff that variable is set (see :func:`setup_multiprocess`).
     """
 
     def __init__(self, drift_window: int = 1000, drift_alpha: float = 0.001,
-                 drift_every: int | None = None, multiprocess: bool | None = None) -> None:
+                 drift_every: int | None = None, multiprocess: bool | None = None,
+                 shift_alpha: float = 0.01, shift_horizon: int = 1_000_000) -> None:
         self.drift_window = drift_window
+        self.shift_alpha, self.shift_horizon = shift_alpha, shift_horizon
+        ShiftMonitor(0.5, 1, shift_alpha, shift_horizon)              # validate the settings now
         self.drift_alpha = drift_alpha
         self.drift_every = drift_every
         DriftDetector(0.5, drift_window, drift_alpha, drift_every)   # validate the settings now
@@ -162,6 +170,13 @@ class Monitor(Tally):
                              MV, "liveall")
         self.drift_flag = gauge("abstain_drift_detected", "1 if the drift p-value is below alpha.", MV,
                                 "liveall")
+        self.shift_log_e = gauge("abstain_shift_log_e", "Label-free shift monitor: log of its "
+                                 "e-detector (live vs certified acceptance).", MV, "liveall")
+        self.shift_log_threshold = gauge("abstain_shift_log_threshold", "log of the e-detector's "
+                                         "alarm level: 2 (1 + horizon/1000) / shift alpha.", MV, "liveall")
+        self.shift_flag = gauge("abstain_shift_detected", "1 once the shift monitor alarmed in this "
+                                "calibration (anytime-valid: P(any false alarm) <= shift alpha).",
+                                MV, "liveall")
         if self.multiprocess:   # Info is not supported there; the same series as a 0/1 gauge.
             self.info = gauge("abstain_model_info", "Loaded model versions.", (*MV, *INFO_KEYS), "livemax")
         else:
@@ -194,9 +209,15 @@ class Monitor(Tally):
                 hist = (old.score_hist if old is not None and tuple(old.score_bounds[:-1]) == bounds
                         else Histogram("abstain_confidence_score", "Confidence score.", MV,
                                        buckets=bounds, registry=None))
+                # Several workers flush at every event-loop tick: there the shift statistic is
+                # evaluated at most once per FLUSH_S (its counts are kept at every flush).
+                shift = (ShiftMonitor(calibration.coverage, calibration.n_cert, self.shift_alpha,
+                                      self.shift_horizon,
+                                      min_interval_s=FLUSH_S if self.multiprocess else 0.0)
+                         if calibration.n_cert >= 1 else None)
                 state = _ModelState(cal_sha, hist, np.array([*bounds, math.inf]),
                                     DriftDetector(calibration.coverage, self.drift_window,
-                                                  self.drift_alpha, self.drift_every))
+                                                  self.drift_alpha, self.drift_every), shift)
                 self._models[key] = state
                 self._scores.hists[key] = hist
             state.score_hist.labels(model, version)    # expose empty buckets from the start
@@ -208,6 +229,11 @@ class Monitor(Tally):
         self.window_samples.labels(model, version).set(0)
         self.drift_p.labels(model, version).set(math.nan)
         self.drift_flag.labels(model, version).set(0)
+        self.shift_log_e.labels(model, version).set(math.nan)
+        self.shift_log_threshold.labels(model, version).set(
+            state.shift.log_threshold if state.shift is not None else math.nan)
+        self.shift_flag.labels(model, version).set(int(state.shift is not None
+                                                        and bool(state.shift.detected[0])))
         info = {"provider": provider, "model_sha256": model_sha256, "calibration_sha256": cal_sha,
                 "score": calibration.score, "method": calibration.method,
                 "abstain_version": __version__}
@@ -233,7 +259,8 @@ class Monitor(Tally):
         if self.multiprocess:
             return
         for g in (self.threshold, self.target_risk, self.certified_coverage, self.window_coverage,
-                  self.window_samples, self.drift_p, self.drift_flag, self.queue, self.info):
+                  self.window_samples, self.drift_p, self.drift_flag, self.shift_log_e,
+                  self.shift_log_threshold, self.shift_flag, self.queue, self.info):
             g.remove(model, version)
 
     # --- per request (called by middleware / handlers) -------------------------------------

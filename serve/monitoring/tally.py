@@ -113,10 +113,20 @@ class Tally:
                 return
             observe_many(state.score_hist.labels(model, version), state.score_bounds, scores)
             st = state.drift.update(~reject)
+            sh = state.shift.update(n - deferred, n) if state.shift is not None else None
         self._c(self.window_coverage, model, version).set(st.window_coverage)
         self._c(self.window_samples, model, version).set(st.n)
         self._c(self.drift_p, model, version).set(st.p_value)
         self._c(self.drift_flag, model, version).set(int(st.detected))
+        if sh is not None:
+            self._c(self.shift_log_e, model, version).set(sh.log_e)
+            self._c(self.shift_flag, model, version).set(int(sh.detected))
+            if sh.changed:
+                log.warning("label-free shift on %s/%s: %s than certified (live coverage %.4f over "
+                            "%d predictions vs certified %.4f); e-detector log %.2f >= %.2f, a false "
+                            "alarm within %d predictions has probability <= %g", model, version,
+                            sh.direction, sh.live_coverage, sh.seen, state.drift.coverage,
+                            sh.log_e, sh.log_threshold, self.shift_horizon, self.shift_alpha)
         if st.changed and st.detected:
             log.warning("deferral-rate drift on %s/%s: window coverage %.4f over the last %d vs "
                         "certified %.4f (binomial p = %.3g < alpha = %g)", model, version,

@@ -64,6 +64,9 @@ class App:
                                       repo=self.repo, monitor=monitor, lifespan=self._lifespan)
         if self.feedback:
             self.control.include_router(self.feedback.router)
+            repo = self.repo
+            self.feedback.serve(lambda: {(mv.name, str(mv.version), mv.calibration.sha256): mv.rule
+                                         for mv in repo.versions()})
         self.state = SimpleNamespace(settings=settings, monitor=monitor, repository=self.repo,
                                      record=self.record, admission=self.admission,
                                      feedback=self.feedback)
@@ -156,7 +159,9 @@ def create_app(settings: ServerSettings | None = None, monitor: Monitor | None =
     """
     settings = settings or load_settings()
     monitor = monitor or Monitor(drift_window=settings.drift_window,
-                                 drift_alpha=settings.drift_alpha)
+                                 drift_alpha=settings.drift_alpha,
+                                 shift_alpha=settings.shift_alpha,
+                                 shift_horizon=settings.shift_horizon)
     return App(settings, monitor, preloaded)
 
 

@@ -139,6 +139,9 @@ class ServerSettings(BaseSettings):
                                   description="serve the v2 gRPC protocol on this port; off if unset")
     drift_window: int = Field(1000, ge=10)
     drift_alpha: float = Field(0.001, gt=0, lt=1)
+    shift_alpha: float = Field(0.01, gt=0, lt=1, description="probability of any false label-free "
+                               "shift alarm within --shift-horizon stationary predictions")
+    shift_horizon: int = Field(1_000_000, ge=1, description="predictions --shift-alpha covers")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # The feedback loop (serve/feedback): recording is on when state_dir or database_url is set.
     state_dir: Path | None = Field(None, description="decision store folder (SQLite, WAL)")
@@ -157,6 +160,11 @@ class ServerSettings(BaseSettings):
                                   "key (start-up warns); off: it needs the reviewer or admin key")
     max_control_body_bytes: int = Field(1 << 20, ge=1024, le=1 << 30, description="request body "
                                         "limit of /v1/feedback and the Label Studio webhook (413)")
+    on_risk_alarm: Literal["keep", "defer", "fallback"] = Field(
+        "keep", description="while a served calibration's live risk alarms: keep serving it, "
+        "defer every prediction, or fall back to a stricter threshold certified in advance")
+    change_arl: float = Field(100_000.0, ge=10, description="average run length, in labelled "
+                              "audits, to a false alarm of the risk-change detector")
 
     @property
     def models(self) -> ModelSource:
@@ -185,7 +193,8 @@ class ServerSettings(BaseSettings):
                                 audit_rate=self.audit_rate, store_inputs=self.store_inputs,
                                 live_delta=self.live_delta, review_ttl_s=self.review_ttl_s,
                                 retention_days=self.retention_days,
-                                retention_max_rows=self.retention_max_rows)
+                                retention_max_rows=self.retention_max_rows,
+                                on_risk_alarm=self.on_risk_alarm, change_arl=self.change_arl)
 
     def env(self) -> dict[str, str]:
         """These settings as ``ABSTAIN_*`` variables (how uvicorn worker processes receive them)."""
@@ -274,6 +283,12 @@ def load_settings(check_paths: bool = True, **overrides: Any) -> ServerSettings:
         raise SettingsError(f"--intra-op-threads / {ENV_PREFIX}INTRA_OP_THREADS = "
                             f"{s.intra_op_threads} is invalid: use auto, 0 (onnxruntime's default) "
                             "or a positive number of threads")
+    if s.on_risk_alarm == "fallback":
+        raise SettingsError("--on-risk-alarm fallback needs a stricter threshold certified in "
+                            "advance, and calibration.json does not hold one yet (no stricter "
+                            "threshold to fall back to): use "
+                            "--on-risk-alarm defer (defer every prediction while the live risk "
+                            "alarms) or keep (the default)")
     if any(b < 1 for b in s.warmup_batch_sizes):
         raise SettingsError(f"{ENV_PREFIX}WARMUP_BATCH_SIZES must be positive integers, e.g. [1,8,64]")
     return s

@@ -36,6 +36,10 @@ def test_a_state_dir_without_a_reviewer_or_admin_key_says_the_review_api_is_off(
     assert store == (f"decision store: SQLite under {tmp_path / 'state'} (every decision recorded; "
                      "kept until deleted (no --retention-days))")
     assert audits.startswith("audits: 5% of samples") and "--audit-rate 0.05" in audits
+    assert audits.endswith("on a live-risk alarm: keep serving (--on-risk-alarm keep)")
+    _, defer, _ = _lines(state_dir=tmp_path / "state", audit_rate=0.05, on_risk_alarm="defer")
+    assert defer.endswith("defer every prediction until a new calibration loads "
+                          "(--on-risk-alarm defer)")
     assert review.startswith("review API: off (no --reviewer-key-file or --admin-key-file; "
                              "--open-review-api opens it to anyone)")
     assert "Label Studio webhook off" in review

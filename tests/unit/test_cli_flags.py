@@ -77,6 +77,9 @@ TABLE = [
     ("serve", "--review-ttl-s", "0", "must be > 0"),
     ("serve", "--retention-days", "0", "must be > 0"),
     ("serve", "--retention-max-rows", "0", "must be ≥ 1"),
+    ("serve", "--shift-alpha", "1", "must be < 1"),
+    ("serve", "--shift-horizon", "0", "must be ≥ 1"),
+    ("serve", "--change-arl", "5", "must be ≥ 10"),
     ("package", "--version", "0", "≥ 1"),
 ]
 
@@ -170,3 +173,15 @@ def test_the_bench_script_refuses_bad_flags_in_one_line(flag, value, words, caps
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert flag in err and words in err, err
+
+
+@pytest.mark.parametrize(("value", "words"), [
+    ("fallback", "no stricter threshold"), ("nope", "'keep', 'defer' or 'fallback'")])
+def test_on_risk_alarm_refuses_what_it_cannot_do(value, words, capsys, monkeypatch,
+                                                  tmp_path) -> None:
+    for k in [k for k in os.environ if k.startswith("ABSTAIN_")]:
+        monkeypatch.delenv(k)
+    assert main(["serve", str(tmp_path), f"--on-risk-alarm={value}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--on-risk-alarm" in err, err
+    assert words in err and "Traceback" not in err, err

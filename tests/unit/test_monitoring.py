@@ -180,6 +180,7 @@ def test_shifted_inputs_raise_the_drift_flag_and_log_once(mon: Monitor, caplog) 
         feed(0.8)
     s = samples(mon)
     assert value(s, "abstain_drift_detected", **mv) == 0
+    assert value(s, "abstain_shift_detected", **mv) == 0
     assert value(s, "abstain_drift_p_value", **mv) > 0.001
     assert value(s, "abstain_window_samples", **mv) == 200
     with caplog.at_level(logging.INFO, logger="serve.monitoring"):
@@ -189,11 +190,18 @@ def test_shifted_inputs_raise_the_drift_flag_and_log_once(mon: Monitor, caplog) 
         assert value(s, "abstain_drift_detected", **mv) == 1
         assert value(s, "abstain_drift_p_value", **mv) < 1e-10
         assert value(s, "abstain_window_coverage", **mv) < 0.4
-        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-        assert len(warnings) == 1 and "digits/1" in warnings[0].getMessage()
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        drift = [m for m in warnings if m.startswith("deferral-rate drift")]
+        shift = [m for m in warnings if m.startswith("label-free shift")]
+        assert len(drift) == 1 and "digits/1" in drift[0]
+        assert len(shift) == 1 and "fewer accepted than certified" in shift[0]
+        assert value(s, "abstain_shift_detected", **mv) == 1
+        assert value(s, "abstain_shift_log_e", **mv) >= value(s, "abstain_shift_log_threshold", **mv)
         for _ in range(10):
             feed(0.8)
-        assert value(samples(mon), "abstain_drift_detected", **mv) == 0
+        s = samples(mon)
+        assert value(s, "abstain_drift_detected", **mv) == 0
+        assert value(s, "abstain_shift_detected", **mv) == 1     # anytime-valid: it stays
         assert any(r.levelno == logging.INFO and "cleared" in r.getMessage() for r in caplog.records)
 
 

@@ -42,6 +42,9 @@ def exported_sample_names() -> set[str]:
     loop = LoopMetrics(mon.registry)                     # the feedback loop's series (serve/feedback)
     loop.set_risk(live_risk("m", "1", "ab" * 32, 0.05, 1, 100, 2, 0.05))
     loop.dropped.labels("queue_full").inc()
+    loop.alarm_active.labels("m", "1").set(0)
+    loop.change.labels("m", "1", "ab" * 6).set(0.0)
+    loop.change_detected.labels("m", "1", "ab" * 6).set(0)
     names = set()
     for fam in text_string_to_metric_families(mon.render()[0].decode()):
         names |= {s.name for s in fam.samples}
@@ -72,7 +75,7 @@ def promtool() -> str:
 def test_promtool_check_rules_passes() -> None:
     res = subprocess.run([promtool(), "check", "rules", str(ALERTS)], capture_output=True, timeout=30)
     assert res.returncode == 0, res.stdout.decode() + res.stderr.decode()
-    assert b"SUCCESS: 7 rules found" in res.stdout
+    assert b"SUCCESS: 9 rules found" in res.stdout
 
 
 def test_alerts_fire_on_synthetic_series(tmp_path: Path) -> None:
@@ -102,6 +105,10 @@ def test_alerts_fire_on_synthetic_series(tmp_path: Path) -> None:
                 values: '0+10x40'
               - series: 'abstain_live_risk_status{model="m", version="1", calibration="abc"}'
                 values: '0 0 2 2 3 3 3 3 3 3'
+              - series: 'abstain_risk_alarm_active{model="m", version="1"}'
+                values: '0 0 0 1 1 1 1 1 1 1'
+              - series: 'abstain_shift_detected{model="m", version="1", pid="11"}'
+                values: '0 1 1 1 1 1 1 1 1 1'
             alert_rule_test:
               - eval_time: 3m
                 alertname: AbstainCoverageDrift
@@ -123,6 +130,26 @@ def test_alerts_fire_on_synthetic_series(tmp_path: Path) -> None:
                     exp_annotations:
                       summary: "Live selective risk of m/1 is above its target"
                       description: "The lower end of the live-risk confidence sequence (labelled audited accepted samples) exceeds the certified target risk. Defer more (raise the threshold) or recalibrate: abstain calibrate MODEL --from-feedback STORE."
+              - eval_time: 2m
+                alertname: AbstainRiskAlarmActive
+                exp_alerts: []
+              - eval_time: 3m
+                alertname: AbstainRiskAlarmActive
+                exp_alerts:
+                  - exp_labels: {severity: critical, model: m, version: "1"}
+                    exp_annotations:
+                      summary: "Risk alarm on m/1"
+                      description: "The served calibration's live risk alarms (bound above r* or a detected jump; the review queue's risk_alarms say which). Recalibrate on audits drawn since the change; a new calibration clears it."
+              - eval_time: 0m
+                alertname: AbstainLabelFreeShift
+                exp_alerts: []
+              - eval_time: 1m
+                alertname: AbstainLabelFreeShift
+                exp_alerts:
+                  - exp_labels: {severity: warning, model: m, version: "1"}
+                    exp_annotations:
+                      summary: "Acceptance rate of m/1 shifted"
+                      description: "The live acceptance rate is no longer the certified one (anytime-valid test, its false-alarm rate stated). Watch the live risk; audit more while labels accumulate."
               - eval_time: 30m
                 alertname: AbstainHighDeferralRate
                 exp_alerts:
