@@ -20,7 +20,8 @@ def test_ab_interleaves_rounds_and_reports_paired_ratios(capsys):
     assert main(["--a", side, "--b", side, "--rounds", "2", "--duration", "1",
                  "--concurrency", "1,4", "--threads", "1"]) == 0
     out = capsys.readouterr().out
-    assert "A: threads mnist1d-maxsup: 1" in out and "B: threads mnist1d-maxsup: 1" in out
+    assert "mnist1d-maxsup: 1" in out.split("A: threads ")[1].splitlines()[0]
+    assert "mnist1d-maxsup: 1" in out.split("B: threads ")[1].splitlines()[0]
     rounds = re.findall(r"^round (\d) ([AB]) c=(\d+): ([\d,]+) req/s .* errors (\d+)$", out, re.M)
     assert len(rounds) == 2 * 2 * 2                             # rounds × concurrencies × sides
     first = [(r[1], r[2]) for r in rounds if r[0] == "1"]
