@@ -73,6 +73,7 @@ def recalibrate(model_dir: Path, location: str, method: str = "ltt",
             "first_sample_time": rows[0]["ts"], "last_sample_time": rows[-1]["ts"]}
     cal = new_calibration(
         model_sha256=old.model_sha256, score=old.score, temperature=old.temperature,
+        probability_temperature=old.probability_temperature,
         threshold=cert.threshold, target_risk=old.target_risk, delta=old.delta,
         method=cert.method if cert.certified else "none", n_tune=0, n_cert=cert.n,
         coverage=cert.coverage if cert.certified else 0.0, risk=cert.risk if cert.certified else 0.0,

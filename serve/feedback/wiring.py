@@ -50,7 +50,7 @@ class Feedback:
         rec.submit(mv.name, str(mv.version), hit[1], tags, None, out["label"], out["score"],
                    out["reject"], audit, None, out.get("input"), class_names=mv.class_names,
                    target_risk=cal.target_risk, sizes=sizes, logits=out.get("logits"),
-                   temperature=cal.temperature)
+                   temperature=cal.probs_temperature)
 
     def start(self) -> None:
         self.recorder.start()
