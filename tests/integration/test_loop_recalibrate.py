@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 from server_support import ROOT, make_version
 
-from serve.calibration.artifact import load_calibration
+from serve.calibration.artifact import load_calibration, save_calibration
 from serve.feedback.gauges import LoopMetrics
 from serve.feedback.recorder import Recorder
 from serve.feedback.store import Store
@@ -51,7 +52,8 @@ def _traffic(store_dir: Path, sha: str, n: int, seed: int) -> None:
 
 def test_recalibrate_from_audited_feedback_writes_a_new_calibration(tmp_path: Path) -> None:
     vdir = make_version(tmp_path / "models", "clf", 1, seed=1)
-    old = load_calibration(vdir)
+    old = dataclasses.replace(load_calibration(vdir), probability_temperature=0.5)
+    save_calibration(old, vdir)                     # probabilities at their own T: kept as well
     state = tmp_path / "state"
     _traffic(state, old.sha256, 6000, seed=2)
     res = _cli(str(vdir), "--from-feedback", str(state))
@@ -61,6 +63,7 @@ def test_recalibrate_from_audited_feedback_writes_a_new_calibration(tmp_path: Pa
     assert new.sha256 != old.sha256 and new.threshold is not None
     assert (new.score, new.temperature, new.target_risk, new.delta) == (old.score, old.temperature,
                                                                         old.target_risk, old.delta)
+    assert new.probability_temperature == 0.5
     assert new.data["source"] == "feedback" and new.data["lineage"] == [old.sha256]
     assert 2000 < new.data["n"] < 2800 and new.data["deferred_labels_ignored"] > 1000
     assert new.risk_upper_bound <= new.target_risk
