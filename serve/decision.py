@@ -22,7 +22,8 @@ class Decisions(NamedTuple):
         label: (n,) int64 predicted class (argmax of the logits).
         score: (n,) float64 confidence score (higher = more confident).
         reject: (n,) bool, True = deferred to the fallback.
-        probabilities: (n, K) float64 temperature-calibrated softmax, or None if not asked for.
+        probabilities: (n, K) float64 softmax at the calibration's probability temperature, or
+            None if not asked for.
     """
 
     label: np.ndarray
@@ -32,25 +33,27 @@ class Decisions(NamedTuple):
 
 
 class RuleSpec(Protocol):
-    """What a decision rule needs from a calibration: its score, temperature and threshold."""
+    """What a decision rule needs from a calibration: its score, threshold and the temperature
+    of the reported probabilities (the score carries its own)."""
 
     @property
     def threshold(self) -> float | None: ...    # None: nothing certified, defer everything
 
     @property
-    def temperature(self) -> float: ...
+    def probs_temperature(self) -> float: ...
 
     def score_fn(self) -> Score: ...
 
 
 class DecisionRule:
-    """A calibration's score, temperature and threshold, prepared once and applied per batch."""
+    """A calibration's score, threshold and probability temperature, prepared once and applied
+    per batch. The score (with its own temperature) decides; the probabilities only report."""
 
     def __init__(self, calibration: RuleSpec) -> None:
         self.calibration = calibration              # as given: the probe check reads the rest
         self.score: Score = calibration.score_fn()
         self.threshold = calibration.threshold
-        self.temperature = calibration.temperature
+        self.probs_temperature = calibration.probs_temperature
         # Set by the server's risk guard (serve/feedback/guard.py, --on-risk-alarm defer) while
         # this calibration's live risk alarms: every sample is deferred. A new calibration is a
         # new rule, so loading one clears it.
@@ -63,11 +66,11 @@ class DecisionRule:
             reject = np.ones_like(s, dtype=bool)
         else:
             reject = s < self.threshold
-        probs = softmax(z / self.temperature) if probabilities else None
+        probs = softmax(z / self.probs_temperature) if probabilities else None
         return Decisions(label=z.argmax(axis=1), score=s, reject=reject, probabilities=probs)
 
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
-        """The temperature-calibrated softmax ``(n, K)`` float64, row by row (so the rows of a
-        batch get exactly what they would get alone); computed only for requests that ask."""
-        return softmax(as_logits(logits) / self.temperature)
+        """The softmax ``(n, K)`` float64 at the probability temperature, row by row (so the rows
+        of a batch get exactly what they would get alone); computed only for requests that ask."""
+        return softmax(as_logits(logits) / self.probs_temperature)

@@ -41,7 +41,7 @@ class Calibration:
 
     model_sha256: str
     score: str                       # score spec, e.g. "pnorm:2" or "msp"
-    temperature: float               # fitted on the tuning split; reported probabilities use it
+    temperature: float               # the score's temperature (part of the certified rule)
     threshold: float | None
     target_risk: float
     delta: float
@@ -52,6 +52,9 @@ class Calibration:
     risk: float                      # empirical selective risk, on the certification split
     risk_upper_bound: float          # post-selection CP bound at `threshold`: indicative only
     data_fingerprint: str
+    # The temperature of the reported probabilities (None: ``temperature``; absent from files made
+    # before it existed). Not part of the certified rule: see :attr:`probs_temperature`.
+    probability_temperature: float | None = None
     score_params: dict[str, Any] = field(default_factory=dict)
     candidates: dict[str, float] = field(default_factory=dict)   # score spec → tuning AURC
     score_quantiles: list[float] = field(default_factory=list)   # certification-split quantiles
@@ -69,12 +72,28 @@ class Calibration:
     def defer_all(self) -> bool:
         return self.threshold is None
 
+    @property
+    def probs_temperature(self) -> float:
+        """The temperature of the served ``probabilities`` (``softmax(z / T)``).
+
+        The certificate is about the score's ranking, not about probabilities, so they may use the
+        temperature fitted on the tuning split even when the deployed score is fixed at another
+        one (the floored sequence's MSP at T = 1); it touches neither score nor threshold.
+        """
+        t = self.probability_temperature
+        return self.temperature if t is None else t
+
     def score_fn(self) -> Score:
         """The score function this calibration certified (one implementation, shared)."""
         return create_score(self.score, self.temperature)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True, allow_nan=False) + "\n"
+        """The canonical JSON; an unset ``probability_temperature`` is left out, so a file made
+        before the field existed keeps its hash (the feedback loop keys its epochs by it)."""
+        d = asdict(self)
+        if d["probability_temperature"] is None:
+            del d["probability_temperature"]
+        return json.dumps(d, indent=2, sort_keys=True, allow_nan=False) + "\n"
 
     @property
     def sha256(self) -> str:
@@ -94,6 +113,9 @@ def _check(cal: Calibration, where: str) -> None:
         cal.score_fn()
     except ScoreError as err:
         raise bad(f"bad score: {err}") from err
+    t = cal.probability_temperature
+    if t is not None and not (isinstance(t, (int, float)) and 0.0 < t < math.inf):
+        raise bad(f"probability_temperature must be a finite number > 0 or absent; got {t!r}")
     if cal.threshold is not None and not math.isfinite(cal.threshold):
         raise bad("threshold must be a finite number or null (defer everything)")
     for name in ("target_risk", "delta", "coverage", "risk", "risk_upper_bound"):
@@ -140,6 +162,7 @@ class _Schema(BaseModel):
     risk: _UNIT
     risk_upper_bound: _UNIT
     data_fingerprint: str
+    probability_temperature: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] | None = None
     score_params: dict[str, Any] = {}       # numbers in nested values: finite (checked at parse)
     candidates: dict[str, _FINITE] = {}
     score_quantiles: list[_FINITE] = []

@@ -134,6 +134,12 @@ class ScoreChoice:
     def score(self) -> Score:
         return create_score(self.spec, self.temperature)
 
+    @property
+    def probability_temperature(self) -> float:
+        """The temperature for reported probabilities: the tuning fit (or the user's
+        ``--temperature``) even when the deployed score is fixed at another one."""
+        return self.temperature if self.fitted_temperature is None else self.fitted_temperature
+
     def aurcs(self) -> dict[str, float]:
         return {c.spec: c.aurc for c in self.candidates}
 

@@ -89,8 +89,11 @@ class CalibrationRun:
     n_tune: int
     cert_scores: np.ndarray = field(repr=False)       # (n_cert,) chosen score on the cert split
     cert_errors: np.ndarray = field(repr=False)       # (n_cert,) bool
-    cert_msp: np.ndarray = field(repr=False)          # (n_cert,) temperature-scaled MSP
-    cert_msp_raw: np.ndarray = field(repr=False)      # (n_cert,) MSP at T = 1
+    # The reliability of the reported probabilities, on the certification split only (disjoint
+    # from the tuning split that fitted their temperature, whichever sequence was deployed).
+    cert_msp: np.ndarray = field(repr=False)          # (m,) MSP at the probability temperature
+    cert_msp_raw: np.ndarray = field(repr=False)      # (m,) MSP at T = 1
+    msp_errors: np.ndarray = field(repr=False)        # (m,) bool, aligned with cert_msp
     plan: LttPlan | None = None
 
     @property
@@ -145,13 +148,14 @@ def calibrate_arrays(logits: np.ndarray, labels: np.ndarray,
                                     "samples certify",
                              error_rate=float(cert_errors.mean()))
     cert_scores = score_in_chunks(choice.score, z_cert)
+    # At choice.temperature: the probability temperature whichever sequence is deployed.
     msp = score_in_chunks(create_score("msp", choice.temperature), z_cert)
     msp_raw = msp if choice.temperature == 1.0 else score_in_chunks(create_score("msp"), z_cert)
     del z_cert
     certificate = None
     if union:
         floored_run, certificate = _certify_union(z, y, settings, choice, plan, tune, cert,
-                                                  cert_scores, cert_errors)
+                                                  cert_scores, cert_errors, (msp, msp_raw))
         if floored_run is not None:
             return floored_run
     if certificate is None:
@@ -159,7 +163,7 @@ def calibrate_arrays(logits: np.ndarray, labels: np.ndarray,
                               settings.method, settings.target_coverage)
     return CalibrationRun(settings=settings, choice=choice, certificate=certificate,
                           n_tune=len(tune), cert_scores=cert_scores, cert_errors=cert_errors,
-                          cert_msp=msp, cert_msp_raw=msp_raw, plan=plan)
+                          cert_msp=msp, cert_msp_raw=msp_raw, msp_errors=cert_errors, plan=plan)
 
 
 def fixed_score(settings: CalibrationSettings) -> tuple[str, float]:
@@ -174,14 +178,16 @@ def fixed_score(settings: CalibrationSettings) -> tuple[str, float]:
 
 def _certify_union(z: np.ndarray, y: np.ndarray, settings: CalibrationSettings,
                    choice: ScoreChoice, plan: LttPlan, tune: np.ndarray, cert: np.ndarray,
-                   cert_scores: np.ndarray, cert_errors: np.ndarray
+                   cert_scores: np.ndarray, cert_errors: np.ndarray,
+                   cert_msp: tuple[np.ndarray, np.ndarray]
                    ) -> tuple[CalibrationRun | None, Certificate]:
     """The default certification (serve.calibration.certify.certify_union): the planned sequence
     on the certification split ∪ the floored one on all samples with the fixed score.
 
     Returns ``(None, certificate)`` when the planned sequence's threshold is deployed or nothing
     is certified (the caller finishes the run on the certification split), else the floored
-    winner's run on all samples.
+    winner's run on all samples. ``cert_msp`` (MSP at the fitted and at unit temperature on the
+    certification split) is kept for the reliability plot: the probabilities keep the fitted T.
     """
     all_errors = predictions(z) != y
     planned_all = np.empty(len(y), np.float64)
@@ -200,11 +206,10 @@ def _certify_union(z: np.ndarray, y: np.ndarray, settings: CalibrationSettings,
                "coverage than the planned sequence with the tuned score",
         error_rate=choice.error_rate, tune_scores=choice.tune_scores,
         fitted_temperature=choice.temperature)
-    msp = fixed_all if spec == "msp" else score_in_chunks(create_score("msp", temperature), z)
     return CalibrationRun(settings=settings, choice=deployed, certificate=outcome.certificate,
                           n_tune=len(tune), cert_scores=fixed_all, cert_errors=all_errors,
-                          cert_msp=msp, cert_msp_raw=msp if temperature == 1.0 else
-                          score_in_chunks(create_score("msp"), z), plan=plan), outcome.certificate
+                          cert_msp=cert_msp[0], cert_msp_raw=cert_msp[1], msp_errors=cert_errors,
+                          plan=plan), outcome.certificate
 
 
 def to_calibration(run: CalibrationRun, model_sha256: str, data: dict[str, Any],
@@ -217,6 +222,7 @@ def to_calibration(run: CalibrationRun, model_sha256: str, data: dict[str, Any],
     s = run.settings
     return new_calibration(
         model_sha256=model_sha256, score=run.choice.spec, temperature=run.choice.temperature,
+        probability_temperature=run.choice.probability_temperature,
         threshold=c.threshold, target_risk=s.target_risk, delta=s.delta,
         method=c.method if c.certified else "none", n_tune=run.n_tune, n_cert=c.n,
         coverage=c.coverage if c.certified else 0.0, risk=c.risk if c.certified else 0.0,

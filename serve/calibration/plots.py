@@ -89,7 +89,8 @@ def _reliability(conf: np.ndarray, errors: np.ndarray, n_bins: int) -> tuple[np.
 
 
 def reliability_plot(run: CalibrationRun, path: str | os.PathLike[str]) -> Path:
-    """Accuracy vs. confidence of the MSP on the certification split, at T = 1 and fitted T."""
+    """Accuracy vs. confidence of the MSP on the certification split, at T = 1 and at the
+    temperature of the reported probabilities."""
     plt = _figure()
     path = Path(path)
     fig, (ax, axh) = plt.subplots(2, 1, figsize=(6, 6.5), sharex=True,
@@ -97,11 +98,11 @@ def reliability_plot(run: CalibrationRun, path: str | os.PathLike[str]) -> Path:
     edges = np.linspace(0, 1, ECE_BINS + 1)
     centers = (edges[:-1] + edges[1:]) / 2
     width = 1.0 / ECE_BINS
-    T = run.choice.temperature
+    T = run.choice.probability_temperature
     series = [(run.cert_msp_raw, "T = 1", "tab:gray", -0.2), (run.cert_msp, f"T = {T:.3f}", "tab:blue", 0.2)]
     for conf, name, color, shift in series:
-        count, acc, _ = _reliability(conf, run.cert_errors, ECE_BINS)
-        e = ece(conf, run.cert_errors)
+        count, acc, _ = _reliability(conf, run.msp_errors, ECE_BINS)
+        e = ece(conf, run.msp_errors)
         ok = count > 0
         ax.bar(centers[ok] + shift * width, acc[ok], width=0.4 * width, color=color, alpha=0.8,
                label=f"{name}: ECE {e:.4f}")
@@ -112,7 +113,7 @@ def reliability_plot(run: CalibrationRun, path: str | os.PathLike[str]) -> Path:
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8, loc="upper left")
     ax.grid(alpha=0.3)
-    ax.set_title(f"Reliability of MSP on the certification split (n = {run.certificate.n}, "
+    ax.set_title(f"Reliability of MSP on the certification split (n = {len(run.msp_errors)}, "
                  f"{ECE_BINS} bins)", fontsize=9)
     axh.set_xlabel("confidence (max softmax probability)")
     axh.set_ylabel("share of samples")

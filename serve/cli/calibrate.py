@@ -60,6 +60,8 @@ def _print_calibration(run, cal: Calibration, out: Path) -> None:
     s = run.settings
     rows = [("target risk r*", f"{s.target_risk:g}"), ("δ", f"{s.delta:g}"),
             ("threshold", "none (defer all)" if cal.threshold is None else f"{cal.threshold:.6g}"),
+            ("temperature: score / probabilities", f"{cal.temperature:.4g} / "
+                                                    f"{cal.probs_temperature:.4g}"),
             ("coverage (cert)", f"{cal.coverage:.4f}"), ("selective risk (cert)", f"{cal.risk:.4f}"),
             ("post-selection CP bound (indicative)", f"{cal.risk_upper_bound:.4f}"),
             ("accepted / errors", f"{cert.n_accepted} / {cert.n_errors}"),

@@ -87,7 +87,7 @@ def evaluate_arrays(cal: Calibration, logits: np.ndarray, labels: np.ndarray,
         "verdict": risk_verdict(n_acc, (lo, hi), cal.target_risk),
         "aurc": summ["aurc"], "e_aurc": summ["e_aurc"], "augrc": summ["augrc"],
         "auroc": summ["auroc"],
-        "ece": metrics.ece(d.probabilities.max(axis=1), errors),  # temperature-scaled MSP
+        "ece": metrics.ece(d.probabilities.max(axis=1), errors),  # the served probabilities
     })
 
 
@@ -106,6 +106,7 @@ def evaluate_main(args: argparse.Namespace) -> int:
     report = {"model": str(model_path), "model_sha256": sha,
               "data": {k: info[k] for k in ("spec", "split", "fingerprint", "n")},
               "calibration": {"score": cal.score, "temperature": cal.temperature,
+                              "probability_temperature": cal.probs_temperature,
                               "threshold": cal.threshold, "method": cal.method,
                               "target_risk": cal.target_risk, "delta": cal.delta,
                               "certified_coverage": cal.coverage}, "metrics": res}
@@ -119,7 +120,8 @@ def evaluate_main(args: argparse.Namespace) -> int:
     c = report["calibration"]
     report_console().print(f"[bold]{model_path.parent}[/bold] on {info['spec']}:{info['split']} "
                      f"(n = {res['n']}): score {c['score']}, threshold {c['threshold']}, "
-                     f"T = {c['temperature']:.4f}, method {c['method']}")
+                     f"T = {c['temperature']:.4f} (probabilities T = "
+                     f"{c['probability_temperature']:.4f}), method {c['method']}")
     t = Table()
     t.add_column("metric")
     t.add_column("value", justify="right")
@@ -135,7 +137,7 @@ def evaluate_main(args: argparse.Namespace) -> int:
             (f"target risk (δ = {cal.delta:g})", f"{cal.target_risk:g}"),
             ("realised risk vs target", VERDICTS[res["verdict"]]),
             ("AURC", f(res["aurc"])), ("E-AURC", f(res["e_aurc"])), ("AUGRC", f(res["augrc"])),
-            ("AUROC", f(res["auroc"])), ("ECE (temperature-scaled MSP)", f(res["ece"]))]
+            ("AUROC", f(res["auroc"])), ("ECE (top served probability)", f(res["ece"]))]
     for k, v in rows:
         t.add_row(k, v)
     report_console().print(t)

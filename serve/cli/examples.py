@@ -106,8 +106,10 @@ def banner_lines(host: str, port: int, loaded: list[Any], api_key: bool = False)
         thr = "none (defer all)" if cal.threshold is None else f"{cal.threshold:.4g}"
         lines.append(f"example requests for {mv.name}/{mv.version} ({source}):")
         lines += [f"try: {c}" for c in curl_lines(f"http://{host}:{port}", mv, api_key)]
-        what = ("the top class's temperature-scaled softmax probability" if cal.score == "msp"
-                else "not a probability")
+        what = (f"the top class's softmax probability at T = {cal.temperature:.4g}"
+                if cal.score == "msp" else "not a probability")
+        if cal.probs_temperature != cal.temperature:
+            what += f" (the reported probabilities at T = {cal.probs_temperature:.4g})"
         lines.append(SCORE_LINE.format(score=cal.score, what=what, threshold=thr))
     return lines
 

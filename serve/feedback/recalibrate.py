@@ -254,6 +254,7 @@ def _calibration(old: Calibration, window: Audits, cert: Certificate, used: list
     detail = cert.detail if ok else (p.refusal or "")
     cal = new_calibration(
         model_sha256=old.model_sha256, score=old.score, temperature=old.temperature,
+        probability_temperature=old.probability_temperature,
         threshold=cert.threshold, target_risk=old.target_risk, delta=old.delta,
         method=cert.method if ok else "none", n_tune=0, n_cert=cert.n,
         coverage=cert.coverage if ok else 0.0, risk=cert.risk if ok else 0.0,

@@ -64,7 +64,7 @@ class Feedback:
         rec.submit(mv.name, str(mv.version), hit[1], rids, None, out["label"], out["score"],
                    out["reject"], audit, None, out.get("input"), class_names=mv.class_names,
                    target_risk=cal.target_risk, sizes=sizes, logits=out.get("logits"),
-                   temperature=cal.temperature, client_ids=cids,
+                   temperature=cal.probs_temperature, client_ids=cids,
                    lineage=cal.data.get("lineage") if isinstance(cal.data, dict) else None)
 
     def serve(self, rules: Callable[[], Mapping[tuple[str, str, str], Any]]) -> None:

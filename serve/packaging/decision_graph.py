@@ -243,6 +243,7 @@ def decision_metadata(calibration: Calibration, source_sha256: str | None) -> di
     """What the graph records about the rule it applies (and where the rule came from)."""
     meta = {"abstain_decision": json.dumps({
         "score": calibration.score, "temperature": calibration.temperature,
+        "probability_temperature": calibration.probs_temperature,   # softmax(logits / T), unused here
         "threshold": calibration.threshold, "defer_all": calibration.defer_all,
         "snap": SNAPS, "outputs": ["logits", *OUTPUTS],
         "rule": "reject = score < threshold (or a non-finite logit); label = argmax(logits)"}),

@@ -112,7 +112,8 @@ class ModelVersion:
         c, m = self.calibration, self.model
         cal = {k: getattr(c, k) for k in ("score", "threshold", "target_risk", "delta", "method",
                                           "risk", "risk_upper_bound", "temperature", "defer_all")}
-        cal.update(certified_coverage=c.coverage, sha256=c.sha256, certified=(
+        cal.update(probability_temperature=c.probs_temperature, certified_coverage=c.coverage,
+                   sha256=c.sha256, certified=(
             f"selective risk ≤ {c.target_risk:g} with probability ≥ {1 - c.delta:g}; "
             "risk_upper_bound is a post-selection CP bound (indicative only)"))
         return {"name": self.name, "version": str(self.version), "provider": m.provider,

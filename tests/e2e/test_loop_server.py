@@ -212,3 +212,35 @@ def test_recalibration_from_feedback_is_hot_reloaded_as_a_new_epoch(tmp_path: Pa
         assert {e["calibration_sha256"]: e["current"] for e in epochs} == {
             before["calibration_sha256"]: False, sha: True}
         assert before["current"] is True
+
+
+def test_reviewers_see_the_probabilities_clients_get(tmp_path: Path) -> None:
+    """With probabilities at their own temperature (calibration.json's probability_temperature),
+    the review queue's top-k are the client's ``probabilities``, not softmax at the score's T."""
+    import dataclasses
+
+    from serve.calibration.artifact import load_calibration, save_calibration
+
+    vdir = make_version(tmp_path / "models", "clf", 1, seed=1)
+    cal = load_calibration(vdir)
+    save_calibration(dataclasses.replace(cal, probability_temperature=0.4 * cal.temperature), vdir)
+    env = _env({"ABSTAIN_STATE_DIR": str(tmp_path / "state")}, ABSTAIN_AUDIT_RATE="1.0",
+               ABSTAIN_REVIEWER_KEY="rev")
+    x = np.random.default_rng(3).normal(1.0, 2.0, (6, 8)).round(4).tolist()
+    with server_process(tmp_path / "models", env=env) as (url, _):
+        r = httpx.post(f"{url}/v1/models/clf/predict", json={"instances": x, "top_k": 3},
+                       headers=KEY, timeout=10)
+        r.raise_for_status()
+        body = r.json()
+        _wait_recorded(url, body["id"])
+        queue = httpx.get(f"{url}/v1/review/queue?kind=audit",
+                          headers={"Authorization": "Bearer rev"}).json()["items"]
+    assert len(queue) == 6
+    for item in queue:
+        served = body["predictions"][item["index"]]["probabilities"]       # class name → p
+        reviewed = {t["label"]: t["probability"] for t in item["top_k"]}
+        assert list(reviewed) == list(served)
+        assert all(abs(reviewed[k] - served[k]) <= 5e-7 for k in served), (reviewed, served)
+    top = [p["probabilities"][p["class_name"]] for p in body["predictions"]]
+    scores = [p["score"] for p in body["predictions"]]
+    assert cal.score == "msp" and min(abs(a - b) for a, b in zip(top, scores, strict=True)) > 1e-3

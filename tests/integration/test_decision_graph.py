@@ -30,7 +30,7 @@ from serve.calibration.artifact import load_calibration
 from serve.decision import DecisionRule
 from serve.packaging.decision_graph import SNAPS, decision_head
 from tests.conftest import ROOT
-from tests.decision_cases import SPECS, K, cases
+from tests.decision_cases import SPECS, K, cases, make_case
 
 N_PER_CASE = 120_000          # two cases per score: 120k rows per score type
 NODE_DIR = ROOT / "tests" / "node"
@@ -214,3 +214,36 @@ def test_older_opsets_build_the_same_decisions(built, opset):
         z = c["z"][:5000]
         label, score, reject = sess.run(["label", "score", "reject"], {"logits": z})
         _compare({**c, "ref": DecisionRule(c["cal"])(z)}, label, score, reject, f"opset {opset}")
+
+
+@pytest.mark.parametrize(("spec", "temperature"), [("msp", 1.0), ("energy", 1.37), ("pnorm:2", 1.0)])
+def test_a_probability_temperature_changes_no_decision_and_travels_in_the_metadata(
+        spec: str, temperature: float):
+    """Probabilities at another temperature than the score's (the floored rule's MSP at T = 1,
+    probabilities at the fitted T): the graph's nodes are the same as without it, its decisions
+    are the server's, and softmax(logits / the metadata's probability_temperature) is what the
+    server reports as ``probabilities``."""
+    import dataclasses
+
+    base = load_calibration(ROOT / "models" / "mnist1d-maxsup" / "1")
+    cal, z = make_case(spec, temperature, "confident", 20_000, 11, base)
+    cal = dataclasses.replace(cal, probability_temperature=0.35)
+    plain = dataclasses.replace(cal, probability_temperature=None)
+    head, head_plain = decision_head(cal, K), decision_head(plain, K)
+    assert head.graph.SerializeToString() == head_plain.graph.SerializeToString()
+    ref = DecisionRule(cal)(z, probabilities=True)
+    label, score, reject = ort.InferenceSession(
+        head.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        ["label", "score", "reject"], {"logits": z})
+    _compare({"name": f"{spec}@T={temperature:g}, probabilities at 0.35", "ref": ref, "cal": cal,
+              "exact_ops": not {n.op_type for n in head.graph.node} & {"Exp", "Log", "Pow"}},
+             label, score, reject, "onnxruntime")
+    assert np.array_equal(ref.score, DecisionRule(plain)(z).score)
+    rule = json.loads({p.key: p.value for p in head.metadata_props}["abstain_decision"])
+    assert (rule["temperature"], rule["probability_temperature"]) == (temperature, 0.35)
+    for c, t in ((cal, rule["probability_temperature"]), (plain, temperature)):
+        zz = z.astype(np.float64) / t
+        e = np.exp(zz - zz.max(axis=1, keepdims=True))
+        np.testing.assert_allclose(e / e.sum(axis=1, keepdims=True),
+                                   DecisionRule(c)(z, probabilities=True).probabilities,
+                                   rtol=1e-12, atol=1e-300)

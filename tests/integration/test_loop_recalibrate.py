@@ -84,7 +84,8 @@ def _with_probe(vdir: Path) -> bytes:
 def test_dry_run_changes_no_file_and_write_keeps_bak_and_probe(tmp_path: Path, cli) -> None:
     vdir = make_version(tmp_path / "models", "clf", 1, seed=1)
     probe_bytes = _with_probe(vdir)
-    old = load_calibration(vdir)
+    old = dataclasses.replace(load_calibration(vdir), probability_temperature=0.5)
+    save_calibration(old, vdir)                     # probabilities at their own T: kept as well
     state = tmp_path / "state"
     n_audits = _traffic(state, old.sha256, 6000, seed=2)
     before = _tree_hash(vdir)
@@ -108,6 +109,7 @@ def test_dry_run_changes_no_file_and_write_keeps_bak_and_probe(tmp_path: Path, c
     assert new.sha256 != old.sha256 and new.threshold is not None
     assert (new.score, new.temperature, new.target_risk, new.delta) == (old.score, old.temperature,
                                                                         old.target_risk, old.delta)
+    assert new.probability_temperature == 0.5
     assert new.data["source"] == "feedback" and new.data["lineage"] == [old.sha256]
     assert new.data["n"] == n_audits and new.data["deferred_labels_ignored"] > 1000
     assert new.data["window"]["rule"] == "current epoch"

@@ -82,6 +82,7 @@ def test_metadata_records_the_calibration_and_the_source_model(packaged):
     rule = json.loads(meta["abstain_decision"])
     assert (rule["score"], rule["temperature"], rule["threshold"]) == \
         (cal.score, cal.temperature, cal.threshold)
+    assert rule["probability_temperature"] == cal.probs_temperature     # for softmax(logits / T)
     source = {p.key: p.value for p in onnx.load(MODEL_DIR / "model.onnx").metadata_props}
     assert all(meta[k] == v for k, v in source.items())       # class names etc. travel along
 

@@ -13,7 +13,7 @@ from scipy import stats
 
 from serve.calibration.binomial import clopper_pearson_upper
 from serve.calibration.certify import FLOOR_SHARE, certify_ltt, certify_planned, certify_union
-from serve.calibration.pipeline import CalibrationSettings, calibrate_arrays
+from serve.calibration.pipeline import CalibrationSettings, calibrate_arrays, to_calibration
 from serve.calibration.plan import (
     counts_at,
     critical_errors,
@@ -22,6 +22,8 @@ from serve.calibration.plan import (
     predicted_pass,
     predicted_pass_counts,
 )
+from serve.calibration.split import stratified_split
+from serve.scores import create_score
 
 C, DELTA = 6.0, 0.1
 
@@ -219,3 +221,27 @@ def test_pipeline_deploys_the_floored_rule_with_its_own_score() -> None:
     msp1 = 1.0 / msp1.sum(1)
     assert c.n_accepted == int((msp1 >= c.threshold).sum())    # the rule the server will apply
     assert "the other test (planned fixed sequence" in c.detail
+    # The reported probabilities keep the fitted T (they are not certified); their reliability
+    # is measured on the certification split only, disjoint from the tuning split that fitted T.
+    cal = to_calibration(run, "0" * 64, {})
+    assert cal.temperature == 1.0 and cal.probability_temperature == run.choice.fitted_temperature
+    _, cert = stratified_split(y, 0.3, 0)
+    assert np.array_equal(run.msp_errors, z[cert].argmax(1) != y[cert])
+    np.testing.assert_allclose(run.cert_msp, create_score("msp", cal.probability_temperature)(
+        z[cert]), rtol=1e-12)
+
+
+def test_the_planned_and_the_fixed_rule_report_probabilities_at_their_temperature() -> None:
+    rng = np.random.default_rng(0)
+    n, k = 3000, 10
+    z = rng.standard_normal((n, k))
+    y = rng.integers(0, k, n)
+    z[np.arange(n), y] += rng.uniform(0, 6.0, n)
+    z *= rng.lognormal(0, 0.5, n)[:, None]
+    run = calibrate_arrays(z, y, CalibrationSettings(target_risk=0.05, delta=0.1))
+    assert run.certificate.procedure.startswith("planned")
+    cal = to_calibration(run, "0" * 64, {})
+    assert cal.probability_temperature == cal.temperature == run.choice.temperature != 1.0
+    fixed = calibrate_arrays(z, y, CalibrationSettings(target_risk=0.05, delta=0.1, score="msp",
+                                                       temperature=1.5))
+    assert to_calibration(fixed, "0" * 64, {}).probability_temperature == 1.5
