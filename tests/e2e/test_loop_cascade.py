@@ -126,3 +126,36 @@ def test_cascade_decisions_are_recorded_with_their_stage_and_monitored_per_stage
         assert (mlp["labels"], mlp["pending_audits"]) == (0, sum(not o["reject"] for o in own))
         two = c.get("/v1/monitor/risk", params={"model": "mnist1d-maxsup"}, headers=REV).json()
         assert all(e["labels"] == e["pending_audits"] == 0 for e in two["epochs"])
+
+
+def test_a_cascade_whose_system_risk_alarms_defers_at_every_stage(repo, tmp_path):
+    """``--on-risk-alarm defer`` holds for the cascade's epoch: once its audits alarm, every
+    sample is deferred, while a stage model served beside it keeps answering."""
+    with np.load(repo / "mnist1d-maxsup" / "1" / "probe.npz") as f:
+        x = f["x"][:150].astype(np.float32)
+    stage, reject, sha = _expected_stages(repo, x)
+    s = load_settings(model_repository=repo, poll_interval_s=0, warmup_batch_sizes=(1,),
+                      state_dir=tmp_path / "state", reviewer_key="rev", audit_rate=1.0,
+                      on_risk_alarm="defer")
+    with running_server(s) as (url, _), httpx.Client(base_url=url, timeout=30) as c:
+        r = c.post("/v1/models/mnist1d-cascade/predict", json={"instances": x.tolist()})
+        rid = r.headers["x-request-id"]
+        rows = _recorded(c, rid, len(x))
+        for i in np.flatnonzero(~reject)[:40].tolist():       # 40 wrong of 40: far above r*
+            label = (int(rows[i]["label"]) + 1) % 10
+            assert c.post("/v1/feedback", json={"request_id": rid, "index": i, "label": label},
+                          headers=REV).status_code == 201
+        deadline = time.monotonic() + 20                       # the guard runs every 5 s
+        while time.monotonic() < deadline:
+            alarms = c.get("/v1/review/queue", headers=REV).json()["risk_alarms"]
+            if alarms:
+                break
+            time.sleep(0.2)
+        (alarm,) = alarms
+        assert (alarm["model"], alarm["calibration_sha256"]) == ("mnist1d-cascade", sha)
+        preds = c.post("/v1/models/mnist1d-cascade/predict",
+                       json={"instances": x.tolist()}).json()["predictions"]
+        assert all(p["reject"] for p in preds)
+        assert {p["stage"] for p in preds} == {2}              # deferred: at the last stage
+        own = c.post("/v1/models/mnist1d-mlp/predict", json={"instances": x.tolist()}).json()
+        assert not all(p["reject"] for p in own["predictions"])   # the stage model's own rule
