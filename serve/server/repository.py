@@ -306,7 +306,7 @@ class ModelRepository:
                 cv = load_cascade(d, key[0], key[1], stage_of)
                 if self.batcher_factory is not None:
                     cv.batcher = CascadeBatcher(
-                        cv, self.monitor.cascade_hook(key[0], str(key[1])),
+                        cv, self.monitor.cascade_hook(key[0], str(key[1]), cv.calibration),
                         self.cascade_record(cv) if self.cascade_record is not None else None)
             except Exception as err:
                 why = str(err) if isinstance(err, AbstainError) else \
