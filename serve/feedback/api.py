@@ -42,7 +42,25 @@ RISK_NOTE = ("labels, errors, pending_audits and expired_audits count audited AC
              "ones, upper_pessimistic counts every unlabelled audit as an error, and the status "
              "counts expired audits as errors (status_basis); labels_to_ok / labels_to_alarm "
              "project how many more labels either would need at the labelled error rate so far; "
-             "current marks the calibration this server has in force (one epoch per calibration)")
+             "current marks the calibration this server has in force (one epoch per calibration). "
+             "A cascade's epoch is the whole system (its certified r* holds over everything "
+             "any stage accepts); its stages list the same counts and bounds per stage that "
+             "accepted the sample, as diagnostics: no stage has a certified risk of its own")
+
+
+def stage_risk(stage: int, labels: int, errors: int, pending: int, expired: int,
+               target: float | None, delta: float) -> dict[str, Any]:
+    """One cascade stage's audited accepted samples: counts and live-risk bounds.
+
+    The certificate is on the system, not on any stage (a stage's share of the accepted set is
+    chosen by the thresholds together), so a stage has no r* to be judged against: the bounds are
+    the same confidence sequence as the system's (prior centred at the system's r*) and there
+    is no status. A stage far above r* while the system is fine is still worth a look.
+    """
+    r = live_risk("", "", "", target, errors, labels, pending, delta, expired=expired)
+    return {"stage": stage, "labels": labels, "errors": errors, "pending_audits": pending,
+            "expired_audits": expired, "risk": r.risk, "lower": r.lower,
+            "upper": r.upper, "upper_pessimistic": r.upper_pessimistic}
 
 
 class Feedback(BaseModel):
@@ -98,7 +116,8 @@ def _present(row: dict[str, Any], classes: list[str] | None) -> dict[str, Any]:
            "model": row["model"], "version": row["version"],
            "calibration_sha256": row["calibration_sha256"], "label": name(row["label"]),
            "score": row["score"], "reject": row["reject"], "review": row["review"],
-           "expires": row["expires"], "client_id": row.get("client_id")}
+           "expires": row["expires"], "client_id": row.get("client_id"),
+           "stage": row.get("stage")}
     if row.get("topk") is not None:
         out["top_k"] = [{"label": name(c), "probability": p} for c, p in row["topk"]]
     if row.get("input") is not None:
@@ -180,7 +199,8 @@ def create_router(store: Store, access: ReviewAccess, *, live_delta: float = 0.0
 
     @router.get("/v1/monitor/risk", responses=ERRORS)
     async def monitor_risk(model: QueryText = None, version: QueryText = None) -> Any:
-        """Live selective risk per (model, version, calibration) from audited accepted samples."""
+        """Live selective risk per (model, version, calibration) from audited accepted samples;
+        a cascade's epoch adds ``stages`` (per-stage diagnostics, see :func:`stage_risk`)."""
         def work() -> Any:
             serving = current_epochs() if current_epochs is not None else None
             out = []
@@ -193,6 +213,10 @@ def create_router(store: Store, access: ReviewAccess, *, live_delta: float = 0.0
                                 expired=expired).to_dict()
                 row["current"] = (None if serving is None or (m, v) not in serving
                                   else serving[(m, v)] == sha)
+                by_stage = store.audit_states_by_stage(m, v, sha)
+                if by_stage:
+                    row["stages"] = [stage_risk(st, *counts, target, live_delta)
+                                     for st, counts in by_stage.items()]
                 out.append(row)
             return JSONResponse({"delta": live_delta, "note": RISK_NOTE, "epochs": out})
         return await in_thread(work)

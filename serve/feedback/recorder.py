@@ -106,8 +106,9 @@ class Recorder:
                probabilities: np.ndarray | None = None, inputs: np.ndarray | None = None, *,
                class_names: Sequence[str] | None = None, target_risk: float | None = None,
                sizes: Sequence[int] | None = None, logits: np.ndarray | None = None,
-               temperature: float = 1.0, client_ids: Sequence[str | None] | None = None,
-               lineage: Sequence[str] | None = None) -> None:
+               temperature: float | np.ndarray = 1.0,
+               client_ids: Sequence[str | None] | None = None,
+               lineage: Sequence[str] | None = None, stages: np.ndarray | None = None) -> None:
         """Queue one batch of decisions (columns of equal length ``n``). Never blocks or raises.
 
         Args:
@@ -124,8 +125,9 @@ class Recorder:
                 ``client_ids``) hold one id per request, ``sizes`` its sample count, ``indices``
                 may be None; the flusher expands them, so the request path does no per-sample work.
             logits, temperature: instead of ``probabilities``: the flusher computes
-                softmax(logits / T) for review items only.
+                softmax(logits / T) for review items only (T: one, or one per sample).
             client_ids: the id each request's client sent (cleaned), or None.
+            stages: a cascade's answering stage per sample (1-based; stored in ``stage``).
         The arrays are kept by reference until flushed: do not mutate them afterwards.
         """
         try:
@@ -139,7 +141,7 @@ class Recorder:
                     time.time(), model, str(version), calibration_sha256, request_ids, client_ids,
                     indices, labels, scores, rejects, audit, probabilities,
                     inputs if self.store_inputs else None, class_names, target_risk, lineage,
-                    sizes, logits, temperature))
+                    sizes, logits, temperature, stages))
                 if self._pending >= self.chunk_rows:
                     self._cond.notify()
         except Exception:  # noqa: BLE001 - recording must never fail a prediction

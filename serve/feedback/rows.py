@@ -40,7 +40,8 @@ class Batch:
     lineage: Sequence[str] | None
     sizes: Sequence[int] | None
     logits: Any
-    temperature: float
+    temperature: Any                                     # a float, or one per sample (cascade)
+    stages: Any = None                                   # a cascade's stage per sample
 
     @property
     def epoch(self) -> tuple[str, str, str]:
@@ -68,7 +69,9 @@ def to_rows(b: Batch, review_ttl_s: float) -> list[tuple]:
     pending = np.flatnonzero(review)
     probs, pending_only = b.probabilities, False
     if probs is None and b.logits is not None and len(pending):
-        z = np.asarray(b.logits, dtype=np.float64)[pending] / b.temperature
+        t = b.temperature
+        t = np.asarray(t, dtype=np.float64)[pending, None] if np.ndim(t) else t
+        z = np.asarray(b.logits, dtype=np.float64)[pending] / t
         z = np.exp(z - z.max(axis=1, keepdims=True))
         probs, pending_only = z / z.sum(axis=1, keepdims=True), True
     if probs is not None and len(pending):
@@ -89,8 +92,10 @@ def to_rows(b: Batch, review_ttl_s: float) -> list[tuple]:
     exp = [expires if r else None for r in review.tolist()]
     dts = [dtype if blob is not None else None for blob in blobs]
     shp = [shape if blob is not None else None for blob in blobs]
+    stg = [None] * n if b.stages is None else np.asarray(b.stages, dtype=np.int64).tolist()
     return list(zip(map(str, rids), np.asarray(idx, dtype=np.int64).tolist(), cids, [b.ts] * n,
                     [b.model] * n, [b.version] * n, [b.sha] * n,
                     np.asarray(b.labels, dtype=np.int64).tolist(),
                     np.asarray(b.scores, dtype=np.float64).tolist(), rej_a.astype(int).tolist(),
-                    aud_a.astype(int).tolist(), topk, blobs, dts, shp, status, exp, strict=True))
+                    aud_a.astype(int).tolist(), topk, blobs, dts, shp, status, exp, stg,
+                    strict=True))

@@ -35,10 +35,11 @@ FILENAME = "decisions.sqlite3"
 Kind = Literal["deferred", "audit"]
 COLUMNS = ("request_id", "idx", "client_id", "ts", "model", "version", "calibration_sha256",
            "label", "score", "reject", "audit", "topk", "input_blob", "input_dtype", "input_shape",
-           "review", "expires")
+           "review", "expires", "stage")
 # Added after the first release: (name, SQL type; {blob} is BLOB or BYTEA). _migrate adds them.
+# ``stage``: the cascade stage that answered (or, deferred, the last one); NULL for a model.
 ADDED_COLUMNS = (("client_id", "TEXT"), ("input_blob", "{blob}"), ("input_dtype", "TEXT"),
-                 ("input_shape", "TEXT"))
+                 ("input_shape", "TEXT"), ("stage", "INTEGER"))
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS records (
@@ -323,6 +324,22 @@ class Store:
                 "AND r.calibration_sha256 = ?"), (model, version, calibration_sha256))
             n, k, p, e = cur.fetchone()
             return int(n), int(k), int(p), int(e)
+
+    def audit_states_by_stage(self, model: str, version: str, calibration_sha256: str
+                              ) -> dict[int, tuple[int, int, int, int]]:
+        """:meth:`audit_states` per cascade ``stage`` (the stage that accepted the sample); empty
+        for a model's epoch, whose rows have no stage."""
+        with self._tx() as cur:
+            cur.execute(self._sql(
+                "SELECT r.stage, COUNT(f.label), "
+                "COALESCE(SUM(CASE WHEN f.label <> r.label THEN 1 ELSE 0 END), 0), "
+                "COALESCE(SUM(CASE WHEN f.label IS NULL AND r.review = 'pending' THEN 1 ELSE 0 END), 0), "
+                "COALESCE(SUM(CASE WHEN f.label IS NULL AND r.review <> 'pending' THEN 1 ELSE 0 END), 0) "
+                "FROM records r LEFT JOIN feedback f ON f.request_id = r.request_id AND f.idx = r.idx "
+                "WHERE r.audit = 1 AND r.reject = 0 AND r.stage IS NOT NULL AND r.model = ? "
+                "AND r.version = ? AND r.calibration_sha256 = ? GROUP BY r.stage ORDER BY r.stage"),
+                (model, version, calibration_sha256))
+            return {int(st): (int(n), int(k), int(p), int(e)) for st, n, k, p, e in cur.fetchall()}
 
     def audits(self, model: str, version: str, epochs: list[str], since: float | None = None,
                until: float | None = None) -> list[dict[str, Any]]:

@@ -49,7 +49,9 @@ class Feedback:
         The audit flags are drawn here from their own generator, before anything in ``out`` is
         read, so they are independent of score and decision. ``out["input"]``, when the batcher
         passes it, is the batch's decoded input (kept with ``--store-inputs``). ``tags`` are the
-        data plane's (server request id, client's id) per request.
+        data plane's (server request id, client's id) per request. A cascade (``mv.kind ==
+        "cascade"``) is recorded once per request under its own name and calibration, each
+        sample with ``out["stage"]``, the stage that answered it.
         """
         rec = self.recorder
         audit = rec.audit(int(sum(sizes)))
@@ -61,11 +63,17 @@ class Feedback:
             rids, cids = [t[0] for t in tags], [t[1] for t in tags]
         else:
             rids, cids = tags, None
+        stages = out.get("stage") if getattr(mv, "kind", "model") == "cascade" else None
+        if stages is not None:        # each sample's probabilities at its answering stage's T
+            temperature: Any = np.array([r.temperature for r in cal.stages])[stages - 1]
+            lineage = None
+        else:
+            temperature = cal.probs_temperature
+            lineage = cal.data.get("lineage") if isinstance(cal.data, dict) else None
         rec.submit(mv.name, str(mv.version), hit[1], rids, None, out["label"], out["score"],
                    out["reject"], audit, None, out.get("input"), class_names=mv.class_names,
                    target_risk=cal.target_risk, sizes=sizes, logits=out.get("logits"),
-                   temperature=cal.probs_temperature, client_ids=cids,
-                   lineage=cal.data.get("lineage") if isinstance(cal.data, dict) else None)
+                   temperature=temperature, client_ids=cids, lineage=lineage, stages=stages)
 
     def serve(self, rules: Callable[[], Mapping[tuple[str, str, str], Any]]) -> None:
         """Tell the loop what is served: (model, version, calibration sha256) → decision rule.

@@ -5,15 +5,29 @@ samples it accepted (``answered``) and passed on (``deferred``: to the next stag
 last stage to people); ``abstain_cascade_stage_duration_seconds{model, version, stage}`` is the
 time a request spent in each stage it reached (its queue wait and run on the stage's batcher).
 ``model``/``version`` name the cascade; each stage model's own series stay its own.
+
+The deferral-drift test per stage (``drift.py``'s binomial window test): among the samples that
+*reach* stage k, the share it accepts is tested against the share the cascade's certification
+measured there (``accepted / reached`` in ``cascade_calibration.json``'s ``stage_rows``), in
+``abstain_cascade_stage_{window_coverage,drift_p_value,drift_detected}{model, version, stage}``.
+A stage model's own drift test sees its own traffic and the cascade's deferrals mixed; this one
+sees exactly the routing the certificate was made for.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from serve.monitoring.drift import DriftDetector
 from serve.monitoring.tally import LATENCY_BUCKETS
+
+log = logging.getLogger(__name__)
+MVS = ("model", "version", "stage")
 
 Hook = Callable[[list[int], list[int], list[int], list[float]], None]
 
@@ -25,12 +39,58 @@ class CascadeMetrics:
                                ("model", "version", "stage", "outcome"), registry=registry)
         self.duration = Histogram("abstain_cascade_stage_duration_seconds",
                                   "Time a cascade request spent in each stage it reached.",
-                                  ("model", "version", "stage"), buckets=LATENCY_BUCKETS,
-                                  registry=registry)
+                                  MVS, buckets=LATENCY_BUCKETS, registry=registry)
 
-    def hook(self, model: str, version: str) -> Hook:
-        """The cascade batcher's per-request hook (children resolved once per stage)."""
+        def gauge(name: str, doc: str) -> Gauge:          # per worker under --workers (pid)
+            return Gauge(name, doc, MVS, registry=registry, multiprocess_mode="liveall")
+
+        self.window_coverage = gauge("abstain_cascade_stage_window_coverage",
+                                     "Share of the samples reaching a cascade stage that it "
+                                     "accepted, over the drift window.")
+        self.drift_p = gauge("abstain_cascade_stage_drift_p_value",
+                             "Binomial p-value: a stage's window acceptance vs its certified one.")
+        self.drift_flag = gauge("abstain_cascade_stage_drift_detected",
+                                "1 if the stage's drift p-value is below alpha.")
+
+    def hook(self, model: str, version: str, stage_rows: list[dict[str, Any]] | None = None,
+             n_cert: int = 0, drift: tuple[int, float, int | None] | None = None) -> Hook:
+        """The cascade batcher's per-request hook (children resolved once per stage).
+
+        Args:
+            stage_rows, n_cert: the cascade calibration's per-stage rows and certification size:
+                with ``drift`` = (window, alpha, every), each stage that certification samples
+                reached gets a drift test against its certified acceptance share.
+        """
         children: dict[int, tuple] = {}
+        detectors: dict[int, DriftDetector] = {}
+        if drift is not None and stage_rows and n_cert > 0:
+            for row in stage_rows:
+                reached = round(float(row["reach_share"]) * n_cert)
+                if reached > 0:
+                    k = int(row["stage"])
+                    detectors[k] = DriftDetector(min(1.0, int(row["accepted"]) / reached), *drift)
+                    self.window_coverage.labels(model, version, str(k)).set(float("nan"))
+                    self.drift_p.labels(model, version, str(k)).set(float("nan"))
+                    self.drift_flag.labels(model, version, str(k)).set(0)
+        gauges: dict[int, tuple] = {}
+
+        def test(stage: int, a: int, d: int) -> None:
+            det = detectors[stage]
+            st = det.update(np.concatenate([np.ones(a, bool), np.zeros(d, bool)]))
+            g = gauges.get(stage)
+            if g is None:
+                s = str(stage)
+                g = gauges[stage] = (self.window_coverage.labels(model, version, s),
+                                     self.drift_p.labels(model, version, s),
+                                     self.drift_flag.labels(model, version, s))
+            g[0].set(st.window_coverage)
+            g[1].set(st.p_value)
+            g[2].set(int(st.detected))
+            if st.changed and st.detected:
+                log.warning("cascade %s/%s stage %d: acceptance among the samples reaching it is "
+                            "%.4f over the last %d, certified %.4f (binomial p = %.2g): the "
+                            "inputs reaching this stage have shifted", model, version, stage,
+                            st.window_coverage, st.n, det.coverage, st.p_value)
 
         def of(stage: int) -> tuple:
             c = children.get(stage)
@@ -50,5 +110,7 @@ class CascadeMetrics:
                 if d:
                     dfr.inc(d)
                 dur.observe(t)
+                if k in detectors and a + d:
+                    test(k, a, d)
 
         return on_request

@@ -31,6 +31,7 @@ import threading
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from prometheus_client import (
@@ -307,9 +308,13 @@ class Monitor(Tally):
         self._pending_decisions.append((model, version, labels, class_names, scores, reject))
         self._kick()
 
-    def cascade_hook(self, model: str, version: str) -> CascadeHook:
-        """Per-stage series of one cascade (serve/monitoring/cascade_metrics.py)."""
-        return self.cascades.hook(model, version)
+    def cascade_hook(self, model: str, version: str, calibration: Any = None) -> CascadeHook:
+        """Per-stage series of one cascade, and with its ``calibration`` (a CascadeCalibration)
+        the per-stage drift test at this monitor's window and α (cascade_metrics.py)."""
+        if calibration is None:
+            return self.cascades.hook(model, version)
+        return self.cascades.hook(model, version, calibration.stage_rows, calibration.n_cert,
+                                  (self.drift_window, self.drift_alpha, self.drift_every))
 
     # --- exposition ---------------------------------------------------------------------------
     def render(self) -> tuple[bytes, str]:

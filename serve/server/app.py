@@ -46,7 +46,8 @@ class App:
         self.record = Record(monitor, [self.feedback.sink] if self.feedback else None)
         self.repo = ModelRepository(settings.models, monitor=monitor, preloaded=preloaded,
                                     batcher_factory=batcher_factory(settings.batching,
-                                                                    self.record.hook, monitor))
+                                                                    self.record.hook, monitor),
+                                    cascade_record=self.record.cascade_hook)
         self.admission = Admission(api_key=keys.api, max_body_bytes=limits.max_body_bytes,
                                    max_inflight=limits.max_inflight,
                                    max_body_buffer=limits.max_body_buffer_bytes,

@@ -39,6 +39,11 @@ log = logging.getLogger(__name__)
 
 # on_cascade(per-stage samples reached, answered, deferred, per-stage seconds)
 CascadeHook = Callable[[list[int], list[int], list[int], list[float]], None]
+# on_record(the request's tag, its outputs with "stage" and "input"): the decision store
+RecordHook = Callable[[Any, dict[str, np.ndarray]], None]
+# The tag of a cascade's call to a stage's batcher (compared by identity): the record stage keeps
+# such samples out of the decision store, which records them once, as the cascade's decisions.
+STAGE_CALL = ("", "cascade stage")
 
 
 def is_cascade_dir(d: Path) -> bool:
@@ -77,11 +82,13 @@ class CascadeBatcher:
     """The data plane's batcher for a cascade: admission against stage 1's queue, answers by
     stages. Closing it closes nothing: the stage batchers belong to their model versions."""
 
-    def __init__(self, cascade: CascadeVersion, on_cascade: CascadeHook | None = None) -> None:
+    def __init__(self, cascade: CascadeVersion, on_cascade: CascadeHook | None = None,
+                 on_record: RecordHook | None = None) -> None:
         self.cascade = cascade
         self.first = cascade.stages[0].batcher
         self.stats = CascadeStats()
         self.on_cascade = on_cascade
+        self.on_record = on_record
 
     # Admission and back-pressure: every request's samples enter through stage 1.
     @property
@@ -108,7 +115,7 @@ class CascadeBatcher:
         """Stage by stage; a stage's error (overload, deadline) fails the request, since answering
         with fewer stages would serve an accepted set that was never certified."""
         c = self.cascade
-        n = len(x)
+        n, x0 = len(x), x
         label = np.zeros(n, np.int64)
         score = np.zeros(n, np.float64)
         reject = np.ones(n, bool)
@@ -118,7 +125,7 @@ class CascadeBatcher:
         reached, answered, seconds = [], [], []
         for k, (sv, rule) in enumerate(zip(c.stages, c.rules, strict=True)):
             t0 = time.perf_counter()
-            out = await sv.batcher.result(x, deadline, alone, tag)    # alone: no other request
+            out = await sv.batcher.result(x, deadline, alone, STAGE_CALL)   # alone: no other
             seconds.append(time.perf_counter() - t0)
             z = out["logits"]
             if logits is None:
@@ -145,11 +152,30 @@ class CascadeBatcher:
             except Exception:
                 log.exception("cascade monitoring hook failed (ignored)")
         assert logits is not None
-        return {"logits": logits, "label": label, "score": score, "reject": reject,
-                "stage": stage}
+        result = {"logits": logits, "label": label, "score": score, "reject": reject,
+                  "stage": stage}
+        if self.on_record is not None:
+            self.on_record(tag, {**result, "input": x0})    # never raises (record.py)
+        return result
 
     async def close(self) -> None:
         return None
+
+
+class CascadeRule:
+    """The cascade's stage rules seen as one: forcing deferral forces it at every stage."""
+
+    def __init__(self, rules: list[DecisionRule]) -> None:
+        self.rules = rules
+
+    @property
+    def force_defer(self) -> bool:
+        return all(r.force_defer for r in self.rules)
+
+    @force_defer.setter
+    def force_defer(self, value: bool) -> None:
+        for r in self.rules:
+            r.force_defer = value
 
 
 @dataclass
@@ -167,6 +193,11 @@ class CascadeVersion:
     batcher: CascadeBatcher | None = None
     threads: str = "per stage"
     kind: str = "cascade"
+
+    @property
+    def rule(self) -> CascadeRule:
+        """What the loop's risk guard holds for this epoch: ``force_defer`` on every stage."""
+        return CascadeRule(self.rules)
 
     @property
     def model(self) -> Any:

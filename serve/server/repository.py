@@ -174,7 +174,8 @@ class ModelRepository:
 
     def __init__(self, source: ModelSource, *, monitor: Monitor,
                  batcher_factory: Callable[[ModelVersion], Batcher] | None = None,
-                 preloaded: list[ModelVersion] | None = None) -> None:
+                 preloaded: list[ModelVersion] | None = None,
+                 cascade_record: Callable[[Any], Any] | None = None) -> None:
         self.root = Path(source.root)
         self.on_probe_mismatch = source.on_probe_mismatch
         self.follow_symlinks = source.follow_symlinks
@@ -183,6 +184,7 @@ class ModelRepository:
         self.intra_op_threads = source.intra_op_threads
         self.warmup = source.warmup_batch_sizes
         self.batcher_factory = batcher_factory
+        self.cascade_record = cascade_record      # cascade → its decision-store hook (or None)
         # Versions `abstain serve` already loaded to validate the start: the first reload adopts
         # them (warming them up) instead of loading every model a second time.
         self._preloaded = {(mv.name, mv.version): mv for mv in preloaded or ()}
@@ -304,8 +306,9 @@ class ModelRepository:
                     continue
                 cv = load_cascade(d, key[0], key[1], stage_of)
                 if self.batcher_factory is not None:
-                    cv.batcher = CascadeBatcher(cv, self.monitor.cascade_hook(key[0],
-                                                                              str(key[1])))
+                    cv.batcher = CascadeBatcher(
+                        cv, self.monitor.cascade_hook(key[0], str(key[1]), cv.calibration),
+                        self.cascade_record(cv) if self.cascade_record is not None else None)
             except Exception as err:
                 why = str(err) if isinstance(err, AbstainError) else \
                     f"{type(err).__name__}: {err} (unexpected; please report it)"

@@ -92,6 +92,13 @@ def test_stage_two_runs_only_on_stage_one_deferrals(repo):
         assert f"{line} {3.0 * accept1.sum()}" in metrics
         assert 'abstain_cascade_stage_duration_seconds_count{model="mnist1d-cascade",stage="2"' \
             in metrics
+        # The per-stage drift window: stage 1 accepted its share of the 3 × 120 samples (the
+        # window, 1000, is not full yet: no p-value).
+        cov = ('abstain_cascade_stage_window_coverage{model="mnist1d-cascade",stage="1",'
+               'version="1"}')
+        assert f"{cov} {accept1.mean()}" in metrics
+        assert 'abstain_cascade_stage_drift_p_value{model="mnist1d-cascade",stage="2",' \
+            'version="1"} NaN' in metrics
 
 
 def test_a_changed_stage_refuses_the_cascade_and_keeps_serving_itself(repo):

@@ -206,6 +206,58 @@ def test_a_store_of_the_previous_release_is_migrated_in_place(location) -> None:
     rec.close()
 
 
+PREVIOUS_COLUMNS = ("client_id TEXT", "input_blob {blob}", "input_dtype TEXT", "input_shape TEXT")
+
+
+def test_a_store_without_stage_is_migrated_and_cascade_rows_carry_their_stage(location) -> None:
+    """A store of the release before cascades were recorded (client ids, binary inputs, no
+    ``stage``) gains the column on open: its rows read with stage None, and a cascade's rows are
+    written beside them with their stages and counted per stage."""
+    old = ("INSERT INTO records (request_id, idx, ts, model, version, calibration_sha256, label, "
+           "score, reject, audit, review, client_id) VALUES ('old', 0, 1.0, 'clf', '1', 'c', 2, "
+           "0.5, 0, 1, 'pending', 'theirs')")
+    if location.startswith("postgresql"):
+        import psycopg
+
+        with psycopg.connect(location, autocommit=True) as conn:
+            conn.execute(OLD_SCHEMA)
+            for col in PREVIOUS_COLUMNS:
+                conn.execute(f"ALTER TABLE records ADD COLUMN {col.format(blob='BYTEA')}")
+            conn.execute(old)
+    else:
+        import sqlite3
+        from pathlib import Path
+
+        Path(location).mkdir(parents=True)
+        with sqlite3.connect(Path(location) / "decisions.sqlite3") as conn:
+            conn.execute(OLD_SCHEMA)
+            for col in PREVIOUS_COLUMNS:
+                conn.execute(f"ALTER TABLE records ADD COLUMN {col.format(blob='BLOB')}")
+            conn.execute(old)
+    rec = _recorder(Store(location)).start()
+    (row,) = rec.store.request("old")
+    assert row["stage"] is None and row["client_id"] == "theirs" and row["label"] == 2
+    assert rec.store.audit_states_by_stage("clf", "1", "c") == {}
+    stages = np.array([1, 1, 2, 2, 2])
+    rec.submit("casc", "1", "s", ["new"], None, np.array([0, 1, 2, 3, 0]),
+               np.full(5, 0.9), np.array([False, False, False, True, True]), np.ones(5, bool),
+               sizes=[5], logits=np.zeros((5, 4)), temperature=np.array([1.0, 1.0, 2.0, 2.0, 2.0]),
+               stages=stages)
+    assert rec.flush(10)
+    rows = rec.store.request("new")
+    assert [r["stage"] for r in rows] == stages.tolist()
+    assert all(len(r["topk"]) == 3 for r in rows)                  # every row is a review item
+    rec.store.add_feedback("new", 0, 0, "api", None)                # stage 1: right
+    rec.store.add_feedback("new", 2, 1, "api", None)                # stage 2: wrong
+    assert rec.store.audit_states_by_stage("casc", "1", "s") == {1: (1, 0, 1, 0),
+                                                                 2: (1, 1, 0, 0)}
+    assert rec.store.audit_states("casc", "1", "s") == (2, 1, 1, 0)   # the system: both stages
+    rec.close()
+    reopened = Store(location)                                      # a second open: no change
+    assert [r["stage"] for r in reopened.request("new")] == stages.tolist()
+    reopened.close()
+
+
 def test_a_full_sqlite_disk_is_logged_as_such_and_retried(tmp_path, caplog) -> None:
     """SQLite ends the transaction itself when the disk is full; the failed ROLLBACK after it
     ("cannot rollback - no transaction is active") used to be the only error logged."""

@@ -3,18 +3,21 @@
 The batcher calls the hook built here after each run with the batch's request ids, sizes, queue
 waits, run time and outputs. It queues the numbers for Prometheus and the drift test
 (``serve/monitoring/monitor.py`` applies them per flush) and hands the decisions to any further sinks
-(e.g. the decision store of the human-review loop). A failing sink is logged, never raised: a
-prediction never fails because its bookkeeping did.
+(e.g. the decision store of the human-review loop), less the samples a cascade sent to this
+stage (the cascade records them itself: :meth:`Record.cascade_hook`). A failing sink is logged,
+never raised: a prediction never fails because its bookkeeping did.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from serve.monitoring.monitor import Monitor
+from serve.server.cascade import STAGE_CALL
 from serve.server.dataplane.batch import BatchHook
 from serve.server.dataplane.batch_queue import Tag
 from serve.server.repository import ModelVersion
@@ -41,6 +44,12 @@ class Record:
                      out: dict[str, np.ndarray]) -> None:
             monitor.batch(name, ver, sum(sizes), waits, inference_s)
             monitor.decisions(name, ver, out["label"], classes, out["score"], out["reject"])
+            if not self.sinks:
+                return
+            if any(t is STAGE_CALL for t in tags):
+                tags, sizes, out = _without_stage_calls(tags, sizes, out)
+                if not tags:
+                    return
             for sink in self.sinks:
                 try:
                     sink(mv, tags, sizes, out)
@@ -48,3 +57,33 @@ class Record:
                     log.exception("record sink %r failed (the predictions were served)", sink)
 
         return on_batch
+
+    def cascade_hook(self, cv: Any) -> Callable[[Tag, dict[str, np.ndarray]], None] | None:
+        """A cascade's ``on_record(tag, outputs)``: its decisions (with ``stage``) to the sinks,
+        once per request; None without sinks. Prometheus has the cascade's own series
+        (``Monitor.cascade_hook``); each stage model's batches are recorded by its own hook."""
+        if not self.sinks:
+            return None
+
+        def on_record(tag: Tag, out: dict[str, np.ndarray]) -> None:
+            n = len(out["label"])
+            for sink in self.sinks:
+                try:
+                    sink(cv, [tag], [n], out)
+                except Exception:
+                    log.exception("record sink %r failed (the predictions were served)", sink)
+
+        return on_record
+
+
+def _without_stage_calls(tags: list[Tag], sizes: list[int], out: dict[str, np.ndarray]
+                         ) -> tuple[list[Tag], list[int], dict[str, np.ndarray]]:
+    """The batch without the requests a cascade made of this stage: the store records those
+    samples once, as the cascade's decisions (with their stage), not again as the stage's."""
+    keep = [t is not STAGE_CALL for t in tags]
+    rows = np.repeat(np.array(keep), sizes)
+    n = len(rows)
+    return ([t for t, k in zip(tags, keep, strict=True) if k],
+            [s for s, k in zip(sizes, keep, strict=True) if k],
+            {key: v[rows] if isinstance(v, np.ndarray) and len(v) == n else v
+             for key, v in out.items()})
