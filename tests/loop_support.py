@@ -121,3 +121,8 @@ def label_studio() -> Iterator[str]:
             proc.wait()
         log.close()
         shutil.rmtree(data, ignore_errors=True)
+
+
+def store_location(env: dict[str, str]) -> str:
+    """What ``Store(...)`` opens for a server environment naming a store (a ``store_env``)."""
+    return env.get("ABSTAIN_DATABASE_URL") or env["ABSTAIN_STATE_DIR"]

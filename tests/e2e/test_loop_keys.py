@@ -16,7 +16,7 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-from loop_support import fresh_database, postgres_cluster
+from loop_support import store_location
 from server_support import free_port, make_version, server_process
 
 from serve.feedback.store import Store
@@ -34,21 +34,7 @@ def repo(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def pg_cluster():
-    with postgres_cluster() as url:
-        yield url
 
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_env(request, tmp_path):
-    if request.param == "sqlite":
-        return {"ABSTAIN_STATE_DIR": str(tmp_path / "state")}
-    return {"ABSTAIN_DATABASE_URL": fresh_database(request.getfixturevalue("pg_cluster"))}
-
-
-def _location(env: dict[str, str]) -> str:
-    return env.get("ABSTAIN_DATABASE_URL") or env["ABSTAIN_STATE_DIR"]
 
 
 def _env(store_env: dict[str, str], **extra: str) -> dict[str, str]:
@@ -94,7 +80,7 @@ def test_a_grpc_id_with_nul_does_not_stop_recording(repo: Path, store_env) -> No
                 r = c.post(f"{url}/v1/models/clf/predict", headers={**KEY, "X-Request-Id": f"h{i}"},
                            json={"instances": x[:2].tolist()}, timeout=10)
                 assert r.status_code == 200
-        store = Store(_location(store_env))
+        store = Store(store_location(store_env))
         assert _rows_when(store, 3 + 100) == 103
         rows = store.request(server_id)
         assert [r["client_id"] for r in rows] == ["evil" + "x" * 124] * 3
@@ -119,7 +105,7 @@ def test_one_client_id_200_times_is_200_rows(repo: Path, store_env) -> None:
             assert r.status_code == 200 and r.json()["id"] == "same"
             server_ids.add(r.headers["x-request-id"])
         assert len(server_ids) == 200 and all(HEX32.fullmatch(s) for s in server_ids)
-        store = Store(_location(store_env))
+        store = Store(store_location(store_env))
         assert _rows_when(store, 200) == 200
         assert set(store.by_client_id("same", 1000)) == server_ids
         found = c.get(f"{url}/v1/requests", params={"client_id": "same", "limit": 1000},

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from loop_support import fresh_database, postgres_cluster
+from loop_support import fresh_database, store_location
 from server_support import make_version, server_process
 
 from serve.feedback.store import Store
@@ -32,21 +32,7 @@ def repo(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def pg_cluster():
-    with postgres_cluster() as url:
-        yield url
 
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_env(request, tmp_path):
-    if request.param == "sqlite":
-        return {"ABSTAIN_STATE_DIR": str(tmp_path / "state")}
-    return {"ABSTAIN_DATABASE_URL": fresh_database(request.getfixturevalue("pg_cluster"))}
-
-
-def _location(env: dict[str, str]) -> str:
-    return env.get("ABSTAIN_DATABASE_URL") or env["ABSTAIN_STATE_DIR"]
 
 
 def _predict(url: str, n: int = 4, seed: int = 0, client: httpx.Client | None = None) -> str:
@@ -101,7 +87,7 @@ def test_kill_9_mid_traffic_keeps_every_flushed_record(repo: Path, store_env) ->
         for w in workers:
             w.join(10)
     assert len(served) > 40
-    store = Store(_location(store_env))
+    store = Store(store_location(store_env))
     for rid, samples in flushed.items():
         rows = store.request(rid)
         assert [(CLASSES[r["label"]], r["score"], r["reject"]) for r in rows] == samples
@@ -118,7 +104,7 @@ def test_kill_9_mid_traffic_keeps_every_flushed_record(repo: Path, store_env) ->
         queue = httpx.get(f"{url}/v1/review/queue?kind=deferred&limit=1000", headers=REV).json()
         assert queue["items"] and all(i["reject"] for i in queue["items"])
         _wait_recorded(url, _predict(url, seed=999))
-    assert Store(_location(store_env)).count() == total + 4
+    assert Store(store_location(store_env)).count() == total + 4
 
 
 def test_sigterm_flushes_the_queue(repo: Path, store_env) -> None:
@@ -126,7 +112,7 @@ def test_sigterm_flushes_the_queue(repo: Path, store_env) -> None:
         ids = [_predict(url, 2, seed=i) for i in range(30)]
         proc.send_signal(signal.SIGTERM)                # right away: records are still queued
         assert proc.wait(30) in (0, -signal.SIGTERM)     # uvicorn re-raises the signal it handled
-    store = Store(_location(store_env))
+    store = Store(store_location(store_env))
     assert all(len(store.request(rid)) == 2 for rid in ids)
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from loop_support import fresh_database, postgres_cluster
+from loop_support import fresh_database
 from server_support import make_version, running_server, server_process
 
 from serve.feedback.store import Store
@@ -44,11 +44,6 @@ def repo(tmp_path_factory):
     make_version(root, "clf", 1, seed=1)
     return root
 
-
-@pytest.fixture(scope="module")
-def pg_cluster():
-    with postgres_cluster() as url:
-        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
-from loop_support import fresh_database, postgres_cluster
+from loop_support import fresh_database
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -29,11 +29,6 @@ REVIEW = r"^/v1/(review/|feedback|requests/|monitor/risk)"
 REVIEWER, HOOK = "rev-fuzz", "hook-fuzz"
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture(scope="module")
-def pg_cluster():
-    with postgres_cluster() as url:
-        yield url
 
 
 @pytest.mark.parametrize("store", ["sqlite", "postgresql"])
