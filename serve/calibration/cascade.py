@@ -231,7 +231,11 @@ def _cheapest(front: np.ndarray, cand: np.ndarray, acc: np.ndarray, err: np.ndar
     if not len(c):
         return front
     pf = pass_prob(front)[b]
-    keep = (pf >= CHEAP_FROM) & (pass_prob(c) >= pf - CHEAP_SLACK)
+    likely = pf >= CHEAP_FROM                      # only these are evaluated (Monte Carlo cost)
+    c, b, pf = c[likely], b[likely], pf[likely]
+    if not len(c):
+        return front
+    keep = pass_prob(c) >= pf - CHEAP_SLACK
     c, b = c[keep], b[keep]
     if not len(c):
         return front
