@@ -128,6 +128,12 @@ class StageRule:
     def score_fn(self) -> Score:
         return create_score(self.score, self.temperature)
 
+    @property
+    def probs_temperature(self) -> float:
+        """A stage reports probabilities at the temperature its score was chosen with (fitted on
+        the cascade's tuning split)."""
+        return self.temperature
+
 
 @dataclass(frozen=True)
 class CascadeCalibration:
