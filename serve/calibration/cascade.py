@@ -12,8 +12,14 @@ Derivation and validity: docs/METHODS.md ("Cascades") and docs/cascade.md.
   a continuous proxy of them such as 1 − the calibrated top-class probability, which gives a
   dense front where a good model makes few tuning errors); each front point is then swapped for
   the vector with the fewest later-stage calls that accepts as many and is about as likely to
-  pass (``CHEAP_SLACK``), so where r* leaves room the path spares stage 2; the start is chosen as
-  in :mod:`serve.calibration.plan` (predicted pass probability on ``n_cert`` samples, prior at r*).
+  pass (``CHEAP_SLACK``), so where r* leaves room the path spares stage 2. Beside this
+  cascade path, each stage's own thresholds (the others at +∞) form a path too, and the one
+  tested is chosen on the tuning split (:func:`_choose_path`), so a small set does not leave the
+  cascade worse than its own stage 1 alone. Pass probabilities are :mod:`serve.calibration.plan`'s
+  prior-free ones with both certification counts random
+  (:func:`~serve.calibration.plan.predicted_pass_counts`); issue 27's prior of 200
+  pseudo-samples at r* kept them below 0.5 on small sets (docs/cascade.md, "Small calibration
+  sets").
 * **test** (certification split): fixed-sequence testing from the start toward permissive, each
   vector with the exact binomial p-value ``BinomCDF(k; n, r*)`` of its accepted set, stopping at
   the first failure. Every vector certified is valid simultaneously with probability ≥ 1 − δ, so
@@ -35,13 +41,15 @@ import numpy as np
 from serve.calibration.binomial import binomial_p_values, clopper_pearson_upper
 from serve.calibration.cascade_grid import check_arrays, grid_counts, grid_sums, stage_grid
 from serve.calibration.certify import CertifyError, check_risk_and_delta, zero_error_minimum
-from serve.calibration.plan import predicted_pass
+from serve.calibration.plan import predicted_pass_counts
 from serve.errors import AbstainError
 
 GRID_POINTS = {2: 200, 3: 30}      # thresholds per stage (the grid has Gᴷ vectors)
-START_FRACTION = 0.95             # the start rule of serve.calibration.plan, on the path
+START_FRACTION = 0.95             # the start rule (see _start)
 START_SLACK = (2.0, 0.05)
-PRIOR_STRENGTH = 200.0
+START_RULE = "fraction"
+PASS_DRAWS = 512                  # Monte Carlo draws per (accepted, errors) pair (seeded)
+PATH_SLACK = 0.05                 # a path this close in predicted gain may win by fewer calls
 CHEAP_FROM = 0.99                 # a front point this likely to pass may be swapped for one
 CHEAP_SLACK = 0.01                # … that is at most this much less likely but spares stage 2
 PROCEDURE = ("fixed sequence on a Pareto path of threshold vectors (grid, path and start from "
@@ -92,13 +100,14 @@ class CascadePlan:
     n_tune: int
     n_grid: int                  # vectors on the grid
     n_feasible: int              # … meeting the compute budgets on the tuning split
+    kind: str = "cascade"        # the path tested: the cascade's, or "stage k alone"
 
     def thresholds(self, i: int) -> list[float]:
         return [float(self.grids[k][j]) for k, j in enumerate(self.path[i])]
 
     def describe(self) -> str:
         s = self.start
-        return (f"{len(self.path)} vectors on the Pareto path of {self.n_feasible} in budget "
+        return (f"{len(self.path)} vectors on the {self.kind} path of {self.n_feasible} in budget "
                 f"(grid {self.n_grid}) from {self.n_tune} tuning samples; start at path index "
                 f"{s} (tuning accepted share {self.tune_accepted[s] / self.n_tune:.4f}, "
                 f"predicted pass probability {self.pass_prob[s]:.2f})")
@@ -142,24 +151,68 @@ def plan_cascade(tune_scores: np.ndarray, tune_errors: np.ndarray, n_cert: int,
     calls = reach[:, 1:].sum(axis=1)
     cand = np.flatnonzero(ok)
     front = _pareto_path(cand, acc, order_err, calls)
-    # Prior centred at r* (plan.py's "target" centre): the accept-all error rate of a cascade is
-    # stage 1's, far above r*, and would call every point a likely failure.
-    prior = (PRIOR_STRENGTH * target_risk + 0.5, PRIOR_STRENGTH * (1.0 - target_risk) + 0.5)
-    def pass_prob(v: np.ndarray) -> np.ndarray:          # once per distinct (accepted, errors)
-        pairs, inv = np.unique(np.stack([acc[v], err[v]]), axis=1, return_inverse=True)
-        return predicted_pass(pairs[0], pairs[1], n_cert / n, target_risk, delta,
-                              prior)[inv.reshape(-1)]
+    memo: dict[tuple[int, int], float] = {}
 
-    front = _cheapest(front, cand, acc, order_err, calls, pass_prob)
-    n_t, k_t = acc[front], err[front]
-    pp = pass_prob(front)
+    def pass_prob(v: np.ndarray) -> np.ndarray:        # once per distinct (accepted, errors)
+        pairs = np.stack([acc[v], err[v]], axis=1)
+        new = np.unique(pairs[[(int(a), int(k)) not in memo for a, k in pairs]], axis=0)
+        if len(new):
+            p = predicted_pass_counts(new[:, 0], new[:, 1], n, n_cert, target_risk, delta,
+                                      draws=PASS_DRAWS)
+            memo.update(zip(map(tuple, new.tolist()), p.tolist(), strict=True))
+        return np.array([memo[(int(a), int(k))] for a, k in pairs], dtype=np.float64)
+
+    paths = {"cascade": _cheapest(front, cand, acc, order_err, calls, pass_prob)}
+    last = np.array([len(gr) - 1 for gr in grids])                    # +∞: accepts nothing
+    for k in range(k_stages):
+        alone = cand[((idx[cand] == last) | (np.arange(k_stages) == k)).all(axis=1)]
+        if len(alone):
+            paths[f"stage {k + 1} alone"] = _pareto_path(alone, acc, order_err, calls)
+    kind, path, pp, start = _choose_path(paths, acc, err, calls, n, pass_prob)
+    return CascadePlan(grids=grids, path=idx[path], tune_accepted=acc[path],
+                       tune_errors=err[path], tune_reach=reach[path], pass_prob=pp, start=start,
+                       n_tune=n, n_grid=len(acc), n_feasible=int(ok.sum()), kind=kind)
+
+
+def _start(pp: np.ndarray, n_acc: np.ndarray, k_err: np.ndarray, n: int) -> int:
+    """Where the fixed sequence starts on a path (plan.py's rules, on prior-free probabilities).
+
+    ``"fraction"``: the most permissive point with pass probability ≥ ``START_FRACTION`` × the
+    best and failure probability ≤ min(2 × the smallest, smallest + 0.05). ``"coverage"``
+    (plan.py's default): largest pass probability × tuning accepted share; without plan.py's
+    floored test beside it, that start fails its first test too often (docs/cascade.md).
+    """
+    if START_RULE == "coverage":
+        gain = pp * n_acc / n
+        if gain.max() <= 0.0:
+            gain = -(k_err + 0.5) / (n_acc + 1.0)
+        return int(np.flatnonzero(gain >= gain.max() - 1e-12)[-1])
     best = float(pp.max())
     f = 1.0 - best
     need = max(START_FRACTION * best, 1.0 - min(START_SLACK[0] * f, f + START_SLACK[1]))
-    start = int(np.flatnonzero(pp >= need - 1e-12)[-1])
-    return CascadePlan(grids=grids, path=idx[front], tune_accepted=n_t, tune_errors=k_t,
-                       tune_reach=reach[front], pass_prob=pp, start=start, n_tune=n,
-                       n_grid=len(acc), n_feasible=int(ok.sum()))
+    return int(np.flatnonzero(pp >= need - 1e-12)[-1])
+
+
+def _choose_path(paths: dict[str, np.ndarray], acc: np.ndarray, err: np.ndarray,
+                 calls: np.ndarray, n: int, pass_prob: Callable[[np.ndarray], np.ndarray]
+                 ) -> tuple[str, np.ndarray, np.ndarray, int]:
+    """The path to test: the largest predicted gain (the largest pass probability × tuning
+    accepted share from its start on), and among paths within ``PATH_SLACK`` of it the fewest
+    later-stage calls where that gain is reached (the cascade's own path first on ties). The cascade path follows the stage with
+    the lower expected errors; on a small tuning split that can be stage 2 for every sample
+    although stage 1 alone answers as many. A function of the tuning split only, so the test
+    on the certification split stays a pre-registered fixed sequence."""
+    scored = []
+    for kind, path in paths.items():
+        pp = pass_prob(path)
+        start = _start(pp, acc[path], err[path], n)
+        gain = pp[start:] * acc[path[start:]] / n
+        at = path[start + int(np.argmax(gain))]
+        scored.append((float(gain.max()), calls[at], kind, path, pp, start))
+    best = max(s[0] for s in scored)
+    near = [s for s in scored if s[0] >= (1.0 - PATH_SLACK) * best - 1e-12]
+    _, _, kind, path, pp, start = min(near, key=lambda s: s[1])
+    return kind, path, pp, start
 
 
 def _cheapest(front: np.ndarray, cand: np.ndarray, acc: np.ndarray, err: np.ndarray,
@@ -178,7 +231,11 @@ def _cheapest(front: np.ndarray, cand: np.ndarray, acc: np.ndarray, err: np.ndar
     if not len(c):
         return front
     pf = pass_prob(front)[b]
-    keep = (pf >= CHEAP_FROM) & (pass_prob(c) >= pf - CHEAP_SLACK)
+    likely = pf >= CHEAP_FROM                      # only these are evaluated (Monte Carlo cost)
+    c, b, pf = c[likely], b[likely], pf[likely]
+    if not len(c):
+        return front
+    keep = pass_prob(c) >= pf - CHEAP_SLACK
     c, b = c[keep], b[keep]
     if not len(c):
         return front

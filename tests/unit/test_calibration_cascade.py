@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bench import cascade_small as cs
 from bench import cascade_validity as cv
 from serve.calibration import cascade
 from serve.calibration.cascade import (
@@ -72,7 +73,7 @@ def test_the_front_is_pareto_and_the_path_strict_to_permissive():
 
 def test_where_r_star_leaves_room_the_path_spares_stage_two(monkeypatch):
     """A loose r*: stage 1 alone is safe for most samples, so the certified vector sends few to
-    stage 2 though stage 2 errs less (the min-error front alone would send nearly all)."""
+    stage 2 though stage 2 errs less (stage 2 alone, as good on the tuning split, sends all)."""
     s, e, _ = cv.logistic(np.random.default_rng(6), 3000)
     shares = {}
     for slack in (0.0, cascade.CHEAP_SLACK):
@@ -81,7 +82,7 @@ def test_where_r_star_leaves_room_the_path_spares_stage_two(monkeypatch):
         cert = certify_cascade(s[900:], e[900:], plan, 0.3, 0.1)
         assert cert.certified and cert.human_share < 0.02, cert.stage_rows()
         shares[slack] = cert.reach[1] / cert.n
-    assert shares[cascade.CHEAP_SLACK] < 0.75 * shares[0.0], shares
+    assert shares[cascade.CHEAP_SLACK] <= shares[0.0] and shares[cascade.CHEAP_SLACK] < 0.33, shares
 
 
 def test_stage_share_budget_is_honoured_with_its_upper_bound():
@@ -126,3 +127,15 @@ def test_certificate_is_valid_over_200_repetitions(model):
     assert v.violations <= v.slack_limit, v.line()
     assert v.certified >= 170, v.line()
     assert v.mean_human < 0.6 and v.mean_true_risk > 0.025, v.line()
+
+
+
+def test_small_set_cascade_is_no_worse_than_its_best_stage_and_spares_stage_two():
+    """270 samples (81 tuning, 189 certification), r* = 0.05, δ = 0.1 (bench/cascade_small.py):
+    the human share matches the better single stage's planned LTT on the same split within
+    noise, and the cascade does not send (nearly) everything to stage 2, as issue 27's planner
+    with its r* prior did (0.99 stage-2 calls per sample)."""
+    r = cs.run(reps=40)
+    best_alone = r.alone.mean(axis=0).min()
+    assert r.human.mean() <= best_alone + 0.004, r.line()
+    assert r.calls.mean() < 0.6, r.line()
