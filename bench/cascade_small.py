@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serve.calibration.cascade import certify_cascade, plan_cascade
+from serve.calibration.cascade import certify_cascade
+from serve.calibration.cascade_plan import plan_cascade
 from serve.calibration.plan import plan_ltt, run_plan
 
 

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from serve.calibration.cascade import Budgets, certify_cascade, plan_cascade
+from serve.calibration.cascade import certify_cascade
+from serve.calibration.cascade_plan import Budgets, plan_cascade
 
 Draw = Callable[[np.random.Generator, int], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target-risk", type=float, default=0.05)
     ap.add_argument("--delta", type=float, default=0.1)
     ap.add_argument("--points", type=int, default=None, help="grid points per stage "
-                    "(default: serve.calibration.cascade.GRID_POINTS)")
+                    "(default: serve.calibration.cascade_plan.GRID_POINTS)")
     args = ap.parse_args(argv)
     for model in MODELS:
         t0 = time.perf_counter()

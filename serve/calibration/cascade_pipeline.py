@@ -14,13 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from serve.calibration.cascade import (
-    Budgets,
-    CascadeCertificate,
-    CascadePlan,
-    certify_cascade,
-    plan_cascade,
-)
+from serve.calibration.cascade import CascadeCertificate, certify_cascade
 from serve.calibration.cascade_artifact import (
     CascadeCalibration,
     StageRef,
@@ -28,6 +22,7 @@ from serve.calibration.cascade_artifact import (
     new_cascade_calibration,
     threshold_json,
 )
+from serve.calibration.cascade_plan import Budgets, CascadePlan, plan_cascade
 from serve.calibration.choose import ScoreChoice, choose_score, predictions, score_in_chunks
 from serve.calibration.pipeline import NotCertifiableError
 from serve.calibration.split import stratified_split

@@ -100,8 +100,8 @@ def cascade_main(args: argparse.Namespace) -> int:
                            "nothing is not written (its stages keep serving on their own)")
     if args.method != "ltt":
         raise AbstainError("a cascade is certified with Learn-then-Test only (--method ltt)")
-    from serve.calibration.cascade import Budgets
     from serve.calibration.cascade_pipeline import calibrate_cascade_arrays, to_cascade_calibration
+    from serve.calibration.cascade_plan import Budgets
 
     cascade = Path(args.model)
     budgets = Budgets(args.max_defer, dict(args.max_stage_share or ()))

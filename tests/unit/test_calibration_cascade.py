@@ -11,15 +11,10 @@ from hypothesis import strategies as st
 
 from bench import cascade_small as cs
 from bench import cascade_validity as cv
-from serve.calibration import cascade
-from serve.calibration.cascade import (
-    BudgetError,
-    Budgets,
-    _pareto_path,
-    certify_cascade,
-    plan_cascade,
-)
+from serve.calibration import cascade_plan
+from serve.calibration.cascade import certify_cascade
 from serve.calibration.cascade_grid import grid_counts, stage_grid
+from serve.calibration.cascade_plan import BudgetError, Budgets, _pareto_path, plan_cascade
 from serve.calibration.certify import CertifyError
 
 
@@ -76,13 +71,13 @@ def test_where_r_star_leaves_room_the_path_spares_stage_two(monkeypatch):
     stage 2 though stage 2 errs less (stage 2 alone, as good on the tuning split, sends all)."""
     s, e, _ = cv.logistic(np.random.default_rng(6), 3000)
     shares = {}
-    for slack in (0.0, cascade.CHEAP_SLACK):
-        monkeypatch.setattr(cascade, "CHEAP_SLACK", slack)
+    for slack in (0.0, cascade_plan.CHEAP_SLACK):
+        monkeypatch.setattr(cascade_plan, "CHEAP_SLACK", slack)
         plan = plan_cascade(s[:900], e[:900], 2100, 0.3, 0.1, points=40)
         cert = certify_cascade(s[900:], e[900:], plan, 0.3, 0.1)
         assert cert.certified and cert.human_share < 0.02, cert.stage_rows()
         shares[slack] = cert.reach[1] / cert.n
-    assert shares[cascade.CHEAP_SLACK] <= shares[0.0] and shares[cascade.CHEAP_SLACK] < 0.33, shares
+    assert shares[cascade_plan.CHEAP_SLACK] <= shares[0.0] and shares[cascade_plan.CHEAP_SLACK] < 0.33, shares
 
 
 def test_stage_share_budget_is_honoured_with_its_upper_bound():
