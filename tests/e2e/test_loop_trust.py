@@ -46,12 +46,6 @@ def repo(tmp_path_factory):
 
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def location(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return str(tmp_path / "state")
-    return fresh_database(request.getfixturevalue("pg_cluster"))
-
 
 def _settings(repo: Path, location: str, **kw):
     where = {"database_url": location} if location.startswith("postgresql") else {"state_dir": location}

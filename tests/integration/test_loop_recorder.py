@@ -12,26 +12,12 @@ import logging
 import time
 
 import numpy as np
-import pytest
-from loop_support import fresh_database, postgres_cluster, submit_batch
+from loop_support import submit_batch
 from prometheus_client import CollectorRegistry, generate_latest
 
 from serve.feedback.gauges import LoopMetrics
 from serve.feedback.recorder import Recorder
 from serve.feedback.store import Store
-
-
-@pytest.fixture(scope="module")
-def pg_cluster():
-    with postgres_cluster() as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def location(request, tmp_path):
-    if request.param == "sqlite":
-        return str(tmp_path / "state")
-    return fresh_database(request.getfixturevalue("pg_cluster"))
 
 
 def _recorder(store: Store, **kw) -> Recorder:

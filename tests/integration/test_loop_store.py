@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from loop_support import fresh_database, postgres_cluster, submit_batch
+from loop_support import submit_batch
 from prometheus_client import CollectorRegistry, generate_latest
 
 from serve.feedback.access import ReviewAccess
@@ -20,19 +20,6 @@ from serve.feedback.api import create_router
 from serve.feedback.gauges import LoopMetrics
 from serve.feedback.recorder import Recorder
 from serve.feedback.store import Store, StoreError
-
-
-@pytest.fixture(scope="module")
-def pg_cluster():
-    with postgres_cluster() as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def location(request, tmp_path):
-    if request.param == "sqlite":
-        return str(tmp_path / "state")
-    return fresh_database(request.getfixturevalue("pg_cluster"))
 
 
 def _recorder(location: str, **kw) -> Recorder:
