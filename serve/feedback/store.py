@@ -295,18 +295,6 @@ class Store:
                     found.add(tuple(parts))
             return sorted(found)
 
-    def audit_counts(self, model: str, version: str, calibration_sha256: str) -> tuple[int, int, int]:
-        """(labels, errors, pending) over audited ACCEPTED samples of one epoch."""
-        with self._tx() as cur:
-            cur.execute(self._sql(
-                "SELECT COUNT(f.label), COALESCE(SUM(CASE WHEN f.label <> r.label THEN 1 ELSE 0 END), 0), "
-                "COALESCE(SUM(CASE WHEN f.label IS NULL AND r.review = 'pending' THEN 1 ELSE 0 END), 0) "
-                "FROM records r LEFT JOIN feedback f ON f.request_id = r.request_id AND f.idx = r.idx "
-                "WHERE r.audit = 1 AND r.reject = 0 AND r.model = ? AND r.version = ? "
-                "AND r.calibration_sha256 = ?"), (model, version, calibration_sha256))
-            n, k, p = cur.fetchone()
-            return int(n), int(k), int(p)
-
     def audit_states(self, model: str, version: str, calibration_sha256: str
                      ) -> tuple[int, int, int, int]:
         """(labels, errors, pending, expired) over audited ACCEPTED samples of one epoch.
@@ -314,32 +302,31 @@ class Store:
         ``pending`` audits still wait within their review time-to-live; ``expired`` ones outlived
         it unlabelled: they stay counted as missing (a label given later still counts).
         """
-        with self._tx() as cur:
-            cur.execute(self._sql(
-                "SELECT COUNT(f.label), COALESCE(SUM(CASE WHEN f.label <> r.label THEN 1 ELSE 0 END), 0), "
-                "COALESCE(SUM(CASE WHEN f.label IS NULL AND r.review = 'pending' THEN 1 ELSE 0 END), 0), "
-                "COALESCE(SUM(CASE WHEN f.label IS NULL AND r.review <> 'pending' THEN 1 ELSE 0 END), 0) "
-                "FROM records r LEFT JOIN feedback f ON f.request_id = r.request_id AND f.idx = r.idx "
-                "WHERE r.audit = 1 AND r.reject = 0 AND r.model = ? AND r.version = ? "
-                "AND r.calibration_sha256 = ?"), (model, version, calibration_sha256))
-            n, k, p, e = cur.fetchone()
-            return int(n), int(k), int(p), int(e)
+        rows = self._audit_states("", (model, version, calibration_sha256))
+        return rows[0][1:] if rows else (0, 0, 0, 0)
 
     def audit_states_by_stage(self, model: str, version: str, calibration_sha256: str
                               ) -> dict[int, tuple[int, int, int, int]]:
         """:meth:`audit_states` per cascade ``stage`` (the stage that accepted the sample); empty
         for a model's epoch, whose rows have no stage."""
+        rows = self._audit_states("r.stage", (model, version, calibration_sha256))
+        return {int(st): tuple(counts) for st, *counts in rows}
+
+    def _audit_states(self, group: str, args: tuple) -> list[tuple]:
+        """(group value, labels, errors, pending, expired) per ``group`` (a column, or "" for one
+        row over the whole epoch)."""
+        key = group or "NULL"
+        where = f" AND {group} IS NOT NULL GROUP BY {group} ORDER BY {group}" if group else ""
         with self._tx() as cur:
             cur.execute(self._sql(
-                "SELECT r.stage, COUNT(f.label), "
+                f"SELECT {key}, COUNT(f.label), "
                 "COALESCE(SUM(CASE WHEN f.label <> r.label THEN 1 ELSE 0 END), 0), "
                 "COALESCE(SUM(CASE WHEN f.label IS NULL AND r.review = 'pending' THEN 1 ELSE 0 END), 0), "
                 "COALESCE(SUM(CASE WHEN f.label IS NULL AND r.review <> 'pending' THEN 1 ELSE 0 END), 0) "
                 "FROM records r LEFT JOIN feedback f ON f.request_id = r.request_id AND f.idx = r.idx "
-                "WHERE r.audit = 1 AND r.reject = 0 AND r.stage IS NOT NULL AND r.model = ? "
-                "AND r.version = ? AND r.calibration_sha256 = ? GROUP BY r.stage ORDER BY r.stage"),
-                (model, version, calibration_sha256))
-            return {int(st): (int(n), int(k), int(p), int(e)) for st, n, k, p, e in cur.fetchall()}
+                "WHERE r.audit = 1 AND r.reject = 0 AND r.model = ? AND r.version = ? "
+                f"AND r.calibration_sha256 = ?{where}"), args)
+            return [(g, *(int(x) for x in rest)) for g, *rest in cur.fetchall()]
 
     def audits(self, model: str, version: str, epochs: list[str], since: float | None = None,
                until: float | None = None) -> list[dict[str, Any]]:
@@ -372,17 +359,6 @@ class Store:
                 "AND r.calibration_sha256 = ? ORDER BY f.ts, r.ts, r.request_id, r.idx"),
                 (model, version, calibration_sha256))
             return [int(row[0]) for row in cur.fetchall()]
-
-    def audited_labelled(self, model: str, version: str | None = None) -> list[dict[str, Any]]:
-        """Labelled AUDITED samples (accepted or not), oldest first: the uniform sample."""
-        cond, args = "r.model = ?", (model,)
-        if version is not None:
-            cond, args = cond + " AND r.version = ?", (model, version)
-        return self._rows(
-            "SELECT r.request_id, r.idx, r.ts, r.version, r.calibration_sha256, r.label, r.score, "
-            "r.reject, f.label AS human_label FROM records r JOIN feedback f "
-            f"ON f.request_id = r.request_id AND f.idx = r.idx WHERE r.audit = 1 AND {cond} "
-            "ORDER BY r.ts, r.request_id, r.idx", args)
 
 
 def _decode(row: dict[str, Any]) -> dict[str, Any]:
