@@ -37,11 +37,13 @@ ATTACKS = [  # (what, path, headers, chunked)
 
 
 def upload(port: int, path: str, headers: dict[str, str], total: int,
-           chunked: bool) -> tuple[int, int, float]:
-    """(status, bytes sent when the answer arrived, seconds to the answer)."""
-    t0 = time.perf_counter()
-    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
-    head = [f"POST {path} HTTP/1.1", "Host: bench", "Content-Type: application/json",
+           chunked: bool = False, timeout: float = 30.0) -> tuple[int, int, str]:
+    """Send ``total`` body bytes as fast as the server takes them; stop at its answer.
+
+    Returns (status, bytes sent when the answer arrived, the answer's head and body).
+    """
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    head = [f"POST {path} HTTP/1.1", "Host: x", "Content-Type: application/json",
             *(f"{k}: {v}" for k, v in headers.items()),
             "Transfer-Encoding: chunked" if chunked else f"Content-Length: {total}"]
     sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
@@ -65,14 +67,20 @@ def upload(port: int, path: str, headers: dict[str, str], total: int,
                 break
             with contextlib.suppress(BlockingIOError, ConnectionResetError):
                 answer = sock.recv(65536)
-        if not answer:
-            sock.setblocking(True)
-            sock.settimeout(60)
-            with contextlib.suppress(OSError):
-                answer = sock.recv(4096)
+        sock.setblocking(True)
+        sock.settimeout(timeout)
+        while not answer.endswith(b"}"):
+            try:
+                more = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not more:
+                break
+            answer += more
     finally:
         sock.close()
-    return (int(answer.split(b" ", 2)[1]) if answer else 0), sent, time.perf_counter() - t0
+    status = int(answer.split(b" ", 2)[1]) if answer else 0
+    return status, sent, answer.decode(errors="replace")
 
 
 def rss_mb(pid: int) -> float:
@@ -100,14 +108,16 @@ def main() -> None:
             print(f"{'attack':42} status  answer s  sent MB  RSS +MB")
             for what, path, headers, chunked in ATTACKS:
                 before = rss_mb(proc.pid)
-                status, sent, secs = upload(port, path, headers, total, chunked)
+                t0 = time.perf_counter()
+                status, sent, _ = upload(port, path, headers, total, chunked, timeout=60)
+                secs = time.perf_counter() - t0
                 print(f"{what:42} {status:6} {secs:9.3f} {sent / MB:8.1f} {rss_mb(proc.pid) - before:8.1f}")
             # four uploads without the key at once, /healthz timed meanwhile
             before, lat, stop = rss_mb(proc.pid), [], threading.Event()
 
             def flood() -> None:
                 while not stop.is_set():
-                    upload(port, "/v1/review/labelstudio", {}, total, False)
+                    upload(port, "/v1/review/labelstudio", {}, total, False, timeout=60)
 
             floods = [threading.Thread(target=flood) for _ in range(4)]
             for t in floods:

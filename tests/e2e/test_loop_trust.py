@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
@@ -27,6 +26,7 @@ import pytest
 from loop_support import fresh_database
 from server_support import make_version, running_server, server_process
 
+from bench.review_bodies import upload
 from serve.feedback.store import Store
 from serve.server.settings import load_settings
 
@@ -90,53 +90,6 @@ def test_a_client_can_neither_see_its_audits_nor_label_them(repo, location):
 
 
 # ------------------------------------------------------------------------------ High 3: bodies
-def _upload(port: int, path: str, headers: dict[str, str], total: int,
-            chunked: bool = False) -> tuple[int, int, str]:
-    """Send ``total`` body bytes as fast as the server takes them; stop at its answer.
-
-    Returns (status, bytes sent when the answer arrived, the answer's head and body).
-    """
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-    head = [f"POST {path} HTTP/1.1", "Host: x", "Content-Type: application/json",
-            *(f"{k}: {v}" for k, v in headers.items()),
-            "Transfer-Encoding: chunked" if chunked else f"Content-Length: {total}"]
-    sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
-    chunk = b"[" + b"1," * 32767 + b"1"
-    sent, answer = 0, b""
-    frame, off, last = b"", 0, False
-    sock.setblocking(False)
-    try:
-        while not (last and off == len(frame)) and not answer:
-            if off == len(frame):                       # the next frame: never past ``total``
-                part = chunk[:total - sent]
-                frame = f"{len(part):x}\r\n".encode() + part + b"\r\n" if chunked else part
-                sent, off = sent + len(part), 0
-                last = sent == total                    # (a chunked body ends with a 0 chunk)
-                frame += b"0\r\n\r\n" if chunked and last else b""
-            try:
-                off += sock.send(frame[off:])
-            except BlockingIOError:
-                time.sleep(0.0005)
-            except OSError:
-                break
-            with contextlib.suppress(BlockingIOError, ConnectionResetError):
-                answer = sock.recv(65536)
-        sock.setblocking(True)
-        sock.settimeout(10)
-        while not answer.endswith(b"}"):
-            try:
-                more = sock.recv(65536)
-            except ConnectionResetError:
-                break
-            if not more:
-                break
-            answer += more
-    finally:
-        sock.close()
-    status = int(answer.split(b" ", 2)[1]) if answer else 0
-    return status, sent, answer.decode(errors="replace")
-
-
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -162,7 +115,7 @@ def test_a_100_mb_body_is_refused_before_it_is_read(repo, tmp_path):
             ("/v1/feedback", {"Authorization": f"Bearer {REVIEWER}"}, True, 413),
             ("/v1/review/labelstudio", HOOK_H, True, 413),
         ]:
-            status, sent, answer = _upload(port, path, headers, 100 * MB, chunked)
+            status, sent, answer = upload(port, path, headers, 100 * MB, chunked)
             assert status == want, (path, answer)
             assert sent < 16 * MB, f"{path}: {sent / MB:.0f} MB sent before the answer"
             assert '{"error":' in answer and "connection: close" in answer.lower()
