@@ -55,6 +55,23 @@ def _logits(n: int, k: int, signal: float, rng: np.random.Generator, wrong: floa
     return s_out, e_out
 
 
+def _held_out_logits(n: int, k: int, rng: np.random.Generator, temperature: float = 1.0,
+                     noise: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(MSP at ``temperature``, error): logits N(0, 1) with class 0 lifted by an exponential
+    margin (mean 2.5) and a per-sample scale ~ Gamma(2, 1); a share ``noise`` of the true labels
+    flipped to a uniformly random class (label noise that no score can rank)."""
+    s_out, e_out = np.empty(n), np.empty(n, bool)
+    for a in range(0, n, CHUNK):
+        b = min(n, a + CHUNK)
+        z = rng.standard_normal((b - a, k))
+        z[:, 0] += rng.exponential(2.5, b - a)
+        z *= rng.gamma(2.0, 1.0, b - a)[:, None]
+        s_out[a:b], wrong = _msp_and_errors(z / temperature)
+        y = np.where(rng.random(b - a) < noise, rng.integers(0, k, b - a), 0)
+        e_out[a:b] = z.argmax(axis=1) != y if noise else wrong
+    return s_out, e_out
+
+
 def _signal_for(k: int, error: float, wrong: float) -> float:
     """The signal whose logit model has overall error ≈ ``error`` (bisection on 20k samples)."""
     lo, hi = 0.0, 40.0
@@ -135,3 +152,30 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
     _latent_family("weak (issue 13)", lambda c: 0.16 * np.exp(-0.1 * c), seed=8),
     _latent_family("informative (issue 13)", lambda c: 0.5 * np.exp(-c), seed=9),
 ]}
+
+
+def _three_levels(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Score in {0, 2, 4} (c ~ U(0, 6) floored to even numbers), error 0.3·exp(−score)."""
+    c = 2.0 * np.floor(rng.uniform(0.0, 6.0, POPULATION) / 2.0)
+    return c, rng.random(POPULATION) < 0.3 * np.exp(-c)
+
+
+def _held_out_family(name: str, k: int, seed: int, **kw) -> Family:
+    return Family(name, lambda rng: _held_out_logits(POPULATION, k, rng, **kw), seed)
+
+
+HELD_OUT: dict[str, Family] = {f.name: f for f in [
+    _held_out_family("held-out: K=5, 5% label noise", 5, seed=21, noise=0.05),
+    _held_out_family("held-out: K=50, MSP at T = 0.3", 50, seed=22, temperature=0.3),
+    _held_out_family("held-out: K=3, MSP at T = 3", 3, seed=23, temperature=3.0),
+    _latent_family("held-out: errors in the middle",
+                   lambda c: 0.01 + 0.3 * np.exp(-((c - 3.0) ** 2)), seed=24),
+    _latent_family("held-out: clean top third, 25% below", lambda c: np.where(c > 4.0, 0.004, 0.25),
+                   seed=25),
+    _latent_family("held-out: steep logistic", lambda c: 1.0 / (1.0 + np.exp(3.0 * (c - 2.0))),
+                   seed=26),
+    Family("held-out: 3 tied levels", _three_levels, seed=27),
+]}
+"""Families built *after* the default's constants were fixed on FAMILIES, never used to choose
+them: other generators (exponential margins, Gamma logit scales, label noise, other temperatures,
+other error curves), run on other r*, δ and n (bench/calibration_grid.py --held-out)."""

@@ -36,13 +36,15 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from bench.calibration_families import FAMILIES, Family
-from serve.calibration.certify import FLOOR_SHARE, certify_ltt, certify_union
+from bench.calibration_families import FAMILIES, HELD_OUT, Family
+from serve.calibration.certify import certify_ltt, certify_union, floor_share
 from serve.calibration.plan import plan_ltt, run_plan
 
 TUNE_FRACTION = 0.3
 RISKS = {0.005: 0.05, 0.02: 0.05, 0.05: 0.1, 0.2: 0.1}         # r* → δ
 SIZES = (500, 2000, 10_000, 50_000)
+HELD_OUT_RISKS = {0.01: 0.05, 0.03: 0.1, 0.1: 0.05, 0.3: 0.1}    # --held-out: other r*, δ and n
+HELD_OUT_SIZES = (800, 1500, 5000, 20_000)
 Z99 = 2.33
 COVERAGE_TOLERANCE = 0.005   # a mean coverage loss this small counts as "not lower" (see compare)
 
@@ -69,13 +71,15 @@ def floored(level_share: float = 1.0) -> Method:
     return run
 
 
-def union(floor_share: float, **kw) -> Method:
+def union(share: float | None, **kw) -> Method:
     """The default's shape: a planned sequence at (1 − w)·δ and the floored one on all samples at
-    w·δ, the more permissive certified threshold deployed (serve.calibration.certify.certify_union)."""
+    w·δ, the more permissive certified threshold deployed (serve.calibration.certify.certify_union);
+    ``share`` None: w is the library's floor_share of (n, r*, δ)."""
     def run(s: np.ndarray, e: np.ndarray, r: float, d: float) -> float | None:
         t = _tune(len(s))
-        plan = plan_ltt(s[:t], e[:t], len(s) - t, r, (1.0 - floor_share) * d, **kw)
-        return certify_union(s[t:], e[t:], plan, s, e, r, d, floor_share).certificate.threshold
+        w = floor_share(len(s), r, d) if share is None else share
+        plan = plan_ltt(s[:t], e[:t], len(s) - t, r, (1.0 - w) * d, **kw) if w < 1 else None
+        return certify_union(s[t:], e[t:], plan, s, e, r, d, w).certificate.threshold
     return run
 
 
@@ -151,13 +155,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--families", nargs="+", default=list(FAMILIES),
                     help="family names (default: all): " + "; ".join(FAMILIES))
     ap.add_argument("--candidates", action="store_true", help="also run the candidate methods")
+    ap.add_argument("--held-out", action="store_true",
+                    help="the held-out families, r*, δ and n (calibration_families.HELD_OUT), "
+                         "never used to choose the default's constants")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    unknown = [f for f in args.families if f not in FAMILIES]
+    families, risks = FAMILIES, RISKS
+    if args.held_out:
+        families, risks = HELD_OUT, HELD_OUT_RISKS
+        if args.families == list(FAMILIES):
+            args.families = list(HELD_OUT)
+        if args.sizes == list(SIZES):
+            args.sizes = list(HELD_OUT_SIZES)
+        if args.risks == list(RISKS):
+            args.risks = list(HELD_OUT_RISKS)
+    unknown = [f for f in args.families if f not in families]
     if unknown:
-        ap.error(f"unknown families {unknown}; valid: {list(FAMILIES)}")
+        ap.error(f"unknown families {unknown}; valid: {list(families)}")
     methods = {**METHODS, DEFAULT: default_method(), **(CANDIDATES if args.candidates else {})}
-    print(f"{args.draws} draws per cell; population {len(next(iter(FAMILIES.values())).population[0])} "
+    print(f"{args.draws} draws per cell; population {len(next(iter(families.values())).population[0])} "
           "per family; violations allowed: 99.9 % binomial quantile at δ\n")
     print("| family (error) | r* | δ | n | method | violations [95% CI] | refused | mean coverage "
           "(oracle) | vs floored all: only it / only this certified; Δ coverage ± SE | checks |")
@@ -165,9 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     failures = []
     for fi, fname in enumerate(args.families):
-        fam = FAMILIES[fname]
+        fam = families[fname]
         for ri, r in enumerate(args.risks):
-            d = RISKS.get(r, 0.1)
+            d = risks.get(r, 0.1)
             allowed = int(stats.binom.ppf(0.999, args.draws, d))
             oracle = fam.oracle(r)
             for si, n in enumerate(args.sizes):
@@ -199,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def default_method() -> Method:
     """The library's default procedure on a draw, as `abstain calibrate` runs it on a fixed score
-    (serve.calibration.certify.FLOOR_SHARE and plan_ltt's defaults)."""
-    return union(FLOOR_SHARE)
+    (serve.calibration.certify.floor_share and plan_ltt's defaults)."""
+    return union(None)
 
 
 if __name__ == "__main__":

@@ -33,11 +33,13 @@ from scipy import stats
 
 from serve.calibration.binomial import clopper_pearson_upper
 from serve.calibration.certify import (
+    FLOOR_ONLY_BELOW,
     FLOOR_SHARE,
     certify_ltt,
     certify_planned,
     certify_sgr,
     certify_union,
+    floor_share,
 )
 from serve.calibration.plan import plan_ltt
 from serve.calibration.split import stratified_split
@@ -114,14 +116,15 @@ def planned(**kw) -> Method:
     return run
 
 
-def default(floor_share: float = FLOOR_SHARE) -> Method:
+def default(share: float | None = None) -> Method:
     """abstain's default (certify_union): planned on the certification split at (1 − w)·δ ∪ the
-    floored sequence on all samples at w·δ (the score c is fixed in advance here)."""
+    floored sequence on all samples at w·δ (the score c is fixed in advance here); w is the
+    library's floor_share of (n, r*, δ) unless ``share`` fixes it."""
     def run(c: np.ndarray, e: np.ndarray, r: float) -> float | None:
         tune, cert = _split(len(c), 0)
-        plan = plan_ltt(c[tune], e[tune], len(cert), r, (1.0 - floor_share) * DELTA)
-        return certify_union(c[cert], e[cert], plan, c, e, r, DELTA,
-                             floor_share).certificate.threshold
+        w = floor_share(len(c), r, DELTA) if share is None else share
+        plan = plan_ltt(c[tune], e[tune], len(cert), r, (1.0 - w) * DELTA) if w < 1 else None
+        return certify_union(c[cert], e[cert], plan, c, e, r, DELTA, w).certificate.threshold
     return run
 
 
@@ -156,7 +159,8 @@ def mapie_ltt(c: np.ndarray, e: np.ndarray, r: float) -> float | None:
 
 ISSUE13 = dict(count_variance=False, start_rule="fraction", prior_strength=200.0)
 METHODS: dict[str, Method] = {
-    f"default: planned @ {1 - FLOOR_SHARE:.1g}δ ∪ floored all @ {FLOOR_SHARE:g}δ": default(),
+    f"default: planned @ {1 - FLOOR_SHARE:.1g}δ ∪ floored all @ {FLOOR_SHARE:g}δ "
+    f"(floored alone below {FLOOR_ONLY_BELOW} floors)": default(),
     "candidate: planned @ 0.5δ ∪ floored all @ 0.5δ": default(0.5),
     "issue 13 default: planned LTT (prior 200, tune 30%)": planned(**ISSUE13),
     "former default: floored FST on cert 70%": floor_cert,

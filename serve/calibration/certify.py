@@ -43,6 +43,7 @@ from serve.selective_metrics import RiskCoverageCurve, risk_coverage_curve
 CertMethod = Literal["ltt", "sgr", "coverage"]
 MIN_FLOOR = 30
 FLOOR_SHARE = 0.9        # share of δ for the floored sequence on all samples in the default (issue 24)
+FLOOR_ONLY_BELOW = 12    # n below this many floors: all of δ to the floored sequence (floor_share)
 _FST = "fixed sequence from the floor, strict → permissive"
 
 
@@ -106,6 +107,19 @@ def zero_error_minimum(target_risk: float, delta: float) -> int:
 def min_accepted(target_risk: float, delta: float) -> int:
     """LTT's floor on the accepted count where the fixed sequence starts: max(30, zero-error minimum)."""
     return max(MIN_FLOOR, zero_error_minimum(target_risk, delta))
+
+
+def floor_share(n: int, target_risk: float, delta: float) -> float:
+    """The floored sequence's share of δ in the default, from ``n``, r* and δ alone.
+
+    All of δ (1.0) when ``n < FLOOR_ONLY_BELOW × min_accepted(r*, δ)``, else ``FLOOR_SHARE``.
+    With so few samples per floor, the floored sequence's decisive test sits at or near its
+    zero-error floor, and any δ spent elsewhere raises that floor: on the family grid every cell
+    where the union at 0.9 δ certified less often or less coverage than the floored sequence at δ
+    had n < 11.2 floors (docs/calibration.md). The rule reads no score and no label, so it is
+    fixed before the data and the union bound is untouched.
+    """
+    return 1.0 if n < FLOOR_ONLY_BELOW * min_accepted(target_risk, delta) else FLOOR_SHARE
 
 
 def samples_needed(curve: RiskCoverageCurve, target_risk: float, delta: float) -> int | None:
@@ -187,13 +201,14 @@ class UnionOutcome:
     chosen: Literal["planned", "floored"] | None
 
 
-def certify_union(cert_scores: np.ndarray, cert_errors: np.ndarray, plan: LttPlan,
+def certify_union(cert_scores: np.ndarray, cert_errors: np.ndarray, plan: LttPlan | None,
                   all_scores: np.ndarray, all_errors: np.ndarray, target_risk: float,
-                  delta: float, floor_share: float = FLOOR_SHARE,
+                  delta: float, share: float | None = None,
                   planned_all_scores: np.ndarray | None = None) -> UnionOutcome:
     """The default: the planned sequence on the certification split at (1 − w)·δ and the floored
-    fixed sequence on *all* samples at w·δ (w = ``floor_share``); deploy the certified threshold
-    with the larger coverage on all samples.
+    fixed sequence on *all* samples at w·δ (w = ``share``, default :func:`floor_share` of the
+    sample count); deploy the certified threshold with the larger coverage on all samples. At
+    w = 1 the planned sequence is not run (``plan`` may then be None).
 
     Valid by a union bound: each test alone certifies a threshold with risk > r* with probability
     at most its level (the planned one because its plan comes from the tuning split only, the
@@ -204,9 +219,25 @@ def certify_union(cert_scores: np.ndarray, cert_errors: np.ndarray, plan: LttPla
     samples, for the coverage comparison, default ``all_scores``).
     """
     check_risk_and_delta(target_risk, delta)
-    w = float(floor_share)
-    a = certify_planned(cert_scores, cert_errors, plan, target_risk, (1.0 - w) * delta)
+    n = len(all_scores)
+    w = floor_share(n, target_risk, delta) if share is None else float(share)
     b = certify_ltt(all_scores, all_errors, target_risk, w * delta)
+    if w >= 1.0:
+        why = (f"not run: {n} samples are fewer than {FLOOR_ONLY_BELOW} × the floored sequence's "
+               f"floor of {min_accepted(target_risk, delta)}, so all of δ went to the floored "
+               "sequence")
+        a = replace(b, threshold=None, n_accepted=0, n_errors=0, risk_upper_bound=0.0,
+                    n=len(cert_scores), delta=0.0, why=why, detail=why, refusal="not run",
+                    procedure="planned fixed sequence (not run)", start="")
+        if b.certified:
+            return UnionOutcome(replace(b, detail=f"{b.detail}; the planned sequence was {why}",
+                                        procedure=f"{b.procedure}, at all of δ = {delta:g}"),
+                                a, b, "floored")
+        return UnionOutcome(replace(b, detail=f"{b.detail} (the planned sequence was {why})"),
+                            a, b, None)
+    if plan is None:
+        raise CertifyError(f"the union at floor share {w:g} needs a plan from the tuning split")
+    a = certify_planned(cert_scores, cert_errors, plan, target_risk, (1.0 - w) * delta)
     chosen: Literal["planned", "floored"] | None = None
     if a.certified and b.certified:
         pa = all_scores if planned_all_scores is None else planned_all_scores

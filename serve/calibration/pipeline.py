@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 
 from serve.calibration.artifact import Calibration, new_calibration
-from serve.calibration.certify import FLOOR_SHARE, Certificate, certify, certify_union
+from serve.calibration.certify import Certificate, certify, certify_union, floor_share
 from serve.calibration.choose import (
     ScoreChoice,
     choose_score,
@@ -127,10 +127,11 @@ def calibrate_arrays(logits: np.ndarray, labels: np.ndarray,
         tune, cert = stratified_split(y, settings.tune_fraction, settings.seed)
         z_tune = z[tune]                              # (n_tune, K) copy in the input dtype
         choice = choose_score(z_tune, y[tune], settings.score, temperature=settings.temperature)
-        if union:
+        share = floor_share(len(y), settings.target_risk, settings.delta)
+        if union and share < 1.0:
             tune_errors = predictions(z_tune) != y[tune]
             plan = plan_ltt(choice.tune_scores, tune_errors, len(cert), settings.target_risk,
-                            (1.0 - FLOOR_SHARE) * settings.delta)
+                            (1.0 - share) * settings.delta)
         del z_tune
         z_cert, y_cert = z[cert], y[cert]             # (n_cert, K), (n_cert,)
     else:
@@ -177,7 +178,7 @@ def fixed_score(settings: CalibrationSettings) -> tuple[str, float]:
 
 
 def _certify_union(z: np.ndarray, y: np.ndarray, settings: CalibrationSettings,
-                   choice: ScoreChoice, plan: LttPlan, tune: np.ndarray, cert: np.ndarray,
+                   choice: ScoreChoice, plan: LttPlan | None, tune: np.ndarray, cert: np.ndarray,
                    cert_scores: np.ndarray, cert_errors: np.ndarray,
                    cert_msp: tuple[np.ndarray, np.ndarray]
                    ) -> tuple[CalibrationRun | None, Certificate]:
@@ -196,14 +197,16 @@ def _certify_union(z: np.ndarray, y: np.ndarray, settings: CalibrationSettings,
     same = spec == choice.spec and (temperature == choice.temperature or spec != "msp")
     fixed_all = planned_all if same else score_in_chunks(create_score(spec, temperature), z)
     outcome = certify_union(cert_scores, cert_errors, plan, fixed_all, all_errors,
-                            settings.target_risk, settings.delta, FLOOR_SHARE, planned_all)
+                            settings.target_risk, settings.delta, None, planned_all)
     if outcome.chosen != "floored":
         return None, outcome.certificate
     deployed = ScoreChoice(
         spec=spec, temperature=temperature, candidates=choice.candidates,
         reason=f"{choice.reason}. Deployed: {spec} at T = {temperature:g}, fixed before any label "
-               f"was seen, because the floored sequence on all {len(y)} samples certified more "
-               "coverage than the planned sequence with the tuned score",
+               f"was seen, because the floored sequence on all {len(y)} samples "
+               + ("certified and the planned sequence was " + outcome.planned.why
+                  if plan is None else "certified more coverage than the planned sequence with "
+                  "the tuned score"),
         error_rate=choice.error_rate, tune_scores=choice.tune_scores,
         fitted_temperature=choice.temperature)
     return CalibrationRun(settings=settings, choice=deployed, certificate=outcome.certificate,

@@ -322,13 +322,14 @@ def test_too_small_for_the_target_names_the_floor_and_the_estimate(setup, capsys
     md = setup["model_dir"]
     assert _calibrate(md, "--data", f"npz:{setup['cal']}", "--target-risk", "0.0001") == 2
     err = capsys.readouterr().err
-    from serve.calibration.certify import FLOOR_SHARE, zero_error_minimum
+    from serve.calibration.certify import min_accepted, zero_error_minimum
 
-    # Both tests of the default, each at its share of δ, with its own floor and sample count.
-    floored = zero_error_minimum(0.0001, FLOOR_SHARE * 0.05)
-    planned = zero_error_minimum(0.0001, (1 - FLOOR_SHARE) * 0.05)
+    # 6000 samples are far fewer than 12 floors: all of δ goes to the floored sequence, whose
+    # refusal names its floor and the sample count; the planned sequence says it was not run.
+    floored = zero_error_minimum(0.0001, 0.05)
     assert (f"6000 samples, fewer than {floored}, the floor that certifies selective risk "
-            f"≤ 0.0001 at δ = {FLOOR_SHARE * 0.05:.3g} even with zero errors") in err
-    assert f"4200 certification samples, fewer than {planned}, the floor" in err
+            f"≤ 0.0001 at δ = 0.05 even with zero errors") in err
+    assert (f"the planned sequence was not run: 6000 samples are fewer than 12 × the floored "
+            f"sequence's floor of {min_accepted(0.0001, 0.05)}") in err
     assert "not enough samples even with zero errors" in err and "estimate for this model" in err
     assert "seed" not in err

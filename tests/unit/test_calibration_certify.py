@@ -163,7 +163,7 @@ def test_union_deploys_the_more_permissive_certificate_at_the_split_levels() -> 
     e = rng.random(4000) < 0.08 * (1.0 - s)                 # risk falls with the score
     tune, cert = np.arange(1200), np.arange(1200, 4000)
     plan = _plan_for(s[tune], e[tune], len(cert), 0.05, 0.05)
-    out = certify_union(s[cert], e[cert], plan, s, e, 0.05, 0.1, floor_share=0.5)
+    out = certify_union(s[cert], e[cert], plan, s, e, 0.05, 0.1, share=0.5)
     assert out.planned.delta == pytest.approx(0.05) and out.floored.delta == pytest.approx(0.05)
     assert out.floored == certify_ltt(s, e, 0.05, 0.05)
     cov = {"planned": float(np.mean(s >= out.planned.threshold)), "floored": out.floored.coverage}
@@ -210,8 +210,38 @@ def test_union_refusal_reports_both_tests() -> None:
     rng = np.random.default_rng(4)
     s, e = rng.random(2000), rng.random(2000) < 0.3
     plan = _plan_for(s[:600], e[:600], 1400, 0.05, 0.05)
-    out = certify_union(s[600:], e[600:], plan, s, e, 0.05, 0.1, floor_share=0.5)
+    out = certify_union(s[600:], e[600:], plan, s, e, 0.05, 0.1, share=0.5)
     assert out.chosen is None and not out.certificate.certified
     d = out.certificate.detail
     assert d.startswith("neither test certified") and "Planned sequence (δ = 0.05" in d
     assert "Floored sequence (δ = 0.05, all 2000 samples)" in d and "more data will not help" in d
+
+
+def test_floor_share_gives_all_of_delta_to_the_floored_sequence_below_twelve_floors() -> None:
+    """The split depends on (n, r*, δ) only: below 12 floors the union is the floored sequence."""
+    from serve.calibration.certify import FLOOR_ONLY_BELOW, FLOOR_SHARE, floor_share, min_accepted
+
+    floor = min_accepted(0.05, 0.1)                               # 45
+    assert floor == 45 and FLOOR_ONLY_BELOW == 12
+    assert floor_share(12 * floor - 1, 0.05, 0.1) == 1.0
+    assert floor_share(12 * floor, 0.05, 0.1) == FLOOR_SHARE
+    assert floor_share(3000, 0.01, 0.05) == 1.0                   # 3000 < 12 × 299
+    assert floor_share(3000, 0.05, 0.05) == FLOOR_SHARE           # 3000 ≥ 12 × 59
+
+
+def test_union_below_twelve_floors_is_the_floored_sequence_at_full_delta() -> None:
+    rng = np.random.default_rng(5)
+    s = rng.random(500)
+    e = rng.random(500) < 0.06 * (1.0 - s)
+    out = certify_union(s[150:], e[150:], None, s, e, 0.05, 0.1)  # 500 < 12 × 45: no plan needed
+    alone = certify_ltt(s, e, 0.05, 0.1)
+    assert alone.certified and out.chosen == "floored" and out.floored == alone
+    assert out.certificate.threshold == alone.threshold and out.certificate.delta == 0.1
+    assert not out.planned.certified and out.planned.refusal == "not run"
+    assert "fewer than 12 × the floored sequence's floor of 45" in out.certificate.detail
+    bad = rng.random(500) < 0.5                                    # nothing certifiable
+    refused = certify_union(s[150:], bad[150:], None, s, bad, 0.05, 0.1)
+    assert refused.chosen is None and not refused.certificate.certified
+    assert refused.certificate.detail.startswith(certify_ltt(s, bad, 0.05, 0.1).detail)
+    with pytest.raises(ValueError, match="needs a plan"):
+        certify_union(s[150:], e[150:], None, s, e, 0.05, 0.1, share=0.9)
