@@ -37,8 +37,9 @@ import numpy as np
 from scipy import stats
 
 from bench.calibration_families import FAMILIES, HELD_OUT, Family
-from serve.calibration.certify import certify_ltt, certify_union, floor_share
+from serve.calibration.certify import certify_ltt
 from serve.calibration.plan import plan_ltt, run_plan
+from serve.calibration.union import certify_union, floor_share
 
 TUNE_FRACTION = 0.3
 RISKS = {0.005: 0.05, 0.02: 0.05, 0.05: 0.1, 0.2: 0.1}         # r* → δ
@@ -73,7 +74,7 @@ def floored(level_share: float = 1.0) -> Method:
 
 def union(share: float | None, **kw) -> Method:
     """The default's shape: a planned sequence at (1 − w)·δ and the floored one on all samples at
-    w·δ, the more permissive certified threshold deployed (serve.calibration.certify.certify_union);
+    w·δ, the more permissive certified threshold deployed (serve.calibration.union.certify_union);
     ``share`` None: w is the library's floor_share of (n, r*, δ)."""
     def run(s: np.ndarray, e: np.ndarray, r: float, d: float) -> float | None:
         t = _tune(len(s))
@@ -215,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def default_method() -> Method:
     """The library's default procedure on a draw, as `abstain calibrate` runs it on a fixed score
-    (serve.calibration.certify.floor_share and plan_ltt's defaults)."""
+    (serve.calibration.union.floor_share and plan_ltt's defaults)."""
     return union(None)
 
 

@@ -32,17 +32,10 @@ import numpy as np
 from scipy import stats
 
 from serve.calibration.binomial import clopper_pearson_upper
-from serve.calibration.certify import (
-    FLOOR_ONLY_BELOW,
-    FLOOR_SHARE,
-    certify_ltt,
-    certify_planned,
-    certify_sgr,
-    certify_union,
-    floor_share,
-)
+from serve.calibration.certify import certify_ltt, certify_planned, certify_sgr
 from serve.calibration.plan import plan_ltt
 from serve.calibration.split import stratified_split
+from serve.calibration.union import FLOOR_ONLY_BELOW, FLOOR_SHARE, certify_union, floor_share
 
 DELTA = 0.1
 C_MAX = 6.0

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 
 from serve.calibration.artifact import Calibration, new_calibration
-from serve.calibration.certify import Certificate, certify, certify_union, floor_share
+from serve.calibration.certify import Certificate, certify
 from serve.calibration.choose import (
     ScoreChoice,
     choose_score,
@@ -29,6 +29,7 @@ from serve.calibration.choose import (
 )
 from serve.calibration.plan import LttPlan, plan_ltt
 from serve.calibration.split import stratified_split
+from serve.calibration.union import certify_union, floor_share
 from serve.errors import AbstainError
 from serve.scores import create_score
 
@@ -182,7 +183,7 @@ def _certify_union(z: np.ndarray, y: np.ndarray, settings: CalibrationSettings,
                    cert_scores: np.ndarray, cert_errors: np.ndarray,
                    cert_msp: tuple[np.ndarray, np.ndarray]
                    ) -> tuple[CalibrationRun | None, Certificate]:
-    """The default certification (serve.calibration.certify.certify_union): the planned sequence
+    """The default certification (serve.calibration.union.certify_union): the planned sequence
     on the certification split ∪ the floored one on all samples with the fixed score.
 
     Returns ``(None, certificate)`` when the planned sequence's threshold is deployed or nothing

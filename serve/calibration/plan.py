@@ -22,7 +22,7 @@ Validity: the plan is a function of the tuning split only, so on the certificati
 fixed sequence of pre-ordered hypotheses and fixed-sequence testing at level δ controls the
 family-wise error (Angelopoulos et al. 2021, Prop. on FST): the deployed threshold has selective
 risk ≤ r* with probability ≥ 1 − δ. The default runs it at 0.1 δ beside the floored sequence
-(serve.calibration.certify.certify_union); the candidates compared by simulation are in
+(serve.calibration.union.certify_union); the candidates compared by simulation are in
 docs/calibration.md.
 """
 

@@ -20,10 +20,10 @@ from serve.calibration.certify import (
     certify_ltt,
     certify_planned,
     certify_sgr,
-    certify_union,
     min_accepted,
     zero_error_minimum,
 )
+from serve.calibration.union import certify_union
 from serve.selective_metrics import risk_coverage_curve
 
 
@@ -219,7 +219,7 @@ def test_union_refusal_reports_both_tests() -> None:
 
 def test_floor_share_gives_all_of_delta_to_the_floored_sequence_below_twelve_floors() -> None:
     """The split depends on (n, r*, δ) only: below 12 floors the union is the floored sequence."""
-    from serve.calibration.certify import FLOOR_ONLY_BELOW, FLOOR_SHARE, floor_share, min_accepted
+    from serve.calibration.union import FLOOR_ONLY_BELOW, FLOOR_SHARE, floor_share
 
     floor = min_accepted(0.05, 0.1)                               # 45
     assert floor == 45 and FLOOR_ONLY_BELOW == 12

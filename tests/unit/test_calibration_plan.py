@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from serve.calibration.binomial import clopper_pearson_upper
-from serve.calibration.certify import FLOOR_SHARE, certify_ltt, certify_planned, certify_union
+from serve.calibration.certify import certify_ltt, certify_planned
 from serve.calibration.pipeline import CalibrationSettings, calibrate_arrays, to_calibration
 from serve.calibration.plan import (
     counts_at,
@@ -23,6 +23,7 @@ from serve.calibration.plan import (
     predicted_pass_counts,
 )
 from serve.calibration.split import stratified_split
+from serve.calibration.union import FLOOR_SHARE, certify_union
 from serve.scores import create_score
 
 C, DELTA = 6.0, 0.1
