@@ -50,3 +50,18 @@ def test_default_is_valid_and_never_behind_the_floored_sequence(family: str, ris
     if family == "K=12, err 33%":                             # the issue's first failure mode
         old_ok, _, old_text = compare(cell[ISSUE13], cell[COMPARATOR])
         assert not old_ok, old_text
+
+
+@pytest.mark.slow
+def test_below_twelve_floors_the_default_is_the_floored_sequence() -> None:
+    """K = 100, 50 % error, r* = 0.05, n = 500 (11.1 floors): the union at 0.9 δ refuses in draws
+    where the floored sequence at δ certifies (8 / 0 here), the default does not (~5 s)."""
+    from bench.calibration_grid import union
+
+    methods = {"default": default_method(), "union 0.9": union(0.9),
+               COMPARATOR: METHODS[COMPARATOR]}
+    cell = run_cell(FAMILIES["K=100, err 50%"], 0.05, 0.1, 500, DRAWS, methods, seed=24)
+    assert cell["default"].cov == cell[COMPARATOR].cov            # the same threshold every draw
+    assert cell[COMPARATOR].refused < DRAWS
+    cert_ok, _, text = compare(cell["union 0.9"], cell[COMPARATOR])
+    assert not cert_ok, text
