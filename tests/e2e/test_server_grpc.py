@@ -207,7 +207,7 @@ def test_overload_deadline_and_not_ready(server, client, http):
     # The slow model (~0.1 s a run): three calls with a 30 ms gRPC deadline; the server takes
     # the deadline from the call, so the two that wait in the queue expire there, unrun.
     stats = app.repo.get("slow").batcher.stats
-    expired = stats.expired
+    expired, samples = stats.expired, stats.samples
 
     async def late() -> list:
         async with aioclient.InferenceServerClient(server[2]) as c:
@@ -221,10 +221,12 @@ def test_overload_deadline_and_not_ready(server, client, http):
             return await asyncio.gather(*(one() for _ in range(3)))
 
     assert asyncio.run(late()) == ["StatusCode.DEADLINE_EXCEEDED"] * 3
+    # At least two never ran: they expire in the queue (counted there) or, on a loaded machine,
+    # while the handler still reads them (gRPC cancels the call before it reaches the batcher).
     deadline = time.monotonic() + 10
     while stats.expired < expired + 2 and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert stats.expired >= expired + 2
+    assert stats.samples - samples <= 64, (stats.samples - samples, stats.expired - expired)
     app.repo.ready = False                              # as while starting or draining
     try:
         code, message = _code(lambda: client.infer("clf", _inputs(x), headers=AUTH))
