@@ -21,6 +21,7 @@ bench/cascade_digits.py trains an MLP and a ResNet-18).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -157,8 +158,14 @@ end
 
 
 def serving(x: np.ndarray, seconds: float, concurrency: int, heavy: tuple[int, int] | None,
-            rounds: int = 3, root: Path = ROOT / "models", cascade: Path = CASCADE) -> list[str]:
-    """Medians over ``rounds`` interleaved rounds of every set-up (and the requests/s range)."""
+            rounds: int = 3, root: Path = ROOT / "models", cascade: Path = CASCADE,
+            baseline: Path | None = None) -> list[str]:
+    """Medians over ``rounds`` interleaved rounds of every set-up (and the requests/s range).
+
+    ``baseline``: another source tree (e.g. ``git archive COMMIT serve | tar -x -C DIR``) served
+    beside this one on the same repository, each set-up measured on both servers in turn within
+    every round; its rows are marked "(before)".
+    """
     rows = ["| set-up | requests/s (range) | p50 ms | p99 ms | stage-2 calls per request | errors |",
             "|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -180,19 +187,23 @@ def serving(x: np.ndarray, seconds: float, concurrency: int, heavy: tuple[int, i
         script = work / "cycle.lua"
         done = LUA[LUA.index("function done"):].replace("%%", "%")
         script.write_text(CYCLE % {"bodies": bodies} + done)
-        port = free_port()
-        with abstain_server(repo, port, "cpu", "auto", 64, work / "server.log") as base:
+        trees = [("", None)] + ([(" (before)", baseline)] if baseline is not None else [])
+        with contextlib.ExitStack() as stack:
+            bases = [(mark, stack.enter_context(abstain_server(
+                repo, free_port(), "cpu", "auto", 64, work / f"server{i}.log", src=src)))
+                for i, (mark, src) in enumerate(trees)]
             runs: dict[str, list[tuple[float, float, float, float, int]]] = {}
-            for _ in range(rounds):                       # interleaved: load drifts between runs
+            for rnd in range(rounds):                     # interleaved: load drifts between runs
                 for label, model, second in setups:
-                    url = f"{base}/v1/models/{model}/predict"
-                    run_wrk(url, script, concurrency, 1)                      # warm-up
-                    before = _samples(base, second)
-                    r = run_wrk(url, script, concurrency, seconds)
-                    calls = (_samples(base, second) - before) / max(r.requests, 1)
-                    runs.setdefault(label, []).append((r.rps, r.p50_ms, r.p99_ms, calls,
-                                                       r.errors))
-            for label, _, _ in setups:
+                    for mark, base in bases[::1 if rnd % 2 == 0 else -1]:
+                        url = f"{base}/v1/models/{model}/predict"
+                        run_wrk(url, script, concurrency, 1)                  # warm-up
+                        before = _samples(base, second)
+                        r = run_wrk(url, script, concurrency, seconds)
+                        calls = (_samples(base, second) - before) / max(r.requests, 1)
+                        runs.setdefault(label + mark, []).append((r.rps, r.p50_ms, r.p99_ms,
+                                                                  calls, r.errors))
+            for label in runs:
                 rps, p50, p99, calls, _ = (float(np.median(v)) for v in zip(*runs[label],
                                                                              strict=True))
                 errors = sum(v[4] for v in runs[label])
@@ -301,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the load runs")
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--no-load", action="store_true", help="skip the served measurement")
+    ap.add_argument("--baseline-src", type=Path, default=None, metavar="DIR",
+                    help="also serve every set-up from the source tree DIR (holding serve/), "
+                    "interleaved with this one, rows marked (before)")
     ap.add_argument("--heavy", default="1024x8", help="WIDTHxSTEPS of the emulated heavy stage 2 "
                     "(needs onnx, the train extra); 'off' to skip it (default 1024x8)")
     ap.add_argument("--data", choices=("mnist1d", "digits"), default="mnist1d",
@@ -327,11 +341,12 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_load:
             print(f"\n## serving (wrk, {args.concurrency} connections, {args.seconds:g} s × "
                   f"{args.rounds} interleaved rounds, medians; one sample per request; load "
-                  f"average {os.getloadavg()[0]:.1f} at the start)\n")
+                  f"average {os.getloadavg()[0]:.1f} at the start"
+                  + (f"; (before): {args.baseline_src}" if args.baseline_src else "") + ")\n")
             heavy = (None if args.heavy == "off" or args.data != "mnist1d"
                      else tuple(int(v) for v in args.heavy.split("x")))
             print("\n".join(serving(zs["test_x"], args.seconds, args.concurrency, heavy,
-                                     args.rounds, root, cascade)))
+                                     args.rounds, root, cascade, args.baseline_src)))
     return 0
 
 
