@@ -161,7 +161,7 @@ end
 
 def serving(x: np.ndarray, seconds: float, concurrency: int, heavy: tuple[int, int] | None,
             rounds: int = 3, root: Path = ROOT / "models", cascade: Path = CASCADE,
-            baseline: Path | None = None) -> list[str]:
+            baseline: Path | None = None, threads: str = "auto") -> list[str]:
     """Medians over ``rounds`` interleaved rounds of every set-up (and the requests/s range).
 
     ``baseline``: another source tree (e.g. ``git archive COMMIT serve | tar -x -C DIR``) served
@@ -192,7 +192,7 @@ def serving(x: np.ndarray, seconds: float, concurrency: int, heavy: tuple[int, i
         trees = [("", None)] + ([(" (before)", baseline)] if baseline is not None else [])
         with contextlib.ExitStack() as stack:
             servers = [(mark, *stack.enter_context(abstain_process(
-                repo, free_port(), "cpu", "auto", 64, work / f"server{i}.log", src=src)))
+                repo, free_port(), "cpu", threads, 64, work / f"server{i}.log", src=src)))
                 for i, (mark, src) in enumerate(trees)]
             runs: dict[str, list[tuple[float, ...]]] = {}
             for rnd in range(rounds):                     # interleaved: load drifts between runs
@@ -322,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the load runs")
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--no-load", action="store_true", help="skip the served measurement")
+    ap.add_argument("--intra-op-threads", default="auto",
+                    help="the servers' --intra-op-threads (default auto: on a small machine each "
+                    "model's all-cores session keeps an onnxruntime thread spinning)")
     ap.add_argument("--baseline-src", type=Path, default=None, metavar="DIR",
                     help="also serve every set-up from the source tree DIR (holding serve/), "
                     "interleaved with this one, rows marked (before)")
@@ -353,11 +356,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n## serving (wrk, {args.concurrency} connections, {args.seconds:g} s × "
                   f"{args.rounds} interleaved rounds, medians; one sample per request; load "
                   f"average {os.getloadavg()[0]:.1f} at the start"
+                  + f"; --intra-op-threads {args.intra_op_threads}"
                   + (f"; (before): {args.baseline_src}" if args.baseline_src else "") + ")\n")
             heavy = (None if args.heavy == "off" or args.data != "mnist1d"
                      else tuple(int(v) for v in args.heavy.split("x")))
             print("\n".join(serving(zs["test_x"], args.seconds, args.concurrency, heavy,
-                                     args.rounds, root, cascade, args.baseline_src)))
+                                     args.rounds, root, cascade, args.baseline_src,
+                                     args.intra_op_threads)))
     return 0
 
 
