@@ -12,8 +12,10 @@ bench/cascade_digits.py trains an MLP and a ResNet-18).
    calibrates the cascade on them (fresh tuning/certification split and temperatures) and judges
    the deployed thresholds by their risk on the whole population.
 3. **Serving** (a real ``abstain serve`` on a copy of models/, wrk, one sample per request cycling
-   through 512 test samples, medians of interleaved rounds): throughput, p50/p99 latency, and
-   stage-2 calls per request counted on the stage-2 model's own batcher; also with an emulated
+   through 512 test samples, medians of interleaved rounds): throughput, p50/p99 latency, the
+   server process's CPU time per request (all its threads: less disturbed by other load on the
+   machine than throughput), and stage-2 calls per request counted on the stage-2 model's own
+   batcher; also with an emulated
    heavy stage 2 (the shipped CNN plus per-sample compute that adds exactly 0 to its logits, so
    its calibration and the cascade's certificate carry over unchanged).
 """
@@ -21,6 +23,7 @@ bench/cascade_digits.py trains an MLP and a ResNet-18).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -31,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from bench.servers import abstain_server, free_port, http
+from bench.servers import abstain_process, free_port, http
 from bench.wrk import LUA, run_wrk
 from serve.calibration.binomial import clopper_pearson_interval
 from serve.calibration.cascade_artifact import read_spec
@@ -157,10 +160,16 @@ end
 
 
 def serving(x: np.ndarray, seconds: float, concurrency: int, heavy: tuple[int, int] | None,
-            rounds: int = 3, root: Path = ROOT / "models", cascade: Path = CASCADE) -> list[str]:
-    """Medians over ``rounds`` interleaved rounds of every set-up (and the requests/s range)."""
-    rows = ["| set-up | requests/s (range) | p50 ms | p99 ms | stage-2 calls per request | errors |",
-            "|---|---|---|---|---|---|"]
+            rounds: int = 3, root: Path = ROOT / "models", cascade: Path = CASCADE,
+            baseline: Path | None = None, threads: str = "auto") -> list[str]:
+    """Medians over ``rounds`` interleaved rounds of every set-up (and the requests/s range).
+
+    ``baseline``: another source tree (e.g. ``git archive COMMIT serve | tar -x -C DIR``) served
+    beside this one on the same repository, each set-up measured on both servers in turn within
+    every round; its rows are marked "(before)".
+    """
+    rows = ["| set-up | requests/s (range) | p50 ms | p99 ms | server CPU µs per request | "
+            "stage-2 calls per request | errors |", "|---|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         repo = work / "models"
@@ -180,25 +189,30 @@ def serving(x: np.ndarray, seconds: float, concurrency: int, heavy: tuple[int, i
         script = work / "cycle.lua"
         done = LUA[LUA.index("function done"):].replace("%%", "%")
         script.write_text(CYCLE % {"bodies": bodies} + done)
-        port = free_port()
-        with abstain_server(repo, port, "cpu", "auto", 64, work / "server.log") as base:
-            runs: dict[str, list[tuple[float, float, float, float, int]]] = {}
-            for _ in range(rounds):                       # interleaved: load drifts between runs
+        trees = [("", None)] + ([(" (before)", baseline)] if baseline is not None else [])
+        with contextlib.ExitStack() as stack:
+            servers = [(mark, *stack.enter_context(abstain_process(
+                repo, free_port(), "cpu", threads, 64, work / f"server{i}.log", src=src)))
+                for i, (mark, src) in enumerate(trees)]
+            runs: dict[str, list[tuple[float, ...]]] = {}
+            for rnd in range(rounds):                     # interleaved: load drifts between runs
                 for label, model, second in setups:
-                    url = f"{base}/v1/models/{model}/predict"
-                    run_wrk(url, script, concurrency, 1)                      # warm-up
-                    before = _samples(base, second)
-                    r = run_wrk(url, script, concurrency, seconds)
-                    calls = (_samples(base, second) - before) / max(r.requests, 1)
-                    runs.setdefault(label, []).append((r.rps, r.p50_ms, r.p99_ms, calls,
-                                                       r.errors))
-            for label, _, _ in setups:
-                rps, p50, p99, calls, _ = (float(np.median(v)) for v in zip(*runs[label],
-                                                                             strict=True))
-                errors = sum(v[4] for v in runs[label])
+                    for mark, base, proc in servers[::1 if rnd % 2 == 0 else -1]:
+                        url = f"{base}/v1/models/{model}/predict"
+                        run_wrk(url, script, concurrency, 1)                  # warm-up
+                        before, cpu = _samples(base, second), _cpu_s(proc.pid)
+                        r = run_wrk(url, script, concurrency, seconds)
+                        cpu_us = (_cpu_s(proc.pid) - cpu) / max(r.requests, 1) * 1e6
+                        calls = (_samples(base, second) - before) / max(r.requests, 1)
+                        runs.setdefault(label + mark, []).append((r.rps, r.p50_ms, r.p99_ms,
+                                                                  cpu_us, calls, r.errors))
+            for label in runs:
+                rps, p50, p99, cpu_us, calls, _ = (float(np.median(v))
+                                                   for v in zip(*runs[label], strict=True))
+                errors = sum(int(v[5]) for v in runs[label])
                 spread = f"{min(v[0] for v in runs[label]):.0f}–{max(v[0] for v in runs[label]):.0f}"
                 rows.append(f"| {label} | {rps:.0f} ({spread}) | {p50:.2f} | {p99:.2f} | "
-                            f"{calls:.3f} | {errors} |")
+                            f"{cpu_us:.0f} | {calls:.3f} | {errors} |")
     return rows
 
 
@@ -286,6 +300,12 @@ def _served_at(repo: Path, target_risk: float, delta: float) -> Path:
     return d
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, every thread) the process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _samples(base: str, model: str) -> int:
     status, body = http(f"{base}/v2/models/{model}/stats")
     assert status == 200, body
@@ -296,11 +316,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--target-risk", type=float, default=0.01)
     ap.add_argument("--delta", type=float, default=0.05)
-    ap.add_argument("--reps", type=int, default=200)
+    ap.add_argument("--reps", type=int, default=200,
+                    help="validity repetitions on fresh splits (0: skip that part)")
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the load runs")
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--no-load", action="store_true", help="skip the served measurement")
+    ap.add_argument("--intra-op-threads", default="auto",
+                    help="the servers' --intra-op-threads (default auto: on a small machine each "
+                    "model's all-cores session keeps an onnxruntime thread spinning)")
+    ap.add_argument("--baseline-src", type=Path, default=None, metavar="DIR",
+                    help="also serve every set-up from the source tree DIR (holding serve/), "
+                    "interleaved with this one, rows marked (before)")
     ap.add_argument("--heavy", default="1024x8", help="WIDTHxSTEPS of the emulated heavy stage 2 "
                     "(needs onnx, the train extra); 'off' to skip it (default 1024x8)")
     ap.add_argument("--data", choices=("mnist1d", "digits"), default="mnist1d",
@@ -322,16 +349,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"## certification (r* = {args.target_risk:g}, δ = {args.delta:g}; "
               f"{args.data}:calibration → {args.data}:test)\n")
         print("\n".join(certification(zs, ys, args.target_risk, args.delta, stages)))
-        print("\n## validity\n")
-        print(validity(zs, ys, args.target_risk, args.delta, stages, args.reps, args.data))
+        if args.reps > 0:
+            print("\n## validity\n")
+            print(validity(zs, ys, args.target_risk, args.delta, stages, args.reps, args.data))
         if not args.no_load:
             print(f"\n## serving (wrk, {args.concurrency} connections, {args.seconds:g} s × "
                   f"{args.rounds} interleaved rounds, medians; one sample per request; load "
-                  f"average {os.getloadavg()[0]:.1f} at the start)\n")
+                  f"average {os.getloadavg()[0]:.1f} at the start"
+                  + f"; --intra-op-threads {args.intra_op_threads}"
+                  + (f"; (before): {args.baseline_src}" if args.baseline_src else "") + ")\n")
             heavy = (None if args.heavy == "off" or args.data != "mnist1d"
                      else tuple(int(v) for v in args.heavy.split("x")))
             print("\n".join(serving(zs["test_x"], args.seconds, args.concurrency, heavy,
-                                     args.rounds, root, cascade)))
+                                     args.rounds, root, cascade, args.baseline_src,
+                                     args.intra_op_threads)))
     return 0
 
 

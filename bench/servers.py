@@ -80,25 +80,30 @@ def run_server(cmd: list[str], env: dict[str, str], ready_url: str, log: Path,
 @contextlib.contextmanager
 def abstain_process(repo: Path, port: int, device: str, intra_op_threads: str | int,
                     max_batch_size: int, log: Path, workers: int = 1,
-                    extra: list[str] | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
-    """``abstain serve`` with no repository polling; yields (base URL, process)."""
+                    extra: list[str] | None = None, src: Path | None = None
+                    ) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``abstain serve`` with no repository polling; yields (base URL, process). ``src``: run
+    the ``serve`` package of that source tree instead of this one (a before/after comparison)."""
     cmd = [sys.executable, "-m", "serve.cli.main", "serve", str(repo), "--host", "127.0.0.1",
            "--port", str(port), "--workers", str(workers), "--poll-interval-s", "0",
            "--log-level", "warning", "--device", device, "--intra-op-threads",
            str(intra_op_threads), "--max-batch-size", str(max_batch_size), "--follow-symlinks",
            *(extra or [])]
     base = f"http://127.0.0.1:{port}"
-    with run_server(cmd, child_env({}), base + "/readyz", log, "abstain serve") as proc:
+    env = child_env({})
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
+    with run_server(cmd, env, base + "/readyz", log, "abstain serve", cwd=src or ROOT) as proc:
         yield base, proc
 
 
 @contextlib.contextmanager
 def abstain_server(repo: Path, port: int, device: str, intra_op_threads: str | int,
                    max_batch_size: int, log: Path, workers: int = 1,
-                   extra: list[str] | None = None) -> Iterator[str]:
+                   extra: list[str] | None = None, src: Path | None = None) -> Iterator[str]:
     """``abstain serve`` (see :func:`abstain_process`); yields its base URL."""
     with abstain_process(repo, port, device, intra_op_threads, max_batch_size, log, workers,
-                         extra) as (base, _):
+                         extra, src) as (base, _):
         yield base
 
 

@@ -6,6 +6,9 @@ last stage to people); ``abstain_cascade_stage_duration_seconds{model, version, 
 time a request spent in each stage it reached (its queue wait and run on the stage's batcher).
 ``model``/``version`` name the cascade; each stage model's own series stay its own.
 
+The hook only queues what a stage's batch did; :meth:`CascadeMetrics.flush` (called by
+``Monitor.flush``) applies it, one update per series and stage however many batches it covers.
+
 The deferral-drift test per stage (``drift.py``'s binomial window test): among the samples that
 *reach* stage k, the share it accepts is tested against the share the cascade's certification
 measured there (``accepted / reached`` in ``cascade_calibration.json``'s ``stage_rows``), in
@@ -17,6 +20,8 @@ sees exactly the routing the certificate was made for.
 from __future__ import annotations
 
 import logging
+import math
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -24,12 +29,16 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from serve.monitoring.drift import DriftDetector
+from serve.monitoring.prometheus import observe_many
 from serve.monitoring.tally import LATENCY_BUCKETS
 
 log = logging.getLogger(__name__)
 MVS = ("model", "version", "stage")
 
-Hook = Callable[[list[int], list[int], list[int], list[float]], None]
+# on_pass(stage, whether each sample reaching it was accepted there, each request's seconds in it):
+# once per batch of the stage (serve/server/cascade_batch.py)
+Hook = Callable[[int, np.ndarray, list[float]], None]
+BOUNDS = np.array([*LATENCY_BUCKETS, math.inf])
 
 
 class CascadeMetrics:
@@ -51,10 +60,12 @@ class CascadeMetrics:
                              "Binomial p-value: a stage's window acceptance vs its certified one.")
         self.drift_flag = gauge("abstain_cascade_stage_drift_detected",
                                 "1 if the stage's drift p-value is below alpha.")
+        self._pending: deque = deque()                # what the hooks queued since the last flush
 
     def hook(self, model: str, version: str, stage_rows: list[dict[str, Any]] | None = None,
              n_cert: int = 0, drift: tuple[int, float, int | None] | None = None) -> Hook:
-        """The cascade batcher's per-request hook (children resolved once per stage).
+        """The cascade batcher's per-batch hook. It only queues; :meth:`flush` applies (the
+        server's monitor flushes every ``FLUSH_S`` and before every scrape).
 
         Args:
             stage_rows, n_cert: the cascade calibration's per-stage rows and certification size:
@@ -74,9 +85,9 @@ class CascadeMetrics:
                     self.drift_flag.labels(model, version, str(k)).set(0)
         gauges: dict[int, tuple] = {}
 
-        def test(stage: int, a: int, d: int) -> None:
+        def test(stage: int, accepted: np.ndarray) -> None:
             det = detectors[stage]
-            st = det.update(np.concatenate([np.ones(a, bool), np.zeros(d, bool)]))
+            st = det.update(accepted)
             g = gauges.get(stage)
             if g is None:
                 s = str(stage)
@@ -101,16 +112,38 @@ class CascadeMetrics:
                                        self.duration.labels(model, version, s))
             return c
 
-        def on_request(reached: list[int], answered: list[int], deferred: list[int],
-                       seconds: list[float]) -> None:
-            for k, (a, d, t) in enumerate(zip(answered, deferred, seconds, strict=True), 1):
-                ans, dfr, dur = of(k)
-                if a:
-                    ans.inc(a)
-                if d:
-                    dfr.inc(d)
-                dur.observe(t)
-                if k in detectors and a + d:
-                    test(k, a, d)
+        def apply(stage: int, accepted: np.ndarray, seconds: np.ndarray) -> None:
+            ans, dfr, dur = of(stage)
+            a = int(np.count_nonzero(accepted))
+            if a:
+                ans.inc(a)
+            if len(accepted) - a:
+                dfr.inc(len(accepted) - a)
+            observe_many(dur, BOUNDS, seconds)
+            if stage in detectors and len(accepted):
+                test(stage, accepted)
 
-        return on_request
+        pending = self._pending
+
+        def on_pass(stage: int, accepted: np.ndarray, seconds: list[float]) -> None:
+            pending.append((apply, stage, accepted, seconds))
+
+        return on_pass
+
+    def flush(self) -> None:
+        """Apply every queued pass: per cascade and stage, one update of each series and one
+        drift test over the samples in arrival order (``Monitor.flush``)."""
+        grouped: dict[tuple, tuple[list, list]] = {}
+        while True:
+            try:
+                apply, stage, accepted, seconds = self._pending.popleft()
+            except IndexError:
+                break
+            acc, sec = grouped.setdefault((apply, stage), ([], []))
+            acc.append(accepted)
+            sec.extend(seconds)
+        for (apply, stage), (acc, sec) in grouped.items():
+            try:
+                apply(stage, acc[0] if len(acc) == 1 else np.concatenate(acc), np.array(sec))
+            except Exception:
+                log.exception("cascade metrics update failed (ignored)")

@@ -312,9 +312,18 @@ class Monitor(Tally):
         """Per-stage series of one cascade, and with its ``calibration`` (a CascadeCalibration)
         the per-stage drift test at this monitor's window and α (cascade_metrics.py)."""
         if calibration is None:
-            return self.cascades.hook(model, version)
-        return self.cascades.hook(model, version, calibration.stage_rows, calibration.n_cert,
-                                  (self.drift_window, self.drift_alpha, self.drift_every))
+            hook = self.cascades.hook(model, version)
+        else:
+            hook = self.cascades.hook(model, version, calibration.stage_rows, calibration.n_cert,
+                                      (self.drift_window, self.drift_alpha, self.drift_every))
+        if not self.multiprocess:
+            return hook
+
+        def queue_and_kick(stage: int, accepted: np.ndarray, seconds: list[float]) -> None:
+            hook(stage, accepted, seconds)
+            self._kick()
+
+        return queue_and_kick
 
     # --- exposition ---------------------------------------------------------------------------
     def render(self) -> tuple[bytes, str]:

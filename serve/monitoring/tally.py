@@ -66,6 +66,7 @@ class Tally:
         if self._inflight_n != self._inflight_shown:
             self.inflight.inc(self._inflight_n - self._inflight_shown)
             self._inflight_shown = self._inflight_n
+        self.cascades.flush()
 
     def _flush_requests(self) -> None:
         latencies: dict[tuple, list[float]] = defaultdict(list)

@@ -1,11 +1,11 @@
 """A cascade served like a model: stage 1 answers what it can, later stages only its deferrals.
 
 A :class:`CascadeVersion` sits in the repository's live set beside model versions and answers the
-same calls (decode, batch, encode, metadata). Its :class:`CascadeBatcher` runs stage 1 on every
-sample through stage 1's own batcher, then each later stage on the previous stage's deferrals
-only, through *that* stage's batcher (shared with the model's own traffic), and decides with the
-cascade's certified thresholds (docs/cascade.md). Every answer carries ``stage``: the stage that
-answered, or for a deferred sample the last stage (``reject: true``).
+same calls (decode, batch, encode, metadata). Its batcher (serve/server/cascade_batch.py) runs
+stage 1 on every sample through stage 1's own batcher, then each later stage on the previous
+stage's deferrals only, through *that* stage's batcher (shared with the model's own traffic), and
+decides with the cascade's certified thresholds (docs/cascade.md). Every answer carries
+``stage``: the stage that answered, or for a deferred sample the last stage (``reject: true``).
 
 Loading checks that each stage is served and still has the ``model.onnx`` hash ``cascade.json``
 pins; a stage that changed refuses the cascade (the stage model keeps serving). This module knows
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,16 +33,9 @@ from serve.calibration.cascade_artifact import (
 )
 from serve.decision import DecisionRule
 from serve.scores import as_logits, softmax
+from serve.server.cascade_batch import CascadeBatcher
 
 log = logging.getLogger(__name__)
-
-# on_cascade(per-stage samples reached, answered, deferred, per-stage seconds)
-CascadeHook = Callable[[list[int], list[int], list[int], list[float]], None]
-# on_record(the request's tag, its outputs with "stage" and "input"): the decision store
-RecordHook = Callable[[Any, dict[str, np.ndarray]], None]
-# The tag of a cascade's call to a stage's batcher (compared by identity): the record stage keeps
-# such samples out of the decision store, which records them once, as the cascade's decisions.
-STAGE_CALL = ("", "cascade stage")
 
 
 def is_cascade_dir(d: Path) -> bool:
@@ -60,106 +52,6 @@ def cascade_signature(d: Path, stages: list[Any]) -> tuple:
         return st.st_mtime_ns, st.st_size, st.st_ino
 
     return stat(d / SPEC_FILE), stat(d / CALIBRATION_FILE), tuple(id(s) for s in stages)
-
-
-@dataclass
-class CascadeStats:
-    """Counters for ``/v2/models/{cascade}/stats``: requests, and per stage reached/answered."""
-
-    requests: int = 0
-    samples: int = 0
-    reached: Counter = field(default_factory=Counter)     # stage → samples that reached it
-    answered: Counter = field(default_factory=Counter)    # stage → samples it accepted
-    deferred: int = 0                                     # samples sent to people
-
-    def as_dict(self) -> dict:
-        return {"requests": self.requests, "samples": self.samples, "deferred": self.deferred,
-                "stages": {str(k): {"reached": self.reached[k], "answered": self.answered[k]}
-                           for k in sorted(self.reached)}}
-
-
-class CascadeBatcher:
-    """The data plane's batcher for a cascade: admission against stage 1's queue, answers by
-    stages. Closing it closes nothing: the stage batchers belong to their model versions."""
-
-    def __init__(self, cascade: CascadeVersion, on_cascade: CascadeHook | None = None,
-                 on_record: RecordHook | None = None) -> None:
-        self.cascade = cascade
-        self.first = cascade.stages[0].batcher
-        self.stats = CascadeStats()
-        self.on_cascade = on_cascade
-        self.on_record = on_record
-
-    # Admission and back-pressure: every request's samples enter through stage 1.
-    @property
-    def queue_depth(self) -> int:
-        return self.first.queue_depth
-
-    def has_room(self, n: int) -> bool:
-        return self.first.has_room(n)
-
-    def refused(self) -> str:
-        return self.first.refused()
-
-    def reserve(self, n: int) -> None:
-        self.first.reserve(n)
-
-    def unreserve(self, n: int) -> None:
-        self.first.unreserve(n)
-
-    def drain_s(self) -> float:
-        return self.first.drain_s()
-
-    async def result(self, x: np.ndarray, deadline: float, alone: bool = False,
-                     tag: str = "") -> dict[str, np.ndarray]:
-        """Stage by stage; a stage's error (overload, deadline) fails the request, since answering
-        with fewer stages would serve an accepted set that was never certified."""
-        c = self.cascade
-        n, x0 = len(x), x
-        label = np.zeros(n, np.int64)
-        score = np.zeros(n, np.float64)
-        reject = np.ones(n, bool)
-        stage = np.zeros(n, np.int32)
-        logits: np.ndarray | None = None
-        rows = np.arange(n)
-        reached, answered, seconds = [], [], []
-        for k, (sv, rule) in enumerate(zip(c.stages, c.rules, strict=True)):
-            t0 = time.perf_counter()
-            out = await sv.batcher.result(x, deadline, alone, STAGE_CALL)   # alone: no other
-            seconds.append(time.perf_counter() - t0)
-            z = out["logits"]
-            if logits is None:
-                logits = np.empty((n, z.shape[1]), z.dtype)
-            d = rule(z)
-            logits[rows], label[rows], score[rows], stage[rows] = z, d.label, d.score, k + 1
-            reached.append(len(rows))
-            answered.append(int((~d.reject).sum()))
-            reject[rows[~d.reject]] = False
-            rows, x = rows[d.reject], x[d.reject]
-            if not len(rows):
-                break
-        s = self.stats
-        s.requests += 1
-        s.samples += n
-        for k, (r, a) in enumerate(zip(reached, answered, strict=True), 1):
-            s.reached[k] += r
-            s.answered[k] += a
-        s.deferred += len(rows)
-        if self.on_cascade is not None:
-            deferred = [r - a for r, a in zip(reached, answered, strict=True)]
-            try:
-                self.on_cascade(reached, answered, deferred, seconds)
-            except Exception:
-                log.exception("cascade monitoring hook failed (ignored)")
-        assert logits is not None
-        result = {"logits": logits, "label": label, "score": score, "reject": reject,
-                  "stage": stage}
-        if self.on_record is not None:
-            self.on_record(tag, {**result, "input": x0})    # never raises (record.py)
-        return result
-
-    async def close(self) -> None:
-        return None
 
 
 class CascadeRule:

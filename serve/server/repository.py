@@ -28,12 +28,12 @@ from serve.decision import DecisionRule
 from serve.errors import AbstainError
 from serve.monitoring.monitor import Monitor
 from serve.server.cascade import (
-    CascadeBatcher,
     CascadeVersion,
     cascade_signature,
     is_cascade_dir,
     load_cascade,
 )
+from serve.server.cascade_batch import CascadeBatcher
 from serve.server.protocol import short
 from serve.server.repository_files import (  # noqa: F401  (re-exported)
     MODEL_FILE,

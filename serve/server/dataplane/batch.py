@@ -72,6 +72,9 @@ class Batcher:
         self._reserved = 0                                # … admitted, body not yet decoded
         self._running = 0                                 # batches taken and not finished
         self._wake, self._closing = asyncio.Event(), False
+        # Called after each run's futures are resolved, in the same event-loop tick (a cascade
+        # decides a whole batch of its requests at once: serve/server/cascade_batch.py).
+        self.on_resolved: list[Callable[[], None]] = []
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{name}")
         self._worker = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{name}")
 
@@ -231,6 +234,11 @@ class Batcher:
             elif not it.future.done():
                 it.future.set_result({k: v[offset:offset + it.n] for k, v in out.items()})
             offset += it.n
+        for resolved in self.on_resolved:
+            try:
+                resolved()
+            except Exception:
+                log.exception("on_resolved hook of model %s failed (ignored)", self.name)
         if out:
             self._record([it.tag for it in items], [it.n for it in items], waits, inference_s,
                          {**out, "input": x})               # the record stage may keep inputs

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from serve.monitoring.monitor import Monitor
-from serve.server.cascade import STAGE_CALL
+from serve.server.cascade_batch import STAGE_CALL, RecordHook
 from serve.server.dataplane.batch import BatchHook
 from serve.server.dataplane.batch_queue import Tag
 from serve.server.repository import ModelVersion
@@ -58,18 +58,18 @@ class Record:
 
         return on_batch
 
-    def cascade_hook(self, cv: Any) -> Callable[[Tag, dict[str, np.ndarray]], None] | None:
-        """A cascade's ``on_record(tag, outputs)``: its decisions (with ``stage``) to the sinks,
-        once per request; None without sinks. Prometheus has the cascade's own series
-        (``Monitor.cascade_hook``); each stage model's batches are recorded by its own hook."""
+    def cascade_hook(self, cv: Any) -> RecordHook | None:
+        """A cascade's ``on_record(tags, sizes, outputs)``: its decisions (with ``stage``) to the
+        sinks, once per batch of requests its last stages finished; None without sinks.
+        Prometheus has the cascade's own series (``Monitor.cascade_hook``); each stage model's
+        batches are recorded by its own hook."""
         if not self.sinks:
             return None
 
-        def on_record(tag: Tag, out: dict[str, np.ndarray]) -> None:
-            n = len(out["label"])
+        def on_record(tags: list[Tag], sizes: list[int], out: dict[str, np.ndarray]) -> None:
             for sink in self.sinks:
                 try:
-                    sink(cv, [tag], [n], out)
+                    sink(cv, tags, sizes, out)
                 except Exception:
                     log.exception("record sink %r failed (the predictions were served)", sink)
 
