@@ -51,11 +51,20 @@ def check_arrays(scores: np.ndarray, errors: np.ndarray) -> tuple[np.ndarray, np
     return s, e
 
 
+ACCEPT_ALL = -float(np.finfo(np.float64).max)    # below every finite score, and valid JSON
+
+
 def stage_grid(scores: np.ndarray, points: int) -> np.ndarray:
-    """Ascending thresholds at evenly spaced coverages of ``scores``, then +∞ (accept none)."""
+    """Ascending: ``ACCEPT_ALL``, thresholds at evenly spaced coverages of ``scores``, then +∞
+    (accept none).
+
+    ``ACCEPT_ALL`` keeps "accept every sample" on the grid when the lowest tuning score is high
+    (a confident model at its fitted temperature scores every tuning sample 1.0): without it the
+    most permissive point would defer every certification sample scored below that.
+    """
     cov = np.linspace(0.0, 1.0, points - 1)
     t = np.quantile(scores, 1.0 - cov, method="inverted_cdf") if scores.size else np.zeros(0)
-    return np.append(np.unique(t), np.inf)
+    return np.concatenate(([ACCEPT_ALL], np.unique(t), [np.inf]))
 
 
 def grid_counts(scores: np.ndarray, errors: np.ndarray, grids: tuple[np.ndarray, ...]) -> Counts:

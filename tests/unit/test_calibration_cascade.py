@@ -13,7 +13,7 @@ from bench import cascade_small as cs
 from bench import cascade_validity as cv
 from serve.calibration import cascade_plan
 from serve.calibration.cascade import certify_cascade
-from serve.calibration.cascade_grid import grid_counts, stage_grid
+from serve.calibration.cascade_grid import ACCEPT_ALL, grid_counts, stage_grid
 from serve.calibration.cascade_plan import BudgetError, Budgets, _pareto_path, plan_cascade
 from serve.calibration.certify import CertifyError
 
@@ -49,7 +49,25 @@ def test_grid_counts_match_a_loop_over_every_vector(k_stages, n, seed):
 
 def test_grid_ends_with_accept_none_and_starts_with_accept_all():
     g = stage_grid(np.array([0.3, 0.1, 0.2, 0.2]), 10)
-    assert g[0] == 0.1 and math.isinf(g[-1]) and np.all(np.diff(g) > 0)
+    assert g[0] == ACCEPT_ALL and g[1] == 0.1 and math.isinf(g[-1]) and np.all(np.diff(g) > 0)
+    assert np.isfinite(g[0]) and (np.array([-1e300, -5.0, 0.0]) >= g[0]).all()
+
+
+def test_a_stage_that_scores_every_tuning_sample_1_can_still_accept_everything():
+    """digits' ResNet at its fitted T scored all 80 tuning samples 1.0: the lowest grid point was
+    1.0, so 6 certification samples scored below it went to people although the ResNet alone
+    was right on all of them (issue 27d). Accept-all is on the grid and its path now."""
+    rng = np.random.default_rng(0)
+    n = 300
+    s = np.column_stack([rng.random(n), np.ones(n)])              # stage 2: every score 1.0
+    e = np.column_stack([rng.random(n) < 0.3, np.zeros(n, bool)])
+    plan = plan_cascade(s, e, 700, 0.05, 0.1, points=20)
+    lam = [plan.grids[k][plan.path[-1][k]] for k in range(2)]
+    assert lam[1] == ACCEPT_ALL
+    s_cert = np.column_stack([rng.random(700), np.where(rng.random(700) < 0.05, 0.99, 1.0)])
+    e_cert = np.column_stack([rng.random(700) < 0.3, np.zeros(700, bool)])
+    cert = certify_cascade(s_cert, e_cert, plan, 0.05, 0.1)
+    assert cert.certified and cert.human_share == 0.0
 
 
 def test_the_front_is_pareto_and_the_path_strict_to_permissive():
