@@ -199,3 +199,19 @@ def server_process(repo: Path, *args: str, env: dict[str, str] | None = None,
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def copy_shipped(dst: Path, names: tuple[str, ...]) -> Path:
+    """Copy the shipped ``models/<name>`` directories into ``dst`` (no plots, no backups)."""
+    for name in names:
+        shutil.copytree(ROOT / "models" / name, dst / name,
+                        ignore=shutil.ignore_patterns("*.png", "*.bak"))
+    return dst
+
+
+def wait_recorded(c: httpx.Client, rid: str, headers: dict[str, str], timeout: float) -> None:
+    """Until the review API shows request ``rid`` (the recorder flushes every 0.5 s)."""
+    deadline = time.monotonic() + timeout
+    while c.get(f"/v1/requests/{rid}", headers=headers).status_code != 200:
+        assert time.monotonic() < deadline, "the request was not recorded"
+        time.sleep(0.05)

@@ -8,14 +8,13 @@ live risk and the per-stage counts from the labelled audits.
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from server_support import ROOT, running_server
+from server_support import copy_shipped, running_server
 
 from serve.calibration.cascade_artifact import load_cascade_calibration, read_spec
 from serve.decision import DecisionRule
@@ -29,10 +28,7 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture()
 def repo(tmp_path: Path) -> Path:
-    for name in NAMES:
-        shutil.copytree(ROOT / "models" / name, tmp_path / "models" / name,
-                        ignore=shutil.ignore_patterns("*.png", "*.bak"))
-    return tmp_path / "models"
+    return copy_shipped(tmp_path / "models", NAMES)
 
 
 def _expected_stages(repo: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:

@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 from loop_support import fresh_database
-from server_support import make_version, running_server, server_process
+from server_support import make_version, running_server, server_process, wait_recorded
 
 from bench.review_bodies import upload
 from serve.feedback.store import Store
@@ -59,10 +59,7 @@ def _served(c: httpx.Client, n: int = 1) -> str:
     r = c.post("/v1/models/clf/predict", json={"instances": V * n}, headers=CLIENT_H)
     assert r.status_code == 200, r.text
     rid = r.headers["x-request-id"]
-    deadline = time.monotonic() + 15
-    while c.get(f"/v1/requests/{rid}", headers=REV_H).status_code != 200:
-        assert time.monotonic() < deadline, "the request was not recorded"
-        time.sleep(0.05)
+    wait_recorded(c, rid, REV_H, 15)
     return rid
 
 

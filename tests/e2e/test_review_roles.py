@@ -9,13 +9,11 @@ admin key reloads and reviews; the webhook takes only its own secret; /metrics i
 
 from __future__ import annotations
 
-import time
-
 import grpc
 import httpx
 import numpy as np
 import pytest
-from server_support import make_version, running_server
+from server_support import make_version, running_server, wait_recorded
 
 from serve.server.settings import load_settings
 
@@ -86,10 +84,7 @@ def _recorded(c: httpx.Client, headers: dict) -> str:
     r = c.post("/v1/models/clf/predict", json={"instances": V}, headers={"Authorization": f"Bearer {API}"})
     assert r.status_code == 200, r.text
     rid = r.headers["x-request-id"]
-    deadline = time.monotonic() + 10
-    while c.get(f"/v1/requests/{rid}", headers=headers).status_code != 200:
-        assert time.monotonic() < deadline, "the request was not recorded"
-        time.sleep(0.05)
+    wait_recorded(c, rid, headers, 10)
     return rid
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from server_support import ROOT, running_server, server_process
+from server_support import ROOT, copy_shipped, running_server, server_process
 
 from serve.calibration.cascade_artifact import load_cascade_calibration, read_spec
 from serve.decision import DecisionRule
@@ -30,10 +30,7 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture()
 def repo(tmp_path: Path) -> Path:
-    for name in NAMES:
-        shutil.copytree(ROOT / "models" / name, tmp_path / name,
-                        ignore=shutil.ignore_patterns("*.png", "*.bak"))
-    return tmp_path
+    return copy_shipped(tmp_path, NAMES)
 
 
 def _expected(repo: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -50,11 +50,7 @@ class Record:
                 tags, sizes, out = _without_stage_calls(tags, sizes, out)
                 if not tags:
                     return
-            for sink in self.sinks:
-                try:
-                    sink(mv, tags, sizes, out)
-                except Exception:
-                    log.exception("record sink %r failed (the predictions were served)", sink)
+            self._to_sinks(mv, tags, sizes, out)
 
         return on_batch
 
@@ -67,13 +63,18 @@ class Record:
             return None
 
         def on_record(tags: list[Tag], sizes: list[int], out: dict[str, np.ndarray]) -> None:
-            for sink in self.sinks:
-                try:
-                    sink(cv, tags, sizes, out)
-                except Exception:
-                    log.exception("record sink %r failed (the predictions were served)", sink)
+            self._to_sinks(cv, tags, sizes, out)
 
         return on_record
+
+    def _to_sinks(self, version: Any, tags: list[Tag], sizes: list[int],
+                  out: dict[str, np.ndarray]) -> None:
+        """Every sink gets the batch; a failing sink is logged, never raised (served already)."""
+        for sink in self.sinks:
+            try:
+                sink(version, tags, sizes, out)
+            except Exception:
+                log.exception("record sink %r failed (the predictions were served)", sink)
 
 
 def _without_stage_calls(tags: list[Tag], sizes: list[int], out: dict[str, np.ndarray]
