@@ -26,7 +26,8 @@ from serve.server.dataplane.decode import Decoder
 from serve.server.dataplane.infer import DataPlane, batcher_factory
 from serve.server.dataplane.record import Record
 from serve.server.garbage import Collector
-from serve.server.repository import ModelRepository, ModelVersion
+from serve.server.model_version import ModelVersion
+from serve.server.repository import ModelRepository
 from serve.server.settings import ServerSettings, load_settings
 
 log = logging.getLogger(__name__)
