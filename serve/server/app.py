@@ -17,7 +17,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from serve.feedback.wiring import create_feedback
-from serve.monitoring.monitor import FLUSH_S, Monitor
+from serve.monitoring.monitor import Monitor
+from serve.monitoring.tally import FLUSH_S
 from serve.server import rest
 from serve.server.control import create_control
 from serve.server.dataplane import head
