@@ -30,7 +30,7 @@ SCORE_LINE = ("score: the calibrated confidence score ({score}; higher = more co
 
 
 def example_instances(mv: Any) -> tuple[list[Any], str]:
-    """``(instances, where they come from)`` for a loaded version (``repository.ModelVersion``)."""
+    """``(instances, where they come from)`` for a loaded version (``model_version.ModelVersion``)."""
     f = Path(mv.path) / EXAMPLE_FILE
     if f.is_file():
         try:

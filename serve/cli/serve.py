@@ -139,7 +139,8 @@ def preflight(settings: ServerSettings) -> list[Any]:
     worker processes (``--workers N``) load their own.
     """
     from serve.server.cascade import is_cascade_dir
-    from serve.server.repository import load_version, scan
+    from serve.server.model_version import load_version
+    from serve.server.repository_files import scan
     from serve.server.runtime import providers_for
 
     if settings.device == "cuda":

@@ -17,7 +17,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from serve.feedback.wiring import create_feedback
-from serve.monitoring.monitor import FLUSH_S, Monitor
+from serve.monitoring.monitor import Monitor
+from serve.monitoring.tally import FLUSH_S
 from serve.server import rest
 from serve.server.control import create_control
 from serve.server.dataplane import head
@@ -26,7 +27,8 @@ from serve.server.dataplane.decode import Decoder
 from serve.server.dataplane.infer import DataPlane, batcher_factory
 from serve.server.dataplane.record import Record
 from serve.server.garbage import Collector
-from serve.server.repository import ModelRepository, ModelVersion
+from serve.server.model_version import ModelVersion
+from serve.server.repository import ModelRepository
 from serve.server.settings import ServerSettings, load_settings
 
 log = logging.getLogger(__name__)

@@ -23,9 +23,10 @@ from serve.monitoring.monitor import Monitor
 from serve.server.dataplane.admit import check_key, key_ok
 from serve.server.docs_ui import install_docs
 from serve.server.error_answers import http_answer, record
+from serve.server.model_version import ModelVersion
 from serve.server.protocol import RequestError, v2
 from serve.server.protocol import schemas as S
-from serve.server.repository import ModelRepository, ModelVersion, valid_name
+from serve.server.repository import ModelRepository, valid_name
 from serve.server.settings import Keys
 
 JSON = "application/json"

@@ -44,9 +44,9 @@ from serve.server.dataplane.decode import Decoder
 from serve.server.dataplane.head import Head, Route, new_request_id
 from serve.server.dataplane.infer import DataPlane
 from serve.server.error_answers import grpc_status, grpc_trailer, record
+from serve.server.model_version import ModelVersion
 from serve.server.protocol import Decoded, RequestError, clean_id
 from serve.server.protocol import grpc_v2 as P
-from serve.server.repository import ModelVersion
 from serve.server.shed_hold import PeerHolds
 
 log = logging.getLogger(__name__)

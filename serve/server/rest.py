@@ -21,8 +21,8 @@ from serve.server.dataplane.decode import OFF_LOOP_BYTES, Decoder
 from serve.server.dataplane.head import Head, Route, new_request_id
 from serve.server.dataplane.infer import DataPlane
 from serve.server.error_answers import http_answer
+from serve.server.model_version import ModelVersion
 from serve.server.protocol import Decoded
-from serve.server.repository import ModelVersion
 
 HOLD_KEY = "abstain.hold"           # scope extensions set by serve/server/http_protocol.py
 RESPOND_KEY = "abstain.respond"

@@ -25,7 +25,7 @@ from server_support import (
 )
 
 from serve.calibration.artifact import CalibrationError, load_calibration
-from serve.server.repository import load_version
+from serve.server.model_version import load_version
 from serve.server.runtime import sha256_file
 from serve.server.settings import load_settings
 
@@ -171,7 +171,7 @@ def test_symlinks_out_of_the_repository_are_refused_unless_allowed(tmp_path):
 
 def test_a_threshold_outside_the_certified_scores_is_warned_about(tmp_path, caplog):
     vdir = make_version(tmp_path, "clf", 1, threshold=1e300)
-    caplog.set_level(logging.WARNING, logger="serve.server.repository")
+    caplog.set_level(logging.WARNING, logger="serve.server.model_version")
     mv = load_version(vdir, "clf", 1, "cpu", 1)
     assert mv.calibration.threshold == 1e300
     assert any("outside the certification scores' range" in r.getMessage() and

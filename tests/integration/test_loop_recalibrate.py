@@ -21,7 +21,7 @@ from serve.cli.main import main
 from serve.feedback.gauges import LoopMetrics
 from serve.feedback.recorder import Recorder
 from serve.feedback.store import Store
-from serve.server.repository import load_version
+from serve.server.model_version import load_version
 from serve.server.runtime import OnnxModel
 
 

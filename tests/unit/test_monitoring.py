@@ -13,7 +13,8 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from serve.calibration.artifact import Calibration, new_calibration
-from serve.monitoring.monitor import Monitor, score_buckets
+from serve.monitoring.model_series import score_buckets
+from serve.monitoring.monitor import Monitor
 
 CLASSES = ["zero", "one", "two", "three"]
 

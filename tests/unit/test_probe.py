@@ -12,7 +12,7 @@ from server_support import make_version
 from serve.calibration import probe
 from serve.calibration.artifact import load_calibration, save_calibration
 from serve.decision import DecisionRule
-from serve.server.repository import load_version
+from serve.server.model_version import load_version
 from serve.server.runtime import OnnxModel
 
 

@@ -10,7 +10,8 @@ Runs measured below ``inline_s`` (per batch-size bucket) run on the event loop (
 more); a request alone at an idle batcher runs at once in its task, on ``infer_alone``.
 
 Back-pressure: the queue is bounded in *samples* (lower under sustained overload:
-dataplane/queue_limit.py); a full queue raises :class:`Overloaded` (503).
+dataplane/queue_limit.py; the counting: dataplane/batch_accounting.py); a full queue raises
+:class:`Overloaded` (503).
 A request whose deadline passes before its batch starts is dropped (:class:`DeadlineExceeded`,
 504); one already running is abandoned by its caller and its rows discarded.
 """
@@ -27,29 +28,23 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from serve.server.dataplane.batch_accounting import PIPELINE, BatchAccounting, BatchHook
 from serve.server.dataplane.batch_queue import (
     DeadlineExceeded,
     Item,
     Overloaded,
     Tag,
     Unloading,
-    bucket,
 )
-from serve.server.dataplane.queue_limit import QueueLimit
-from serve.server.dataplane.stats import BatchStats
 
 log = logging.getLogger(__name__)
 ALONE_FACTOR = 5
-PIPELINE = 2                            # batches handed to the thread at once (see _ready)
 
 # infer: x (n, *input_shape) → named arrays, each with leading axis n.
 InferFn = Callable[[np.ndarray], dict[str, np.ndarray]]
-# on_batch(tags, sizes, queue waits, run seconds, outputs): one call per session run; tags and
-# sizes name each request of the batch in row order (the record stage needs both).
-BatchHook = Callable[[list[Tag], list[int], list[float], float, dict[str, np.ndarray]], None]
 
 
-class Batcher:
+class Batcher(BatchAccounting):
     """Queue + worker for one model version. Create and use it inside a running event loop."""
 
     def __init__(self, infer: InferFn, max_batch_size: int, max_queue_size: int,
@@ -57,19 +52,12 @@ class Batcher:
                  on_queue_depth: Callable[[int], None] | None = None, name: str = "",
                  inline_s: float = 0.0002, infer_alone: InferFn | None = None,
                  overload_target_s: float = 0.0) -> None:
+        super().__init__(max_batch_size, max_queue_size, on_batch, name, inline_s,
+                         overload_target_s)
         self.infer = infer
         self.infer_alone = infer_alone or infer           # a request that runs alone, inline
-        self.max_batch_size, self.max_queue_size = max_batch_size, max_queue_size
-        self.on_batch, self.on_queue_depth, self.name = on_batch, on_queue_depth, name
-        self.stats, self.inline_s = BatchStats(), inline_s
-        self.limit = QueueLimit(max_queue_size, PIPELINE * max_batch_size, overload_target_s,
-                                name=name)
-        self._cost: dict[int, float] = {}                 # batch-size bucket → EWMA run seconds
-        self._rate = 0.0                                  # EWMA samples per second while busy
+        self.on_queue_depth = on_queue_depth
         self._queue: deque[Item] = deque()
-        self._queued = 0                                  # samples waiting
-        self._handed: list[list[int]] = []                # … handed to the thread, not started
-        self._reserved = 0                                # … admitted, body not yet decoded
         self._running = 0                                 # batches taken and not finished
         self._wake, self._closing = asyncio.Event(), False
         # Called after each run's futures are resolved, in the same event-loop tick (a cascade
@@ -78,34 +66,6 @@ class Batcher:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{name}")
         self._worker = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{name}")
 
-    @property
-    def queue_depth(self) -> int:
-        return self._queued + sum(h[0] for h in self._handed) + self._reserved
-
-    def reserve(self, n: int) -> None:
-        """Room for ``n`` samples of an admitted request still being read (dataplane/admit.py)."""
-        self._reserved += n
-
-    def unreserve(self, n: int) -> None:
-        self._reserved -= n
-
-    def has_room(self, n: int) -> bool:
-        """Whether ``n`` more samples fit (an empty queue always takes one request)."""
-        depth = self.queue_depth
-        limit = self.limit(depth)                 # (always: it also notes the queue ran low)
-        return depth == 0 or depth + n <= limit
-
-    def refused(self) -> str:
-        """Count a refusal for want of room; returns what the queue holds, for the message."""
-        self.stats.rejected_full += 1
-        self.limit.refused()
-        low = " (lowered under sustained overload)" if self.limit.overloaded else ""
-        return (f"model {self.name} has {self.queue_depth} samples queued (limit "
-                f"{self.limit.current}{low})")
-
-    def drain_s(self) -> float:
-        """Seconds the queued samples need at the measured throughput (0 when unmeasured)."""
-        return self.queue_depth / self._rate if self._rate > 0 else 0.0
 
     def submit(self, x: np.ndarray, deadline: float, tag: Tag = "") -> asyncio.Future:
         """Enqueue ``x (n, *shape)`` synchronously; the future resolves to its sliced outputs.
@@ -200,10 +160,6 @@ class Batcher:
         handed[0] = 0
         self._handed = [h for h in self._handed if h is not handed]
 
-    def _inline(self, n: int, factor: float = 1.0) -> bool:
-        """Runs of ``n`` samples measured below ``factor`` × ``inline_s`` (worth no thread hop)."""
-        cost = self._cost.get(bucket(n))
-        return cost is not None and cost < factor * self.inline_s
 
     async def _run_items(self, items: list[Item], inline: bool, handed: list[int]) -> None:
         """One coalesced session run for ``items``; each future gets its own rows."""
@@ -262,27 +218,6 @@ class Batcher:
                 f"deadline passed after {time.perf_counter() - it.enqueued:.3f}s in the queue; "
                 "raise X-Deadline-Ms / ABSTAIN_REQUEST_TIMEOUT_S or add capacity"))
 
-    def _record(self, tags: list[str], sizes: list[int], waits: list[float], inference_s: float,
-                out: dict[str, np.ndarray]) -> None:
-        """Bookkeeping after one session run: cost estimate, counters, the monitoring hook."""
-        n = sum(sizes)
-        b = bucket(n)
-        cost = self._cost.get(b)
-        # Fast down, slow up: one run slowed by a busy machine must not send every later run
-        # through the thread hop (whose own cost then keeps the estimate high).
-        self._cost[b] = inference_s if cost is None else min(inference_s,
-                                                                  0.9 * cost + 0.1 * inference_s)
-        rate = n / max(inference_s, 1e-9)
-        self._rate = rate if self._rate == 0 else 0.9 * self._rate + 0.1 * rate
-        self.limit.rate(self._rate)
-        self.stats.runs += 1
-        self.stats.samples += n
-        self.stats.sizes[n] += 1
-        if self.on_batch:
-            try:
-                self.on_batch(tags, sizes, waits, inference_s, out)
-            except Exception:
-                log.exception("monitoring hook failed (ignored)")
 
     async def close(self) -> None:
         """Finish everything queued, then stop the worker and its thread."""

@@ -22,9 +22,9 @@ import numpy as np
 from PIL import Image
 
 from serve.server.dataplane.head import Head, Route
+from serve.server.model_version import ModelVersion
 from serve.server.protocol import Decoded, RequestError, check_batch, parse_uint, v1, v2
 from serve.server.protocol.images import FORMATS, decode_image, image_spec
-from serve.server.repository import ModelVersion
 
 IMAGE_TYPES = ("image/png", "image/jpeg")
 # Bodies this large are decoded in the decode thread, so that a turn of the event loop that

@@ -13,8 +13,8 @@ import numpy as np
 import orjson
 
 from serve.server.dataplane.head import Route
+from serve.server.model_version import ModelVersion
 from serve.server.protocol import Decoded, v1, v2
-from serve.server.repository import ModelVersion
 
 JSON = b"application/json"
 OCTETS = b"application/octet-stream"

@@ -29,8 +29,9 @@ from serve.server.dataplane.body import ClientGone
 from serve.server.dataplane.decode import Decoder
 from serve.server.dataplane.head import Arrivals, Head, Route
 from serve.server.error_answers import InternalError, record
+from serve.server.model_version import ModelVersion
 from serve.server.protocol import Decoded
-from serve.server.repository import ModelRepository, ModelVersion
+from serve.server.repository import ModelRepository
 from serve.server.settings import Batching
 
 log = logging.getLogger(__name__)

@@ -18,9 +18,9 @@ import numpy as np
 
 from serve.monitoring.monitor import Monitor
 from serve.server.cascade_batch import STAGE_CALL, RecordHook
-from serve.server.dataplane.batch import BatchHook
+from serve.server.dataplane.batch_accounting import BatchHook
 from serve.server.dataplane.batch_queue import Tag
-from serve.server.repository import ModelVersion
+from serve.server.model_version import ModelVersion
 
 log = logging.getLogger(__name__)
 
