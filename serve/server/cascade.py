@@ -34,6 +34,7 @@ from serve.calibration.cascade_artifact import (
 from serve.decision import DecisionRule
 from serve.scores import as_logits, softmax
 from serve.server.cascade_batch import CascadeBatcher
+from serve.server.repository_files import file_stat
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +45,7 @@ def is_cascade_dir(d: Path) -> bool:
 
 def cascade_signature(d: Path, stages: list[Any]) -> tuple:
     """The cascade's files and the exact stage versions it was built on."""
-    def stat(f: Path) -> tuple | None:
-        try:
-            st = f.stat()
-        except OSError:
-            return None
-        return st.st_mtime_ns, st.st_size, st.st_ino
-
-    return stat(d / SPEC_FILE), stat(d / CALIBRATION_FILE), tuple(id(s) for s in stages)
+    return file_stat(d / SPEC_FILE), file_stat(d / CALIBRATION_FILE), tuple(id(s) for s in stages)
 
 
 class CascadeRule:

@@ -23,10 +23,11 @@ def valid_name(name: str) -> bool:
 
 def version_signature(d: Path) -> tuple:
     """What identifies a version's files on disk; a change means "load it again"."""
-    return tuple(_stat(d / f) for f in (MODEL_FILE, CALIBRATION_FILE, probe.FILENAME))
+    return tuple(file_stat(d / f) for f in (MODEL_FILE, CALIBRATION_FILE, probe.FILENAME))
 
 
-def _stat(f: Path) -> tuple | None:
+def file_stat(f: Path) -> tuple | None:
+    """(mtime, size, inode) of ``f``, or None when it cannot be read: a change means "reload"."""
     try:
         st = f.stat()
     except OSError:
