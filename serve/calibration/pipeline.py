@@ -123,6 +123,7 @@ def calibrate_arrays(logits: np.ndarray, labels: np.ndarray,
         z = z.astype(np.float64)
     y = _labels(labels, len(z), z.shape[1])
     plan = None
+    share = 1.0
     union = settings.uses_tuning and settings.method == "ltt" and settings.target_coverage is None
     if settings.uses_tuning:
         tune, cert = stratified_split(y, settings.tune_fraction, settings.seed)
@@ -156,7 +157,7 @@ def calibrate_arrays(logits: np.ndarray, labels: np.ndarray,
     del z_cert
     certificate = None
     if union:
-        floored_run, certificate = _certify_union(z, y, settings, choice, plan, tune, cert,
+        floored_run, certificate = _certify_union(z, y, settings, choice, plan, share, tune, cert,
                                                   cert_scores, cert_errors, (msp, msp_raw))
         if floored_run is not None:
             return floored_run
@@ -179,7 +180,8 @@ def fixed_score(settings: CalibrationSettings) -> tuple[str, float]:
 
 
 def _certify_union(z: np.ndarray, y: np.ndarray, settings: CalibrationSettings,
-                   choice: ScoreChoice, plan: LttPlan | None, tune: np.ndarray, cert: np.ndarray,
+                   choice: ScoreChoice, plan: LttPlan | None, share: float, tune: np.ndarray,
+                   cert: np.ndarray,
                    cert_scores: np.ndarray, cert_errors: np.ndarray,
                    cert_msp: tuple[np.ndarray, np.ndarray]
                    ) -> tuple[CalibrationRun | None, Certificate]:
@@ -198,7 +200,7 @@ def _certify_union(z: np.ndarray, y: np.ndarray, settings: CalibrationSettings,
     same = spec == choice.spec and (temperature == choice.temperature or spec != "msp")
     fixed_all = planned_all if same else score_in_chunks(create_score(spec, temperature), z)
     outcome = certify_union(cert_scores, cert_errors, plan, fixed_all, all_errors,
-                            settings.target_risk, settings.delta, None, planned_all)
+                            settings.target_risk, settings.delta, share, planned_all)
     if outcome.chosen != "floored":
         return None, outcome.certificate
     deployed = ScoreChoice(
