@@ -1,6 +1,7 @@
 """The feedback loop: decision records, audits, the review API and live risk.
 
-``store`` holds one row per served sample and its human labels (SQLite or PostgreSQL);
+``store`` holds one row per served sample and its human labels (SQLite or PostgreSQL; its tables
+in ``store_schema``, connections and transactions in ``store_connection``);
 ``recorder`` moves records off the request path (``rows`` turns a batch into rows, ``failures``
 tells an outage from a bad row) and runs ``retention``; ``audit`` draws the uniform audit sample;
 ``risk`` turns labelled audits into an anytime-valid bound on the live selective risk;
@@ -14,4 +15,5 @@ May import: ``serve.calibration`` and the maths at the bottom of ``serve``.
 """
 
 __all__ = ["access", "api", "audit", "change", "failures", "gauges", "guard", "labelstudio",
-           "recalibrate", "recorder", "retention", "risk", "rows", "store", "window", "wiring"]
+           "recalibrate", "recorder", "retention", "risk", "rows", "store", "store_connection",
+           "store_schema", "window", "wiring"]
