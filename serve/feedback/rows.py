@@ -1,4 +1,4 @@
-"""A recorded batch → store rows (:data:`serve.feedback.store.COLUMNS` order), on the flusher thread.
+"""A recorded batch → store rows (:data:`serve.feedback.store_schema.COLUMNS` order), on the flusher thread.
 
 The request path hands the recorder whole columns (:meth:`serve.feedback.recorder.Recorder.submit`);
 this turns one such batch into one tuple per sample. Top-k probabilities and inputs matter to

@@ -10,63 +10,23 @@ from worker threads (never from the event loop). SQL is written once with ``?`` 
 Keys are the server's: ``request_id`` is the random id the server gave the request (its
 ``X-Request-Id``); the id a client sent is kept in ``client_id`` (indexed, searchable), never a
 key, so no client can claim, collide with or guess another's record. Inputs (``--store-inputs``)
-are kept as raw bytes in their own dtype and shape (``input_blob``, ``input_dtype``,
-``input_shape``); stores written before keep their JSON ``input`` column and read the same.
-An older store gains the new columns and indexes when it is opened (``_migrate``).
+are kept as raw bytes in their own dtype and shape; the tables, their migration and how a row
+reads back are in ``store_schema.py``, connections and transactions in ``store_connection.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import logging
-import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
+from serve.feedback.store_connection import StoreError, Tx, connect
+from serve.feedback.store_schema import COLUMNS, create_tables, decode
 
-from serve.errors import AbstainError
-
-log = logging.getLogger(__name__)
 FILENAME = "decisions.sqlite3"
 Kind = Literal["deferred", "audit"]
-COLUMNS = ("request_id", "idx", "client_id", "ts", "model", "version", "calibration_sha256",
-           "label", "score", "reject", "audit", "topk", "input_blob", "input_dtype", "input_shape",
-           "review", "expires", "stage")
-# Added after the first release: (name, SQL type; {blob} is BLOB or BYTEA). _migrate adds them.
-# ``stage``: the cascade stage that answered (or, deferred, the last one); NULL for a model.
-ADDED_COLUMNS = (("client_id", "TEXT"), ("input_blob", "{blob}"), ("input_dtype", "TEXT"),
-                 ("input_shape", "TEXT"), ("stage", "INTEGER"))
-
-SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS records (
-        request_id TEXT NOT NULL, idx INTEGER NOT NULL, ts DOUBLE PRECISION NOT NULL,
-        model TEXT NOT NULL, version TEXT NOT NULL, calibration_sha256 TEXT NOT NULL,
-        label INTEGER NOT NULL, score DOUBLE PRECISION NOT NULL, reject INTEGER NOT NULL,
-        audit INTEGER NOT NULL, topk TEXT, input TEXT,
-        review TEXT NOT NULL, expires DOUBLE PRECISION,
-        PRIMARY KEY (request_id, idx))""",
-]
-INDEXES = [
-    # Partial indexes: rows nobody reviews (most traffic) only maintain the primary key and ts.
-    "CREATE INDEX IF NOT EXISTS records_pending ON records (ts) WHERE review = 'pending'",
-    "CREATE INDEX IF NOT EXISTS records_audited ON records (model, version, calibration_sha256) "
-    "WHERE audit = 1",
-    "CREATE INDEX IF NOT EXISTS records_client ON records (client_id) WHERE client_id IS NOT NULL",
-    "CREATE INDEX IF NOT EXISTS records_ts ON records (ts)",            # the retention sweep
-    """CREATE TABLE IF NOT EXISTS feedback (
-        request_id TEXT NOT NULL, idx INTEGER NOT NULL, label INTEGER NOT NULL,
-        source TEXT NOT NULL, annotator TEXT, ts DOUBLE PRECISION NOT NULL,
-        PRIMARY KEY (request_id, idx))""",
-    """CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
-]
-
-
-class StoreError(AbstainError):
-    """The decision store cannot be opened or used."""
 
 
 class Store:
@@ -104,27 +64,7 @@ class Store:
         self._conns: list[Any] = []
         self._lock = threading.Lock()
         with self._tx(write=True) as cur:
-            for stmt in SCHEMA:
-                cur.execute(stmt)
-            self._migrate(cur)
-            for stmt in INDEXES:
-                cur.execute(stmt)
-
-    def _migrate(self, cur: Any) -> None:
-        """Add the columns a store made by an older release lacks (nothing is rewritten)."""
-        if self.postgres:
-            cur.execute("SELECT column_name FROM information_schema.columns "
-                        "WHERE table_name = 'records' AND table_schema = current_schema()")
-            have = {r[0] for r in cur.fetchall()}
-        else:
-            cur.execute("PRAGMA table_info(records)")
-            have = {r[1] for r in cur.fetchall()}
-        blob = "BYTEA" if self.postgres else "BLOB"
-        for name, kind in ADDED_COLUMNS:
-            if name not in have:
-                exists = " IF NOT EXISTS" if self.postgres else ""   # a replica may race us
-                cur.execute(f"ALTER TABLE records ADD COLUMN{exists} {name} "
-                            f"{kind.format(blob=blob)}")
+            create_tables(cur, self.postgres)
 
     def __repr__(self) -> str:
         where = self.url.split("@")[-1] if self.postgres else self.url
@@ -133,22 +73,7 @@ class Store:
     # -- connections ---------------------------------------------------------------------------
 
     def _connect(self) -> Any:
-        if self.postgres:
-            import psycopg
-            try:
-                return psycopg.connect(self.url, connect_timeout=5)
-            except psycopg.Error as err:
-                raise StoreError(f"cannot connect to PostgreSQL at {self!r}: "
-                                 f"{str(err).strip().splitlines()[0]}. Check --database-url "
-                                 "(postgresql://user:password@host:port/database)") from None
-        try:
-            conn = sqlite3.connect(self.url, timeout=30, check_same_thread=False,
-                                   isolation_level=None)
-        except sqlite3.Error as err:
-            raise StoreError(f"cannot open the SQLite store {self.url!r}: {err}") from None
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        return conn
+        return connect(self.url, self.postgres, repr(self))
 
     def _conn(self) -> Any:
         conn = getattr(self._local, "conn", None)
@@ -158,8 +83,8 @@ class Store:
                 self._conns.append(conn)
         return conn
 
-    def _tx(self, write: bool = False) -> _Tx:
-        return _Tx(self, write)
+    def _tx(self, write: bool = False) -> Tx:
+        return Tx(self, write)
 
     def _sql(self, sql: str) -> str:
         return sql.replace("?", "%s") if self.postgres else sql
@@ -244,7 +169,7 @@ class Store:
         with self._tx() as cur:
             cur.execute(self._sql(sql), args)
             names = [d[0] for d in cur.description]
-            return [_decode(dict(zip(names, row, strict=True))) for row in cur.fetchall()]
+            return [decode(dict(zip(names, row, strict=True))) for row in cur.fetchall()]
 
     def record(self, request_id: str, idx: int) -> dict[str, Any] | None:
         rows = self._rows("SELECT * FROM records WHERE request_id = ? AND idx = ?", (request_id, idx))
@@ -360,63 +285,3 @@ class Store:
                 (model, version, calibration_sha256))
             return [int(row[0]) for row in cur.fetchall()]
 
-
-def _decode(row: dict[str, Any]) -> dict[str, Any]:
-    for key in ("topk", "input"):
-        if isinstance(row.get(key), str):
-            row[key] = json.loads(row[key])
-    blob = row.pop("input_blob", None)
-    dtype, shape = row.pop("input_dtype", None), row.pop("input_shape", None)
-    if blob is not None and dtype:
-        dims = tuple(int(d) for d in shape.split(",") if d) if shape else (-1,)
-        row["input"] = np.frombuffer(bytes(blob), dtype=np.dtype(dtype)).reshape(dims).tolist()
-    for key in ("reject", "audit"):
-        if key in row:
-            row[key] = bool(row[key])
-    return row
-
-
-class _Tx:
-    """One transaction on this thread's connection; a broken PostgreSQL connection is replaced."""
-
-    def __init__(self, store: Store, write: bool) -> None:
-        self.store, self.write = store, write
-
-    def __enter__(self) -> Any:
-        conn = self.store._conn()
-        if self.store.postgres and conn.closed:
-            self.store._local.conn = None
-            conn = self.store._conn()
-        self.conn = conn
-        if not self.store.postgres:
-            conn.execute("BEGIN IMMEDIATE" if self.write else "BEGIN")
-        self.cur = conn.cursor()
-        return self.cur
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            if exc_type is None:
-                try:
-                    self.conn.commit() if self.store.postgres else self.conn.execute("COMMIT")
-                except Exception:
-                    self._rollback()
-                    raise
-            else:
-                self._rollback()
-        finally:
-            self.cur.close()
-
-    def _rollback(self) -> None:
-        """Roll back; a failure here never hides the error that made us roll back.
-
-        SQLite ends the transaction itself on some errors (a full disk), and a ROLLBACK then
-        fails with "cannot rollback"; a broken PostgreSQL connection cannot roll back either.
-        """
-        try:
-            if self.store.postgres:
-                if not self.conn.closed:
-                    self.conn.rollback()
-            elif self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-        except Exception as err:  # noqa: BLE001
-            log.debug("rollback failed: %s", err)
